@@ -1,0 +1,49 @@
+# Crux: two commands do all set-up on a fresh machine.
+#   make run   - virtualenv, install, migrate, then web + worker + beat (SQLite, local Redis)
+#   make test  - virtualenv, install, lint, migration check, the suite on SQLite and on PostgreSQL
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+ADMIN_USER ?= admin
+ADMIN_PASSWORD ?= crux-admin
+SQLITE_URL := sqlite:///$(CURDIR)/var/crux.sqlite3
+PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/test
+PYTEST_ARGS ?=
+
+.PHONY: run test test-sqlite test-postgres lint venv
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	mkdir -p var
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start release
+	$(BIN)/python manage.py shell -c "from django.contrib.auth import get_user_model as m; \
+	U = m(); U.objects.filter(username='$(ADMIN_USER)').exists() or \
+	U.objects.create_superuser('$(ADMIN_USER)', '$(ADMIN_USER)@localhost', '$(ADMIN_PASSWORD)')"
+	@echo
+	@echo "  Crux is starting:  admin  http://127.0.0.1:$(PORT)/admin/   (log in as $(ADMIN_USER) / $(ADMIN_PASSWORD))"
+	@echo "                     API    http://127.0.0.1:$(PORT)/api/     docs http://127.0.0.1:$(PORT)/api/docs/"
+	@echo "  Stop with Ctrl-C."
+	@echo
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start --port $(PORT) web worker beat
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+test-sqlite: venv
+	mkdir -p var
+	DATABASE_URL=$(SQLITE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-postgres: venv
+	DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint test-sqlite test-postgres

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class PersistenceConfig(AppConfig):
+    name = "persistence"
+    verbose_name = "Persistence"
+
+    def ready(self) -> None:
+        from persistence import signals  # noqa: F401  (connects the mirror)

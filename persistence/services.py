@@ -1,0 +1,114 @@
+"""Writes to the mirror as a whole: rebuild it from SQL and report drift."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from persistence import mirror
+from tasks.models import Task
+from tasks.states import ACTIVE_STATES
+
+
+@dataclass
+class ReconcileReport:
+    checked: int = 0
+    missing: int = 0
+    stale: int = 0
+    orphan: int = 0
+    repaired: int = 0
+    duration: float = 0.0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def drift(self) -> int:
+        return self.missing + self.stale + self.orphan
+
+    def note(self, kind: str, task_id: str) -> None:
+        if len(self.examples) < 10:
+            self.examples.append(f"{kind} {task_id}")
+
+
+def _mirror_window_start() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.MIRROR_TERMINAL_TTL)
+
+
+def expected_in_mirror(since: datetime) -> Q:
+    """Tasks whose entry must be in the mirror: live ones, and finished ones still within the TTL."""
+    return Q(state__in=ACTIVE_STATES) | Q(completed_at__gte=since) | Q(completed_at__isnull=True)
+
+
+def _in_window(values: dict, since: datetime) -> bool:
+    completed = values["completed_at"]
+    return values["state"] in ACTIVE_STATES or completed is None or completed >= since
+
+
+def reconcile_mirror(
+    *, check_only: bool = False, batch_size: int = 2000, progress: Callable[[int], None] | None = None
+) -> ReconcileReport:
+    """Compare every mirror entry with SQL; unless ``check_only``, rewrite the drifted ones.
+
+    Missing: a task that should be mirrored has no entry. Stale: the entry differs
+    from SQL. Orphan: an entry whose task is not in SQL. Raises RedisError if
+    Redis cannot be reached (there is nothing to reconcile against).
+    """
+    started = time.perf_counter()
+    report = ReconcileReport()
+    conn = mirror.client()
+    since = _mirror_window_start()
+
+    def compare(docs: list[dict]) -> None:
+        entries = mirror.fetch_many(conn, [d["id"] for d in docs])
+        to_write = []
+        for doc, entry in zip(docs, entries, strict=True):
+            report.checked += 1
+            if entry is None:
+                report.missing += 1
+                report.note("missing", doc["id"])
+            elif entry != doc:
+                report.stale += 1
+                report.note("stale", doc["id"])
+            else:
+                continue
+            to_write.append(doc)
+        if to_write and not check_only:
+            report.repaired += mirror.publish_many(to_write)
+        if progress:
+            progress(len(docs))
+
+    rows = Task.objects.filter(expected_in_mirror(since)).order_by().values(*mirror.MIRRORED_FIELDS)
+    for batch in mirror.batched(rows.iterator(chunk_size=batch_size), batch_size):
+        compare([mirror.snapshot(values) for values in batch])
+
+    for ids in mirror.batched(mirror.scan_task_ids(conn), batch_size):
+        found = {
+            str(v["id"]): v
+            for v in Task.objects.filter(pk__in=[i for i in ids if is_uuid(i)]).values(*mirror.MIRRORED_FIELDS)
+        }
+        orphans = [i for i in ids if i not in found]
+        report.orphan += len(orphans)
+        for task_id in orphans:
+            report.note("orphan", task_id)
+        if orphans and not check_only:
+            conn.delete(*[mirror.task_key(i) for i in orphans])
+            report.repaired += len(orphans)
+        outside = [mirror.snapshot(v) for v in found.values() if not _in_window(v, since)]
+        if outside:
+            compare(outside)
+    report.duration = time.perf_counter() - started
+    return report
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True

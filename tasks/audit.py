@@ -1,0 +1,161 @@
+"""The audit trail's mechanics: who/why context, change diffs and the hash chain.
+
+Services open an ``audited(...)`` block; every tracked change saved inside it is
+recorded (by the signals in ``tasks.signals``) as one ``TaskHistory`` row whose
+hash chains it to the previous row of its task. A tracked change saved outside
+such a block is refused, so no code path changes a task without naming who,
+through what and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+
+from tasks.exceptions import MissingAuditContext
+
+GENESIS_HASH = "0" * 64
+
+
+class Channel(models.TextChoices):
+    API = "api", "API"
+    ADMIN = "admin", "Admin"
+    WORKER = "worker", "Worker"
+    COMMAND = "command", "Management command"
+    RECOVERY = "recovery", "Recovery"
+    RETENTION = "retention", "Retention"
+    SYSTEM = "system", "System"
+    SHELL = "shell", "Shell"
+
+
+class HistoryEvent(models.TextChoices):
+    CREATED = "created", "Created"
+    TRANSITION = "transition", "State transition"
+    EDIT = "edit", "Edit"
+    SOFT_DELETE = "soft_delete", "Soft delete"
+    RESTORE = "restore", "Restore"
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """Who is acting, through which channel, and why."""
+
+    actor: str
+    channel: str
+    reason: str = ""
+    user_id: int | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+_current: ContextVar[AuditContext | None] = ContextVar("crux_audit_context", default=None)
+
+
+def actor_label(actor: Any) -> tuple[str, int | None]:
+    """Return (label, user id) for a user instance or a system component name."""
+    if isinstance(actor, str):
+        if not actor.strip():
+            raise MissingAuditContext("an audit actor must be named")
+        return actor, None
+    if getattr(actor, "is_authenticated", False):
+        return actor.get_username(), actor.pk
+    raise MissingAuditContext(f"cannot attribute a change to {actor!r}")
+
+
+@contextmanager
+def audited(
+    actor: Any, *, channel: str, reason: str = "", details: Mapping[str, Any] | None = None
+) -> Iterator[AuditContext]:
+    """Attribute every task change saved inside the block to ``actor`` via ``channel``."""
+    label, user_id = actor_label(actor)
+    ctx = AuditContext(
+        actor=label,
+        channel=Channel(channel).value,
+        reason=reason,
+        user_id=user_id,
+        details=dict(details or {}),
+    )
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+def current_context() -> AuditContext:
+    ctx = _current.get()
+    if ctx is None:
+        raise MissingAuditContext(
+            "task changes must go through tasks.services (or an audited(...) block) "
+            "so that the history row names who, through what and why"
+        )
+    return ctx
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types for a model value (datetimes, UUIDs, decimals become strings)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def _canonical(value: Any) -> Any:
+    # Numbers are hashed by exact decimal value, so a database that re-renders
+    # 1e20 as 100000000000000000000 (PostgreSQL jsonb) does not look tampered.
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return {"#n": format(Decimal(repr(value)).normalize(), "f")}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return _canonical(to_jsonable(value))
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def format_timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+HASHED_FIELDS = (
+    "task_id",
+    "seq",
+    "event",
+    "state_from",
+    "state_to",
+    "actor",
+    "actor_user_id",
+    "channel",
+    "reason",
+    "error_message",
+    "details",
+    "created_at",
+)
+
+
+def row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    """The chain link: sha256 over the previous hash and the row's canonical content."""
+    content = {name: row[name] for name in HASHED_FIELDS}
+    content["task_id"] = str(content["task_id"])
+    content["created_at"] = format_timestamp(content["created_at"])
+    payload = prev_hash + "\n" + canonical_json(content)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def digest(value: Any) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()[:16]

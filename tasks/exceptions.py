@@ -1,0 +1,72 @@
+"""Typed errors of the task domain: callers (API, admin, commands) map them to 4xx."""
+
+
+class TaskError(Exception):
+    """Base class: a request that the task domain refuses, with a clear message."""
+
+    field: str | None = None
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        if field is not None:
+            self.field = field
+
+
+class UnknownState(TaskError):
+    field = "state"
+
+    def __init__(self, value: object):
+        super().__init__(f"unknown state {value!r}")
+        self.value = value
+
+
+class IllegalTransition(TaskError):
+    field = "state"
+
+    def __init__(self, state_from: str, state_to: str):
+        from tasks.states import TRANSITIONS
+
+        allowed = ", ".join(sorted(TRANSITIONS.get(state_from, ()))) or "none: it is final"
+        super().__init__(f"illegal transition {state_from} -> {state_to} (allowed from {state_from}: {allowed})")
+        self.state_from = state_from
+        self.state_to = state_to
+
+
+class TaskNotFound(TaskError):
+    def __init__(self, task_id: object):
+        super().__init__(f"no task with id {task_id}")
+        self.task_id = task_id
+
+
+class StaleState(TaskError):
+    """A compare-and-set saw another state than the caller expected."""
+
+    field = "state"
+
+
+class InvalidTaskData(TaskError):
+    """Input that fails validation; ``errors`` maps field names to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        super().__init__("invalid task data: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
+
+
+class AuditError(TaskError):
+    """A write that would escape the audit trail; refused before anything is written."""
+
+
+class MissingAuditContext(AuditError):
+    pass
+
+
+class UntrackedWrite(AuditError):
+    pass
+
+
+class AppendOnlyViolation(AuditError):
+    pass
+
+
+class HardDeleteRefused(AuditError):
+    pass

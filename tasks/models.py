@@ -1,0 +1,363 @@
+"""Task records: the only source of truth (fields from seed 004, metrics from seed 002).
+
+``Task`` refuses every write that would escape the audit trail: a tracked change
+saved without an audit context, ``QuerySet.update()`` / ``bulk_update()`` /
+``bulk_create()`` on tracked fields, and hard deletes. ``TaskHistory`` is
+append-only here and, below the ORM, by database triggers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models, router, transaction
+from django.utils import timezone
+
+from tasks.audit import Channel, HistoryEvent
+from tasks.exceptions import AppendOnlyViolation, HardDeleteRefused, UntrackedWrite
+from tasks.states import TaskState, check_state, check_transition
+
+# Live telemetry and audit bookkeeping: changing them writes no history row.
+UNTRACKED_FIELDS = frozenset(
+    {"progress", "current_phase", "partial_results", "updated_at", "history_count", "history_head"}
+)
+# Large values whose history records a digest instead of the value itself.
+DIGESTED_FIELDS = frozenset({"result", "request_payload"})
+
+
+def _field_name(model: type[models.Model], name: str) -> str:
+    return model._meta.get_field(name).name
+
+
+class TaskQuerySet(models.QuerySet):
+    """Bulk paths skip signals, so they may not touch tracked fields."""
+
+    def _refuse_tracked(self, names: Any, operation: str) -> None:
+        tracked = sorted({_field_name(self.model, n) for n in names} - UNTRACKED_FIELDS)
+        if tracked:
+            raise UntrackedWrite(
+                f"{operation} cannot change tracked task fields {tracked}: it would skip the "
+                "audit trail. Use tasks.services (transition, update_task, soft_delete, restore)."
+            )
+
+    def update(self, **kwargs: Any) -> int:
+        self._refuse_tracked(kwargs, "QuerySet.update()")
+        return super().update(**kwargs)
+
+    def bulk_update(self, objs: Any, fields: Any, batch_size: int | None = None) -> int:
+        self._refuse_tracked(fields, "QuerySet.bulk_update()")
+        return super().bulk_update(objs, fields, batch_size=batch_size)
+
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list:
+        raise UntrackedWrite(
+            "QuerySet.bulk_create() would create tasks without history rows; use tasks.services.create_task()"
+        )
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise HardDeleteRefused(
+            "tasks are never hard-deleted: soft-delete with tasks.services.soft_delete(); "
+            "only a retention purge removes a task, after archiving it"
+        )
+
+    def alive(self) -> TaskQuerySet:
+        return self.filter(deleted_at__isnull=True)
+
+    def deleted(self) -> TaskQuerySet:
+        return self.filter(deleted_at__isnull=False)
+
+
+class Task(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    role = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=16, choices=TaskState.choices, default=TaskState.PENDING)
+    handler = models.CharField(max_length=100, default="echo", help_text="Registered handler that runs the task.")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="tasks",
+        db_index=False,
+    )
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    provider = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+
+    branch = models.CharField(max_length=255, blank=True)
+    worktree_path = models.CharField(max_length=500, blank=True)
+    base_branch = models.CharField(max_length=255, blank=True)
+    commit_hash = models.CharField(max_length=64, blank=True)
+
+    target_dir = models.CharField(max_length=500, default=".")
+    full_access = models.BooleanField(default=False)
+    provider_override = models.CharField(max_length=64, blank=True)
+    repository_url = models.CharField(max_length=500, blank=True)
+
+    last_error = models.TextField(blank=True)
+    error_count = models.PositiveIntegerField(default=0)
+
+    acceptance_criteria = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    progress = models.FloatField(default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    current_phase = models.CharField(max_length=100, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    partial_results = models.JSONField(null=True, blank=True)
+    request_payload = models.JSONField(default=dict, blank=True)
+
+    celery_task_id = models.CharField(max_length=255, blank=True)
+    attempt_count = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)])
+
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    delete_reason = models.TextField(blank=True)
+
+    history_count = models.PositiveIntegerField(default=0, editable=False)
+    history_head = models.CharField(max_length=64, blank=True, editable=False)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["state", "-created_at"], name="task_state_created"),
+            models.Index(fields=["owner", "-created_at"], name="task_owner_created"),
+            models.Index(fields=["-created_at"], name="task_created"),
+            models.Index(fields=["role"], name="task_role"),
+            models.Index(fields=["provider"], name="task_provider"),
+            models.Index(fields=["deleted_at"], name="task_deleted", condition=models.Q(deleted_at__isnull=False)),
+        ]
+        permissions = [
+            ("soft_delete_task", "Can soft-delete a task"),
+            ("restore_task", "Can restore a soft-deleted task"),
+            ("recover_task", "Can recover or requeue a task"),
+            ("cancel_task", "Can cancel a task"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({str(self.id)[:8]}, {self.state})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save atomically with the history row; refuse an undeclared state transition."""
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None:
+            kwargs["update_fields"] = set(update_fields) | {"updated_at", "history_count", "history_head"}
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using):
+            before = None if self._state.adding else self._locked_before(using)
+            if before is None:
+                check_state(self.state)
+            elif before["state"] != self.state:
+                check_transition(before["state"], self.state)
+            self._audit_before = before
+            try:
+                super().save(*args, **kwargs)
+            finally:
+                del self._audit_before
+
+    def _locked_before(self, using: str) -> dict[str, Any] | None:
+        """The committed values of tracked fields, with the row locked for this transaction."""
+        names = [f.attname for f in self.tracked_fields()] + ["history_count", "history_head"]
+        return type(self)._base_manager.using(using).select_for_update().filter(pk=self.pk).values(*names).first()
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise HardDeleteRefused(
+            "tasks are never hard-deleted: soft-delete with tasks.services.soft_delete(); "
+            "only a retention purge removes a task, after archiving it"
+        )
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    @classmethod
+    def tracked_fields(cls) -> list[models.Field]:
+        return [f for f in cls._meta.concrete_fields if f.name not in UNTRACKED_FIELDS and not f.primary_key]
+
+
+class TaskHistoryQuerySet(models.QuerySet):
+    def update(self, **kwargs: Any) -> int:
+        raise AppendOnlyViolation("task history is append-only")
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> int:
+        raise AppendOnlyViolation("task history is append-only")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyViolation("task history is append-only; only a retention purge removes it")
+
+
+class TaskHistory(models.Model):
+    """One row per change of a task, chained by hash to the previous row of that task."""
+
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="history", db_index=False)
+    seq = models.PositiveIntegerField()
+    event = models.CharField(max_length=16, choices=HistoryEvent.choices)
+    state_from = models.CharField(max_length=16, choices=TaskState.choices, blank=True)
+    state_to = models.CharField(max_length=16, choices=TaskState.choices)
+    actor = models.CharField(max_length=150)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    reason = models.TextField(blank=True)
+    error_message = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    objects = TaskHistoryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["task", "seq"]
+        verbose_name_plural = "task history"
+        constraints = [models.UniqueConstraint(fields=["task", "seq"], name="taskhistory_task_seq")]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.event} {self.state_from or '-'}->{self.state_to} by {self.actor}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AppendOnlyViolation("task history is append-only: rows are never changed")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise AppendOnlyViolation("task history is append-only; only a retention purge removes it")
+
+
+class HistoryPurgeGrant(models.Model):
+    """The narrow hook past the history DELETE trigger.
+
+    The retention purge inserts a grant for a whole task it has archived, deletes
+    that task's history in the same transaction, then removes the grant. The
+    trigger refuses a history DELETE for any task without a grant.
+    """
+
+    task_id = models.UUIDField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"purge grant for {self.task_id}"
+
+
+class OutputType(models.TextChoices):
+    STDOUT = "stdout", "stdout"
+    STDERR = "stderr", "stderr"
+    LOG = "log", "log"
+    ARTIFACT = "artifact", "artifact"
+    COMMIT = "commit", "commit"
+
+
+class TaskOutput(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="outputs", db_index=False)
+    output_type = models.CharField(max_length=16, choices=OutputType.choices)
+    content = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    file_path = models.CharField(max_length=500, blank=True)
+    file_size = models.PositiveBigIntegerField(null=True, blank=True)
+    mime_type = models.CharField(max_length=100, blank=True)
+    commit_hash = models.CharField(max_length=64, blank=True)
+    branch = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["task", "created_at", "id"]
+        indexes = [models.Index(fields=["task", "created_at"], name="output_task_created")]
+
+    def __str__(self) -> str:
+        return f"{self.output_type} of {self.task_id}"
+
+
+class TaskMetrics(models.Model):
+    """Execution figures of a task (seed 002: time, iterations, tokens, stop reason)."""
+
+    task = models.OneToOneField(Task, on_delete=models.PROTECT, related_name="metrics", primary_key=True)
+    processing_time_seconds = models.FloatField(null=True, blank=True)
+    iterations = models.PositiveIntegerField(null=True, blank=True)
+    prompt_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=64, blank=True)
+    converged = models.BooleanField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "task metrics"
+
+    def __str__(self) -> str:
+        return f"metrics of {self.task_id}"
+
+
+class CLISession(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True)
+    name = models.CharField(max_length=200, blank=True)
+    working_dir = models.CharField(max_length=500, blank=True)
+    provider = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_activity_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = "CLI session"
+
+    def __str__(self) -> str:
+        return self.name or str(self.id)
+
+    @property
+    def is_active(self) -> bool:
+        return self.ended_at is None
+
+
+class CLISessionCommand(models.Model):
+    session = models.ForeignKey(CLISession, on_delete=models.PROTECT, related_name="commands")
+    task = models.ForeignKey(Task, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    command = models.TextField()
+    exit_code = models.IntegerField(null=True, blank=True)
+    output = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session", "started_at", "id"]
+        verbose_name = "CLI session command"
+
+    def __str__(self) -> str:
+        return self.command[:60]
+
+
+class UserPreference(models.Model):
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="crux_preference")
+    default_provider = models.CharField(max_length=64, blank=True)
+    default_model = models.CharField(max_length=100, blank=True)
+    default_role = models.CharField(max_length=64, blank=True)
+    preferences = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"preferences of {self.user}"

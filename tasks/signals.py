@@ -1,0 +1,92 @@
+"""Audit recording: every tracked change of a Task becomes one chained TaskHistory row.
+
+Thin by design: the model's ``save()`` has already locked the row, read the
+committed values and checked the transition; these handlers only diff, attribute
+and append, inside the same transaction as the change.
+"""
+
+from typing import Any
+
+from django.db.models.signals import post_save, pre_save
+from django.dispatch import receiver
+from django.utils import timezone
+
+from tasks.audit import GENESIS_HASH, HistoryEvent, current_context, digest, row_hash, to_jsonable
+from tasks.exceptions import MissingAuditContext
+from tasks.models import DIGESTED_FIELDS, Task, TaskHistory
+from tasks.states import TaskState
+
+_PENDING = "_pending_history"
+
+
+def _changes(instance: Task, before: dict[str, Any] | None, update_fields: Any) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for field in Task.tracked_fields():
+        if update_fields is not None and field.name not in update_fields:
+            continue
+        new = to_jsonable(getattr(instance, field.attname))
+        if before is None:
+            if field.name != "state" and new == to_jsonable(field.get_default()):
+                continue
+            changes[field.name] = digest(new) if field.name in DIGESTED_FIELDS else new
+            continue
+        old = to_jsonable(before[field.attname])
+        if old == new:
+            continue
+        if field.name in DIGESTED_FIELDS:
+            old, new = (None if old is None else digest(old)), (None if new is None else digest(new))
+        changes[field.name] = [old, new]
+    return changes
+
+
+def _event(before: dict[str, Any] | None, instance: Task) -> str:
+    if before is None:
+        return HistoryEvent.CREATED
+    if before["state"] != instance.state:
+        return HistoryEvent.TRANSITION
+    if before["deleted_at"] is None and instance.deleted_at is not None:
+        return HistoryEvent.SOFT_DELETE
+    if before["deleted_at"] is not None and instance.deleted_at is None:
+        return HistoryEvent.RESTORE
+    return HistoryEvent.EDIT
+
+
+@receiver(pre_save, sender=Task, dispatch_uid="tasks.audit.prepare")
+def prepare_history_row(sender: type[Task], instance: Task, raw: bool, update_fields: Any, **kwargs: Any) -> None:
+    if raw or not hasattr(instance, "_audit_before"):
+        raise MissingAuditContext("tasks are saved only through Task.save() inside an audited block")
+    before = instance._audit_before
+    changes = _changes(instance, before, update_fields)
+    if before is not None and not changes:
+        setattr(instance, _PENDING, None)
+        return
+    ctx = current_context()
+    seq = 1 if before is None else before["history_count"] + 1
+    prev_hash = GENESIS_HASH if before is None else before["history_head"]
+    event = _event(before, instance)
+    failed = event == HistoryEvent.TRANSITION and instance.state == TaskState.FAILED
+    row = {
+        "task_id": instance.pk,
+        "seq": seq,
+        "event": event,
+        "state_from": "" if before is None else before["state"],
+        "state_to": instance.state,
+        "actor": ctx.actor,
+        "actor_user_id": ctx.user_id,
+        "channel": ctx.channel,
+        "reason": ctx.reason,
+        "error_message": instance.last_error if failed else "",
+        "details": to_jsonable({**ctx.details, "changes": changes}),
+        "created_at": timezone.now(),
+        "prev_hash": prev_hash,
+    }
+    row["hash"] = row_hash(prev_hash, row)
+    instance.history_count, instance.history_head = seq, row["hash"]
+    setattr(instance, _PENDING, row)
+
+
+@receiver(post_save, sender=Task, dispatch_uid="tasks.audit.append")
+def append_history_row(sender: type[Task], instance: Task, **kwargs: Any) -> None:
+    row = instance.__dict__.pop(_PENDING, None)
+    if row is not None:
+        TaskHistory(**row).save()

@@ -1,0 +1,142 @@
+"""Shared fixtures: real Redis with a per-run key prefix, users, and a private Redis to break."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+RUN_PREFIX = os.environ.setdefault("REDIS_KEY_PREFIX", f"crux-test-{uuid.uuid4().hex[:8]}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_caches(url: str) -> dict:
+    from django.conf import settings
+
+    caches = {name: dict(conf) for name, conf in settings.CACHES.items()}
+    caches["default"]["LOCATION"] = url
+    return caches
+
+
+@pytest.fixture(autouse=True)
+def isolated_redis_keys(settings) -> Iterator[None]:
+    """Every test writes under this run's prefix and leaves no key behind."""
+    settings.REDIS_KEY_PREFIX = RUN_PREFIX
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    yield
+    conn = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(conn.scan_iter(match=f"{RUN_PREFIX}:*", count=1000))
+    if keys:
+        conn.delete(*keys)
+
+
+@pytest.fixture
+def private_redis(settings) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, on a free port, that the test may flush or kill."""
+    server = PrivateRedis()
+    settings.CACHES = redis_caches(server.url)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class PrivateRedis:
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail("private redis-server did not start")
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the server: the crash of the Redis machine, not a polite shutdown."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user("alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user("bob", password="pw-bob-123")
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user("staffer", password="pw-staff-123", is_staff=True)
+
+
+@pytest.fixture
+def make_task(user, django_capture_on_commit_callbacks):
+    """Create tasks through the service, running their after-commit mirror writes."""
+    from tasks import services
+    from tasks.audit import Channel
+
+    def make(**fields):
+        fields.setdefault("title", "a task")
+        owner = fields.pop("owner", user)
+        with django_capture_on_commit_callbacks(execute=True):
+            return services.create_task(owner=owner, actor=owner, channel=Channel.API, **fields)
+
+    return make
+
+
+@pytest.fixture
+def live_db(transactional_db):
+    """Committed data that other processes (workers, killed children) can see.
+
+    The flush after a transactional test would hit the append-only triggers, so
+    the tasks are first erased through the purge hook, the one way past them.
+    """
+    yield
+    from tasks.models import Task
+    from tasks.services import erase_tasks
+
+    erase_tasks(list(Task.objects.values_list("pk", flat=True)))
+
+
+def child_database_url() -> str:
+    """A DATABASE_URL naming the test database, for child processes."""
+    from django.db import connection
+
+    conf = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{conf['NAME']}"
+    host, port = conf["HOST"] or "127.0.0.1", conf["PORT"] or 5432
+    return f"postgres://{conf['USER']}@{host}:{port}/{conf['NAME']}"

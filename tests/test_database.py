@@ -1,0 +1,70 @@
+"""Invariant 4: an acknowledged write is committed and on disk before the caller hears of it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from tasks.models import Task
+from tasks.selectors import verify_audit_chains
+from tests.conftest import child_database_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.django_db
+def test_sqlite_runs_wal_with_full_sync_and_immediate_transactions():
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite pragmas apply to the SQLite run")
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone()[0] == 2  # FULL
+        cursor.execute("PRAGMA foreign_keys")
+        assert cursor.fetchone()[0] == 1
+    assert connection.settings_dict["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+    assert connection.settings_dict["ATOMIC_REQUESTS"] is False
+
+
+@pytest.mark.django_db
+def test_postgresql_commits_synchronously():
+    if connection.vendor != "postgresql":
+        pytest.skip("applies to the PostgreSQL run")
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+        cursor.execute("SHOW fsync")
+        assert cursor.fetchone()[0] == "on"
+
+
+CHILD = """
+import os, signal, sys
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from tasks import services
+from tasks.audit import Channel
+owner = get_user_model().objects.get(username="alice")
+for i in range(5):
+    task = services.create_task(owner=owner, actor=owner, channel=Channel.API, title=f"acked {i}")
+    services.transition(task.pk, "queued", actor="system:test", channel=Channel.SYSTEM, reason="q")
+    print(task.pk, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_acknowledged_tasks_survive_the_process_being_killed(live_db, user):
+    env = {**os.environ, "DATABASE_URL": child_database_url(), "DJANGO_SETTINGS_MODULE": "crux.settings"}
+    child = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert child.returncode == -9, child.stderr
+    acked = child.stdout.split()
+    assert len(acked) == 5
+    for task_id in acked:
+        task = Task.objects.get(pk=task_id)
+        assert task.state == "queued"
+        assert [h.event for h in task.history.order_by("seq")] == ["created", "transition"]
+    assert list(verify_audit_chains()) == []
