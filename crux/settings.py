@@ -78,7 +78,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         # An acknowledged write is on disk: WAL with a full fsync at commit.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     }
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_crux.sqlite3")}
+# The test database: a file for SQLite, so that worker processes started by tests can share it.
+_default_test_name = str(VAR_DIR / "test_crux.sqlite3") if DATABASES["default"]["ENGINE"].endswith("sqlite3") else None
+DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default=_default_test_name)}
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -115,9 +117,33 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=43200),
 }
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
+
+# --- Execution: handlers, leases and the sweeps that heal lost work.
+TASK_HANDLERS = {
+    "echo": "tasks.handlers.echo",
+    "sleep": "tasks.handlers.sleep",
+    "fail": "tasks.handlers.fail",
+    "agent_demo": "tasks.handlers.agent_demo",
+    **env.dict("TASK_HANDLERS_EXTRA", default={}),
+}
+# A running task holds a lease renewed by heartbeat; an expired lease means its
+# worker is gone. Detection takes at most lease + sweep interval (25 s by default).
+TASK_LEASE_SECONDS = env.float("TASK_LEASE_SECONDS", default=20.0)
+RECOVERY_SWEEP_SECONDS = env.float("RECOVERY_SWEEP_SECONDS", default=5.0)
+# A queued task not started after this long is re-published (doubling per retry):
+# SQL is the outbox, so a lost broker message never loses the task.
+REDISPATCH_AFTER_SECONDS = env.float("REDISPATCH_AFTER_SECONDS", default=300.0)
+MIRROR_RECONCILE_SECONDS = env.float("MIRROR_RECONCILE_SECONDS", default=300.0)
+CELERY_BEAT_SCHEDULE = {
+    "recovery-sweep": {"task": "crux.recovery_sweep", "schedule": RECOVERY_SWEEP_SECONDS},
+    "reconcile-mirror": {"task": "crux.reconcile_mirror", "schedule": MIRROR_RECONCILE_SECONDS},
+}
 
 # --- Auth, i18n, static files.
 AUTH_PASSWORD_VALIDATORS = [

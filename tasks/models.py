@@ -22,7 +22,16 @@ from tasks.states import TaskState, check_state, check_transition
 
 # Live telemetry and audit bookkeeping: changing them writes no history row.
 UNTRACKED_FIELDS = frozenset(
-    {"progress", "current_phase", "partial_results", "updated_at", "history_count", "history_head"}
+    {
+        "progress",
+        "current_phase",
+        "partial_results",
+        "updated_at",
+        "lease_expires_at",
+        "heartbeat_at",
+        "history_count",
+        "history_head",
+    }
 )
 # Large values whose history records a digest instead of the value itself.
 DIGESTED_FIELDS = frozenset({"result", "request_payload"})
@@ -117,7 +126,14 @@ class Task(models.Model):
 
     celery_task_id = models.CharField(max_length=255, blank=True)
     attempt_count = models.PositiveIntegerField(default=0)
-    max_attempts = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)])
+    max_attempts = models.PositiveSmallIntegerField(
+        default=3, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="Last time it was published to Celery.")
+    dispatch_count = models.PositiveIntegerField(default=0)
+    worker_id = models.CharField(max_length=255, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     deleted_at = models.DateTimeField(null=True, blank=True)
     deleted_by = models.ForeignKey(
@@ -142,6 +158,8 @@ class Task(models.Model):
             models.Index(fields=["-created_at"], name="task_created"),
             models.Index(fields=["role"], name="task_role"),
             models.Index(fields=["provider"], name="task_provider"),
+            models.Index(fields=["lease_expires_at"], name="task_running_lease", condition=models.Q(state="running")),
+            models.Index(fields=["dispatched_at"], name="task_queued_dispatch", condition=models.Q(state="queued")),
             models.Index(fields=["deleted_at"], name="task_deleted", condition=models.Q(deleted_at__isnull=False)),
         ]
         permissions = [

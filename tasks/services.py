@@ -7,17 +7,25 @@ history row in that same transaction and the mirror is refreshed after commit.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from datetime import timedelta
+from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from tasks.audit import audited
+from tasks.audit import Channel, audited
 from tasks.exceptions import InvalidTaskData, StaleState, TaskError, TaskNotFound
 from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskMetrics, TaskOutput
+from tasks.registry import registered_names
 from tasks.states import TERMINAL_STATES, TaskState, check_state, check_transition
+
+logger = logging.getLogger(__name__)
 
 # What clients may set on a task (at creation or by an edit).
 EDITABLE_FIELDS = frozenset(
@@ -87,6 +95,14 @@ def _validate(task: Task) -> None:
         raise InvalidTaskData(exc.message_dict) from None
 
 
+def _check_handler(fields: dict[str, Any]) -> None:
+    handler = fields.get("handler", Task._meta.get_field("handler").default)
+    if handler not in registered_names():
+        raise InvalidTaskData(
+            {"handler": [f"Unknown handler {handler!r}; registered: {', '.join(registered_names())}."]}
+        )
+
+
 def create_task(
     *,
     owner: Any,
@@ -95,13 +111,89 @@ def create_task(
     reason: str = "created",
     **fields: Any,
 ) -> Task:
-    """Create a pending task and its first history row, or raise InvalidTaskData."""
+    """Create a pending task (not yet dispatched) and its first history row."""
     _refuse_unknown(fields, CREATE_FIELDS)
     task = Task(owner=owner, **fields)
     _validate(task)
     with audited(actor, channel=channel, reason=reason):
         task.save()
     return task
+
+
+def submit_task(
+    *,
+    owner: Any,
+    actor: Any,
+    channel: str,
+    reason: str = "submitted",
+    **fields: Any,
+) -> Task:
+    """Create a queued task and publish it to Celery once the creation has committed.
+
+    SQL is the outbox: if the publish is lost (crash after commit, broker down or
+    flushed), the re-dispatch sweep publishes the task again.
+    """
+    _refuse_unknown(fields, CREATE_FIELDS)
+    _check_handler(fields)
+    now = timezone.now()
+    task = Task(owner=owner, state=TaskState.QUEUED, dispatched_at=now, dispatch_count=1, **fields)
+    _validate(task)
+    with transaction.atomic():
+        with audited(actor, channel=channel, reason=reason):
+            task.save()
+        _publish_on_commit(task.pk)
+    return task
+
+
+def _publish_on_commit(task_id: uuid.UUID) -> None:
+    from tasks.dispatch import publish
+
+    transaction.on_commit(partial(publish, task_id))
+
+
+def _apply(
+    task: Task,
+    target: str,
+    *,
+    actor: Any,
+    channel: str,
+    reason: str,
+    details: dict[str, Any] | None = None,
+    **updates: Any,
+) -> Task:
+    """Move a locked task to ``target``; the single place where a transition is applied."""
+    check_transition(task.state, target)
+    now = timezone.now()
+    task.state = target
+    for name, value in updates.items():
+        setattr(task, name, value)
+    if target == TaskState.RUNNING:
+        task.started_at = now
+    if target in TERMINAL_STATES:
+        task.completed_at = now
+        task.lease_expires_at = None
+    elif task.completed_at is not None:
+        task.completed_at = None
+    if target == TaskState.FAILED:
+        task.error_count += 1
+    if target == TaskState.QUEUED:
+        task.dispatched_at, task.dispatch_count = now, task.dispatch_count + 1
+        task.worker_id, task.lease_expires_at = "", None
+    _validate(task)
+    with audited(actor, channel=channel, reason=reason, details=details):
+        task.save()
+    if target == TaskState.QUEUED:
+        _publish_on_commit(task.pk)
+    return task
+
+
+def _check_expected(task: Task, expected_state: str | None, expected_attempt: int | None) -> None:
+    if expected_state is not None and task.state != check_state(expected_state):
+        raise StaleState(f"task {task.pk} is {task.state}, not {expected_state}")
+    if expected_attempt is not None and task.attempt_count != expected_attempt:
+        raise StaleState(
+            f"task {task.pk} is at attempt {task.attempt_count}, not {expected_attempt}", field="attempt_count"
+        )
 
 
 def transition(
@@ -121,30 +213,211 @@ def transition(
     _refuse_unknown(updates, TRANSITION_FIELDS)
     with transaction.atomic():
         task = _locked(task_id)
-        if expected_state is not None and task.state != check_state(expected_state):
-            raise StaleState(f"task {task.pk} is {task.state}, not {expected_state}")
-        if expected_attempt is not None and task.attempt_count != expected_attempt:
-            raise StaleState(
-                f"task {task.pk} is at attempt {task.attempt_count}, not {expected_attempt}",
-                field="attempt_count",
-            )
-        check_transition(task.state, target)
-        now = timezone.now()
-        task.state = target
-        for name, value in updates.items():
-            setattr(task, name, value)
-        if target == TaskState.RUNNING:
-            task.started_at = now
-        if target in TERMINAL_STATES:
-            task.completed_at = now
-        elif task.completed_at is not None:
-            task.completed_at = None
-        if target == TaskState.FAILED:
-            task.error_count += 1
-        _validate(task)
-        with audited(actor, channel=channel, reason=reason, details=details):
-            task.save()
+        _check_expected(task, expected_state, expected_attempt)
+        return _apply(task, target, actor=actor, channel=channel, reason=reason, details=details, **updates)
+
+
+def cancel(task_id: Any, *, actor: Any, channel: str, reason: str) -> Task:
+    """Cancel a task that has not finished, and stop its Celery execution after commit."""
+    with transaction.atomic():
+        task = _locked(task_id)
+        was = task.state
+        _apply(task, TaskState.CANCELLED, actor=actor, channel=channel, reason=reason)
+        if was in (TaskState.QUEUED, TaskState.RUNNING):
+            from tasks.dispatch import revoke
+
+            transaction.on_commit(partial(revoke, task.pk, terminate=was == TaskState.RUNNING))
     return task
+
+
+WORKER_ACTOR = "system:worker"
+RECOVERY_ACTOR = "system:recovery"
+
+
+def lease_deadline() -> Any:
+    return timezone.now() + timedelta(seconds=settings.TASK_LEASE_SECONDS)
+
+
+def claim(task_id: Any, *, worker_id: str) -> Task | None:
+    """Move a queued task to running for a new attempt, or return None (duplicate delivery).
+
+    A compare-and-set under the row lock: a delivery of a task that is already
+    running or finished does nothing, so a task never runs twice at once.
+    """
+    with transaction.atomic():
+        try:
+            task = _locked(task_id)
+        except TaskNotFound:
+            logger.warning("delivery of unknown task %s ignored", task_id)
+            return None
+        if task.state != TaskState.QUEUED:
+            logger.info("duplicate delivery of task %s ignored: it is %s", task.pk, task.state)
+            return None
+        if task.is_deleted:
+            _apply(
+                task,
+                TaskState.CANCELLED,
+                actor=WORKER_ACTOR,
+                channel=Channel.WORKER,
+                reason="soft-deleted before it started; not run",
+            )
+            return None
+        return _apply(
+            task,
+            TaskState.RUNNING,
+            actor=WORKER_ACTOR,
+            channel=Channel.WORKER,
+            reason=f"claimed by {worker_id} for attempt {task.attempt_count + 1} of {task.max_attempts}",
+            attempt_count=task.attempt_count + 1,
+            worker_id=worker_id,
+            lease_expires_at=lease_deadline(),
+            heartbeat_at=timezone.now(),
+            progress=0.0,
+            current_phase="",
+        )
+
+
+def finish_attempt(task_id: Any, *, attempt: int, worker_id: str, result: Any = None, error: str = "") -> Task | None:
+    """Record the outcome of an attempt: completed with ``result``, or failed with ``error``.
+
+    Compare-and-set on (running, attempt, worker): if the task was cancelled or
+    recovered meanwhile, the outcome is discarded (and logged), never applied twice.
+    """
+    with transaction.atomic():
+        task = _locked(task_id)
+        if (task.state, task.attempt_count, task.worker_id) != (TaskState.RUNNING, attempt, worker_id):
+            logger.warning(
+                "outcome of task %s attempt %s discarded: it is now %s at attempt %s",
+                task.pk,
+                attempt,
+                task.state,
+                task.attempt_count,
+            )
+            return None
+        if error:
+            return _apply(
+                task,
+                TaskState.FAILED,
+                actor=WORKER_ACTOR,
+                channel=Channel.WORKER,
+                reason=f"handler raised on attempt {attempt}",
+                last_error=error,
+            )
+        return _apply(
+            task,
+            TaskState.COMPLETED,
+            actor=WORKER_ACTOR,
+            channel=Channel.WORKER,
+            reason=f"completed on attempt {attempt}",
+            result=result,
+            progress=1.0,
+        )
+
+
+def _live_attempt(task_id: Any, attempt: int, worker_id: str) -> Any:
+    return Task.objects.filter(pk=task_id, state=TaskState.RUNNING, attempt_count=attempt, worker_id=worker_id)
+
+
+def renew_lease(task_id: Any, *, attempt: int, worker_id: str) -> bool:
+    """Extend the lease of a running attempt; False means the attempt lost its claim."""
+    now = timezone.now()
+    return bool(_live_attempt(task_id, attempt, worker_id).update(lease_expires_at=lease_deadline(), heartbeat_at=now))
+
+
+def report_progress(task_id: Any, *, attempt: int, worker_id: str, progress: float, phase: str | None = None) -> bool:
+    """Live progress of a running attempt (no history row: it is telemetry, mirrored to Redis)."""
+    if not 0.0 <= progress <= 1.0:
+        raise InvalidTaskData({"progress": ["Ensure this value is between 0 and 1."]})
+    fields: dict[str, Any] = {"progress": progress, "updated_at": timezone.now()}
+    if phase is not None:
+        fields["current_phase"] = phase[:100]
+    updated = _live_attempt(task_id, attempt, worker_id).update(**fields)
+    if updated:
+        from persistence.mirror import MIRRORED_FIELDS, publish, snapshot
+
+        values = Task.objects.filter(pk=task_id).values(*MIRRORED_FIELDS).first()
+        if values is not None:
+            publish(snapshot(values))
+    return bool(updated)
+
+
+def recover_interrupted(task: Task, *, reason: str) -> str:
+    """Interrupt a locked running task whose worker is gone; requeue or fail it. Returns the outcome."""
+    _apply(task, TaskState.INTERRUPTED, actor=RECOVERY_ACTOR, channel=Channel.RECOVERY, reason=reason)
+    if task.attempt_count < task.max_attempts:
+        _apply(
+            task,
+            TaskState.QUEUED,
+            actor=RECOVERY_ACTOR,
+            channel=Channel.RECOVERY,
+            reason=f"requeued after interruption: attempt {task.attempt_count} of {task.max_attempts} was lost",
+        )
+        return "requeued"
+    _apply(
+        task,
+        TaskState.FAILED,
+        actor=RECOVERY_ACTOR,
+        channel=Channel.RECOVERY,
+        reason=f"attempt limit reached: {task.attempt_count} of {task.max_attempts} attempts lost their worker",
+        last_error=f"recovery: worker lost on each of {task.attempt_count} attempts ({reason})",
+    )
+    return "failed"
+
+
+def recover_orphans(*, worker_prefix: str | None = None) -> dict[str, int]:
+    """Interrupt running tasks whose lease expired (or that belonged to a restarted worker).
+
+    Each becomes interrupted, then queued again until its attempt limit, else
+    failed with a recovery reason; every step writes a history row.
+    """
+    now = timezone.now()
+    expired = Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True)
+    if worker_prefix:
+        expired |= Q(worker_id__startswith=worker_prefix)
+    counts = {"interrupted": 0, "requeued": 0, "failed": 0}
+    for pk in Task.objects.filter(Q(state=TaskState.RUNNING) & expired).values_list("pk", flat=True):
+        with transaction.atomic():
+            task = _locked(pk)
+            restarted = bool(worker_prefix) and task.worker_id.startswith(worker_prefix)
+            lost = task.lease_expires_at is None or task.lease_expires_at < timezone.now()
+            if task.state != TaskState.RUNNING or not (restarted or lost):
+                continue
+            if restarted:
+                reason = f"worker {task.worker_id} restarted while running attempt {task.attempt_count}"
+            else:
+                reason = f"lease expired at {task.lease_expires_at:%Y-%m-%d %H:%M:%S}Z: worker {task.worker_id} lost"
+            counts[recover_interrupted(task, reason=reason)] += 1
+            counts["interrupted"] += 1
+    return counts
+
+
+def redispatch_stale(*, base_seconds: float | None = None) -> int:
+    """Publish again queued tasks that have not started: their message may be lost.
+
+    Waits ``REDISPATCH_AFTER_SECONDS`` after the last dispatch, doubling with each
+    re-dispatch (at most 8x), so a long backlog is not flooded with copies.
+    """
+    base = settings.REDISPATCH_AFTER_SECONDS if base_seconds is None else base_seconds
+    now = timezone.now()
+    candidates = Task.objects.filter(state=TaskState.QUEUED).filter(
+        Q(dispatched_at__lt=now - timedelta(seconds=base)) | Q(dispatched_at__isnull=True)
+    )
+    redispatched = 0
+    for pk, count, at in candidates.values_list("pk", "dispatch_count", "dispatched_at"):
+        wait = timedelta(seconds=base * min(2 ** max(count - 1, 0), 8))
+        if at is not None and at > now - wait:
+            continue
+        with transaction.atomic():
+            task = _locked(pk)
+            if task.state != TaskState.QUEUED or task.dispatched_at != at:
+                continue
+            waited = "never dispatched" if at is None else f"queued since {at:%H:%M:%S}Z without starting"
+            task.dispatched_at, task.dispatch_count = now, task.dispatch_count + 1
+            with audited(RECOVERY_ACTOR, channel=Channel.RECOVERY, reason=f"re-dispatched: {waited}"):
+                task.save()
+            _publish_on_commit(task.pk)
+            redispatched += 1
+    return redispatched
 
 
 def update_task(task_id: Any, *, actor: Any, channel: str, reason: str, **changes: Any) -> Task:

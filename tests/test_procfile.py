@@ -36,7 +36,7 @@ def test_release_then_web_serve_admin_login_and_api(tmp_path):
     honcho = [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
     release = subprocess.run([*honcho, "start", "release"], env=env, capture_output=True, text=True, timeout=180)
     assert release.returncode == 0, release.stdout + release.stderr
-    assert "reconcile: checked 0 entries" in release.stdout
+    assert "recover: checked 0 active tasks" in release.stdout
     port = free_port()
     web = subprocess.Popen(
         [*honcho, "start", "--port", str(port), "web"],

@@ -1,0 +1,36 @@
+"""Publishing to and revoking from Celery. Failures are logged and counted, never raised:
+the task is already committed in SQL, and the re-dispatch sweep publishes it again."""
+
+import logging
+from typing import Any
+
+from prometheus_client import Counter
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_FAILURES = Counter("crux_publish_failures_total", "Celery publishes that failed (the sweep retries them)")
+PUBLISHED = Counter("crux_published_total", "Tasks published to Celery")
+
+
+def publish(task_id: Any) -> bool:
+    """Send the task to a worker; the Celery task id is the task's own id."""
+    from tasks.tasks import execute_task
+
+    try:
+        execute_task.apply_async(args=[str(task_id)], task_id=str(task_id))
+    except Exception as exc:  # any broker error: SQL stays the outbox
+        PUBLISH_FAILURES.inc()
+        logger.warning("publish of task %s failed; the re-dispatch sweep will retry: %s", task_id, exc)
+        return False
+    PUBLISHED.inc()
+    return True
+
+
+def revoke(task_id: Any, *, terminate: bool) -> None:
+    """Ask workers to drop (or, if running, terminate) the task's execution."""
+    from crux.celery import app
+
+    try:
+        app.control.revoke(str(task_id), terminate=terminate, signal="SIGTERM")
+    except Exception as exc:  # the claim/finish compare-and-set still stops a late run
+        logger.warning("revoke of task %s failed: %s", task_id, exc)

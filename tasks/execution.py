@@ -1,0 +1,161 @@
+"""Running one attempt of a task: claim, heartbeat, handler, outcome.
+
+The claim and the outcome are compare-and-set writes through tasks.services, so
+a duplicate delivery does nothing and a late outcome is discarded. While the
+handler runs, a heartbeat thread renews the lease; if the lease is lost (the
+task was cancelled or recovered elsewhere) or cannot be renewed in time, the
+process ends itself so the same task never runs in two places at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from tasks import services
+from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
+from tasks.registry import get_handler
+
+logger = logging.getLogger(__name__)
+
+METRIC_FIELDS = frozenset(
+    {
+        "processing_time_seconds",
+        "iterations",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "stop_reason",
+        "converged",
+    }
+)
+
+
+def end_process() -> None:
+    """Leave at once: Celery's parent sees a lost worker and the message is redelivered (and ignored)."""
+    logging.shutdown()
+    os._exit(70)
+
+
+class LeaseLost(Exception):
+    """The attempt no longer holds its task (cancelled, or recovered after a stall)."""
+
+
+class TaskContext:
+    """What a handler may do while it runs: report progress, append outputs, record metrics."""
+
+    def __init__(self, task: Task, worker_id: str):
+        self.task_id = task.pk
+        self.attempt = task.attempt_count
+        self.worker_id = worker_id
+        self.title = task.title
+        self.lease_lost = threading.Event()
+
+    def progress(self, fraction: float, phase: str | None = None) -> None:
+        if not services.report_progress(
+            self.task_id, attempt=self.attempt, worker_id=self.worker_id, progress=fraction, phase=phase
+        ):
+            raise LeaseLost(f"task {self.task_id} attempt {self.attempt} lost its claim")
+
+    def output(self, output_type: str, content: str, **meta: Any) -> TaskOutput:
+        return TaskOutput.objects.create(
+            task_id=self.task_id, output_type=OutputType(output_type), content=content, **meta
+        )
+
+    def metrics(self, **fields: Any) -> None:
+        unknown = set(fields) - METRIC_FIELDS
+        if unknown:
+            raise ValueError(f"unknown metrics {sorted(unknown)}")
+        TaskMetrics.objects.update_or_create(task_id=self.task_id, defaults=fields)
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease every quarter lease; calls ``on_lost`` when the claim is gone or too stale."""
+
+    def __init__(self, ctx: TaskContext, on_lost: Callable[[], None]):
+        super().__init__(name=f"heartbeat-{ctx.task_id}", daemon=True)
+        self.ctx = ctx
+        self.on_lost = on_lost
+        self.stopped = threading.Event()
+        self.interval = settings.TASK_LEASE_SECONDS / 4
+
+    def run(self) -> None:
+        last_renewal = time.monotonic()
+        try:
+            while not self.stopped.wait(self.interval):
+                try:
+                    renewed = services.renew_lease(
+                        self.ctx.task_id, attempt=self.ctx.attempt, worker_id=self.ctx.worker_id
+                    )
+                except Exception:
+                    logger.exception("lease renewal of task %s failed", self.ctx.task_id)
+                    renewed = None
+                    close_old_connections()
+                if renewed:
+                    last_renewal = time.monotonic()
+                    continue
+                stale = time.monotonic() - last_renewal > settings.TASK_LEASE_SECONDS * 0.75
+                if renewed is False or stale:
+                    if self.stopped.is_set():
+                        return
+                    logger.error(
+                        "task %s attempt %s lost its lease (%s); stopping this execution",
+                        self.ctx.task_id,
+                        self.ctx.attempt,
+                        "claim gone" if renewed is False else "renewal failing",
+                    )
+                    self.ctx.lease_lost.set()
+                    self.on_lost()
+                    return
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=self.interval + 5)
+
+
+def _describe(exc: BaseException) -> str:
+    lines = traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).strip()[:4000]
+
+
+def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] = end_process) -> str:
+    """Run one delivery of a task; returns what happened (skipped, completed, failed, discarded)."""
+    task = services.claim(task_id, worker_id=worker_id)
+    if task is None:
+        return "skipped"
+    ctx = TaskContext(task, worker_id)
+    heartbeat = Heartbeat(ctx, on_lease_lost)
+    heartbeat.start()
+    started = time.perf_counter()
+    result: Any = None
+    error = ""
+    try:
+        handler = get_handler(task.handler)
+        result = handler(ctx, dict(task.request_payload))
+        json.dumps(result)
+    except Exception as exc:
+        error = _describe(exc)
+        logger.warning("task %s attempt %s failed: %s", task.pk, task.attempt_count, error)
+    finally:
+        heartbeat.stop()
+    if ctx.lease_lost.is_set():
+        return "discarded"
+    elapsed = time.perf_counter() - started
+    TaskMetrics.objects.update_or_create(task_id=task.pk, defaults={"processing_time_seconds": round(elapsed, 6)})
+    outcome = services.finish_attempt(
+        task.pk, attempt=task.attempt_count, worker_id=worker_id, result=result, error=error
+    )
+    if outcome is None:
+        return "discarded"
+    return outcome.state
