@@ -14,6 +14,9 @@ import pytest
 import redis
 
 RUN_PREFIX = os.environ.setdefault("REDIS_KEY_PREFIX", f"crux-test-{uuid.uuid4().hex[:8]}")
+# Messages this process publishes go to a queue of this run's own, which no
+# developer's worker consumes; the queue is deleted when the run ends.
+TEST_QUEUE = f"{RUN_PREFIX}.celery"
 
 
 def free_port() -> int:
@@ -28,6 +31,20 @@ def redis_caches(url: str) -> dict:
     caches = {name: dict(conf) for name, conf in settings.CACHES.items()}
     caches["default"]["LOCATION"] = url
     return caches
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_celery_queue() -> Iterator[None]:
+    from django.conf import settings
+
+    from crux.celery import app
+
+    app.conf.task_default_queue = TEST_QUEUE
+    yield
+    conn = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    keys = list(conn.scan_iter(match=f"*{TEST_QUEUE}*", count=1000))
+    if keys:
+        conn.delete(*keys)
 
 
 @pytest.fixture(autouse=True)

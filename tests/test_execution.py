@@ -1,0 +1,184 @@
+"""Execution in-process (no broker): claim, outcome, duplicates, leases, recovery, re-dispatch."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tasks import services
+from tasks.audit import Channel
+from tasks.exceptions import IllegalTransition, InvalidTaskData
+from tasks.execution import execute
+from tasks.models import Task
+
+pytestmark = pytest.mark.usefixtures("live_db")
+
+WORKER = "celery@test:1"
+
+
+@pytest.fixture(autouse=True)
+def test_handlers(settings):
+    settings.TASK_HANDLERS = {
+        **settings.TASK_HANDLERS,
+        "cancel_myself": "tests.handlers.cancel_myself",
+    }
+
+
+def submit(user, handler="echo", **fields):
+    fields.setdefault("title", f"{handler} task")
+    return services.submit_task(owner=user, actor=user, channel=Channel.API, handler=handler, **fields)
+
+
+def events(task):
+    return [(h.event, h.state_from, h.state_to, h.channel) for h in task.history.order_by("seq")]
+
+
+def test_submit_creates_a_queued_task_with_one_row(user):
+    task = submit(user, request_payload={"message": "hi"})
+    assert task.state == "queued" and task.dispatch_count == 1 and task.dispatched_at is not None
+    assert events(task) == [("created", "", "queued", "api")]
+
+
+def test_submit_refuses_an_unknown_handler(user):
+    with pytest.raises(InvalidTaskData) as info:
+        submit(user, handler="rm_rf")
+    assert "handler" in info.value.errors and Task.objects.count() == 0
+
+
+def test_echo_runs_to_completion_with_outputs_and_metrics(user):
+    task = submit(user, request_payload={"message": "hello"})
+    assert execute(str(task.pk), worker_id=WORKER) == "completed"
+    task.refresh_from_db()
+    assert (task.state, task.result, task.attempt_count, task.progress) == ("completed", {"echo": "hello"}, 1, 1.0)
+    assert task.outputs.get().content == "hello"
+    assert task.metrics.processing_time_seconds >= 0
+    assert events(task)[1:] == [
+        ("transition", "queued", "running", "worker"),
+        ("transition", "running", "completed", "worker"),
+    ]
+
+
+def test_a_duplicate_delivery_does_nothing(user):
+    task = submit(user)
+    execute(str(task.pk), worker_id=WORKER)
+    assert execute(str(task.pk), worker_id="celery@other:2") == "skipped"
+    task.refresh_from_db()
+    assert task.attempt_count == 1 and task.history.count() == 3
+
+
+def test_a_handler_exception_records_the_failure(user):
+    task = submit(user, handler="fail", request_payload={"message": "no luck"})
+    assert execute(str(task.pk), worker_id=WORKER) == "failed"
+    task.refresh_from_db()
+    assert task.state == "failed" and "RuntimeError: no luck" in task.last_error
+    assert task.history.latest("seq").error_message == task.last_error
+    assert task.outputs.get().output_type == "stderr"
+
+
+def test_agent_demo_records_seed_002_metrics(user):
+    task = submit(user, handler="agent_demo", request_payload={"max_iterations": 4, "converge_after": 2, "delay": 0})
+    assert execute(str(task.pk), worker_id=WORKER) == "completed"
+    metrics = Task.objects.get(pk=task.pk).metrics
+    assert (metrics.iterations, metrics.stop_reason, metrics.converged) == (2, "evaluator_stop", True)
+    assert metrics.total_tokens == metrics.prompt_tokens + metrics.completion_tokens > 0
+    assert sorted(task.outputs.values_list("output_type", flat=True)) == ["artifact", "log", "log"]
+
+
+def test_an_outcome_after_cancel_is_discarded(user):
+    task = submit(user, handler="cancel_myself")
+    assert execute(str(task.pk), worker_id=WORKER) == "discarded"
+    task.refresh_from_db()
+    assert task.state == "cancelled" and task.result is None
+    assert [e[2] for e in events(task)] == ["queued", "running", "cancelled"]
+
+
+def test_the_heartbeat_stops_an_execution_whose_claim_is_gone(user, settings):
+    settings.TASK_LEASE_SECONDS = 0.4
+    lost = []
+    task = submit(user, handler="cancel_myself", request_payload={"linger": 0.6})
+    assert execute(str(task.pk), worker_id=WORKER, on_lease_lost=lambda: lost.append(True)) == "discarded"
+    assert lost == [True]
+
+
+def test_the_heartbeat_renews_the_lease(user, settings):
+    settings.TASK_LEASE_SECONDS = 0.4
+    task = submit(user, handler="sleep", request_payload={"seconds": 1.0, "steps": 4})
+    lost = []
+    assert execute(str(task.pk), worker_id=WORKER, on_lease_lost=lambda: lost.append(True)) == "completed"
+    assert lost == []
+    assert Task.objects.get(pk=task.pk).history.count() == 3
+
+
+def claim_and_expire(task, worker=WORKER):
+    services.claim(task.pk, worker_id=worker)
+    Task.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+
+def test_an_expired_lease_is_interrupted_and_requeued_until_the_limit(user):
+    task = submit(user, max_attempts=2)
+    claim_and_expire(task)
+    assert services.recover_orphans() == {"interrupted": 1, "requeued": 1, "failed": 0}
+    task.refresh_from_db()
+    assert (task.state, task.attempt_count, task.dispatch_count, task.worker_id) == ("queued", 1, 2, "")
+    claim_and_expire(task)
+    assert services.recover_orphans() == {"interrupted": 1, "requeued": 0, "failed": 1}
+    task.refresh_from_db()
+    assert task.state == "failed" and "worker lost on each of 2 attempts" in task.last_error
+    assert [(e[2], e[3]) for e in events(task)] == [
+        ("queued", "api"),
+        ("running", "worker"),
+        ("interrupted", "recovery"),
+        ("queued", "recovery"),
+        ("running", "worker"),
+        ("interrupted", "recovery"),
+        ("failed", "recovery"),
+    ]
+    assert "attempt limit reached" in task.history.latest("seq").reason
+
+
+def test_a_live_lease_is_left_alone_unless_its_worker_restarted(user):
+    task = submit(user)
+    services.claim(task.pk, worker_id="celery@box:42")
+    assert services.recover_orphans() == {"interrupted": 0, "requeued": 0, "failed": 0}
+    assert services.recover_orphans(worker_prefix="celery@other:") == {"interrupted": 0, "requeued": 0, "failed": 0}
+    assert services.recover_orphans(worker_prefix="celery@box:")["requeued"] == 1
+    assert "restarted" in Task.objects.get(pk=task.pk).history.get(seq=3).reason
+
+
+def test_redispatch_republishes_queued_tasks_with_backoff(user):
+    task = submit(user)
+    assert services.redispatch_stale(base_seconds=60) == 0
+    assert services.redispatch_stale(base_seconds=0) == 1
+    task.refresh_from_db()
+    assert task.dispatch_count == 2
+    row = task.history.latest("seq")
+    assert (row.event, row.channel) == ("edit", "recovery") and row.reason.startswith("re-dispatched")
+    running = submit(user)
+    services.claim(running.pk, worker_id=WORKER)
+    assert services.redispatch_stale(base_seconds=0) == 1  # only the queued one
+
+
+def test_cancel_rules(user):
+    queued = submit(user)
+    services.cancel(queued.pk, actor=user, channel=Channel.API, reason="changed my mind")
+    assert Task.objects.get(pk=queued.pk).history.latest("seq").reason == "changed my mind"
+    done = submit(user)
+    execute(str(done.pk), worker_id=WORKER)
+    with pytest.raises(IllegalTransition, match="completed -> cancelled"):
+        services.cancel(done.pk, actor=user, channel=Channel.API, reason="too late")
+    assert Task.objects.get(pk=done.pk).state == "completed"
+
+
+def test_a_soft_deleted_queued_task_is_not_run(user):
+    task = submit(user)
+    services.soft_delete(task.pk, user=user, channel=Channel.API, reason="not needed")
+    assert execute(str(task.pk), worker_id=WORKER) == "skipped"
+    task.refresh_from_db()
+    assert task.state == "cancelled" and task.attempt_count == 0
+
+
+def test_default_orphan_detection_is_within_30_seconds(settings):
+    from crux import settings as defaults
+
+    assert defaults.env.float("TASK_LEASE_SECONDS", default=20.0) == 20.0
+    assert settings.TASK_LEASE_SECONDS + settings.RECOVERY_SWEEP_SECONDS <= 30

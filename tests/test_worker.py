@@ -1,0 +1,260 @@
+"""Real Celery workers on a real Redis broker: kills, flushes and lost publishes lose no task."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tasks.models import Task, TaskHistory
+from tasks.states import TERMINAL_STATES
+from tests.conftest import RUN_PREFIX, child_database_url
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_db")]
+
+SUBMIT = """
+import json, os, signal, sys
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from tasks import services
+from tasks.audit import Channel
+spec = json.loads(sys.argv[1])
+owner = get_user_model().objects.get(username=spec["owner"])
+ids = []
+for i in range(spec["count"]):
+    with transaction.atomic():
+        if spec.get("die_before_publish"):
+            transaction.on_commit(lambda: os.kill(os.getpid(), signal.SIGKILL))
+        task = services.submit_task(
+            owner=owner, actor=owner, channel=Channel.API, title=f"{spec['handler']} {i}",
+            handler=spec["handler"], request_payload=spec.get("payload", {}),
+            max_attempts=spec.get("max_attempts", 3),
+        )
+    ids.append(str(task.pk))
+print(json.dumps(ids), flush=True)
+"""
+
+CANCEL = """
+import sys
+import django
+django.setup()
+from tasks import services
+from tasks.audit import Channel
+services.cancel(sys.argv[1], actor="ops:test", channel=Channel.COMMAND, reason="stop it")
+"""
+
+
+class Cluster:
+    """Worker and beat processes sharing the test database and a private Redis broker."""
+
+    def __init__(self, tmp_path: Path, redis_url: str):
+        self.tmp_path = tmp_path
+        self.processes: list[subprocess.Popen] = []
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "crux.settings",
+            "DATABASE_URL": child_database_url(),
+            "REDIS_URL": redis_url,
+            "CELERY_BROKER_URL": redis_url,
+            "REDIS_KEY_PREFIX": RUN_PREFIX,
+            "TASK_LEASE_SECONDS": "2",
+            "RECOVERY_SWEEP_SECONDS": "0.5",
+            "REDISPATCH_AFTER_SECONDS": "2",
+            "TASK_HANDLERS_EXTRA": "record=tests.handlers.record_execution,crash=tests.handlers.crash_worker",
+        }
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        with open(self.tmp_path / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "crux", *args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def worker(self, concurrency: int = 2) -> subprocess.Popen:
+        name = f"w{len(self.processes)}"
+        return self._spawn(
+            name,
+            [
+                "worker",
+                "-c",
+                str(concurrency),
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "INFO",
+            ],
+        )
+
+    def beat(self) -> subprocess.Popen:
+        return self._spawn("beat", ["beat", "-s", str(self.tmp_path / "beat-schedule"), "-l", "INFO"])
+
+    def run_script(self, script: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", script, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120
+        )
+
+    def submit(self, count: int, handler: str, **spec) -> list[str]:
+        done = self.run_script(SUBMIT, json.dumps({"owner": "alice", "count": count, "handler": handler, **spec}))
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp_path.glob("*.log")))
+
+
+@pytest.fixture
+def cluster(tmp_path, private_redis, user):
+    cluster = Cluster(tmp_path, private_redis.url)
+    yield cluster
+    cluster.stop()
+
+
+def pool_children(worker: subprocess.Popen) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def wait_until_finished(ids: list[str], cluster: Cluster, timeout: float = 150, while_waiting=None) -> None:
+    deadline = time.monotonic() + timeout
+    while Task.objects.filter(pk__in=ids).exclude(state__in=TERMINAL_STATES).exists():
+        if time.monotonic() > deadline:
+            states = Counter(Task.objects.filter(pk__in=ids).values_list("state", flat=True))
+            pytest.fail(f"tasks not finished after {timeout}s: {dict(states)}\n{cluster.logs()}")
+        if while_waiting:
+            while_waiting()
+        time.sleep(0.2)
+
+
+def transitions(task_id: str) -> list[str]:
+    return list(TaskHistory.objects.filter(task_id=task_id).order_by("seq").values_list("state_to", flat=True))
+
+
+def test_sigkilling_worker_children_loses_nothing_and_runs_nothing_twice(cluster, tmp_path):
+    log = tmp_path / "executions.log"
+    worker = cluster.worker(concurrency=2)
+    cluster.beat()
+    ids = cluster.submit(200, "record", payload={"log": str(log), "duration": 0.1})
+    kills = []
+    rng = random.Random(7)
+
+    def kill_a_child() -> None:
+        if len(kills) >= 20 or (kills and time.monotonic() - kills[-1] < 0.6):
+            return
+        children = pool_children(worker)
+        if children:
+            os.kill(rng.choice(children), signal.SIGKILL)
+            kills.append(time.monotonic())
+
+    wait_until_finished(ids, cluster, while_waiting=kill_a_child)
+    assert len(kills) >= 10, "the test must actually kill workers"
+
+    tasks = {str(t.pk): t for t in Task.objects.filter(pk__in=ids)}
+    assert len(tasks) == 200
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert not [line for line in lines if line[0] == "OVERLAP"], "a task ran in two processes at once"
+    starts = Counter((line[1], int(line[2])) for line in lines if line[0] == "start")
+    assert max(starts.values()) == 1, "an attempt was executed twice"
+
+    interrupted_total = 0
+    for task_id, task in tasks.items():
+        states = transitions(task_id)
+        interrupted = states.count("interrupted")
+        interrupted_total += interrupted
+        assert states.count("running") == task.attempt_count
+        if task.state == "completed":
+            assert states.count("completed") == 1 and interrupted == task.attempt_count - 1
+            assert task.result == {"attempt": task.attempt_count}
+        else:
+            assert task.state == "failed" and task.attempt_count == task.max_attempts == interrupted
+            assert "attempt limit reached" in task.history.latest("seq").reason
+        executed_attempts = sorted(attempt for (tid, attempt) in starts if tid == task_id)
+        assert executed_attempts == list(range(1, len(executed_attempts) + 1))
+    assert interrupted_total >= 1, "no kill hit a running task"
+
+
+def test_a_poison_pill_fails_after_its_limit_while_other_tasks_flow(cluster, tmp_path):
+    cluster.worker(concurrency=2)
+    cluster.beat()
+    (poison,) = cluster.submit(1, "crash", max_attempts=3)
+    healthy = cluster.submit(30, "echo", payload={"message": "fine"})
+    wait_until_finished([poison, *healthy], cluster)
+    assert set(Task.objects.filter(pk__in=healthy).values_list("state", flat=True)) == {"completed"}
+    task = Task.objects.get(pk=poison)
+    assert (task.state, task.attempt_count) == ("failed", 3)
+    assert transitions(poison) == ["queued"] + ["running", "interrupted", "queued"] * 2 + [
+        "running",
+        "interrupted",
+        "failed",
+    ]
+    assert "worker lost on each of 3 attempts" in task.last_error
+
+
+def test_flushall_with_tasks_queued_still_completes_them(cluster, private_redis, tmp_path):
+    ids = cluster.submit(20, "record", payload={"log": str(tmp_path / "x.log"), "duration": 0.01})
+    assert private_redis.client.llen("celery") == 20
+    private_redis.client.flushall()
+    cluster.worker(concurrency=2)
+    cluster.beat()
+    wait_until_finished(ids, cluster)
+    for task in Task.objects.filter(pk__in=ids):
+        assert task.state == "completed"
+        assert task.dispatch_count >= 2
+        assert task.history.filter(event="edit", reason__startswith="re-dispatched").exists()
+
+
+def test_a_crash_between_commit_and_publish_is_healed_by_the_sweep(cluster, private_redis):
+    crashed = cluster.run_script(
+        SUBMIT, json.dumps({"owner": "alice", "count": 1, "handler": "echo", "die_before_publish": True})
+    )
+    assert crashed.returncode == -signal.SIGKILL
+    task = Task.objects.get()
+    assert (task.state, task.dispatch_count) == ("queued", 1)
+    assert private_redis.client.llen("celery") == 0, "nothing was published"
+    cluster.worker(concurrency=1)
+    cluster.beat()
+    wait_until_finished([str(task.pk)], cluster)
+    task.refresh_from_db()
+    assert task.state == "completed"
+    assert [h.event for h in task.history.order_by("seq")] == ["created", "edit", "transition", "transition"]
+
+
+def test_cancel_terminates_a_running_task(cluster, tmp_path):
+    log = tmp_path / "executions.log"
+    cluster.worker(concurrency=1)
+    (task_id,) = cluster.submit(1, "record", payload={"log": str(log), "duration": 3})
+    deadline = time.monotonic() + 30
+    while Task.objects.get(pk=task_id).state != "running":
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.1)
+    done = cluster.run_script(CANCEL, task_id)
+    assert done.returncode == 0, done.stderr
+    time.sleep(4)
+    task = Task.objects.get(pk=task_id)
+    assert task.state == "cancelled" and task.result is None
+    assert transitions(task_id) == ["queued", "running", "cancelled"]
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["start"], "the execution was not stopped"
