@@ -52,22 +52,38 @@ MIRRORED_FIELDS = (
     "deleted_at",
 )
 
-# KEYS[1] = key; ARGV = payload, version, ttl seconds (0 = none). Returns 1 if written.
-_CAS_SET = """
-local current = redis.call('GET', KEYS[1])
-if current then
-    local ok, decoded = pcall(cjson.decode, current)
-    if ok and tonumber(decoded['version']) and tonumber(decoded['version']) > tonumber(ARGV[2]) then
-        return 0
+# Compare-and-write in one round trip. ARGV[1] = "write" or "check"; then for
+# each i: KEYS[i] = key, ARGV[3i-1..3i+1] = payload, version, ttl seconds (0 = none).
+# Returns one status digit per key: 0 same, 1 missing, 2 stale, 3 stored one is newer.
+# Missing and stale entries are written in "write" mode; a newer entry is never replaced.
+_SYNC = """
+local statuses = {}
+for i, key in ipairs(KEYS) do
+    local payload, version, ttl = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+    local current = redis.call('GET', key)
+    local status = 1
+    if current == payload then
+        status = 0
+    elseif current then
+        status = 2
+        local ok, decoded = pcall(cjson.decode, current)
+        if ok and type(decoded) == 'table' and tonumber(decoded['version']) ~= nil
+                and tonumber(decoded['version']) > version then
+            status = 3
+        end
     end
+    if ARGV[1] == 'write' and (status == 1 or status == 2) then
+        if ttl > 0 then
+            redis.call('SET', key, payload, 'EX', ttl)
+        else
+            redis.call('SET', key, payload)
+        end
+    end
+    statuses[i] = status
 end
-if tonumber(ARGV[3]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-else
-    redis.call('SET', KEYS[1], ARGV[1])
-end
-return 1
+return table.concat(statuses)
 """
+MISSING, STALE = "1", "2"
 
 
 def client() -> Redis:
@@ -119,8 +135,7 @@ def _ttl(doc: dict[str, Any]) -> int:
 def publish(doc: dict[str, Any]) -> bool:
     """Write one task's mirror entry unless a newer one is there; False on Redis failure."""
     try:
-        conn = client()
-        conn.register_script(_CAS_SET)(keys=[task_key(doc["id"])], args=[encode(doc), doc["version"], _ttl(doc)])
+        sync(client(), [doc])
     except RedisError as exc:
         MIRROR_FAILURES.labels("write").inc()
         logger.warning("mirror write of task %s failed (SQL stays authoritative): %s", doc["id"], exc)
@@ -139,28 +154,19 @@ def forget(task_id: Any) -> bool:
     return True
 
 
-def publish_many(docs: Iterable[dict[str, Any]], *, batch_size: int = 1000) -> int:
-    """Pipelined versioned writes; returns how many entries were written."""
-    conn = client()
-    script = conn.register_script(_CAS_SET)
-    written = 0
-    for batch in batched(docs, batch_size):
-        pipe = conn.pipeline(transaction=False)
-        for doc in batch:
-            script(keys=[task_key(doc["id"])], args=[encode(doc), doc["version"], _ttl(doc)], client=pipe)
-        written += sum(int(r) for r in pipe.execute())
-    return written
+def sync(conn: Redis, docs: list[dict[str, Any]], *, write: bool = True) -> str:
+    """Compare entries with ``docs`` (and write the missing and stale ones); one status digit per doc."""
+    args: list[Any] = ["write" if write else "check"]
+    for doc in docs:
+        args.extend((encode(doc), doc["version"], _ttl(doc)))
+    statuses = conn.register_script(_SYNC)(keys=[task_key(doc["id"]) for doc in docs], args=args)
+    return statuses.decode() if isinstance(statuses, bytes) else str(statuses)
 
 
 def fetch(task_id: Any) -> dict[str, Any] | None:
     """The mirror entry of a task, or None on a miss. Raises RedisError for callers to count."""
     raw = client().get(task_key(task_id))
     return None if raw is None else json.loads(raw)
-
-
-def fetch_many(conn: Redis, task_ids: list[Any]) -> list[dict[str, Any] | None]:
-    raws = conn.mget([task_key(t) for t in task_ids]) if task_ids else []
-    return [None if raw is None else json.loads(raw) for raw in raws]
 
 
 def scan_task_ids(conn: Redis) -> Iterator[str]:

@@ -65,32 +65,32 @@ def reconcile_mirror(
     since = _mirror_window_start()
 
     def compare(docs: list[dict]) -> None:
-        entries = mirror.fetch_many(conn, [d["id"] for d in docs])
-        to_write = []
-        for doc, entry in zip(docs, entries, strict=True):
-            report.checked += 1
-            if entry is None:
+        statuses = mirror.sync(conn, docs, write=not check_only)
+        for doc, status in zip(docs, statuses, strict=True):
+            if status == mirror.MISSING:
                 report.missing += 1
                 report.note("missing", doc["id"])
-            elif entry != doc:
+            elif status == mirror.STALE:
                 report.stale += 1
                 report.note("stale", doc["id"])
-            else:
-                continue
-            to_write.append(doc)
-        if to_write and not check_only:
-            report.repaired += mirror.publish_many(to_write)
+        report.checked += len(docs)
+        if not check_only:
+            report.repaired += statuses.count(mirror.MISSING) + statuses.count(mirror.STALE)
         if progress:
             progress(len(docs))
 
     rows = Task.objects.filter(expected_in_mirror(since)).order_by().values(*mirror.MIRRORED_FIELDS)
+    seen: set[str] = set()
     for batch in mirror.batched(rows.iterator(chunk_size=batch_size), batch_size):
-        compare([mirror.snapshot(values) for values in batch])
+        docs = [mirror.snapshot(values) for values in batch]
+        seen.update(doc["id"] for doc in docs)
+        compare(docs)
 
-    for ids in mirror.batched(mirror.scan_task_ids(conn), batch_size):
+    unseen = (task_id for task_id in mirror.scan_task_ids(conn) if task_id not in seen)
+    for ids in mirror.batched(unseen, batch_size):
         found = {
             str(v["id"]): v
-            for v in Task.objects.filter(pk__in=[i for i in ids if is_uuid(i)]).values(*mirror.MIRRORED_FIELDS)
+            for v in Task.objects.filter(pk__in=[i for i in ids if is_uuid(i)]).values("id", "state", "completed_at")
         }
         orphans = [i for i in ids if i not in found]
         report.orphan += len(orphans)
@@ -99,9 +99,9 @@ def reconcile_mirror(
         if orphans and not check_only:
             conn.delete(*[mirror.task_key(i) for i in orphans])
             report.repaired += len(orphans)
-        outside = [mirror.snapshot(v) for v in found.values() if not _in_window(v, since)]
+        outside = [v["id"] for v in found.values() if not _in_window(v, since)]
         if outside:
-            compare(outside)
+            compare([mirror.snapshot(v) for v in Task.objects.filter(pk__in=outside).values(*mirror.MIRRORED_FIELDS)])
     report.duration = time.perf_counter() - started
     return report
 

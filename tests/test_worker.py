@@ -258,3 +258,23 @@ def test_cancel_terminates_a_running_task(cluster, tmp_path):
     assert task.state == "cancelled" and task.result is None
     assert transitions(task_id) == ["queued", "running", "cancelled"]
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["start"], "the execution was not stopped"
+
+
+def test_a_restarted_worker_recovers_its_own_tasks_at_once(cluster, tmp_path):
+    cluster.env["TASK_LEASE_SECONDS"] = "60"  # far longer than the test: only the startup pass can recover
+    log = tmp_path / "executions.log"
+    first = cluster.worker(concurrency=1)
+    (task_id,) = cluster.submit(1, "record", payload={"log": str(log), "duration": 1.5})
+    deadline = time.monotonic() + 30
+    while Task.objects.get(pk=task_id).state != "running":
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the whole worker dies: main process and pool
+    first.wait(timeout=10)
+    cluster.processes.remove(first)
+    cluster.worker(concurrency=1)  # same node name (w0@host): its startup pass finds the orphan
+    wait_until_finished([task_id], cluster, timeout=60)
+    task = Task.objects.get(pk=task_id)
+    assert (task.state, task.attempt_count) == ("completed", 2)
+    assert transitions(task_id) == ["queued", "running", "interrupted", "queued", "running", "completed"]
+    assert "restarted" in task.history.get(seq=3).reason
