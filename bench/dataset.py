@@ -33,21 +33,24 @@ PROVIDERS = ["claude", "openai", "gemini", "local"]
 WORDS = "login cache billing search export import report parser retry queue index upload audit".split()
 
 
-def configure(engine: str, name: str) -> str:
-    """Point Django at a fresh benchmark database of ``engine`` and return its URL."""
+def configure(engine: str, name: str, *, fresh: bool = True) -> str:
+    """Point Django at a benchmark database of ``engine`` (emptied unless ``fresh`` is False)."""
     if engine == "sqlite":
         path = ROOT / "var" / "bench" / f"{name}.sqlite3"
         path.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if fresh:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
         url = f"sqlite:///{path}"
     elif engine == "postgres":
         import psycopg
 
         base = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432")
         with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            conn.execute(f'CREATE DATABASE "{name}"')
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+            if fresh or not exists:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                conn.execute(f'CREATE DATABASE "{name}"')
         url = f"{base}/{name}"
     else:
         raise SystemExit(f"unknown engine {engine!r}: use sqlite or postgres")
@@ -63,6 +66,22 @@ def configure(engine: str, name: str) -> str:
 
     call_command("migrate", verbosity=0)
     return url
+
+
+REALISTIC_MIX = {"completed": 0.7, "failed": 0.1, "cancelled": 0.05, "queued": 0.08, "running": 0.05, "pending": 0.02}
+
+
+def ensure(count: int, mix: dict[str, float] = REALISTIC_MIX) -> None:
+    """Build the data set unless this database already holds it (tasks plus those purged since)."""
+    from retention.models import PurgeLedger
+    from tasks.models import Task
+
+    existing = Task.objects.count() + PurgeLedger.objects.count()
+    if existing == count:
+        return
+    if existing:
+        raise SystemExit(f"the benchmark database holds {existing} tasks, not {count}: run with --fresh")
+    build(count, mix)
 
 
 def build(count: int, mix: dict[str, float], *, seed: int = 1, batch_size: int = 2000, outputs: int = 2) -> None:

@@ -90,14 +90,20 @@ def main() -> None:
     rebuild, raw = statistics.median(recover_times), statistics.median(raw_times)
     print(f"\nrecovery benchmark — engine {args.engine}, {args.tasks} live tasks, revision {git_revision()}")
     print(f"{'measure':<58} {'median':>10} {'runs':>24}")
-    print(f"{'recover: lease check + re-dispatch check + mirror rebuild':<58} {rebuild:>9.3f}s "
-          f"{', '.join(f'{t:.3f}' for t in recover_times):>24}")
-    print(f"{'baseline: raw pipelined SET of the same documents':<58} {raw:>9.3f}s "
-          f"{', '.join(f'{t:.3f}' for t in raw_times):>24}")
+    print(
+        f"{'recover: lease check + re-dispatch check + mirror rebuild':<58} {rebuild:>9.3f}s "
+        f"{', '.join(f'{t:.3f}' for t in recover_times):>24}"
+    )
+    print(
+        f"{'baseline: raw pipelined SET of the same documents':<58} {raw:>9.3f}s "
+        f"{', '.join(f'{t:.3f}' for t in raw_times):>24}"
+    )
     print(f"{'ratio raw / recover (1.0 = as fast as a bare write)':<58} {raw / rebuild:>10.2f}")
     per_task = expired_time / max(1, len(expired_ids)) * 1000
-    print(f"{f'expired leases recovered ({len(expired_ids)}, interrupt + requeue)':<58} {expired_time:>9.3f}s "
-          f"{f'{per_task:.2f} ms/task':>24}")
+    print(
+        f"{f'expired leases recovered ({len(expired_ids)}, interrupt + requeue)':<58} {expired_time:>9.3f}s "
+        f"{f'{per_task:.2f} ms/task':>24}"
+    )
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "retention.monitor.banner",
             ],
         },
     },
@@ -163,20 +164,74 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+# --- REST API: nothing anonymous, owner-scoped, paginated with a cap, throttled.
+API_PAGE_SIZE = env.int("API_PAGE_SIZE", default=50)
+API_MAX_LIMIT = env.int("API_MAX_LIMIT", default=200)
+API_SUBMIT_MAX_BYTES = env.int("API_SUBMIT_MAX_BYTES", default=256 * 1024)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "tasks.api.pagination.StrictLimitOffsetPagination",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_THROTTLE_CLASSES": ["tasks.api.throttling.ReadThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "submit": env("API_THROTTLE_SUBMIT", default="60/minute"),
+        "read": env("API_THROTTLE_READ", default="600/minute"),
+    },
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "tasks.api.errors.crux_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Crux API",
-    "DESCRIPTION": "Durable background tasks: SQL is the source of truth, Redis a mirror.",
-    "VERSION": "0.1.0",
+    "DESCRIPTION": (
+        "Durable background tasks: SQL is the source of truth, Redis a mirror. Authenticate with "
+        "`Authorization: Token <key>` or a session; users see and act on their own tasks only, staff on all. "
+        'Errors are JSON: `{"detail": message}` or `{field: [messages]}`.'
+    ),
+    "VERSION": "0.2.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"TaskStateEnum": "tasks.states.TaskState"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tasks.api.schema.closed_request_bodies",
+        "tasks.api.schema.non_empty_enum_lists",
+    ],
 }
+
+
+# --- Retention: nothing disappears without an archive, a ledger entry and a reason.
+def _days(name: str, default: str) -> int | None:
+    """A retention period in days from the environment; "never" (or empty) keeps tasks forever."""
+    value = env(name, default=default).strip().lower()
+    return None if value in ("", "never") else int(value)
+
+
+RETENTION_DEFAULT_DAYS = {
+    "completed": _days("RETENTION_COMPLETED_DAYS", "7"),
+    "failed": _days("RETENTION_FAILED_DAYS", "30"),
+    "cancelled": _days("RETENTION_CANCELLED_DAYS", "3"),
+    "interrupted": _days("RETENTION_INTERRUPTED_DAYS", "never"),
+    "soft_deleted": _days("RETENTION_SOFT_DELETED_GRACE_DAYS", "30"),
+}
+ENABLE_AUTO_PURGE = env.bool("ENABLE_AUTO_PURGE", default=False)
+AUTO_PURGE_SECONDS = env.float("AUTO_PURGE_SECONDS", default=3600.0)
+MAX_TASKS_PER_PURGE = env.int("MAX_TASKS_PER_PURGE", default=100)
+DELETE_SPIKE_THRESHOLD_PER_MINUTE = env.int("DELETE_SPIKE_THRESHOLD_PER_MINUTE", default=5)
+DELETE_SPIKE_WEBHOOK_URL = env("DELETE_SPIKE_WEBHOOK_URL", default="")
+BACKUP_DIR = Path(env("BACKUP_DIR", default=str(VAR_DIR / "backups")))
+BACKUP_RETENTION_DAYS = env.int("BACKUP_RETENTION_DAYS", default=30)
+BACKUP_SECONDS = env.float("BACKUP_SECONDS", default=86400.0)
+CELERY_BEAT_SCHEDULE["daily-backup"] = {"task": "crux.backup", "schedule": BACKUP_SECONDS}
+if ENABLE_AUTO_PURGE:
+    CELERY_BEAT_SCHEDULE["auto-purge"] = {"task": "crux.auto_purge", "schedule": AUTO_PURGE_SECONDS}
 
 LOGGING = {
     "version": 1,
@@ -185,3 +240,17 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
 }
+
+# --- REST API, continued: throttle counters, health checks and metrics.
+# Throttle counters live in Redis under REDIS_KEY_PREFIX; if Redis is down they
+# fail open (IGNORE_EXCEPTIONS), since Redis is never allowed to take the API down.
+CACHES["throttle"] = {
+    **CACHES["default"],
+    "KEY_FUNCTION": "tasks.api.throttling.plain_key",
+    "OPTIONS": {**CACHES["default"]["OPTIONS"], "IGNORE_EXCEPTIONS": True},
+}
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+# Seconds GET /api/health/ waits for a Celery worker to answer a ping.
+HEALTH_WORKER_TIMEOUT = env.float("HEALTH_WORKER_TIMEOUT", default=1.0)
+# A bearer token that lets a Prometheus scraper read /metrics without a staff account ("" = staff only).
+METRICS_TOKEN = env("METRICS_TOKEN", default="")

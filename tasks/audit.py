@@ -44,6 +44,7 @@ class HistoryEvent(models.TextChoices):
     EDIT = "edit", "Edit"
     SOFT_DELETE = "soft_delete", "Soft delete"
     RESTORE = "restore", "Restore"
+    UNARCHIVE = "unarchive", "Restored from purge archive"
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,25 @@ class AuditContext:
     reason: str = ""
     user_id: int | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    event: str | None = None
 
 
 _current: ContextVar[AuditContext | None] = ContextVar("crux_audit_context", default=None)
+_restoring: ContextVar[bool] = ContextVar("crux_restoring", default=False)
+
+
+@contextmanager
+def restoring() -> Iterator[None]:
+    """Let raw saves (deserialized backups and archives) through: their history comes with them."""
+    token = _restoring.set(True)
+    try:
+        yield
+    finally:
+        _restoring.reset(token)
+
+
+def is_restoring() -> bool:
+    return _restoring.get()
 
 
 def actor_label(actor: Any) -> tuple[str, int | None]:
@@ -73,9 +90,18 @@ def actor_label(actor: Any) -> tuple[str, int | None]:
 
 @contextmanager
 def audited(
-    actor: Any, *, channel: str, reason: str = "", details: Mapping[str, Any] | None = None
+    actor: Any,
+    *,
+    channel: str,
+    reason: str = "",
+    details: Mapping[str, Any] | None = None,
+    event: str | None = None,
 ) -> Iterator[AuditContext]:
-    """Attribute every task change saved inside the block to ``actor`` via ``channel``."""
+    """Attribute every task change saved inside the block to ``actor`` via ``channel``.
+
+    With ``event``, a save records a row of that event even when no tracked
+    field changed (e.g. a task brought back from a purge archive).
+    """
     label, user_id = actor_label(actor)
     ctx = AuditContext(
         actor=label,
@@ -83,12 +109,18 @@ def audited(
         reason=reason,
         user_id=user_id,
         details=dict(details or {}),
+        event=None if event is None else HistoryEvent(event).value,
     )
     token = _current.set(ctx)
     try:
         yield ctx
     finally:
         _current.reset(token)
+
+
+def active_context() -> AuditContext | None:
+    """The audit context of the enclosing ``audited`` block, if any."""
+    return _current.get()
 
 
 def current_context() -> AuditContext:

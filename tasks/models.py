@@ -379,3 +379,23 @@ class UserPreference(models.Model):
 
     def __str__(self) -> str:
         return f"preferences of {self.user}"
+
+
+class IdempotencyKey(models.Model):
+    """A client's ``Idempotency-Key`` for one submission: a retry with the same key returns the same task.
+
+    Scoped to the owner, and bound to a fingerprint of the request, so the same
+    key with a different request is refused instead of creating a second task.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="idempotency_key")
+    fingerprint = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> {self.task_id}"

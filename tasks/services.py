@@ -7,6 +7,7 @@ history row in that same transaction and the mirror is refreshed after commit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from datetime import timedelta
@@ -15,13 +16,14 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from tasks.audit import Channel, audited
+from tasks.audit import Channel, actor_label, audited, canonical_json
 from tasks.exceptions import InvalidTaskData, StaleState, TaskError, TaskNotFound
-from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskMetrics, TaskOutput
+from tasks.models import HistoryPurgeGrant, IdempotencyKey, Task, TaskHistory, TaskMetrics, TaskOutput
+from tasks.redaction import redact_submission, redact_text
 from tasks.registry import registered_names
 from tasks.states import TERMINAL_STATES, TaskState, check_state, check_transition
 
@@ -434,7 +436,20 @@ def update_task(task_id: Any, *, actor: Any, channel: str, reason: str, **change
 
 
 def soft_delete(task_id: Any, *, user: Any, channel: str, reason: str) -> Task:
-    """Flag a task deleted (who, when, why); it stays restorable until a retention purge."""
+    """Flag a task deleted (who, when, why); it stays restorable until a retention purge.
+
+    Each soft delete is first admitted by the deletion-spike monitor, which
+    refuses it (DeletionsSuspended) while the breaker is tripped.
+    """
+    from retention.monitor import admit_deletion
+
+    pk = parse_task_id(task_id)
+    current = Task.objects.filter(pk=pk).values("deleted_at").first()
+    if current is None:
+        raise TaskNotFound(pk)
+    if current["deleted_at"] is not None:
+        raise TaskError(f"task {pk} is already deleted", field="task_id")
+    admit_deletion(kind="soft_delete", actor=actor_label(user)[0], channel=channel, task_id=pk)
     with transaction.atomic():
         task = _locked(task_id)
         if task.is_deleted:
@@ -479,3 +494,107 @@ def erase_tasks(task_ids: list[Any], *, batch_size: int = 500) -> int:
             erased += models.QuerySet.delete(Task.objects.filter(pk__in=ids))[1].get(Task._meta.label, 0)
             HistoryPurgeGrant.objects.filter(task_id__in=ids).delete()
     return erased
+
+
+# --- Used by the REST API (and any channel that takes submissions from clients).
+
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+OUTPUT_FIELDS = frozenset({"output_type", "content", "file_path", "file_size", "mime_type", "commit_hash", "branch"})
+# Recovering a task in these states requeues it; in any other state it only re-mirrors it.
+REQUEUE_ON_RECOVER = frozenset({TaskState.INTERRUPTED, TaskState.FAILED})
+
+
+class IdempotencyKeyReused(StaleState):
+    """The key already names another request's task: a conflict (409), never a second task."""
+
+    field = "Idempotency-Key"
+
+
+def submit_task_once(
+    *,
+    idempotency_key: str | None,
+    owner: Any,
+    actor: Any,
+    channel: str,
+    reason: str = "submitted",
+    **fields: Any,
+) -> tuple[Task, bool]:
+    """Submit a task with credentials redacted; returns (task, created).
+
+    With an ``idempotency_key`` (scoped to the owner), a retry of the same request
+    returns the task the first one created, never a second task; the same key with
+    a different request is refused. The key row commits with the task, so a
+    concurrent duplicate fails on the unique constraint and replays the winner.
+    """
+    fields = redact_submission(fields)
+    if idempotency_key is None:
+        return submit_task(owner=owner, actor=actor, channel=channel, reason=reason, **fields), True
+    _check_idempotency_key(idempotency_key)
+    fingerprint = hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
+    replayed = _replay(owner, idempotency_key, fingerprint)
+    if replayed is not None:
+        return replayed, False
+    try:
+        with transaction.atomic():
+            task = submit_task(owner=owner, actor=actor, channel=channel, reason=reason, **fields)
+            IdempotencyKey.objects.create(owner=owner, key=idempotency_key, task=task, fingerprint=fingerprint)
+    except IntegrityError:
+        replayed = _replay(owner, idempotency_key, fingerprint)
+        if replayed is None:
+            raise
+        return replayed, False
+    return task, True
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX_LENGTH or not (key.isascii() and key.isprintable()):
+        raise InvalidTaskData(
+            {"Idempotency-Key": [f"Use 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters, e.g. a UUID."]}
+        )
+
+
+def _replay(owner: Any, key: str, fingerprint: str) -> Task | None:
+    entry = IdempotencyKey.objects.select_related("task").filter(owner=owner, key=key).first()
+    if entry is None:
+        return None
+    if entry.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            f"This key was already used for a different request (task {entry.task_id}); use a new key for a new task."
+        )
+    return entry.task
+
+
+def add_output(task_id: Any, **fields: Any) -> TaskOutput:
+    """Append an output to a task that is not deleted; credentials in its text are masked."""
+    _refuse_unknown(fields, OUTPUT_FIELDS)
+    with transaction.atomic():
+        task = _locked(task_id)
+        if task.is_deleted:
+            raise TaskError(f"task {task.pk} is deleted: restore it before adding outputs", field="task_id")
+        output = TaskOutput(task=task, **fields)
+        output.content = redact_text(output.content)
+        try:
+            output.full_clean(exclude=["task"])
+        except ValidationError as exc:
+            raise InvalidTaskData(exc.message_dict) from None
+        output.save()
+    return output
+
+
+def recover_task(task_id: Any, *, actor: Any, channel: str, reason: str) -> tuple[Task, str]:
+    """Recover one task from SQL: requeue it if interrupted or failed, else rewrite its mirror entry.
+
+    Returns (task, "requeued" | "remirrored" | "mirror_failed"). A requeue is a
+    transition with its history row (the mirror follows after commit); a
+    re-mirror changes nothing in SQL.
+    """
+    with transaction.atomic():
+        task = _locked(task_id)
+        if task.is_deleted:
+            raise TaskError(f"task {task.pk} is deleted: restore it before recovering it", field="task_id")
+        if task.state in REQUEUE_ON_RECOVER:
+            _apply(task, TaskState.QUEUED, actor=actor, channel=channel, reason=reason)
+            return task, "requeued"
+    from persistence import mirror
+
+    return task, ("remirrored" if mirror.publish(mirror.snapshot_of(task)) else "mirror_failed")

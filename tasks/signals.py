@@ -11,7 +11,16 @@ from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from tasks.audit import GENESIS_HASH, HistoryEvent, current_context, digest, row_hash, to_jsonable
+from tasks.audit import (
+    GENESIS_HASH,
+    HistoryEvent,
+    active_context,
+    current_context,
+    digest,
+    is_restoring,
+    row_hash,
+    to_jsonable,
+)
 from tasks.exceptions import MissingAuditContext
 from tasks.models import DIGESTED_FIELDS, Task, TaskHistory
 from tasks.states import TaskState
@@ -53,17 +62,20 @@ def _event(before: dict[str, Any] | None, instance: Task) -> str:
 
 @receiver(pre_save, sender=Task, dispatch_uid="tasks.audit.prepare")
 def prepare_history_row(sender: type[Task], instance: Task, raw: bool, update_fields: Any, **kwargs: Any) -> None:
+    if raw and is_restoring():
+        setattr(instance, _PENDING, None)
+        return
     if raw or not hasattr(instance, "_audit_before"):
         raise MissingAuditContext("tasks are saved only through Task.save() inside an audited block")
     before = instance._audit_before
     changes = _changes(instance, before, update_fields)
-    if before is not None and not changes:
+    ctx = current_context() if changes or before is None else active_context()
+    if before is not None and not changes and (ctx is None or ctx.event is None):
         setattr(instance, _PENDING, None)
         return
-    ctx = current_context()
     seq = 1 if before is None else before["history_count"] + 1
     prev_hash = GENESIS_HASH if before is None else before["history_head"]
-    event = _event(before, instance)
+    event = ctx.event or _event(before, instance)
     failed = event == HistoryEvent.TRANSITION and instance.state == TaskState.FAILED
     row = {
         "task_id": instance.pk,

@@ -1,0 +1,148 @@
+"""HTTP through gunicorn with 8 concurrent clients (issue 4): submit and status, with wrk.
+
+    python -m bench.http --engine sqlite --duration 10
+
+Goals: submit >= 500/s with p99 <= 30 ms on SQLite; status >= 0.5 of the rate of
+a bare Django view doing the same Redis GET (measured in the same run, same server).
+Needs `wrk` (Debian package); `make bench` installs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.dataset import ROOT, configure, git_revision
+
+SUBMIT_LUA = """
+wrk.method = "POST"
+wrk.body = '{"title": "bench submit", "handler": "echo", "payload": {"message": "hello"}}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def wrk(url: str, *, token: str | None, duration: int, connections: int, script: str | None = None) -> dict:
+    args = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if token:
+        args += ["-H", f"Authorization: Token {token}"]
+    if script:
+        args += ["-s", script]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+    def latency(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * units[unit]
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes (default 4)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker (default 2)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
+    url = configure(args.engine, "crux_bench_http")
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from rest_framework.authtoken.models import Token
+
+    from persistence import mirror
+    from tasks import services
+    from tasks.audit import Channel
+
+    user = get_user_model().objects.create_user("bench-http")
+    token = Token.objects.create(user=user).key
+    task = services.create_task(owner=user, actor=user, channel=Channel.API, title="status target")
+    mirror.publish(mirror.snapshot_of(task))
+    connection.close()
+
+    port = 18000 + os.getpid() % 1000
+    broker = "redis://127.0.0.1:6379/13"
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "CELERY_BROKER_URL": broker,
+        "API_THROTTLE_SUBMIT": "10000000/minute",
+        "API_THROTTLE_READ": "10000000/minute",
+        "LOG_LEVEL": "ERROR",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "bench.baseline_wsgi:application", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(args.workers), "--threads", str(args.threads), "--worker-class", "gthread",
+         "--log-level", "error"],
+        cwd=ROOT, env=env, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{base}/bench/redis-get/{task.pk}", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+            script.write(SUBMIT_LUA)
+        warm = {"token": token, "duration": 2, "connections": args.connections}
+        wrk(f"{base}/api/tasks/{task.pk}/status", **warm)
+        wrk(f"{base}/bench/redis-get/{task.pk}", **warm)
+        rows = {}
+        for _ in range(3):  # three rounds, interleaved, medians reported
+            for name, target, extra in (
+                ("status: GET /api/tasks/{id}/status", f"{base}/api/tasks/{task.pk}/status", {}),
+                ("baseline: bare Django view, same Redis GET", f"{base}/bench/redis-get/{task.pk}", {}),
+                ("submit: POST /api/tasks/", f"{base}/api/tasks/", {"script": script.name}),
+            ):
+                result = wrk(target, token=token, duration=args.duration, connections=args.connections, **extra)
+                rows.setdefault(name, []).append(result)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        Path(script.name).unlink(missing_ok=True)
+        import redis
+
+        broker_db = redis.Redis.from_url(broker)
+        keys = list(broker_db.scan_iter(match="*celery*")) + list(broker_db.scan_iter(match="_kombu*"))
+        if keys:
+            broker_db.delete(*keys)
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    print(
+        f"\nHTTP benchmark — engine {args.engine}, gunicorn {args.workers}x{args.threads} gthread, "
+        f"wrk {args.connections} connections x {args.duration}s x 3 rounds, revision {git_revision()}"
+    )
+    print(f"{'measure':<46} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    summary = {}
+    for name, results in rows.items():
+        summary[name] = {k: median([r[k] for r in results]) for k in ("rate", "p50", "p99", "errors")}
+        s = summary[name]
+        print(f"{name:<46} {s['rate']:>9.0f} {s['p50']:>8.2f} {s['p99']:>8.2f} {s['errors']:>8.0f}")
+    status = summary["status: GET /api/tasks/{id}/status"]["rate"]
+    bare = summary["baseline: bare Django view, same Redis GET"]["rate"]
+    print(f"{'ratio status / bare view (goal >= 0.5)':<46} {status / bare:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

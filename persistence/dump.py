@@ -1,0 +1,74 @@
+"""Row-exact JSON lines for backups and purge archives.
+
+Django's JSON serializer truncates datetimes to milliseconds, which would break
+the history hash chain on the way back; this keeps every value exact (full
+ISO timestamps, UUIDs and decimals as strings) and loads rows back in bulk.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+from uuid import UUID
+
+from django.core import serializers
+from django.db import models
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, decimal.Decimal)):
+        return str(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def encode(obj: Any) -> str:
+    return json.dumps(obj, default=_default, sort_keys=True, ensure_ascii=False)
+
+
+def serialize(objects: Iterable[models.Model], *, natural: bool = False) -> list[dict[str, Any]]:
+    """Objects as ``{"model", "pk", "fields"}`` dicts with exact values."""
+    return serializers.serialize("python", objects, use_natural_foreign_keys=natural)
+
+
+def serialize_queryset(queryset: models.QuerySet, *, chunk_size: int = 2000, natural: bool = False) -> Iterator[dict]:
+    batch: list[models.Model] = []
+    for obj in queryset.order_by("pk").iterator(chunk_size=chunk_size):
+        batch.append(obj)
+        if len(batch) >= chunk_size:
+            yield from serialize(batch, natural=natural)
+            batch = []
+    if batch:
+        yield from serialize(batch, natural=natural)
+
+
+def deserialize(rows: Iterable[dict[str, Any]]) -> Iterator[serializers.base.DeserializedObject]:
+    return serializers.deserialize("python", rows, handle_forward_references=False)
+
+
+def task_entries(task_ids: list[UUID]) -> Iterator[dict[str, Any]]:
+    """Each task with its history, outputs and metrics, as one exact, self-contained entry."""
+    from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
+
+    tasks = {t.pk: t for t in Task.objects.filter(pk__in=task_ids)}
+    history: dict[UUID, list] = {}
+    for row in TaskHistory.objects.filter(task_id__in=task_ids).order_by("task_id", "seq"):
+        history.setdefault(row.task_id, []).append(row)
+    outputs: dict[UUID, list] = {}
+    for out in TaskOutput.objects.filter(task_id__in=task_ids).order_by("task_id", "created_at", "id"):
+        outputs.setdefault(out.task_id, []).append(out)
+    metrics = {m.task_id: m for m in TaskMetrics.objects.filter(task_id__in=task_ids)}
+    for pk in task_ids:
+        if pk not in tasks:
+            continue
+        yield {
+            "task": serialize([tasks[pk]])[0],
+            "history": serialize(history.get(pk, [])),
+            "outputs": serialize(outputs.get(pk, [])),
+            "metrics": serialize([metrics[pk]])[0] if pk in metrics else None,
+        }

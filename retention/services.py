@@ -1,0 +1,229 @@
+"""Retention: which tasks a policy lets go, the purge (archive, ledger, then delete) and un-archiving.
+
+The purge is the only code that removes tasks. It is a dry run unless
+confirmed, takes at most ``MAX_TASKS_PER_PURGE`` tasks per run, writes and
+fsyncs the archive before it deletes anything, records one ledger row per task
+in the transaction that deletes it, and goes past the history triggers only
+through ``tasks.services.erase_tasks`` for whole tasks it has archived.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from persistence.dump import deserialize
+from retention.archive import read_entry, write_archive
+from retention.models import DeletionKind, PolicyScope, PurgeLedger, RetentionPolicy
+from retention.monitor import admit_deletion
+from tasks.audit import HistoryEvent, actor_label, audited
+from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
+from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
+from tasks.services import erase_tasks, parse_task_id
+from tasks.states import TaskState
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = (TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING)
+
+
+def policies() -> dict[str, RetentionPolicy]:
+    """Every scope's policy; a scope never edited in the admin gets its default from the environment."""
+    existing = {p.scope: p for p in RetentionPolicy.objects.all()}
+    for scope in PolicyScope:
+        if scope not in existing:
+            existing[scope] = RetentionPolicy.objects.get_or_create(
+                scope=scope, defaults={"keep_days": settings.RETENTION_DEFAULT_DAYS[scope]}
+            )[0]
+    return existing
+
+
+def _scope_filter(policy: RetentionPolicy, now: datetime) -> Q | None:
+    if policy.keep_days is None:
+        return None
+    cutoff = now - timedelta(days=policy.keep_days)
+    if policy.scope == PolicyScope.SOFT_DELETED:
+        return Q(deleted_at__lt=cutoff) & ~Q(state__in=ACTIVE)
+    if policy.scope == PolicyScope.INTERRUPTED:
+        return Q(deleted_at__isnull=True, state=TaskState.INTERRUPTED, updated_at__lt=cutoff)
+    return Q(deleted_at__isnull=True, state=policy.scope, completed_at__lt=cutoff)
+
+
+def candidates(*, limit: int, now: datetime | None = None) -> list[tuple[Task, RetentionPolicy]]:
+    """Up to ``limit`` tasks some policy lets go, oldest first, each with the policy that does."""
+    now = now or timezone.now()
+    found: list[tuple[Task, RetentionPolicy]] = []
+    for policy in policies().values():
+        condition = _scope_filter(policy, now)
+        if condition is None:
+            continue
+        for task in Task.objects.filter(condition).select_related("owner").order_by("created_at")[:limit]:
+            found.append((task, policy))
+    found.sort(key=lambda pair: pair[0].created_at)
+    return found[:limit]
+
+
+@dataclass
+class PurgeReport:
+    dry_run: bool
+    limit: int
+    selected: list[dict[str, Any]] = field(default_factory=list)
+    purged: int = 0
+    skipped: int = 0
+    archive_file: str = ""
+    archive_checksum: str = ""
+
+
+def purge(*, actor: Any, channel: str, confirm: bool = False, limit: int | None = None) -> PurgeReport:
+    """Purge what the policies let go: a dry run (nothing deleted) unless ``confirm``."""
+    cap = settings.MAX_TASKS_PER_PURGE
+    limit = cap if limit is None else limit
+    if not 1 <= limit <= cap:
+        raise InvalidTaskData({"limit": [f"Ensure this value is between 1 and MAX_TASKS_PER_PURGE ({cap})."]})
+    label = actor_label(actor)[0]
+    chosen = candidates(limit=limit)
+    report = PurgeReport(dry_run=not confirm, limit=limit)
+    report.selected = [
+        {"id": str(t.pk), "title": t.title, "state": t.state, "deleted": t.is_deleted, "policy": p.name}
+        for t, p in chosen
+    ]
+    if not confirm or not chosen:
+        return report
+    admit_deletion(kind=DeletionKind.PURGE, actor=label, channel=channel, task_count=len(chosen))
+    run_id = uuid.uuid4().hex[:12]
+    policy_of = {t.pk: p for t, p in chosen}
+    path, checksum = write_archive(
+        list(policy_of), run_id=run_id, policy_note=", ".join(sorted({p.name for p in policy_of.values()}))
+    )
+    report.archive_file, report.archive_checksum = str(path), checksum
+    now = timezone.now()
+    with transaction.atomic():
+        locked = {
+            t.pk: t
+            for t in Task.objects.select_for_update(of=("self",)).filter(pk__in=list(policy_of)).select_related("owner")
+        }
+        still_eligible = []
+        for pk, policy in policy_of.items():
+            task = locked.get(pk)
+            condition = _scope_filter(policy, now)
+            if task is None or condition is None or not Task.objects.filter(condition, pk=pk).exists():
+                report.skipped += 1
+                continue
+            still_eligible.append(task)
+        PurgeLedger.objects.bulk_create(
+            [
+                PurgeLedger(
+                    task_id=t.pk,
+                    title=t.title,
+                    state=t.state,
+                    owner_id=t.owner_id,
+                    owner_username=t.owner.get_username() if t.owner else "",
+                    task_created_at=t.created_at,
+                    deleted_at=t.deleted_at,
+                    purged_at=now,
+                    policy=policy_of[t.pk].name,
+                    actor=label,
+                    channel=channel,
+                    archive_file=str(path),
+                    archive_checksum=checksum,
+                    history_count=t.history_count,
+                    history_head=t.history_head,
+                )
+                for t in still_eligible
+            ]
+        )
+        report.purged = erase_tasks([t.pk for t in still_eligible])
+    logger.warning("purge by %s via %s: %s tasks archived to %s and removed", label, channel, report.purged, path)
+    return report
+
+
+@dataclass
+class UnarchiveResult:
+    task_id: uuid.UUID
+    outcome: str
+    ledger: PurgeLedger | None = None
+
+
+def restore_purged(task_id: Any, *, actor: Any, channel: str, force: bool = False) -> UnarchiveResult:
+    """Bring a purged task back from its archive: task, history (chain intact), outputs and metrics.
+
+    Idempotent: a task already brought back is reported, not written again. A
+    live task with that id is not overwritten unless ``force``; then it is
+    purged first (archived, with its own ledger row), so nothing is lost.
+    """
+    pk = parse_task_id(task_id)
+    ledger = PurgeLedger.objects.filter(task_id=pk).order_by("-purged_at").first()
+    if ledger is None:
+        raise TaskNotFound(pk)
+    live = Task.objects.filter(pk=pk).first()
+    if live is not None:
+        if ledger.restored_at is not None and not force:
+            return UnarchiveResult(pk, "already restored", ledger)
+        if not force:
+            raise TaskError(f"task {pk} is live; refusing to overwrite it without --force", field="task_id")
+        _purge_for_overwrite(live, actor=actor, channel=channel)
+    entry = read_entry(Path(ledger.archive_file), pk, ledger.archive_checksum)
+    label = actor_label(actor)[0]
+    with transaction.atomic():
+        _insert(entry)
+        task = Task.objects.select_for_update().get(pk=pk)
+        if (task.history_count, task.history_head) != (ledger.history_count, ledger.history_head):
+            raise TaskError(f"archive of task {pk} does not match its ledger entry (history head differs)")
+        with audited(
+            actor,
+            channel=channel,
+            reason=f"restored from purge archive {ledger.archive_file} (purged {ledger.purged_at:%Y-%m-%d} "
+            f"by {ledger.policy})",
+            event=HistoryEvent.UNARCHIVE,
+        ):
+            task.save()
+        PurgeLedger.objects.filter(pk=ledger.pk).update(restored_at=timezone.now(), restored_by=label)
+    ledger.refresh_from_db()
+    return UnarchiveResult(pk, "restored", ledger)
+
+
+def _insert(entry: dict[str, Any]) -> None:
+    """Insert the archived rows exactly as they were (bulk, so no new history is invented)."""
+    rows = [entry["task"], *entry["history"], *entry["outputs"]]
+    if entry["metrics"]:
+        rows.append(entry["metrics"])
+    by_model: dict[type[models.Model], list[models.Model]] = {}
+    for item in deserialize(rows):
+        by_model.setdefault(type(item.object), []).append(item.object)
+    for model in (Task, TaskHistory, TaskOutput, TaskMetrics):
+        if model in by_model:
+            models.QuerySet.bulk_create(model._base_manager.all(), by_model[model])
+
+
+def _purge_for_overwrite(task: Task, *, actor: Any, channel: str) -> None:
+    label = actor_label(actor)[0]
+    admit_deletion(kind=DeletionKind.PURGE, actor=label, channel=channel, task_id=task.pk)
+    path, checksum = write_archive([task.pk], run_id=uuid.uuid4().hex[:12], policy_note="overwritten-by-restore")
+    with transaction.atomic():
+        task = Task.objects.select_for_update(of=("self",)).select_related("owner").get(pk=task.pk)
+        PurgeLedger.objects.create(
+            task_id=task.pk,
+            title=task.title,
+            state=task.state,
+            owner_id=task.owner_id,
+            owner_username=task.owner.get_username() if task.owner else "",
+            task_created_at=task.created_at,
+            deleted_at=task.deleted_at,
+            policy="overwritten-by-restore",
+            actor=label,
+            channel=channel,
+            archive_file=str(path),
+            archive_checksum=checksum,
+            history_count=task.history_count,
+            history_head=task.history_head,
+        )
+        erase_tasks([task.pk])

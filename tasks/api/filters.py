@@ -1,0 +1,128 @@
+"""Query parameters of the task lists (seed 004: states, roles, providers, search, date_from, date_to).
+
+Built on django-filter, so every invalid value answers 400 naming its parameter.
+``limit`` and ``offset`` are the paginator's (tasks.api.pagination).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from functools import reduce
+from operator import and_
+from typing import Any
+
+from django import forms
+from django.db.models import Q
+from django_filters import rest_framework as filters
+from django_filters.fields import IsoDateTimeField
+from rest_framework.exceptions import PermissionDenied
+
+from tasks.api.permissions import may_see_deleted
+from tasks.models import Task, TaskQuerySet
+from tasks.states import TaskState
+
+SEARCH_MAX_LENGTH = 200
+
+
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class RFC3339DateTimeField(IsoDateTimeField):
+    """A date-time with its time zone, as OpenAPI's ``date-time`` states (no date-only, no naive times)."""
+
+    def to_python(self, value: Any) -> datetime | None:
+        if value is not None and not RFC3339.match(value):
+            raise forms.ValidationError(
+                "Enter an RFC 3339 date-time with a time zone, e.g. 2024-01-01T00:00:00Z.", code="invalid"
+            )
+        parsed = super().to_python(value)
+        try:  # in UTC: PostgreSQL refuses offsets beyond 15:59 that Python accepts
+            return None if parsed is None else parsed.astimezone(UTC)
+        except OverflowError:
+            raise forms.ValidationError("The date-time is out of range in UTC.", code="invalid") from None
+
+
+class DateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = RFC3339DateTimeField
+
+
+class ChoiceInFilter(filters.BaseInFilter, filters.ChoiceFilter):
+    """Comma-separated values, each one of the choices."""
+
+
+class CharInFilter(filters.BaseInFilter, filters.CharFilter):
+    """Comma-separated free values."""
+
+
+# Parameters whose empty value is refused rather than ignored (a client bug, not "no filter").
+NO_EMPTY_VALUE = ("include_deleted",)
+NO_EMPTY_ITEM = ("states", "ordering")
+
+
+class TaskFilterForm(forms.Form):
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name in NO_EMPTY_VALUE:
+            if self.data.get(name) == "":
+                self.add_error(name, "Give a value, or leave the parameter out.")
+        for name in NO_EMPTY_ITEM:
+            raw = self.data.get(name)
+            if raw is not None and "" in raw.split(","):
+                self.add_error(name, "Remove the empty item from the comma-separated list (or the parameter).")
+        return cleaned
+
+
+class TaskFilter(filters.FilterSet):
+    states = ChoiceInFilter(
+        field_name="state",
+        choices=TaskState.choices,
+        help_text="Comma-separated states, e.g. `running,queued`.",
+    )
+    roles = CharInFilter(field_name="role", help_text="Comma-separated roles, e.g. `backend,frontend`.")
+    providers = CharInFilter(field_name="provider", help_text="Comma-separated providers, e.g. `claude`.")
+    search = filters.CharFilter(
+        method="filter_search",
+        max_length=SEARCH_MAX_LENGTH,
+        help_text="Words that must each appear in the title or the description (case-insensitive).",
+    )
+    date_from = DateTimeFilter(
+        field_name="created_at", lookup_expr="gte", help_text="Created at or after (RFC 3339 with time zone)."
+    )
+    date_to = DateTimeFilter(
+        field_name="created_at", lookup_expr="lte", help_text="Created at or before (RFC 3339 with time zone)."
+    )
+    include_deleted = filters.ChoiceFilter(
+        choices=[("true", "true"), ("false", "false")],
+        method="filter_include_deleted",
+        empty_label=None,
+        help_text="`true` also lists soft-deleted tasks (staff, or holders of tasks.restore_task).",
+    )
+    ordering = filters.OrderingFilter(
+        fields=("created_at", "updated_at", "completed_at", "title", "state", "role", "provider"),
+        help_text="Sort keys, comma-separated, `-` for descending; default `-created_at`.",
+    )
+
+    class Meta:
+        model = Task
+        fields: list[str] = []
+        form = TaskFilterForm
+
+    def filter_search(self, queryset: TaskQuerySet, name: str, value: str) -> TaskQuerySet:
+        terms = value.split()
+        if not terms:
+            return queryset
+        return queryset.filter(reduce(and_, (Q(title__icontains=t) | Q(description__icontains=t) for t in terms)))
+
+    def filter_include_deleted(self, queryset: TaskQuerySet, name: str, value: str) -> TaskQuerySet:
+        return queryset  # applied in filter_queryset, which also runs when the parameter is absent
+
+    def filter_queryset(self, queryset: TaskQuerySet) -> TaskQuerySet:
+        if self.form.cleaned_data.get("include_deleted") == "true":
+            if not may_see_deleted(self.request.user):
+                raise PermissionDenied(
+                    "include_deleted: only staff or holders of tasks.restore_task see deleted tasks."
+                )
+        else:
+            queryset = queryset.alive()
+        return super().filter_queryset(queryset)

@@ -1,0 +1,93 @@
+"""Who sees and acts on which task.
+
+Visibility: a user sees their own tasks, staff see all; another user's task
+answers 404, never 403, so ids are not confirmed. Soft-deleted tasks are seen
+only by those who may manage the trash (staff, or holders of
+``tasks.restore_task``). Deleting, restoring and recovering need their model
+permission even on one's own task; cancelling and adding outputs are open to
+the owner and, on others' tasks, to holders of ``tasks.cancel_task`` /
+``tasks.add_taskoutput``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from django.conf import settings
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.request import Request
+
+from tasks.models import Task, TaskQuerySet
+
+
+def may_see_deleted(user: Any) -> bool:
+    return bool(user.is_staff or user.has_perm("tasks.restore_task"))
+
+
+def visible_tasks(user: Any, *, include_deleted: bool | None = None) -> TaskQuerySet:
+    """Tasks ``user`` may see; deleted ones only if asked for (default: if they may see the trash)."""
+    tasks = Task.objects.select_related("owner", "deleted_by")
+    if not user.is_staff:
+        tasks = tasks.filter(owner=user)
+    if include_deleted is None:
+        include_deleted = may_see_deleted(user)
+    return tasks if include_deleted else tasks.alive()
+
+
+class HasModelPermission(BasePermission):
+    """The user holds ``perm`` (a superuser holds every permission)."""
+
+    perm = ""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return bool(request.user and request.user.is_authenticated and request.user.has_perm(self.perm))
+
+
+class CanSoftDelete(HasModelPermission):
+    perm = "tasks.soft_delete_task"
+    message = "Deleting a task needs the permission tasks.soft_delete_task."
+
+
+class CanRestore(HasModelPermission):
+    perm = "tasks.restore_task"
+    message = "Restoring a task needs the permission tasks.restore_task."
+
+
+class CanRecover(HasModelPermission):
+    perm = "tasks.recover_task"
+    message = "Recovering a task needs the permission tasks.recover_task."
+
+
+class OwnerOrHasPermission(BasePermission):
+    """Changing a task: its owner, or a holder of ``perm`` (reads follow ``visible_tasks``)."""
+
+    perm = ""
+
+    def has_object_permission(self, request: Request, view: Any, obj: Task) -> bool:
+        if request.method in SAFE_METHODS:
+            return True
+        return obj.owner_id == request.user.pk or request.user.has_perm(self.perm)
+
+
+class OwnerOrCanCancel(OwnerOrHasPermission):
+    perm = "tasks.cancel_task"
+    message = "Cancelling another user's task needs the permission tasks.cancel_task."
+
+
+class OwnerOrCanAddOutput(OwnerOrHasPermission):
+    perm = "tasks.add_taskoutput"
+    message = "Adding an output to another user's task needs the permission tasks.add_taskoutput."
+
+
+class IsStaffOrMetricsToken(BasePermission):
+    """Staff (token or session), or a scraper presenting ``Authorization: Bearer <METRICS_TOKEN>``."""
+
+    message = "Metrics are for staff, or for a scraper with the METRICS_TOKEN bearer token."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        token = settings.METRICS_TOKEN
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if token and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+            return True
+        return bool(request.user and request.user.is_authenticated and request.user.is_staff)

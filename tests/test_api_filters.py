@@ -1,0 +1,278 @@
+"""Seed 004 query parameters of GET /api/tasks/persistent (and GET /api/tasks/): each alone, in pairs and all
+together, checked against a plain-Python oracle over the same tasks; every invalid value answers 400 naming it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from tasks.models import Task
+from tests.api_support import client_for, grant
+
+pytest_plugins = ["tests.api_support"]
+pytestmark = pytest.mark.django_db
+
+LIST_PATHS = ["/api/tasks/persistent", "/api/tasks/"]
+
+# title, description, role, provider, state: created oldest first.
+ROWS = [
+    ("Fix login bug", "users cannot log in", "backend", "claude", "running"),
+    ("Login page", "new design", "frontend", "openai", "queued"),
+    ("Refactor db", "speed up queries behind LOGIN", "backend", "openai", "completed"),
+    ("Docs", "write the manual", "docs", "claude", "failed"),
+    ("Deploy", "", "ops", "", "pending"),
+    ("Audit login flow", "security review", "frontend", "claude", "queued"),
+    ("Cleanup", "remove dead code", "backend", "claude", "cancelled"),
+    ("Retry", "interrupted login run", "backend", "claude", "interrupted"),
+]
+
+
+@dataclass
+class Dataset:
+    tasks: list[Task]  # the owner's visible tasks, newest first (the default order)
+    marks: list[datetime]  # marks[i]: a time after task i was created and before task i+1
+
+
+@pytest.fixture
+def dataset(user: Any, other_user: Any, task_in: Any) -> Dataset:
+    created, marks = [], []
+    for title, description, role, provider, state in ROWS:
+        created.append(task_in(state, title=title, description=description, role=role, provider=provider))
+        marks.append(timezone.now())
+    # Never listed for the owner: another user's matching task, and the owner's deleted one.
+    task_in("running", owner=other_user, title="login of bob", role="backend", provider="claude")
+    task_in("queued", title="deleted login", role="backend", provider="claude", deleted=True)
+    return Dataset(tasks=sorted(created, key=lambda t: t.created_at, reverse=True), marks=marks)
+
+
+# Each seed parameter: (value for the query string, predicate over a task) built from the dataset.
+Param = Callable[[Dataset], tuple[str, Callable[[Task], bool]]]
+PARAMS: dict[str, Param] = {
+    "states": lambda d: ("running,queued", lambda t: t.state in {"running", "queued"}),
+    "roles": lambda d: ("backend,frontend", lambda t: t.role in {"backend", "frontend"}),
+    "providers": lambda d: ("claude", lambda t: t.provider == "claude"),
+    "search": lambda d: ("login", lambda t: "login" in f"{t.title} {t.description}".lower()),
+    "date_from": lambda d: (d.marks[2].isoformat(), lambda t: t.created_at >= d.marks[2]),
+    "date_to": lambda d: (d.marks[5].isoformat(), lambda t: t.created_at <= d.marks[5]),
+}
+PAGING = {"limit": "2", "offset": "1"}
+NAMES = [*PARAMS, *PAGING]
+COMBINATIONS = [
+    *[(name,) for name in NAMES],
+    *itertools.combinations(NAMES, 2),
+    tuple(NAMES),
+]
+
+
+def expected_ids(dataset: Dataset, names: tuple[str, ...]) -> tuple[dict[str, str], list[str], int]:
+    query, predicates = {}, []
+    for name in names:
+        if name in PARAMS:
+            value, predicate = PARAMS[name](dataset)
+            query[name] = value
+            predicates.append(predicate)
+        else:
+            query[name] = PAGING[name]
+    matching = [str(t.pk) for t in dataset.tasks if all(p(t) for p in predicates)]
+    offset = int(query.get("offset", 0))
+    limit = int(query.get("limit", 50))
+    return query, matching[offset : offset + limit], len(matching)
+
+
+@pytest.mark.parametrize("names", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
+def test_seed_parameters_alone_and_combined(names: tuple[str, ...], dataset: Dataset, api: Any) -> None:
+    query, ids, count = expected_ids(dataset, names)
+    response = api.get("/api/tasks/persistent", query)
+    assert response.status_code == 200, response.data
+    assert [t["id"] for t in response.data["results"]] == ids
+    assert response.data["count"] == count
+
+
+def test_every_filter_narrows_the_dataset(dataset: Dataset) -> None:
+    """The oracle is not vacuous: each parameter alone keeps some tasks and drops others."""
+    for name in PARAMS:
+        _, _, count = expected_ids(dataset, (name,))
+        assert 0 < count < len(dataset.tasks), name
+
+
+def test_seed_example_queries(dataset: Dataset, api: Any) -> None:
+    """The two example requests of seed 004, verbatim."""
+    response = api.get(
+        "/api/tasks/persistent?states=running,queued&roles=backend,frontend&providers=claude&search=login"
+        "&limit=50&offset=0"
+    )
+    assert response.status_code == 200
+    titles = [t["title"] for t in response.data["results"]]
+    assert titles == ["Audit login flow", "Fix login bug"]
+
+    response = api.get("/api/tasks/persistent?date_from=2024-01-01T00:00:00Z&date_to=2024-12-31T23:59:59Z")
+    assert response.status_code == 200
+    assert response.data["count"] == 0  # every task here was created now, not in 2024
+    now = timezone.now()
+    response = api.get(f"/api/tasks/persistent?date_from=2024-01-01T00:00:00Z&date_to={now.year + 1}-01-01T00:00:00Z")
+    assert response.data["count"] == len(ROWS)
+
+
+@pytest.mark.parametrize("path", LIST_PATHS)
+def test_both_list_paths_filter_alike(path: str, dataset: Dataset, api: Any) -> None:
+    response = api.get(path, {"states": "queued", "search": "login"})
+    assert response.status_code == 200
+    assert sorted(t["title"] for t in response.data["results"]) == ["Audit login flow", "Login page"]
+
+
+def test_search_needs_every_word_in_title_or_description(dataset: Dataset, api: Any) -> None:
+    response = api.get("/api/tasks/persistent", {"search": "login bug"})
+    assert [t["title"] for t in response.data["results"]] == ["Fix login bug"]
+    response = api.get("/api/tasks/persistent", {"search": "LOGIN   interrupted"})
+    assert [t["title"] for t in response.data["results"]] == ["Retry"]
+
+
+def test_ordering(dataset: Dataset, api: Any) -> None:
+    response = api.get("/api/tasks/persistent", {"ordering": "title"})
+    titles = [t["title"] for t in response.data["results"]]
+    assert titles == sorted(r[0] for r in ROWS)
+    response = api.get("/api/tasks/persistent", {"ordering": "-state,title"})
+    pairs = [(t["state"], t["title"]) for t in response.data["results"]]
+    assert pairs == sorted(pairs, key=lambda p: (_Desc(p[0]), p[1]))
+
+
+class _Desc:
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Desc) -> bool:
+        return self.value > other.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and self.value == other.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_paging_links_and_cap(dataset: Dataset, api: Any, settings: Any) -> None:
+    response = api.get("/api/tasks/persistent", {"limit": 3, "offset": 3})
+    assert len(response.data["results"]) == 3
+    assert response.data["next"].endswith("/api/tasks/persistent?limit=3&offset=6")
+    assert response.data["previous"].endswith("/api/tasks/persistent?limit=3")
+    assert api.get("/api/tasks/persistent", {"limit": settings.API_MAX_LIMIT}).status_code == 200
+    settings.API_MAX_LIMIT = 5
+    response = api.get("/api/tasks/persistent", {"limit": 6})
+    assert response.status_code == 400
+    assert "at most 5" in response.data["limit"][0]
+    assert api.get("/api/tasks/persistent", {"offset": 100}).data["results"] == []
+
+
+INVALID = [
+    ({"states": "unknown"}, "states"),
+    ({"states": "running,bogus"}, "states"),
+    ({"date_from": "not-a-date"}, "date_from"),
+    ({"date_to": "2024-13-45T00:00:00Z"}, "date_to"),
+    ({"date_from": ""}, "date_from"),
+    ({"date_to": ""}, "date_to"),
+    ({"date_from": "2024-01-01"}, "date_from"),
+    ({"date_to": "2024-01-01T00:00:00"}, "date_to"),
+    ({"date_to": "2024-01-01 00:00:00Z"}, "date_to"),
+    ({"date_from": "0001-01-01T00:00:00+05:00"}, "date_from"),
+    ({"limit": "0"}, "limit"),
+    ({"limit": "-5"}, "limit"),
+    ({"limit": "ten"}, "limit"),
+    ({"limit": "201"}, "limit"),
+    ({"offset": "-1"}, "offset"),
+    ({"offset": "1.5"}, "offset"),
+    ({"ordering": "password"}, "ordering"),
+    ({"include_deleted": "maybe"}, "include_deleted"),
+    ({"include_deleted": ""}, "include_deleted"),
+    ({"states": "running,"}, "states"),
+    ({"states": ""}, "states"),
+    ({"ordering": ""}, "ordering"),
+    ({"ordering": "title,,state"}, "ordering"),
+    ({"search": "x" * 201}, "search"),
+]
+
+
+@pytest.mark.parametrize("path", LIST_PATHS)
+@pytest.mark.parametrize(("query", "field"), INVALID, ids=[f"{f}={next(iter(q.values()))[:20]}" for q, f in INVALID])
+def test_invalid_values_answer_400_naming_the_parameter(
+    query: dict[str, str], field: str, path: str, api: Any, task_in: Any
+) -> None:
+    task_in("running")
+    response = api.get(path, query)
+    assert response.status_code == 400, response.data
+    assert field in response.data, response.data
+    assert all(isinstance(m, str) and m for m in response.data[field])
+
+
+def test_any_valid_offset_is_accepted(api: Any, task_in: Any) -> None:
+    """Python and RFC 3339 allow offsets up to 23:59, PostgreSQL only to 15:59: compared in UTC, both work."""
+    task_in("running")
+    assert api.get("/api/tasks/persistent", {"date_from": "2000-01-01T00:00:00+18:41"}).data["count"] == 1
+    assert api.get("/api/tasks/persistent", {"date_to": "2000-01-01T00:00:00-23:59"}).data["count"] == 0
+
+
+def test_an_inverted_date_range_is_empty(dataset: Dataset, api: Any) -> None:
+    response = api.get(
+        "/api/tasks/persistent", {"date_from": dataset.marks[5].isoformat(), "date_to": dataset.marks[2].isoformat()}
+    )
+    assert response.status_code == 200 and response.data["count"] == 0
+
+
+def test_several_invalid_parameters_are_all_reported(api: Any) -> None:
+    response = api.get("/api/tasks/persistent", {"states": "nope", "date_from": "soon", "ordering": "x"})
+    assert response.status_code == 400
+    assert {"states", "date_from", "ordering"} <= set(response.data)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/tasks/not-a-uuid"),
+        ("delete", "/api/tasks/not-a-uuid?confirm=true&reason=x"),
+        ("get", "/api/tasks/not-a-uuid/status"),
+        ("get", "/api/tasks/history/not-a-uuid"),
+        ("get", "/api/tasks/outputs/not-a-uuid"),
+        ("post", "/api/tasks/outputs/not-a-uuid"),
+        ("post", "/api/tasks/1234/cancel?confirm=true"),
+        ("post", "/api/tasks/1234/recover"),
+        ("post", "/api/tasks/1234/restore"),
+    ],
+)
+def test_malformed_task_id_is_400_naming_task_id(method: str, path: str, user: Any) -> None:
+    client = client_for(grant(user, "soft_delete_task", "recover_task", "restore_task"))
+    response = getattr(client, method)(path)
+    assert response.status_code == 400
+    assert "task_id" in response.data
+
+
+def test_malformed_legacy_job_id_names_job_id(api: Any) -> None:
+    response = api.get("/api/v1/jobs/xyz")
+    assert response.status_code == 400
+    assert "job_id" in response.data
+
+
+def test_include_deleted(dataset: Dataset, user: Any, staff: Any) -> None:
+    owner = client_for(user)
+    response = owner.get("/api/tasks/persistent", {"include_deleted": "true"})
+    assert response.status_code == 403
+    assert "include_deleted" in response.data["detail"]
+    assert owner.get("/api/tasks/persistent", {"include_deleted": "false"}).data["count"] == len(ROWS)
+
+    trash_keeper = client_for(grant(user, "restore_task"))
+    response = trash_keeper.get("/api/tasks/persistent", {"include_deleted": "true"})
+    titles = [t["title"] for t in response.data["results"]]
+    assert "deleted login" in titles and len(titles) == len(ROWS) + 1
+
+    staff_view = client_for(staff)
+    assert staff_view.get("/api/tasks/persistent").data["count"] == len(ROWS) + 1  # bob's task, not the deleted
+    assert staff_view.get("/api/tasks/persistent", {"include_deleted": "true"}).data["count"] == len(ROWS) + 2
+
+
+def test_empty_list_values_are_ignored(dataset: Dataset, api: Any) -> None:
+    response = api.get("/api/tasks/persistent", {"roles": "", "providers": "", "search": ""})
+    assert response.status_code == 200
+    assert response.data["count"] == len(ROWS)
