@@ -51,6 +51,7 @@ def _ledger(entry: PurgeLedger) -> dict[str, Any]:
         "state": entry.state,
         "title": entry.title,
         "owner": entry.owner_username,
+        "owner_id": entry.owner_id,
         "archive_file": entry.archive_file,
         "archive_checksum": entry.archive_checksum,
         "archive_present": present,

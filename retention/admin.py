@@ -2,12 +2,26 @@
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 
+from retention.archive import ArchiveError
 from retention.models import DeletionBreaker, DeletionEvent, PurgeLedger, RetentionPolicy
 from retention.monitor import acknowledge
-from retention.services import policies
+from retention.services import policies, purge
+from tasks.audit import Channel
+from tasks.exceptions import TaskError
+
+
+class PurgeForm(forms.Form):
+    confirm = forms.BooleanField(
+        label="I have read the list: archive these tasks and remove them",
+        help_text="They stay restorable from their archive (manage.py restore --task ID).",
+    )
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -40,6 +54,40 @@ class RetentionPolicyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: RetentionPolicy, form: Any, change: bool) -> None:
         obj.updated_by = request.user
         super().save_model(request, obj, form, change)
+
+    def get_urls(self) -> list:
+        return [
+            path("purge/", self.admin_site.admin_view(self.purge_view), name="retention_purge"),
+            *super().get_urls(),
+        ]
+
+    def purge_view(self, request: HttpRequest) -> HttpResponse:
+        """Superusers only: the dry-run list of what the policies let go, then the purge once confirmed."""
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        form = PurgeForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                report = purge(actor=request.user, channel=Channel.ADMIN, confirm=True)
+            except (TaskError, ArchiveError) as exc:
+                self.message_user(request, f"Purge refused, nothing deleted: {exc}", messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"Purged {report.purged} task(s); archive {report.archive_file or '-'} "
+                    f"({report.archive_checksum or 'none'}). See the purge ledger.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(reverse("admin:retention_purgeledger_changelist"))
+        report = purge(actor=request.user, channel=Channel.ADMIN, confirm=False)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Purge by retention policy",
+            "report": report,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/retention/retentionpolicy/purge.html", context)
 
 
 @admin.register(PurgeLedger)

@@ -113,8 +113,9 @@ def create_task(
     reason: str = "created",
     **fields: Any,
 ) -> Task:
-    """Create a pending task (not yet dispatched) and its first history row."""
+    """Create a pending task (not yet dispatched) and its first history row; credentials are redacted first."""
     _refuse_unknown(fields, CREATE_FIELDS)
+    fields = redact_submission(fields)
     task = Task(owner=owner, **fields)
     _validate(task)
     with audited(actor, channel=channel, reason=reason):
@@ -133,9 +134,11 @@ def submit_task(
     """Create a queued task and publish it to Celery once the creation has committed.
 
     SQL is the outbox: if the publish is lost (crash after commit, broker down or
-    flushed), the re-dispatch sweep publishes the task again.
+    flushed), the re-dispatch sweep publishes the task again. Credentials in the
+    submitted values are redacted before anything is written (every channel).
     """
     _refuse_unknown(fields, CREATE_FIELDS)
+    fields = redact_submission(fields)
     _check_handler(fields)
     now = timezone.now()
     task = Task(owner=owner, state=TaskState.QUEUED, dispatched_at=now, dispatch_count=1, **fields)

@@ -180,8 +180,9 @@ def test_metrics_answer_a_plain_text_accept_header(staff: Any) -> None:
 
 @pytest.mark.django_db
 def test_stats_counts_sizes_and_mirror_consistency(
-    staff: Any, user: Any, task_in: Any, settings: Any, django_capture_on_commit_callbacks: Any
+    staff: Any, user: Any, task_in: Any, settings: Any, tmp_path: Path, django_capture_on_commit_callbacks: Any
 ) -> None:
+    settings.BACKUP_DIR = tmp_path  # no backup yet
     with django_capture_on_commit_callbacks(execute=True):  # the after-commit mirror writes run
         tasks = [
             task_in("running", role="backend", provider="claude"),

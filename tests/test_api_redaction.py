@@ -176,3 +176,18 @@ def test_an_idempotent_retry_carrying_the_same_secret_replays(api: Any) -> None:
     again = api.post("/api/tasks/", body, format="json", HTTP_IDEMPOTENCY_KEY="secret-retry")
     assert (first.status_code, again.status_code) == (201, 200)
     assert Task.objects.count() == 1
+
+
+def test_every_channel_redacts_not_only_the_api(user):
+    from tasks import services
+    from tasks.audit import Channel
+
+    created = services.create_task(
+        owner=user, actor=user, channel=Channel.ADMIN, title="t", metadata={"api_key": "sk-live-abcdef0123456789"}
+    )
+    submitted = services.submit_task(
+        owner=user, actor=user, channel=Channel.COMMAND, title="t", request_payload={"password": "hunter22"}
+    )
+    assert created.metadata == {"api_key": "[REDACTED]"}
+    assert submitted.request_payload == {"password": "[REDACTED]"}
+    assert "sk-live" not in str(created.history.get().details)

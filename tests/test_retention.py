@@ -5,6 +5,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -253,3 +254,22 @@ def test_beat_schedules_the_daily_backup_and_the_auto_purge_only_when_enabled(ma
     old = finished(make_task)
     assert auto_purge() == {"purged": 1, "archive": PurgeLedger.objects.get(task_id=old.pk).archive_file}
     assert PurgeLedger.objects.get(task_id=old.pk).channel == "retention"
+
+
+def test_the_admin_purge_page_is_for_superusers_and_needs_confirmation(client, admin_client, staff, make_task):
+    staff.user_permissions.add(*Permission.objects.all())  # every permission, still not a superuser
+    old = finished(make_task, title="old enough")
+    client.force_login(staff)
+    assert client.get("/admin/retention/retentionpolicy/purge/").status_code == 403
+    assert client.post("/admin/retention/retentionpolicy/purge/", {"confirm": "on"}).status_code == 403
+    page = admin_client.get("/admin/retention/retentionpolicy/purge/")
+    assert page.status_code == 200 and "old enough" in page.content.decode() and "completed-7d" in page.content.decode()
+    assert "Purge by policy" in admin_client.get("/admin/retention/retentionpolicy/").content.decode()
+    unconfirmed = admin_client.post("/admin/retention/retentionpolicy/purge/", {})
+    assert unconfirmed.status_code == 200 and "This field is required" in unconfirmed.content.decode()
+    assert Task.objects.filter(pk=old.pk).exists()
+    done = admin_client.post("/admin/retention/retentionpolicy/purge/", {"confirm": "on"})
+    assert done.status_code == 302 and done["Location"] == "/admin/retention/purgeledger/"
+    entry = PurgeLedger.objects.get(task_id=old.pk)
+    assert (entry.actor, entry.channel) == ("admin", "admin")
+    assert not Task.objects.filter(pk=old.pk).exists()

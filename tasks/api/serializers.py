@@ -385,3 +385,73 @@ class HealthSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["ok", "degraded"])
     failing = serializers.ListField(child=serializers.ChoiceField(choices=["database", "redis", "broker", "worker"]))
     checks = _HealthChecksSerializer()
+
+
+class PurgeParamsSerializer(serializers.Serializer):
+    """Query parameters of ``POST /api/purge``: a dry run unless ``confirm=true``."""
+
+    confirm = QueryBooleanField(required=False, default=False, help_text="`true` purges; otherwise a dry run.")
+    limit = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="Tasks in this run (default and maximum MAX_TASKS_PER_PURGE; more answers 400).",
+    )
+
+
+class _PurgeItemSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    title = serializers.CharField()
+    state = serializers.CharField()
+    deleted = serializers.BooleanField(help_text="In the trash (soft-deleted).")
+    policy = serializers.CharField(help_text="The policy that lets it go, e.g. `completed-7d`.")
+
+
+class PurgeReportSerializer(serializers.Serializer):
+    dry_run = serializers.BooleanField()
+    limit = serializers.IntegerField()
+    selected = _PurgeItemSerializer(many=True, help_text="Tasks the policies let go (purged unless a dry run).")
+    purged = serializers.IntegerField()
+    skipped = serializers.IntegerField(help_text="Selected but no longer eligible when the purge ran.")
+    archive_file = serializers.CharField(allow_blank=True)
+    archive_checksum = serializers.CharField(allow_blank=True)
+
+
+class _TraceLedgerSerializer(serializers.Serializer):
+    purged_at = serializers.DateTimeField()
+    policy = serializers.CharField()
+    actor = serializers.CharField()
+    channel = serializers.CharField()
+    state = serializers.CharField()
+    title = serializers.CharField()
+    owner = serializers.CharField(allow_blank=True)
+    archive_file = serializers.CharField()
+    archive_checksum = serializers.CharField()
+    archive_present = serializers.BooleanField()
+    archive_intact = serializers.BooleanField()
+    restorable = serializers.BooleanField()
+    restored_at = serializers.DateTimeField(allow_null=True)
+    restored_by = serializers.CharField(allow_blank=True)
+
+
+class _TraceHistorySerializer(serializers.Serializer):
+    seq = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    event = serializers.CharField()
+    state_from = serializers.CharField(allow_blank=True)
+    state_to = serializers.CharField()
+    actor = serializers.CharField()
+    channel = serializers.CharField()
+    reason = serializers.CharField(allow_blank=True)
+
+
+class TraceSerializer(serializers.Serializer):
+    """``locate``'s answer: the verdict first, then what each store holds."""
+
+    task_id = serializers.UUIDField()
+    verdict = serializers.CharField(help_text="One line: never existed / live / cancelled / soft-deleted / purged.")
+    exists = serializers.BooleanField(help_text="The task row is in SQL (live or soft-deleted).")
+    task = serializers.DictField(allow_null=True, help_text="The task's live state as mirrored, from SQL.")
+    ledger = _TraceLedgerSerializer(many=True, help_text="Purge-ledger rows, newest first.")
+    mirror = serializers.DictField(help_text="The Redis mirror entry: present, consistent with SQL, state.")
+    celery_result = serializers.DictField(allow_null=True, help_text="Celery's result record, if any.")
+    last_history = _TraceHistorySerializer(many=True, help_text="The last five history rows, newest first.")

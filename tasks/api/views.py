@@ -24,8 +24,11 @@ from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from crux.health import run_checks
+from persistence.locate import locate
 from persistence.selectors import task_status
 from persistence.stats import collect_stats
+from retention.archive import ArchiveError
+from retention.services import purge
 from tasks import services
 from tasks.api.errors import PayloadTooLarge, ServiceUnavailable, error_responses
 from tasks.api.filters import TaskFilter
@@ -44,6 +47,8 @@ from tasks.api.serializers import (
     HealthSerializer,
     LegacyJobSerializer,
     LegacySolveSerializer,
+    PurgeParamsSerializer,
+    PurgeReportSerializer,
     ReasonSerializer,
     RecoverResultSerializer,
     StatsSerializer,
@@ -52,6 +57,7 @@ from tasks.api.serializers import (
     TaskSerializer,
     TaskStatusSerializer,
     TaskSubmitSerializer,
+    TraceSerializer,
 )
 from tasks.api.throttling import ReadThrottle, SubmitThrottle
 from tasks.audit import Channel
@@ -390,7 +396,68 @@ class TaskRecoverView(APIView):
         task, action = services.recover_task(task.pk, actor=request.user, channel=Channel.API, reason=reason)
         if action == "mirror_failed":
             raise ServiceUnavailable("Redis is unreachable: the mirror entry was not rewritten (SQL is unchanged).")
-        return Response({"action": action, "task": TaskSerializer(task).data})
+        return Response(RecoverResultSerializer({"action": action, "task": task}).data)
+
+
+class TaskTraceView(APIView):
+    """``GET /api/tasks/{task_id}/trace``: what happened to this task, from every store, verdict first.
+
+    The owner (of the task, or of the purged task per its ledger row) and staff
+    may ask; for anyone else, and for an id with no trace at all, the answer is 404.
+    """
+
+    @extend_schema(
+        summary="What happened to this task (locate)",
+        parameters=[TASK_ID],
+        responses={200: TraceSerializer, **error_responses(400, 404)},
+    )
+    def get(self, request: Request, task_id: str) -> Response:
+        try:
+            trace = locate(task_id)
+        except InvalidTaskData:
+            raise ValidationError({"task_id": [f"{task_id[:60]!r} is not a valid UUID."]}) from None
+        owners = {trace.task["owner_id"]} if trace.task else {entry["owner_id"] for entry in trace.ledger}
+        if not trace.found or not (request.user.is_staff or request.user.pk in owners):
+            raise TaskNotFound(task_id)
+        return Response(TraceSerializer(trace.as_dict()).data)
+
+
+class PurgeView(APIView):
+    """``POST /api/purge`` (staff): purge what the retention policies let go.
+
+    A dry run listing what would go unless ``confirm=true``; at most ``limit``
+    (MAX_TASKS_PER_PURGE) tasks, archived before anything is removed, one ledger
+    row each. Refused (409) while the deletion breaker is tripped.
+    """
+
+    permission_classes = [IsAuthenticated, IsAdminUser]
+
+    @extend_schema(
+        summary="Purge by retention policy (dry run unless confirm=true)",
+        parameters=[
+            OpenApiParameter("confirm", OpenApiTypes.BOOL, description="true to purge; anything else is a dry run"),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": settings.MAX_TASKS_PER_PURGE},
+                description="tasks in this run, 1..MAX_TASKS_PER_PURGE (default the maximum)",
+            ),
+        ],
+        request=None,
+        responses={200: PurgeReportSerializer, **error_responses(400, 403, 409, 503)},
+    )
+    def post(self, request: Request) -> Response:
+        params = PurgeParamsSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        try:
+            report = purge(
+                actor=request.user,
+                channel=Channel.API,
+                confirm=params.validated_data["confirm"],
+                limit=params.validated_data.get("limit"),
+            )
+        except ArchiveError as exc:
+            raise ServiceUnavailable(f"The purge archive could not be written; nothing was deleted. {exc}") from None
+        return Response(PurgeReportSerializer(report).data)
 
 
 class PersistenceStatsView(APIView):
