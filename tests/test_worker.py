@@ -192,8 +192,11 @@ def test_sigkilling_worker_children_loses_nothing_and_runs_nothing_twice(cluster
         else:
             assert task.state == "failed" and task.attempt_count == task.max_attempts == interrupted
             assert "attempt limit reached" in task.history.latest("seq").reason
-        executed_attempts = sorted(attempt for (tid, attempt) in starts if tid == task_id)
-        assert executed_attempts == list(range(1, len(executed_attempts) + 1))
+        # Every execution ran under a claimed attempt (a child killed right after its claim leaves none).
+        executed_attempts = {attempt for (tid, attempt) in starts if tid == task_id}
+        assert executed_attempts <= set(range(1, task.attempt_count + 1))
+        if task.state == "completed":
+            assert task.attempt_count in executed_attempts
     assert interrupted_total >= 1, "no kill hit a running task"
 
 
