@@ -120,30 +120,34 @@ def purge(*, actor: Any, channel: str, confirm: bool = False, limit: int | None 
                 continue
             still_eligible.append(task)
         PurgeLedger.objects.bulk_create(
-            [
-                PurgeLedger(
-                    task_id=t.pk,
-                    title=t.title,
-                    state=t.state,
-                    owner_id=t.owner_id,
-                    owner_username=t.owner.get_username() if t.owner else "",
-                    task_created_at=t.created_at,
-                    deleted_at=t.deleted_at,
-                    purged_at=now,
-                    policy=policy_of[t.pk].name,
-                    actor=label,
-                    channel=channel,
-                    archive_file=str(path),
-                    archive_checksum=checksum,
-                    history_count=t.history_count,
-                    history_head=t.history_head,
-                )
-                for t in still_eligible
-            ]
+            [_ledger_row(t, policy_of[t.pk].name, label, channel, str(path), checksum, now) for t in still_eligible]
         )
         report.purged = erase_tasks([t.pk for t in still_eligible])
     logger.warning("purge by %s via %s: %s tasks archived to %s and removed", label, channel, report.purged, path)
     return report
+
+
+def _ledger_row(
+    task: Task, policy: str, actor: str, channel: str, archive: str, checksum: str, purged_at: datetime
+) -> PurgeLedger:
+    """The tombstone of ``task``: enough to say what it was and where its archive is."""
+    return PurgeLedger(
+        task_id=task.pk,
+        title=task.title,
+        state=task.state,
+        owner_id=task.owner_id,
+        owner_username=task.owner.get_username() if task.owner else "",
+        task_created_at=task.created_at,
+        deleted_at=task.deleted_at,
+        purged_at=purged_at,
+        policy=policy,
+        actor=actor,
+        channel=channel,
+        archive_file=archive,
+        archive_checksum=checksum,
+        history_count=task.history_count,
+        history_head=task.history_head,
+    )
 
 
 @dataclass
@@ -210,20 +214,5 @@ def _purge_for_overwrite(task: Task, *, actor: Any, channel: str) -> None:
     path, checksum = write_archive([task.pk], run_id=uuid.uuid4().hex[:12], policy_note="overwritten-by-restore")
     with transaction.atomic():
         task = Task.objects.select_for_update(of=("self",)).select_related("owner").get(pk=task.pk)
-        PurgeLedger.objects.create(
-            task_id=task.pk,
-            title=task.title,
-            state=task.state,
-            owner_id=task.owner_id,
-            owner_username=task.owner.get_username() if task.owner else "",
-            task_created_at=task.created_at,
-            deleted_at=task.deleted_at,
-            policy="overwritten-by-restore",
-            actor=label,
-            channel=channel,
-            archive_file=str(path),
-            archive_checksum=checksum,
-            history_count=task.history_count,
-            history_head=task.history_head,
-        )
+        _ledger_row(task, "overwritten-by-restore", label, channel, str(path), checksum, timezone.now()).save()
         erase_tasks([task.pk])

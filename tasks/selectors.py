@@ -6,25 +6,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
 
-from tasks.audit import GENESIS_HASH, row_hash
+from tasks.audit import GENESIS_HASH, HASHED_FIELDS, row_hash
 from tasks.models import Task, TaskHistory
 
-_ROW_FIELDS = (
-    "task_id",
-    "seq",
-    "event",
-    "state_from",
-    "state_to",
-    "actor",
-    "actor_user_id",
-    "channel",
-    "reason",
-    "error_message",
-    "details",
-    "created_at",
-    "prev_hash",
-    "hash",
-)
+_ROW_FIELDS = (*HASHED_FIELDS, "prev_hash", "hash")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from tasks.states import TERMINAL_STATES
 from tests.conftest import RUN_PREFIX, child_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("live_db")]
+pytestmark = pytest.mark.slow
 
 SUBMIT = """
 import json, os, signal, sys
@@ -128,7 +128,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path, private_redis, user):
+def cluster(tmp_path, private_redis, live_db, user):
+    """Set up after (so torn down before) the private Redis: the cleanup still reaches it."""
     cluster = Cluster(tmp_path, private_redis.url)
     yield cluster
     cluster.stop()
