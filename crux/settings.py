@@ -71,6 +71,8 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'crux.sqlite3'}"),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's SQLite backend, with writers queued on a kernel lock (crux/db/base.py).
+    DATABASES["default"]["ENGINE"] = "crux.db"
     DATABASES["default"]["OPTIONS"] = {
         # Take the write lock at BEGIN: a read-then-write transaction never
         # fails half-way with "database is locked".
@@ -80,7 +82,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     }
 # The test database: a file for SQLite, so that worker processes started by tests can share it.
-_default_test_name = str(VAR_DIR / "test_crux.sqlite3") if DATABASES["default"]["ENGINE"].endswith("sqlite3") else None
+_default_test_name = str(VAR_DIR / "test_crux.sqlite3") if DATABASES["default"]["ENGINE"] == "crux.db" else None
 DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default=_default_test_name)}
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 # Keep connections between requests: opening one (and running the SQLite pragmas) per request

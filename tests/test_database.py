@@ -68,3 +68,36 @@ def test_acknowledged_tasks_survive_the_process_being_killed(live_db, user):
         assert task.state == "queued"
         assert [h.event for h in task.history.order_by("seq")] == ["created", "transition"]
     assert list(verify_audit_chains()) == []
+
+
+def test_sqlite_writers_queue_on_a_kernel_lock_held_for_the_transaction(live_db):
+    """A transaction holds an exclusive flock on <db>.writelock from BEGIN to COMMIT (crux/db/base.py)."""
+    import fcntl
+
+    from django.db import transaction
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the write lock is the SQLite backend's")
+    probe = os.open(f"{connection.settings_dict['NAME']}.writelock", os.O_RDWR | os.O_CREAT)
+
+    def lock_is_free() -> bool:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        return True
+
+    try:
+        assert lock_is_free()
+        with transaction.atomic():
+            assert not lock_is_free()
+            with transaction.atomic():  # a savepoint keeps the same lock
+                assert not lock_is_free()
+        assert lock_is_free()
+        with pytest.raises(RuntimeError), transaction.atomic():
+            assert not lock_is_free()
+            raise RuntimeError("rolled back")
+        assert lock_is_free()
+    finally:
+        os.close(probe)

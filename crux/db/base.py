@@ -1,0 +1,69 @@
+"""SQLite whose write transactions queue on a kernel file lock instead of busy-sleeping.
+
+With ``transaction_mode=IMMEDIATE`` every transaction takes SQLite's write lock
+at BEGIN. When several processes want it at once, SQLite's busy handler makes
+the losers sleep in growing steps (up to 100 ms) and poll again, which turns
+contention into long tail latencies. Here a transaction first takes an
+exclusive ``flock`` on ``<database>.writelock``: waiters block in the kernel
+and the next one wakes as soon as the lock is released, in order of arrival.
+The lock is released at commit or rollback (before on-commit callbacks run)
+and by the kernel if the process dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Any
+
+from django.db.backends.sqlite3 import base
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    _lock_fd: int | None = None
+    _lock_held = False
+
+    def _lock_path(self) -> str:
+        return f"{self.settings_dict['NAME']}.writelock"
+
+    def _acquire_write_lock(self) -> None:
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock_held = True
+
+    def _release_write_lock(self) -> None:
+        if self._lock_held:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._lock_held = False
+
+    def _start_transaction_under_autocommit(self) -> None:
+        if self.is_in_memory_db():
+            return super()._start_transaction_under_autocommit()
+        self._acquire_write_lock()
+        try:
+            super()._start_transaction_under_autocommit()
+        except BaseException:
+            self._release_write_lock()
+            raise
+
+    def _commit(self) -> Any:
+        try:
+            return super()._commit()
+        finally:
+            self._release_write_lock()
+
+    def _rollback(self) -> Any:
+        try:
+            return super()._rollback()
+        finally:
+            self._release_write_lock()
+
+    def _close(self) -> Any:
+        try:
+            return super()._close()
+        finally:
+            self._release_write_lock()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
