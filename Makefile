@@ -1,6 +1,7 @@
 # Crux: two commands do all set-up on a fresh machine.
 #   make run   - virtualenv, install, migrate, then web + worker + beat (SQLite, local Redis)
 #   make test  - virtualenv, install, lint, migration check, the suite on SQLite and on PostgreSQL
+#   make bench - the benchmarks of BENCHMARKS.md (BENCH_ENGINE=sqlite|postgres, BENCH_TASKS=100000)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,8 +12,10 @@ ADMIN_PASSWORD ?= crux-admin
 SQLITE_URL := sqlite:///$(CURDIR)/var/crux.sqlite3
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
+BENCH_ENGINE ?= sqlite
+BENCH_TASKS ?= 100000
 
-.PHONY: run test test-sqlite test-postgres lint venv browser
+.PHONY: run test test-sqlite test-postgres lint venv browser bench
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,3 +57,15 @@ test-postgres: venv browser
 	DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint test-sqlite test-postgres
+
+# Benchmarks (BENCHMARKS.md): data sets under var/bench/ or PostgreSQL databases crux_bench_*; wrk for HTTP.
+bench: venv
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "Installing wrk for the HTTP benchmark"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
+	mkdir -p var/bench
+	$(BIN)/python -m bench.recovery --tasks $(BENCH_TASKS) --engine $(BENCH_ENGINE)
+	$(BIN)/python -m bench.locate --tasks $(BENCH_TASKS) --engine $(BENCH_ENGINE) --fresh
+	$(BIN)/python -m bench.admin --tasks $(BENCH_TASKS) --engine $(BENCH_ENGINE)
+	$(BIN)/python -m bench.http --engine $(BENCH_ENGINE)
