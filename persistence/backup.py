@@ -25,8 +25,7 @@ from django.core.management.color import no_style
 from django.db import connection, transaction
 from django.utils import timezone
 
-from persistence.dump import deserialize, encode, serialize_queryset
-from retention.archive import checksum
+from persistence.dump import checksum, deserialize, encode, serialize_queryset
 from tasks.audit import restoring
 from tasks.models import HistoryPurgeGrant, Task
 

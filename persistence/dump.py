@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -49,6 +51,14 @@ def serialize_queryset(queryset: models.QuerySet, *, chunk_size: int = 2000, nat
 
 def deserialize(rows: Iterable[dict[str, Any]]) -> Iterator[serializers.base.DeserializedObject]:
     return serializers.deserialize("python", rows, handle_forward_references=False)
+
+
+def checksum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 def task_entries(task_ids: list[UUID]) -> Iterator[dict[str, Any]]:

@@ -10,7 +10,7 @@ from django_celery_results.models import TaskResult
 from redis.exceptions import RedisError
 
 from persistence import mirror
-from retention.archive import checksum
+from persistence.dump import checksum
 from retention.models import PurgeLedger
 from tasks.models import Task, TaskHistory
 from tasks.services import parse_task_id

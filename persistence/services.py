@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from uuid import UUID
 
 from django.conf import settings
 from django.db.models import Q
@@ -14,6 +13,7 @@ from django.utils import timezone
 
 from persistence import mirror
 from tasks.models import Task
+from tasks.services import uuid_or_none
 from tasks.states import ACTIVE_STATES
 
 
@@ -90,7 +90,9 @@ def reconcile_mirror(
     for ids in mirror.batched(unseen, batch_size):
         found = {
             str(v["id"]): v
-            for v in Task.objects.filter(pk__in=[i for i in ids if is_uuid(i)]).values("id", "state", "completed_at")
+            for v in Task.objects.filter(pk__in=[i for i in ids if uuid_or_none(i)]).values(
+                "id", "state", "completed_at"
+            )
         }
         orphans = [i for i in ids if i not in found]
         report.orphan += len(orphans)
@@ -104,11 +106,3 @@ def reconcile_mirror(
             compare([mirror.snapshot(v) for v in Task.objects.filter(pk__in=outside).values(*mirror.MIRRORED_FIELDS)])
     report.duration = time.perf_counter() - started
     return report
-
-
-def is_uuid(value: str) -> bool:
-    try:
-        UUID(value)
-    except ValueError:
-        return False
-    return True

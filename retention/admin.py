@@ -13,6 +13,7 @@ from retention.archive import ArchiveError
 from retention.models import DeletionBreaker, DeletionEvent, PurgeLedger, RetentionPolicy
 from retention.monitor import acknowledge
 from retention.services import policies, purge
+from tasks.admin import ReadOnlyAdmin
 from tasks.audit import Channel
 from tasks.exceptions import TaskError
 
@@ -22,17 +23,6 @@ class PurgeForm(forms.Form):
         label="I have read the list: archive these tasks and remove them",
         help_text="They stay restorable from their archive (manage.py restore --task ID).",
     )
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(RetentionPolicy)

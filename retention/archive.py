@@ -7,7 +7,6 @@ anything; identified in the ledger by path and sha256 checksum.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from uuid import UUID
 from django.conf import settings
 from django.utils import timezone
 
-from persistence.dump import encode, task_entries
+from persistence.dump import checksum, encode, task_entries
 
 FORMAT = "crux-purge-archive/1"
 
@@ -28,14 +27,6 @@ class ArchiveError(Exception):
 
 def archive_dir() -> Path:
     return Path(settings.BACKUP_DIR) / "purged"
-
-
-def checksum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
 
 
 def write_archive(task_ids: list[UUID], *, run_id: str, policy_note: str) -> tuple[Path, str]:

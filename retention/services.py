@@ -107,18 +107,16 @@ def purge(*, actor: Any, channel: str, confirm: bool = False, limit: int | None 
     report.archive_file, report.archive_checksum = str(path), checksum
     now = timezone.now()
     with transaction.atomic():
-        locked = {
-            t.pk: t
-            for t in Task.objects.select_for_update(of=("self",)).filter(pk__in=list(policy_of)).select_related("owner")
-        }
-        still_eligible = []
-        for pk, policy in policy_of.items():
-            task = locked.get(pk)
+        # Lock and re-check eligibility in one query per policy: a task may have changed since it was chosen.
+        still_eligible: list[Task] = []
+        for policy in {p.pk: p for p in policy_of.values()}.values():
             condition = _scope_filter(policy, now)
-            if task is None or condition is None or not Task.objects.filter(condition, pk=pk).exists():
-                report.skipped += 1
+            if condition is None:
                 continue
-            still_eligible.append(task)
+            ids = [pk for pk, p in policy_of.items() if p.pk == policy.pk]
+            rows = Task.objects.select_for_update(of=("self",)).filter(condition, pk__in=ids).select_related("owner")
+            still_eligible.extend(rows)
+        report.skipped = len(policy_of) - len(still_eligible)
         PurgeLedger.objects.bulk_create(
             [_ledger_row(t, policy_of[t.pk].name, label, channel, str(path), checksum, now) for t in still_eligible]
         )

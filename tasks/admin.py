@@ -40,7 +40,7 @@ from tasks.admin_actions import (
     parse_ids,
     perform,
 )
-from tasks.admin_lists import CachedValuesFilter, CappedCountPaginator, id_prefix_q, parse_full_uuid
+from tasks.admin_lists import CachedValuesFilter, CappedCountPaginator, id_prefix_q
 from tasks.audit import Channel
 from tasks.exceptions import TaskError
 from tasks.models import (
@@ -386,7 +386,7 @@ class TaskAdmin(admin.ModelAdmin):
         terms = search_terms(search_term)
         if not terms:
             return queryset, False
-        if len(terms) == 1 and (pk := parse_full_uuid(terms[0])) is not None:
+        if len(terms) == 1 and (pk := services.uuid_or_none(terms[0])) is not None:
             return queryset.filter(pk=pk), False
         for term in terms:
             queryset = queryset.filter(task_search_q(term, self.search_fields))
@@ -663,7 +663,7 @@ class TaskAdmin(admin.ModelAdmin):
     # --- The timeline.
 
     def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        pk = parse_full_uuid(object_id)
+        pk = services.uuid_or_none(object_id)
         task = Task.objects.select_related("owner", "deleted_by").filter(pk=pk).first() if pk else None
         if task is None:
             raise Http404("no such task")
@@ -745,7 +745,7 @@ class TaskHistoryAdmin(ReadOnlyAdmin):
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         terms = search_terms(search_term)
-        if len(terms) == 1 and (pk := parse_full_uuid(terms[0])) is not None:
+        if len(terms) == 1 and (pk := services.uuid_or_none(terms[0])) is not None:
             return queryset.filter(task_id=pk), False
         for term in terms:
             queryset = queryset.filter(task_search_q(term, self.search_fields, id_field="task_id"))

@@ -46,13 +46,6 @@ class CappedCountPaginator(Paginator):
         return min(found, self.cap)
 
 
-def parse_full_uuid(term: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(term)
-    except ValueError:
-        return None
-
-
 def id_prefix_q(term: str, field: str = "pk") -> Q | None:
     """A range lookup matching ids that start with ``term`` (hex, dashes allowed), or None.
 

@@ -66,14 +66,22 @@ TRANSITION_FIELDS = frozenset(
 )
 
 
+def uuid_or_none(value: Any) -> uuid.UUID | None:
+    """``value`` as a UUID, or None if it is not one."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
 def parse_task_id(task_id: Any) -> uuid.UUID:
     """The task id as a UUID, or InvalidTaskData naming the ``task_id`` field."""
-    if isinstance(task_id, uuid.UUID):
-        return task_id
-    try:
-        return uuid.UUID(str(task_id))
-    except ValueError:
-        raise InvalidTaskData({"task_id": [f"{task_id!r} is not a valid UUID."]}) from None
+    pk = uuid_or_none(task_id)
+    if pk is None:
+        raise InvalidTaskData({"task_id": [f"{task_id!r} is not a valid UUID."]})
+    return pk
 
 
 def _locked(task_id: Any) -> Task:

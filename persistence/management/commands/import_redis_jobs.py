@@ -16,6 +16,7 @@ from tqdm import tqdm
 from tasks.audit import Channel, audited
 from tasks.models import Task
 from tasks.redaction import redact, redact_text
+from tasks.services import uuid_or_none
 from tasks.states import TaskState
 
 JOB_STATES = {
@@ -162,11 +163,11 @@ class Command(BaseCommand):
     def _collect(self, jobs_db: redis.Redis, results_db: redis.Redis) -> list[tuple]:
         records: dict[UUID, tuple] = {}
         for key in jobs_db.scan_iter(match="job:*", count=1000):
-            job_id = _uuid(key.decode()[4:])
+            job_id = uuid_or_none(key.decode()[4:])
             if job_id is not None and jobs_db.type(key) == b"hash":
                 records[job_id] = (job_id, key.decode(), jobs_db.hgetall(key), None)
         for key in results_db.scan_iter(match="celery-task-meta-*", count=1000):
-            job_id = _uuid(key.decode()[len("celery-task-meta-") :])
+            job_id = uuid_or_none(key.decode()[len("celery-task-meta-") :])
             if job_id is None:
                 continue
             meta = _json((results_db.get(key) or b"").decode("utf-8", "replace"))
@@ -176,10 +177,3 @@ class Command(BaseCommand):
             else:
                 records[job_id] = (job_id, key.decode(), None, meta)
         return sorted(records.values(), key=lambda r: str(r[0]))
-
-
-def _uuid(text: str) -> UUID | None:
-    try:
-        return UUID(text)
-    except ValueError:
-        return None
