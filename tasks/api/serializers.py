@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from rest_framework import serializers
+from rest_framework.utils.serializer_helpers import BindingDict
 
 from tasks.models import OutputType, Task, TaskHistory, TaskOutput
 from tasks.registry import registered_names
@@ -89,6 +92,38 @@ def handler_field(**kwargs: Any) -> serializers.ChoiceField:
     return serializers.ChoiceField(choices=registered_names(), help_text="A handler named in TASK_HANDLERS.", **kwargs)
 
 
+_SHARED_FIELDS: dict[type, BindingDict] = {}
+
+
+@receiver(setting_changed, dispatch_uid="tasks.api.serializers.shared_fields")
+def _forget_shared_fields(**kwargs: Any) -> None:
+    """Fields read settings when built (TASK_HANDLERS' choices): rebuild them when a setting changes."""
+    _SHARED_FIELDS.clear()
+
+
+class SharedFieldsMixin:
+    """Build a serializer's fields once per class and share them between its instances.
+
+    ModelSerializer introspects the model again for every instance: about a
+    millisecond for Task, more than validating and rendering a task together.
+    The fields of these serializers keep no per-request state and never read the
+    serializer's context or instance, so one set, bound to a bare prototype, serves
+    every instance (DRF fields that need the context, such as hyperlinks or
+    ``CurrentUserDefault``, must not be used on a serializer with this mixin).
+    """
+
+    @property
+    def fields(self) -> BindingDict:
+        cls = type(self)
+        shared = _SHARED_FIELDS.get(cls)
+        if shared is None:
+            prototype = cls()
+            shared = _SHARED_FIELDS[cls] = BindingDict(prototype)
+            for name, field in prototype.get_fields().items():
+                shared[name] = field
+        return shared
+
+
 class RejectUnknownFieldsMixin:
     """Answer 400 for fields a client may not write, instead of silently ignoring them."""
 
@@ -110,7 +145,7 @@ class RejectUnknownFieldsMixin:
         return super().to_internal_value(data)
 
 
-class StrictModelSerializer(RejectUnknownFieldsMixin, serializers.ModelSerializer):
+class StrictModelSerializer(SharedFieldsMixin, RejectUnknownFieldsMixin, serializers.ModelSerializer):
     """Writes take JSON types as the schema states them, and refuse fields that are not writable."""
 
     serializer_field_mapping = {
@@ -119,7 +154,7 @@ class StrictModelSerializer(RejectUnknownFieldsMixin, serializers.ModelSerialize
     }
 
 
-class TaskSerializer(serializers.ModelSerializer):
+class TaskSerializer(SharedFieldsMixin, serializers.ModelSerializer):
     """A task as clients see it; state, owner and audit fields are never written through it."""
 
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
@@ -184,9 +219,10 @@ class TaskSubmitSerializer(StrictModelSerializer):
         model = Task
         fields = [*sorted(EDITABLE_FIELDS), "payload"]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["handler"] = handler_field(required=False, default=Task._meta.get_field("handler").default)
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        fields["handler"] = handler_field(required=False, default=Task._meta.get_field("handler").default)
+        return fields
 
 
 class TaskOutputSerializer(StrictModelSerializer):
@@ -208,7 +244,7 @@ class TaskOutputSerializer(StrictModelSerializer):
         read_only_fields = ["id", "created_at"]
 
 
-class TaskHistorySerializer(serializers.ModelSerializer):
+class TaskHistorySerializer(SharedFieldsMixin, serializers.ModelSerializer):
     class Meta:
         model = TaskHistory
         fields = [
