@@ -174,9 +174,11 @@ STORAGES = {
 API_PAGE_SIZE = env.int("API_PAGE_SIZE", default=50)
 API_MAX_LIMIT = env.int("API_MAX_LIMIT", default=200)
 API_SUBMIT_MAX_BYTES = env.int("API_SUBMIT_MAX_BYTES", default=256 * 1024)
+# Seconds an API token's user is served from Redis (dropped at once when the token or user changes; 0 = off).
+API_TOKEN_CACHE_SECONDS = env.int("API_TOKEN_CACHE_SECONDS", default=60)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "tasks.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -6,14 +6,32 @@ and fail open when Redis is unreachable: a lost mirror never takes the API down.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from django.conf import settings
 from django_redis import get_redis_connection
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
+
+# Count a request in its window and start the window's expiry with its first request: one round trip.
+_COUNT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+_COUNT_SHA = hashlib.sha1(_COUNT.encode()).hexdigest()
+
+
+def _count(key: str, ttl: int) -> int:
+    """Increment the window counter ``key`` (expiring after ``ttl`` seconds); loads the script once per Redis."""
+    client = get_redis_connection("throttle")
+    try:
+        return client.evalsha(_COUNT_SHA, 1, key, ttl)
+    except NoScriptError:
+        return client.eval(_COUNT, 1, key, ttl)
 
 
 class _ScopedUserThrottle(UserRateThrottle):
@@ -22,7 +40,8 @@ class _ScopedUserThrottle(UserRateThrottle):
     DRF's own throttle keeps a list of every request time in the window and
     rewrites it on each request, which costs O(rate) per request (a user allowed
     10,000 requests a minute pays for a 10,000-entry list each time). Here the
-    window is the current ``duration`` slot; the key expires with it.
+    window is the current ``duration`` slot; the key expires with it. Counting is one
+    EVALSHA: cheaper for the client than a pipeline of INCR and EXPIRE.
     """
 
     methods: frozenset[str] = frozenset()
@@ -43,10 +62,7 @@ class _ScopedUserThrottle(UserRateThrottle):
         window = int(self.now // self.duration)
         self.window_end = (window + 1) * self.duration
         try:
-            pipe = get_redis_connection("throttle").pipeline(transaction=False)
-            pipe.incr(f"{key}:{window}")
-            pipe.expire(f"{key}:{window}", int(self.duration) + 1)
-            count = pipe.execute()[0]
+            count = _count(f"{key}:{window}", int(self.duration) + 1)
         except RedisError:
             return True  # fail open: Redis never takes the API down
         return count <= self.num_requests
