@@ -18,11 +18,7 @@ import uuid
 from datetime import timedelta
 
 from bench.dataset import configure, ensure, git_revision
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from bench.report import record, summary
 
 
 def main() -> None:
@@ -87,10 +83,22 @@ def main() -> None:
     print(f"\nlocate benchmark — engine {args.engine}, {Task.objects.count()} tasks, revision {git_revision()}")
     print(f"{'measure (ms)':<50} {'median':>8} {'p95':>8} {'p99':>8} {'x baseline':>11}")
     for name, values in rows.items():
-        med = statistics.median(values)
-        print(
-            f"{name:<50} {med:>8.2f} {percentile(values, 0.95):>8.2f} {percentile(values, 0.99):>8.2f} "
-            f"{med / base:>11.1f}"
+        figures = summary(values)
+        med = figures["median"]
+        print(f"{name:<50} {med:>8.2f} {figures['p95']:>8.2f} {figures['p99']:>8.2f} {med / base:>11.1f}")
+        is_locate = name.startswith("locate")
+        record(
+            "locate",
+            name,
+            engine=args.engine,
+            size=args.tasks,
+            value=med,
+            unit="ms",
+            p95=figures["p95"],
+            p99=figures["p99"],
+            ratio=med / base,
+            goal="< 100 ms" if is_locate else "",
+            met=figures["p99"] < 100 if is_locate else None,
         )
 
 
