@@ -98,9 +98,13 @@ def _refuse_unknown(fields: dict[str, Any], allowed: frozenset[str]) -> None:
         raise InvalidTaskData({name: ["This field cannot be set here."] for name in unknown})
 
 
+# Foreign keys are left to the database's constraints: Django's check of them is a query per key on every save.
+_UNCHECKED_RELATIONS = tuple(f.name for f in Task._meta.concrete_fields if f.is_relation)
+
+
 def _validate(task: Task) -> None:
     try:
-        task.full_clean(validate_unique=False)
+        task.full_clean(exclude=_UNCHECKED_RELATIONS, validate_unique=False)
     except ValidationError as exc:
         raise InvalidTaskData(exc.message_dict) from None
 
