@@ -152,9 +152,13 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
     if ctx.lease_lost.is_set():
         return "discarded"
     elapsed = time.perf_counter() - started
-    TaskMetrics.objects.update_or_create(task_id=task.pk, defaults={"processing_time_seconds": round(elapsed, 6)})
     outcome = services.finish_attempt(
-        task.pk, attempt=task.attempt_count, worker_id=worker_id, result=result, error=error
+        task.pk,
+        attempt=task.attempt_count,
+        worker_id=worker_id,
+        result=result,
+        error=error,
+        metrics={"processing_time_seconds": round(elapsed, 6)},
     )
     if outcome is None:
         return "discarded"

@@ -294,11 +294,21 @@ def claim(task_id: Any, *, worker_id: str) -> Task | None:
         )
 
 
-def finish_attempt(task_id: Any, *, attempt: int, worker_id: str, result: Any = None, error: str = "") -> Task | None:
+def finish_attempt(
+    task_id: Any,
+    *,
+    attempt: int,
+    worker_id: str,
+    result: Any = None,
+    error: str = "",
+    metrics: dict[str, Any] | None = None,
+) -> Task | None:
     """Record the outcome of an attempt: completed with ``result``, or failed with ``error``.
 
     Compare-and-set on (running, attempt, worker): if the task was cancelled or
     recovered meanwhile, the outcome is discarded (and logged), never applied twice.
+    ``metrics`` (TaskMetrics fields) are written in the same transaction, so an
+    outcome and its figures commit together, or neither does.
     """
     with transaction.atomic():
         task = _locked(task_id)
@@ -311,6 +321,8 @@ def finish_attempt(task_id: Any, *, attempt: int, worker_id: str, result: Any = 
                 task.attempt_count,
             )
             return None
+        if metrics:
+            TaskMetrics.objects.update_or_create(task_id=task.pk, defaults=metrics)
         if error:
             return _apply(
                 task,

@@ -9,7 +9,7 @@ from tasks import services
 from tasks.audit import Channel
 from tasks.exceptions import IllegalTransition, InvalidTaskData
 from tasks.execution import execute
-from tasks.models import Task
+from tasks.models import Task, TaskMetrics
 
 pytestmark = pytest.mark.usefixtures("live_db")
 
@@ -90,6 +90,7 @@ def test_an_outcome_after_cancel_is_discarded(user):
     task.refresh_from_db()
     assert task.state == "cancelled" and task.result is None
     assert [e[2] for e in events(task)] == ["queued", "running", "cancelled"]
+    assert not TaskMetrics.objects.filter(task=task).exists(), "a discarded outcome records no figures"
 
 
 def test_the_heartbeat_stops_an_execution_whose_claim_is_gone(user, settings):
