@@ -1,0 +1,217 @@
+"""End-to-end drain of a backlog by real Celery workers: Crux vs a bare Celery no-op (issue 7; ratio reported).
+
+    python -m bench.drain --engine postgres --tasks 150 --workers 2 --runs 3
+
+Crux: ``--tasks`` tasks (handler ``echo``, a tiny payload) are submitted through
+``tasks.services.submit_task`` while no worker consumes their queue; then the
+worker starts consuming and the drain is timed from the first claim (the
+earliest ``started_at``) to the last completion (the latest ``completed_at``),
+read from SQL. Each task is what a worker really does: the claim and the
+outcome transitions (each a committed transaction with its history row), the
+handler's output row, the metrics row, the result in the django-db result
+backend and the mirror writes.
+
+Baseline, same run: the same number of messages of a no-op task of a bare
+Celery app (``bench/celery_noop.py``: no Django, no result backend), timed from
+the first run of the task to the last, as each run stamps its time in Redis.
+
+Fairness: both run in one ``celery worker`` process each with a prefork pool of
+``--workers`` children, same broker (a private Redis database), late acks,
+prefetch multiplier 1, gossip and mingle off. Both workers are started and
+ready before any timing, idle on an empty queue; each drain begins when the
+worker is told to consume the backlog's queue (``add_consumer``), so worker
+start-up is excluded from both. The two drains alternate, after one untimed
+warm-up drain each; medians of the runs are reported, with their range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench.dataset import ROOT, configure, git_revision
+from bench.redis_keys import delete_keys
+from bench.report import record, summary
+
+BROKER_URL = "redis://127.0.0.1:6379/11"
+PAYLOAD = {"message": "drain"}
+TIMEOUT = 300.0  # seconds a drain may take before the benchmark gives up
+
+
+class Worker:
+    """One ``celery worker`` process (prefork pool) in a process group of its own, idle until told to consume."""
+
+    def __init__(self, app: Any, module: str, name: str, idle_queue: str, concurrency: int, log_dir: Path) -> None:
+        self.app, self.name = app, name
+        self.log = log_dir / f"{name.split('@')[0]}.log"
+        with open(self.log, "wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", module, "worker", "-P", "prefork", "-c", str(concurrency),
+                 "-Q", idle_queue, "-n", name, "--without-gossip", "--without-mingle", "-l", "WARNING"],
+                cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until the worker answers a ping: its pool is up and its start-up recovery done."""
+        deadline = time.monotonic() + timeout
+        while not self.app.control.ping(destination=[self.name], timeout=0.5):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"worker {self.name} did not start:\n{self.tail()}")
+
+    def consume(self, queue: str, start: bool) -> None:
+        """Start (or stop) consuming ``queue``; returns once the worker has acknowledged the order."""
+        control = self.app.control.add_consumer if start else self.app.control.cancel_consumer
+        if not control(queue, destination=[self.name], reply=True, timeout=10):
+            raise SystemExit(f"worker {self.name} did not answer {control.__name__}:\n{self.tail()}")
+
+    def stop(self) -> None:
+        """Warm shutdown of the whole group; killed if it has not left within 30 s."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def wait_for(done: Callable[[], bool], worker: Worker) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not done():
+        if worker.process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"drain on {worker.name} did not finish:\n{worker.tail()}")
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=["sqlite", "postgres"], default="postgres")
+    parser.add_argument("--tasks", type=int, default=150, help="backlog drained per run (default 150)")
+    parser.add_argument("--workers", type=int, default=2, help="prefork pool processes of each worker (default 2)")
+    parser.add_argument("--runs", type=int, default=3, help="timed drains of each kind; medians (default 3)")
+    args = parser.parse_args()
+
+    token = f"crux-bench-drain-{os.getpid()}"
+    os.environ.update(CELERY_BROKER_URL=BROKER_URL, REDIS_KEY_PREFIX=token, BENCH_NOOP_KEY=f"{token}:noop-runs")
+    configure(args.engine, "crux_bench_drain")
+    import redis
+    from django.contrib.auth import get_user_model
+    from django.db.models import F, Max, Min
+
+    from bench.celery_noop import app as bare_app
+    from bench.celery_noop import noop
+    from crux.celery import app as crux_app
+    from persistence import mirror
+    from tasks import services
+    from tasks.audit import Channel
+    from tasks.models import Task
+
+    crux_queue, bare_queue, idle_queue = f"{token}.crux", f"{token}.bare", f"{token}.idle"
+    crux_app.conf.task_default_queue = crux_queue  # submissions publish here, not to the application's queue
+    broker = redis.Redis.from_url(BROKER_URL)
+    noop_runs = os.environ["BENCH_NOOP_KEY"]
+    user = get_user_model().objects.create_user("bench-drain")
+
+    def check_backlog(queue: str, count: int) -> None:
+        """Every message is waiting in the queue the worker is about to consume (none lost or misrouted)."""
+        if broker.llen(queue) != count:
+            raise SystemExit(f"{broker.llen(queue)} messages in {queue}, not {count}")
+
+    def crux_drain(worker: Worker, count: int) -> tuple[float, list[float]]:
+        """Submit ``count`` tasks, let the worker drain them; (tasks/s, per-task claim-to-completion seconds)."""
+        ids = [
+            services.submit_task(owner=user, actor=user, channel=Channel.API, title=f"drain {i}", handler="echo",
+                                 request_payload=PAYLOAD).pk
+            for i in range(count)
+        ]  # fmt: skip
+        batch = Task.objects.filter(pk__in=ids)
+        check_backlog(crux_queue, count)
+        worker.consume(crux_queue, start=True)
+        wait_for(lambda: not batch.filter(state__in=("queued", "running")).exists(), worker)
+        worker.consume(crux_queue, start=False)
+        states = set(batch.values_list("state", flat=True))
+        if states != {"completed"}:
+            raise SystemExit(f"drained tasks ended {states}, not all completed:\n{worker.tail()}")
+        span = batch.aggregate(first=Min("started_at"), last=Max("completed_at"))
+        each = batch.annotate(took=F("completed_at") - F("started_at")).values_list("took", flat=True)
+        return count / (span["last"] - span["first"]).total_seconds(), [t.total_seconds() for t in each]
+
+    def bare_drain(worker: Worker, count: int) -> float:
+        """Publish ``count`` no-op messages, let the worker drain them; tasks/s from the runs' own time stamps."""
+        broker.delete(noop_runs)
+        for i in range(count):
+            noop.apply_async(kwargs={"title": f"drain {i}", "handler": "echo", "request_payload": PAYLOAD},
+                             queue=bare_queue)  # fmt: skip
+        check_backlog(bare_queue, count)
+        worker.consume(bare_queue, start=True)
+        wait_for(lambda: broker.llen(noop_runs) >= count, worker)
+        worker.consume(bare_queue, start=False)
+        stamps = [float(t) for t in broker.lrange(noop_runs, 0, -1)]
+        return count / (max(stamps) - min(stamps))
+
+    crux_rates: list[float] = []
+    bare_rates: list[float] = []
+    took: list[float] = []
+    with tempfile.TemporaryDirectory() as logs, ExitStack() as cleanup:
+        cleanup.callback(delete_keys, mirror.client(), token)
+        cleanup.callback(delete_keys, broker, token)
+        crux = Worker(crux_app, "crux", f"{token}-crux@bench", idle_queue, args.workers, Path(logs))
+        cleanup.callback(crux.stop)
+        bare = Worker(bare_app, "bench.celery_noop", f"{token}-bare@bench", idle_queue, args.workers, Path(logs))
+        cleanup.callback(bare.stop)
+        crux.wait_ready()
+        bare.wait_ready()
+        warmup = 4 * args.workers  # every pool process has opened its connections and imported its handlers
+        crux_drain(crux, warmup)
+        bare_drain(bare, warmup)
+        for run in range(args.runs):  # alternate which drain goes first
+            for kind in ("crux", "bare") if run % 2 == 0 else ("bare", "crux"):
+                if kind == "crux":
+                    rate, each = crux_drain(crux, args.tasks)
+                    crux_rates.append(rate)
+                    took.extend(each)
+                else:
+                    bare_rates.append(bare_drain(bare, args.tasks))
+
+    crux_rate, bare_rate = statistics.median(crux_rates), statistics.median(bare_rates)
+    ratios = [c / b for c, b in zip(crux_rates, bare_rates, strict=True)]
+    ratio = statistics.median(ratios)
+    each = summary([t * 1000 for t in took])
+    print(
+        f"\ndrain benchmark — engine {args.engine}, {args.tasks} tasks x {args.runs} runs, one worker of "
+        f"{args.workers} prefork processes each, revision {git_revision()}"
+    )
+    print(f"{'measure':<58} {'tasks/s':>8} {'(runs min-max)':>16} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}")
+    crux_label = "crux: echo tasks drained, first claim to last completion"
+    bare_label = "baseline: bare Celery no-op, first run to last run"
+    print(
+        f"{crux_label:<58} {crux_rate:>8,.0f} {f'{min(crux_rates):,.0f}-{max(crux_rates):,.0f}':>16} "
+        f"{each['median']:>7.2f} {each['p95']:>7.2f} {each['p99']:>7.2f}   (claim to completion, per task)"
+    )
+    print(f"{bare_label:<58} {bare_rate:>8,.0f} {f'{min(bare_rates):,.0f}-{max(bare_rates):,.0f}':>16}")
+    print(f"{'ratio crux / bare (no goal)':<58} {ratio:>8.2f} {f'{min(ratios):.2f}-{max(ratios):.2f}':>16}")
+    common = {"engine": args.engine, "size": args.tasks}
+    pool = f"{args.workers} processes"
+    record("drain", f"crux drain, {pool}: claim to completion per task", value=each["median"], unit="ms",
+           p95=each["p95"], p99=each["p99"], **common)  # fmt: skip
+    record("drain", f"crux drain, {pool}: first claim to last completion (ratio = crux / bare)", value=crux_rate,
+           unit="tasks/s", ratio=ratio, goal="reported", **common)  # fmt: skip
+    record("drain", f"bare Celery no-op drain, {pool}: first run to last run", value=bare_rate, unit="tasks/s",
+           **common)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
