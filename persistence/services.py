@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from persistence import mirror
@@ -64,29 +64,36 @@ def reconcile_mirror(
     conn = mirror.client()
     since = _mirror_window_start()
 
-    def compare(docs: list[dict]) -> None:
-        statuses = mirror.sync(conn, docs, write=not check_only)
-        for doc, status in zip(docs, statuses, strict=True):
-            if status == mirror.MISSING:
-                report.missing += 1
-                report.note("missing", doc["id"])
-            elif status == mirror.STALE:
-                report.stale += 1
-                report.note("stale", doc["id"])
-        report.checked += len(docs)
+    def compare(batch: mirror.Batch) -> None:
+        statuses = mirror.apply(conn, batch, write=not check_only)
+        missing, stale = statuses.count(mirror.MISSING), statuses.count(mirror.STALE)
+        report.missing += missing
+        report.stale += stale
+        if missing or stale:
+            for task_id, status in zip(batch.ids, statuses, strict=True):
+                if len(report.examples) >= 10:
+                    break
+                if status == mirror.MISSING:
+                    report.note("missing", task_id)
+                elif status == mirror.STALE:
+                    report.note("stale", task_id)
+        report.checked += len(batch.ids)
         if not check_only:
-            report.repaired += statuses.count(mirror.MISSING) + statuses.count(mirror.STALE)
+            report.repaired += missing + stale
         if progress:
-            progress(len(docs))
+            progress(len(batch.ids))
 
-    rows = Task.objects.filter(expected_in_mirror(since)).order_by().values(*mirror.MIRRORED_FIELDS)
-    seen: set[str] = set()
-    for batch in mirror.batched(rows.iterator(chunk_size=batch_size), batch_size):
-        docs = [mirror.snapshot(values) for values in batch]
-        seen.update(doc["id"] for doc in docs)
-        compare(docs)
+    seen: set[str] = set()  # keys of the entries compared so far
 
-    unseen = (task_id for task_id in mirror.scan_task_ids(conn) if task_id not in seen)
+    def compare_rows(tasks: QuerySet[Task]) -> None:
+        for rows in mirror.raw_rows(tasks.order_by().values_list(*mirror.MIRRORED_FIELDS), batch_size):
+            batch = mirror.batch_of_rows(rows)
+            seen.update(batch.keys)
+            compare(batch)
+
+    compare_rows(Task.objects.filter(expected_in_mirror(since)))
+
+    unseen = mirror.scan_task_ids(conn, skip=seen)
     for ids in mirror.batched(unseen, batch_size):
         found = {
             str(v["id"]): v
@@ -103,6 +110,6 @@ def reconcile_mirror(
             report.repaired += len(orphans)
         outside = [v["id"] for v in found.values() if not _in_window(v, since)]
         if outside:
-            compare([mirror.snapshot(v) for v in Task.objects.filter(pk__in=outside).values(*mirror.MIRRORED_FIELDS)])
+            compare_rows(Task.objects.filter(pk__in=outside))
     report.duration = time.perf_counter() - started
     return report

@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
@@ -192,3 +193,92 @@ def test_redis_killed_mid_stream_loses_nothing_and_heals(private_redis, make_tas
         assert all(entry(t.pk)["state"] == "queued" for t in tasks)
     finally:
         restarted.stop()
+
+
+def legacy_bytes(doc):
+    """What the mirror stored before orjson: entries must compare equal across the change."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+TYPICAL = {
+    "id": "35bf992d-c9e9-4616-a12e-7696a6cecc1b",
+    "title": "parser audit task",
+    "state": "queued",
+    "owner_id": 1,
+    "role": "",
+    "provider": "claude",
+    "progress": 0.0,
+    "current_phase": "",
+    "attempt_count": 0,
+    "max_attempts": 3,
+    "last_error": "",
+    "created_at": "2026-11-17T11:12:23.288300+00:00",
+    "updated_at": "2026-11-25T02:52:06+00:00",
+    "started_at": None,
+    "completed_at": None,
+    "deleted_at": None,
+    "version": 1795575126000000,
+}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"title": "café ✓ \u2028 emoji 🚀"},
+        {"title": 'del \x7f and controls \x00\x1f\n\t"\\/'},
+        {"last_error": "lone surrogate \ud800"},
+        {"progress": 1.0},
+        {"progress": 0.5},
+        {"progress": 1e-4},
+        {"progress": 9.999999999999999e-05},
+        {"progress": 2.5e-05},
+        {"progress": 1e-7},
+        {"progress": float("nan")},
+        {"owner_id": None, "completed_at": "2026-11-25T02:52:06.000001+00:00"},
+    ],
+)
+def test_encode_writes_the_bytes_of_the_json_module(changes):
+    doc = {**TYPICAL, **changes}
+    assert mirror.encode(doc) == legacy_bytes(doc)
+
+
+def test_encode_takes_datetimes_and_uuids_as_their_iso_and_text_form():
+    when = datetime(2026, 11, 25, 2, 52, 6, tzinfo=UTC)
+    exact = when.replace(microsecond=123456)
+    as_text = {**TYPICAL, "created_at": exact.isoformat(), "updated_at": when.isoformat()}
+    expected = legacy_bytes(as_text)
+    assert mirror.encode({**TYPICAL, "created_at": exact, "updated_at": when}) == expected
+    naive = {**TYPICAL, "created_at": exact.replace(tzinfo=None), "updated_at": when.replace(tzinfo=None)}
+    assert mirror.encode(naive) == expected  # SQLite rows: naive datetimes are UTC
+    assert mirror.encode({**as_text, "id": uuid.UUID(TYPICAL["id"])}) == expected
+
+
+def test_rebuild_from_empty_writes_the_bytes_a_publish_writes(make_task, commit):
+    odd = make_task(title="café ✓ \x7f")
+    done = make_task(title="finished")
+    with commit():
+        move(odd.pk, "queued", progress=2.5e-05, last_error="naïve\u2028")
+        move(done.pk, "cancelled")
+    conn = mirror.client()
+    keys = {task.pk: mirror.task_key(task.pk) for task in (odd, done)}
+    published = {pk: conn.get(key) for pk, key in keys.items()}
+    assert all(published[pk] == legacy_bytes(mirror.snapshot_of(Task.objects.get(pk=pk))) for pk in keys)
+    conn.delete(*keys.values())
+    report = reconcile_mirror()
+    assert report.missing == 2 and report.stale == 0
+    assert {pk: conn.get(key) for pk, key in keys.items()} == published
+    assert conn.ttl(keys[odd.pk]) == -1 and 0 < conn.ttl(keys[done.pk]) <= 86400
+
+
+def test_reconcile_never_replaces_a_newer_entry_and_clears_a_stale_ttl(make_task):
+    ahead, behind = make_task(title="ahead"), make_task(title="behind")
+    conn = mirror.client()
+    newer = {**entry(ahead.pk), "title": "written by a later change", "version": entry(ahead.pk)["version"] + 1}
+    conn.set(mirror.task_key(ahead.pk), json.dumps(newer))
+    older = {**entry(behind.pk), "title": "written by an earlier change", "version": entry(behind.pk)["version"] - 1}
+    conn.set(mirror.task_key(behind.pk), json.dumps(older), ex=600)
+    report = reconcile_mirror()
+    assert (report.missing, report.stale) == (0, 1)
+    assert entry(ahead.pk) == newer
+    assert entry(behind.pk)["title"] == "behind" and conn.ttl(mirror.task_key(behind.pk)) == -1
