@@ -1,7 +1,7 @@
 # Crux: two commands do all set-up on a fresh machine.
 #   make run   - virtualenv, install, migrate, then web + worker + beat (SQLite, local Redis)
 #   make test  - virtualenv, install, lint, migration check, the suite on SQLite and on PostgreSQL
-#   make bench - the benchmarks of BENCHMARKS.md (BENCH_ENGINE=sqlite|postgres, BENCH_TASKS=100000)
+#   make bench - every benchmark of BENCHMARKS.md and one table (BENCH_ENGINES=sqlite,postgres BENCH_SIZES=10000,100000,1000000)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,8 +12,8 @@ ADMIN_PASSWORD ?= crux-admin
 SQLITE_URL := sqlite:///$(CURDIR)/var/crux.sqlite3
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
-BENCH_ENGINE ?= sqlite
-BENCH_TASKS ?= 100000
+BENCH_ENGINES ?= sqlite,postgres
+BENCH_SIZES ?= 10000,100000,1000000
 
 .PHONY: run test test-sqlite test-postgres lint venv browser bench
 
@@ -65,7 +65,4 @@ bench: venv
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 	mkdir -p var/bench
-	$(BIN)/python -m bench.recovery --tasks $(BENCH_TASKS) --engine $(BENCH_ENGINE)
-	$(BIN)/python -m bench.locate --tasks $(BENCH_TASKS) --engine $(BENCH_ENGINE) --fresh
-	$(BIN)/python -m bench.admin --tasks $(BENCH_TASKS) --engine $(BENCH_ENGINE)
-	$(BIN)/python -m bench.http --engine $(BENCH_ENGINE)
+	$(BIN)/python -m bench --engines $(BENCH_ENGINES) --sizes $(BENCH_SIZES)

@@ -1,0 +1,72 @@
+"""Every benchmark of BENCHMARKS.md in one run, ending with one table of all figures.
+
+    python -m bench                                        # what `make bench` runs
+    python -m bench --engines sqlite --sizes 10000,100000  # a shorter run
+
+Each module runs in its own process (Django is set up once per process, on one
+database) and appends its rows to one results file (``bench.report``); the
+table printed at the end holds every figure of the run, each ratio computed
+against a baseline measured in the same run. Data sets are built on first use
+and reused by the modules that follow (``bench.dataset.ensure``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+from bench.dataset import ROOT, git_revision
+from bench.report import RESULTS_ENV, load, table
+
+
+def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list[str]]:
+    """The modules to run, in order: cheap measures first, then those that build and reuse the large data sets."""
+    largest = max(sizes)
+    steps: list[list[str]] = []
+    for engine in engines:
+        steps += [
+            ["bench.submit", "--engine", engine],
+            ["bench.http", "--engine", engine],
+            ["bench.recovery", "--tasks", str(recovery_tasks), "--engine", engine],
+            ["bench.scale", "--engine", engine, "--sizes", ",".join(map(str, sizes))],
+            ["bench.locate", "--tasks", str(largest), "--engine", engine],
+            ["bench.admin", "--tasks", str(largest), "--engine", engine],
+        ]
+    steps.append(["bench.drain", "--engine", "postgres" if "postgres" in engines else engines[0]])
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", default="sqlite,postgres", help="comma-separated (default sqlite,postgres)")
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="data-set sizes of the sweep")
+    parser.add_argument("--recovery-tasks", type=int, default=100_000, help="live tasks of the recovery bench")
+    parser.add_argument("--results", help="results file (default var/bench/results-<time>.jsonl)")
+    args = parser.parse_args()
+    engines = [e for e in args.engines.split(",") if e]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    results = args.results or str(ROOT / "var" / "bench" / f"results-{stamp}.jsonl")
+    env = {**os.environ, RESULTS_ENV: results}
+    started = time.perf_counter()
+    timings = []
+    for step in plan(engines, sizes, args.recovery_tasks):
+        print(f"\n=== python -m {' '.join(step)}", flush=True)
+        step_started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", *step], cwd=ROOT, env=env, check=True)
+        timings.append((" ".join(step), time.perf_counter() - step_started))
+    total = time.perf_counter() - started
+    print(f"\n=== All figures of this run (revision {git_revision()}, results in {results})\n")
+    print(table(load(results)))
+    print("\n| step | seconds |\n| --- | --- |")
+    for name, seconds in timings:
+        print(f"| `python -m {name}` | {seconds:.0f} |")
+    print(f"| **total** | **{total:.0f}** ({total / 60:.1f} min) |")
+
+
+if __name__ == "__main__":
+    main()
