@@ -173,6 +173,8 @@ STORAGES = {
 # --- REST API: nothing anonymous, owner-scoped, paginated with a cap, throttled.
 API_PAGE_SIZE = env.int("API_PAGE_SIZE", default=50)
 API_MAX_LIMIT = env.int("API_MAX_LIMIT", default=200)
+# Lists count matches exactly up to this many past the requested page; beyond, ``count`` is a lower bound.
+API_EXACT_COUNT_LIMIT = env.int("API_EXACT_COUNT_LIMIT", default=1000)
 API_SUBMIT_MAX_BYTES = env.int("API_SUBMIT_MAX_BYTES", default=256 * 1024)
 # Seconds an API token's user is served from Redis (dropped at once when the token or user changes; 0 = off).
 API_TOKEN_CACHE_SECONDS = env.int("API_TOKEN_CACHE_SECONDS", default=60)

@@ -168,6 +168,24 @@ def test_paging_links_and_cap(dataset: Dataset, api: Any, settings: Any) -> None
     assert api.get("/api/tasks/persistent", {"offset": 100}).data["results"] == []
 
 
+def test_counts_are_exact_up_to_the_limit_then_a_lower_bound(dataset: Dataset, api: Any, settings: Any) -> None:
+    exact = api.get("/api/tasks/persistent", {"limit": 2})
+    assert (exact.data["count"], exact.data["count_exact"]) == (len(ROWS), True)
+    settings.API_EXACT_COUNT_LIMIT = 3  # counted: up to 2 (the page) + 3 past it
+    bounded = api.get("/api/tasks/persistent", {"limit": 2})
+    assert (bounded.data["count"], bounded.data["count_exact"]) == (5, False)
+    assert bounded.data["next"].endswith("limit=2&offset=2")
+    ids = []
+    page = bounded.data
+    while True:  # following next links still reaches every task, exactly once
+        ids += [row["id"] for row in page["results"]]
+        if page["next"] is None:
+            break
+        page = api.get(page["next"]).data
+    assert ids == [str(task.pk) for task in dataset.tasks]
+    assert page["count_exact"] is True and page["count"] == len(ROWS)
+
+
 INVALID = [
     ({"states": "unknown"}, "states"),
     ({"states": "running,bogus"}, "states"),

@@ -1,4 +1,10 @@
-"""Limit/offset paging (seed 004) with a cap that is enforced, not silently clamped."""
+"""Limit/offset paging (seed 004) with a cap that is enforced, not silently clamped.
+
+Counting every match of a filter is the one part of a list that grows with the
+table (an exact ``COUNT(*)`` over 1M tasks costs more than the page itself), so
+matches are counted exactly only up to API_EXACT_COUNT_LIMIT past the requested
+page; beyond that ``count`` is a lower bound and ``count_exact`` is false.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from django.conf import settings
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
+from rest_framework.response import Response
 
 
 def _bounded_int(request: Request, name: str, *, default: int, minimum: int, maximum: int | None = None) -> int:
@@ -43,6 +50,26 @@ class StrictLimitOffsetPagination(LimitOffsetPagination):
 
     def get_offset(self, request: Request) -> int:
         return _bounded_int(request, self.offset_query_param, default=0, minimum=0)
+
+    def get_count(self, queryset: Any) -> int:
+        bound = self.get_offset(self.request) + self.limit + settings.API_EXACT_COUNT_LIMIT
+        counted = queryset.order_by()[: bound + 1].count()
+        self.count_exact = counted <= bound
+        return min(counted, bound)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        response = super().get_paginated_response(data)
+        response.data["count_exact"] = self.count_exact
+        return response
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        paginated = super().get_paginated_response_schema(schema)
+        paginated["required"] = ["count", "count_exact", "next", "previous", "results"]
+        paginated["properties"]["count"]["description"] = (
+            "Matching tasks: exact when count_exact is true, else a lower bound (API_EXACT_COUNT_LIMIT)."
+        )
+        paginated["properties"]["count_exact"] = {"type": "boolean"}
+        return paginated
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         limit, offset = super().get_schema_operation_parameters(view)
