@@ -6,21 +6,35 @@ Tasks are inserted in bulk with their complete, correctly chained history (so
 ``verify_audit`` passes on them), a few outputs and metrics. This deliberately
 goes around the one-task-at-a-time service door, which is what a benchmark
 fixture needs and what the application never does.
+
+The two cores share the work: a forked child process generates the rows
+(random content, JSON, the hash chain) and encodes them for the database,
+batch by batch, while this process loads the batch before: multi-row INSERTs
+on SQLite, ``COPY ... FROM STDIN`` on PostgreSQL. The whole load is one
+transaction. Secondary indexes (and, on PostgreSQL, unique and foreign-key
+constraints) are dropped at its start and recreated at its end from the
+database's own definitions, which sorts each index once instead of inserting
+random keys row by row. The same seed gives the same rows as ever.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
 import subprocess
 import sys
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from hashlib import sha256
 from itertools import accumulate, chain
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,255 +106,523 @@ def ensure(count: int, mix: dict[str, float] = REALISTIC_MIX) -> None:
 def build(count: int, mix: dict[str, float], *, seed: int = 1, batch_size: int = 2000, outputs: int = 2) -> None:
     """Insert ``count`` tasks whose states follow ``mix`` (weights), with history, outputs and metrics.
 
-    Rows are plain dicts turned into tuples of database values (``_Table``) and
-    written with the DB-API cursor's ``executemany``, one transaction per batch:
-    no model instances, no ORM insert compiler. The content is what
-    ``bulk_create`` of the equivalent model instances writes (defaults of unset
-    fields, ``auto_now`` stamps, the hash chain of ``tasks.audit.row_hash``).
+    A forked child process generates the rows (``_Generator``) and hands them
+    over in batches of ``batch_size`` tasks, already encoded for the database;
+    this process loads each batch (``_sqlite_load`` / ``_postgres_load``) while
+    the child makes the next. No model instances, no ORM insert compiler: the
+    content is what ``bulk_create`` of the equivalent model instances writes
+    (defaults of unset fields, ``auto_now`` stamps, the hash chain of
+    ``tasks.audit.row_hash``), the same rows for the same seed as ever.
     """
     from django.contrib.auth import get_user_model
-    from django.db import connection, transaction
+    from django.db import connection
     from django.utils import timezone
     from tqdm import tqdm
 
     from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
 
-    rng = random.Random(seed)
     users = [
         (user.pk, user.username)
         for user in (get_user_model().objects.get_or_create(username=f"bench{i}")[0] for i in range(5))
     ]
-    states, weights = zip(*mix.items(), strict=True)
-    cum_weights = list(accumulate(weights))  # what rng.choices(states, weights) computes on every call
-    tables = [_Table(connection, model) for model in (Task, TaskHistory, TaskOutput, TaskMetrics)]
-    task_table, history_table, output_table, metrics_table = tables
-    now = timezone.now()
-    with tqdm(total=count, unit="task", desc="building", file=sys.stderr) as bar, _bulk_load(connection):
-        for start in range(0, count, batch_size):
-            size = min(batch_size, count - start)
-            stamp = timezone.now()  # the auto_now ``updated_at`` that bulk_create's pre_save would set
-            tasks, rows, outs, metrics = [], [], [], []
-            for _ in range(size):
-                state = rng.choices(states, cum_weights=cum_weights)[0]
-                task, history = _task(rng, state, rng.choice(users), now)
-                created_output_at = task["updated_at"]
-                task["updated_at"] = stamp
-                tasks.append(task_table.row(task))
-                rows.extend(map(history_table.row, history))
-                if state in ("completed", "failed"):
-                    outs.extend(output_table.row(o) for o in _outputs(rng, task["id"], created_output_at, outputs))
-                if state == "completed":
-                    metrics.append(metrics_table.row(_metrics(rng, task["id"], stamp)))
-            with transaction.atomic():
-                cursor = _raw_cursor(connection)
-                try:
-                    for table, values in zip(tables, (tasks, rows, outs, metrics), strict=True):
-                        table.insert(cursor, values)
-                finally:
-                    cursor.close()
-            bar.update(size)
+    sqlite = connection.vendor == "sqlite"
+    if not sqlite and connection.vendor != "postgresql":
+        raise SystemExit(f"the data-set builder supports sqlite and postgresql, not {connection.vendor}")
+    table = _SQLiteTable if sqlite else _PostgresTable
+    tables = [table(connection, model) for model in (Task, TaskHistory, TaskOutput, TaskMetrics)]
+    batches = _Generator(tables, mix, seed, outputs, users, timezone.now()).batches(count, batch_size)
+    load = _sqlite_load if sqlite else _postgres_load
+    with _in_child(batches) as produced, load(connection, tables) as write:
+        with tqdm(total=count, unit="task", desc="building", file=sys.stderr) as bar:
+            for size, payloads in produced:
+                write(payloads)
+                bar.update(size)
 
 
 @contextmanager
-def _bulk_load(connection) -> Iterator[None]:
-    """On SQLite, a large page cache while loading (the random-key indexes outgrow the default 2 MiB), then
-    the connection's own setting back, so what is measured afterwards runs as it always did."""
-    if connection.vendor != "sqlite":
-        yield
-        return
-    connection.ensure_connection()
-    with connection.cursor() as cursor:
-        previous = cursor.execute("PRAGMA cache_size").fetchone()[0]
-        cursor.execute("PRAGMA cache_size = -262144")  # KiB: 256 MiB
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"PRAGMA cache_size = {int(previous)}")
+def _in_child(items: Iterator) -> Iterator[Iterator]:
+    """``items``, computed by a forked child process on the other core and handed over through a pipe.
 
-
-def _raw_cursor(connection):
-    """The DB-API cursor of Django's connection (so inside its transaction).
-
-    On PostgreSQL a server-side-binding cursor: executemany then runs in
-    pipeline mode with a prepared statement and binary parameters, instead of
-    Django's client-side-binding cursor quoting every value into the SQL text.
+    Forked, so the child has Django set up and the same (possibly frozen)
+    clock; it never touches the database connection it inherits, and ends
+    with ``os._exit``, so nothing closes that either. Its garbage collector is
+    off: the rows make no reference cycles, and collections would only scan
+    the objects it keeps. The pipe holds the child at most one batch ahead.
     """
-    if connection.vendor == "postgresql":
-        import psycopg
+    import multiprocessing
+    from multiprocessing.connection import wait
 
-        return psycopg.Cursor(connection.connection)
-    return connection.connection.cursor()
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+
+    def produce() -> None:
+        reader.close()
+        gc.disable()
+        try:
+            for item in items:
+                writer.send(item)
+        except BaseException:
+            writer.send(traceback.format_exc())
+        else:
+            writer.send(None)
+
+    child = context.Process(target=produce, name="bench-dataset-rows", daemon=True)
+    child.start()
+    writer.close()
+
+    def received() -> Iterator:
+        while True:
+            if not reader.poll() and reader not in wait([reader, child.sentinel]):
+                raise RuntimeError(f"the data-set generator died (exit code {child.exitcode})")
+            item = reader.recv()
+            if item is None:
+                return
+            if isinstance(item, str):
+                raise RuntimeError(f"the data-set generator failed:\n{item}")
+            yield item
+
+    try:
+        yield received()
+    finally:
+        reader.close()
+        if child.is_alive():
+            child.terminate()
+        child.join()
+
+
+class _Generator:
+    """The data set's rows, drawn from one ``Random(seed)`` in the same order as ever, encoded by ``tables``.
+
+    History rows were the costly part: a canonical JSON and a SHA-256 each. But
+    a history row is the same for every task of the same state, title and
+    owner, apart from its task's id and its time. So each distinct event is
+    built once (``_Event``): its fields, adapted for the table, and its
+    canonical JSON (by ``tasks.audit.canonical_json``) with placeholders that
+    each row fills with its id and time before hashing. The first task of
+    every batch is hashed again by ``tasks.audit.row_hash`` itself, as a check.
+    """
+
+    def __init__(
+        self, tables: list[_Table], mix: dict[str, float], seed: int, outputs: int, users: list, now: datetime
+    ) -> None:
+        from tasks.audit import GENESIS_HASH, HASHED_FIELDS, canonical_json, format_timestamp, row_hash
+
+        self.genesis, self.hashed_fields, self.canonical_json = GENESIS_HASH, HASHED_FIELDS, canonical_json
+        self.format_timestamp, self.row_hash = format_timestamp, row_hash
+        self.rng = random.Random(seed)
+        self.states, weights = zip(*mix.items(), strict=True)
+        self.cum_weights = list(accumulate(weights))  # what rng.choices(states, weights) computes on every call
+        self.tables, self.outputs, self.users, self.now = tables, outputs, users, now
+        self.events: dict[tuple, _Event] = {}
+        self.check = False
+
+    def batches(self, count: int, batch_size: int) -> Iterator[tuple[int, list]]:
+        """``(tasks, [payload of each table])`` per batch of ``batch_size`` tasks."""
+        from django.utils import timezone
+
+        rng, users = self.rng, self.users
+        task_table, _, output_table, metrics_table = self.tables
+        for start in range(0, count, batch_size):
+            size = min(batch_size, count - start)
+            stamp = timezone.now()  # the auto_now ``updated_at`` that bulk_create's pre_save would set
+            tasks, history, outs, metrics = [], [], [], []
+            self.check = True
+            for _ in range(size):
+                state = rng.choices(self.states, cum_weights=self.cum_weights)[0]
+                task = self.task(state, rng.choice(users), history)
+                created_output_at = task["updated_at"]
+                task["updated_at"] = stamp
+                tasks.append(task_table.row(task))
+                if state in ("completed", "failed"):
+                    outs.extend(output_table.row(o) for o in self.task_outputs(task["id"], created_output_at))
+                if state == "completed":
+                    metrics.append(metrics_table.row(self.metrics(task["id"], stamp)))
+            rows = (tasks, history, outs, metrics)
+            yield size, [table.pack(values) for table, values in zip(self.tables, rows, strict=True)]
+
+    def task(self, state: str, owner: tuple[int, str], history: list[list]) -> dict:
+        """One task, as a dict by attname; its hash-chained history rows (encoded) go to ``history``."""
+        rng, now = self.rng, self.now
+        history_table = self.tables[1]
+        owner_id = owner[0]
+        created = now - timedelta(seconds=rng.uniform(60, 30 * 86400))
+        words = rng.sample(WORDS, 3)
+        task_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+        title = f"{words[0]} {words[1]} task"
+        task = {
+            "id": task_id,
+            "title": title,
+            "description": f"Make the {words[0]} {words[2]} flow work for {rng.choice(WORDS)} users.",
+            "role": rng.choice(ROLES),
+            "provider": rng.choice(PROVIDERS),
+            "model": "model-x",
+            "state": state,
+            "owner_id": owner_id,
+            "created_at": created,
+            "request_payload": {"prompt": " ".join(words), "max_iterations": 3},
+            "metadata": {"source": "bench"},
+            "max_attempts": 3,
+        }
+        prev = self.genesis
+        at = created
+        task_text = str(task_id)
+        path = LIFECYCLES[state]
+        for seq, step in enumerate(path, start=1):
+            at = at + timedelta(seconds=rng.uniform(0.01, 30))
+            event = self.event(state, seq, title, owner)
+            content = event.canonical.replace(_TASK_ID, task_text).replace(_CREATED_AT, self.format_timestamp(at))
+            link = sha256(f"{prev}\n{content}".encode()).hexdigest()
+            row = {"task_id": task_id, "created_at": at, "prev_hash": prev, "hash": link}
+            if self.check and link != self.row_hash(prev, {**event.fields, **row}):
+                raise RuntimeError("the builder's history hashes disagree with tasks.audit.row_hash")
+            history.append(history_table.row(row, event.base))
+            prev = link
+            if step == "running":
+                task["started_at"] = at
+                task["attempt_count"] = 1
+                task["worker_id"] = "celery@bench:1"
+                task["lease_expires_at"] = now + timedelta(hours=1)
+            if step == "queued":
+                # live queued tasks were just dispatched, so the re-dispatch sweep leaves them alone
+                task["dispatched_at"], task["dispatch_count"] = (now if state == "queued" else at), 1
+        self.check = False
+        if state in ("completed", "failed", "cancelled"):
+            task["completed_at"] = at
+            task["lease_expires_at"] = None
+        if state == "completed":
+            task["progress"] = 1.0
+            task["result"] = {"answer": rng.getrandbits(64), "converged": True}
+        if state == "failed":
+            task["last_error"], task["error_count"] = "RuntimeError: bench failure", 1
+        task["updated_at"] = at
+        task["history_count"], task["history_head"] = len(path), prev
+        return task
+
+    def event(self, state: str, seq: int, title: str, owner: tuple[int, str]) -> _Event:
+        """History row ``seq`` of a task ending in ``state``: all but its task's id, its time and hashes."""
+        key = (state, seq, title, owner)
+        event = self.events.get(key)
+        if event is None:
+            owner_id, owner_name = owner
+            path = LIFECYCLES[state]
+            first = seq == 1
+            step = path[seq - 1]
+            fields = {
+                "seq": seq,
+                "event": "created" if first else "transition",
+                "state_from": "" if first else path[seq - 2],
+                "state_to": step,
+                "actor": owner_name if first else "system:worker",
+                "actor_user_id": owner_id if first else None,
+                "channel": "api" if first else "worker",
+                "reason": "submitted" if first else f"moved to {step}",
+                "error_message": "RuntimeError: bench failure" if step == "failed" else "",
+                "details": {"changes": {"title": title, "state": step} if first else {"state": [path[seq - 2], step]}},
+            }
+            # row_hash's content: str(task_id) and format_timestamp(created_at) go where the placeholders are
+            placeholders = {"task_id": _TASK_ID, "created_at": _CREATED_AT}
+            content = {name: placeholders.get(name) or fields[name] for name in self.hashed_fields}
+            event = _Event(fields, self.canonical_json(content), self.tables[1].row(fields))
+            self.events[key] = event
+        return event
+
+    def task_outputs(self, task_id: uuid.UUID, at: datetime) -> Iterator[dict]:
+        for i in range(self.outputs):
+            yield {
+                "task_id": task_id,
+                "output_type": "stdout" if i == 0 else "log",
+                "content": f"step {i}: " + " ".join(self.rng.choices(WORDS, k=12)),
+                "created_at": at,
+            }
+
+    def metrics(self, task_id: uuid.UUID, stamp: datetime) -> dict:
+        rng = self.rng
+        prompt, completion = rng.randint(500, 9000), rng.randint(200, 6000)
+        return {
+            "task_id": task_id,
+            "processing_time_seconds": rng.uniform(1, 300),
+            "iterations": rng.randint(1, 5),
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "stop_reason": "evaluator_stop",
+            "converged": True,
+            "updated_at": stamp,  # auto_now
+        }
+
+
+# Private-use characters: JSON keeps them as they are, and no generated text contains them.
+_TASK_ID, _CREATED_AT = "\ue000task_id\ue000", "\ue000created_at\ue000"
+
+
+class _Event(NamedTuple):
+    fields: dict  # by attname, all but task_id, created_at, prev_hash and hash
+    canonical: str  # canonical JSON of the hashed fields, with _TASK_ID and _CREATED_AT
+    base: list  # the encoded row, fields set, the rest at the defaults
 
 
 class _Table:
-    """The INSERT statement of a model and the conversion of a row dict (by attname) to its parameters.
+    """A model's columns and the conversion of a row dict (by attname) to the database's values.
 
     Columns are the model's concrete fields, less an auto-increment primary key
     (the database numbers those rows, in insertion order as bulk_create did).
-    Unset fields take the field's default, adapted once. Values are adapted the
-    way Django's fields adapt them for the vendor: on SQLite UUIDs as 32-char
-    hex, datetimes as Django's strings, JSON as text, booleans as 0/1; on
-    PostgreSQL UUIDs and aware datetimes as they are, JSON wrapped in Jsonb.
-    Rows go ``ROWS_PER_STATEMENT`` to an INSERT (fewer if the vendor's parameter
-    limit says so), which saves most of PostgreSQL's per-statement cost.
+    Unset fields take the field's default, adapted once; subclasses adapt the
+    values for their database and pack a batch of rows for loading.
     """
 
-    ROWS_PER_STATEMENT = 100
+    NULL: str | None = None
 
     def __init__(self, connection, model) -> None:
         from django.db.models.fields import AutoFieldMixin
 
         fields = [f for f in model._meta.concrete_fields if not isinstance(f, AutoFieldMixin)]
         quote = connection.ops.quote_name
-        marker = "?" if connection.vendor == "sqlite" else "%s"
-        self.head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
-        self.one = f"({', '.join([marker] * len(fields))})"
-        limit = connection.features.max_query_params or 65535
-        self.per_statement = max(1, min(self.ROWS_PER_STATEMENT, limit // len(fields)))
-        self.slots: dict[str, tuple[int, object]] = {}
+        self.db_table = model._meta.db_table
+        self.name = quote(self.db_table)
+        self.columns = ", ".join(quote(f.column) for f in fields)
+        self.slots: dict[str, tuple[int, Callable | None]] = {}
         self.template: list = []
         for index, field in enumerate(fields):
-            adapt = _adapter(connection, field)
+            adapt = self.adapter(connection, (field.target_field if field.is_relation else field).get_internal_type())
             self.slots[field.attname] = (index, adapt)
             default = None if getattr(field, "auto_now", False) else field.get_default()
-            self.template.append(default if default is None or adapt is None else adapt(default))
+            self.template.append(self.NULL if default is None else default if adapt is None else adapt(default))
 
-    def sql(self, rows: int) -> str:
-        return self.head + ", ".join([self.one] * rows)
+    def adapter(self, connection, kind: str) -> Callable | None:
+        """The function turning a Python value of a field of ``kind`` into its value here (None: as it is)."""
+        raise NotImplementedError
 
-    def insert(self, cursor, rows: list[tuple]) -> None:
-        """executemany of a multi-row INSERT over groups of ``per_statement`` rows, then the rest."""
-        per = self.per_statement
-        full = len(rows) - len(rows) % per
-        if full:
-            groups = [tuple(chain.from_iterable(rows[i : i + per])) for i in range(0, full, per)]
-            cursor.executemany(self.sql(per), groups)
-        if full < len(rows):
-            cursor.executemany(self.sql(len(rows) - full), [tuple(chain.from_iterable(rows[full:]))])
-
-    def row(self, values: dict) -> tuple:
-        out = self.template.copy()
-        slots = self.slots
+    def row(self, values: dict, base: list | None = None) -> list:
+        """The row in column order: ``values`` adapted, the other columns from ``base`` (else the defaults)."""
+        out = (self.template if base is None else base).copy()
+        slots, null = self.slots, self.NULL
         for name, value in values.items():
             index, adapt = slots[name]
-            out[index] = value if value is None or adapt is None else adapt(value)
-        return tuple(out)
+            out[index] = null if value is None else value if adapt is None else adapt(value)
+        return out
 
 
-def _adapter(connection, field):
-    """The function turning a Python value of ``field`` into its parameter (None: passes as it is)."""
-    kind = (field.target_field if field.is_relation else field).get_internal_type()
-    if connection.vendor == "postgresql":
+class _SQLiteTable(_Table):
+    """Values as Django's SQLite backend stores them, inserted ``ROWS_PER_STATEMENT`` rows to an INSERT.
+
+    UUIDs as 32-char hex, datetimes as Django's naive strings, JSON as text,
+    booleans as 0/1. A multi-row INSERT (fewer rows under SQLite's parameter
+    limit) saves most of the per-statement cost of ``executemany``.
+    """
+
+    ROWS_PER_STATEMENT = 100
+
+    def __init__(self, connection, model) -> None:
+        super().__init__(connection, model)
+        self.width = len(self.template)
+        self.per_statement = max(1, min(self.ROWS_PER_STATEMENT, connection.features.max_query_params // self.width))
+        self.one = f"({', '.join(['?'] * self.width)})"
+
+    def adapter(self, connection, kind: str) -> Callable | None:
+        if kind == "UUIDField":
+            return _hex
+        if kind == "DateTimeField":
+            return _remembered(_naive_text(connection.timezone))
         if kind == "JSONField":
-            from psycopg.types.json import Jsonb
-
-            return Jsonb
+            return json.dumps
+        if kind == "BooleanField":
+            return int
         return None
-    if connection.vendor != "sqlite":
-        raise SystemExit(f"the data-set builder supports sqlite and postgresql, not {connection.vendor}")
-    if kind == "UUIDField":
-        return lambda value: value.hex
-    if kind == "DateTimeField":
-        return connection.ops.adapt_datetimefield_value
-    if kind == "JSONField":
-        return json.dumps
-    if kind == "BooleanField":
-        return int
-    return None
+
+    def sql(self, rows: int) -> str:
+        return f"INSERT INTO {self.name} ({self.columns}) VALUES " + ", ".join([self.one] * rows)
+
+    def pack(self, rows: list[list]) -> list[tuple]:
+        """The parameters of one multi-row INSERT each (the last may hold fewer rows)."""
+        per = self.per_statement
+        return [tuple(chain.from_iterable(rows[i : i + per])) for i in range(0, len(rows), per)]
+
+    def load(self, cursor, groups: list[tuple]) -> None:
+        full = [group for group in groups if len(group) == self.per_statement * self.width]
+        if full:
+            cursor.executemany(self.sql(self.per_statement), full)
+        if len(full) < len(groups):
+            cursor.execute(self.sql(len(groups[-1]) // self.width), groups[-1])
 
 
-def _task(rng: random.Random, state: str, owner: tuple[int, str], now: datetime) -> tuple[dict, list[dict]]:
-    """One task and its hash-chained history, as dicts by attname (same draws from ``rng`` as ever)."""
-    from tasks.audit import GENESIS_HASH, row_hash
+class _PostgresTable(_Table):
+    """Rows in the text format of PostgreSQL's ``COPY ... FROM STDIN``, loaded with psycopg's ``cursor.copy``.
 
-    owner_id, owner_name = owner
-    created = now - timedelta(seconds=rng.uniform(60, 30 * 86400))
-    words = rng.sample(WORDS, 3)
-    task_id = uuid.UUID(int=rng.getrandbits(128), version=4)
-    title = f"{words[0]} {words[1]} task"
-    task = {
-        "id": task_id,
-        "title": title,
-        "description": f"Make the {words[0]} {words[2]} flow work for {rng.choice(WORDS)} users.",
-        "role": rng.choice(ROLES),
-        "provider": rng.choice(PROVIDERS),
-        "model": "model-x",
-        "state": state,
-        "owner_id": owner_id,
-        "created_at": created,
-        "request_payload": {"prompt": " ".join(words), "max_iterations": 3},
-        "metadata": {"source": "bench"},
-        "max_attempts": 3,
-    }
-    history = []
-    prev = GENESIS_HASH
-    at = created
-    path = LIFECYCLES[state]
-    for seq, step in enumerate(path, start=1):
-        at = at + timedelta(seconds=rng.uniform(0.01, 30))
-        first = seq == 1
-        row = {
-            "task_id": task_id,
-            "seq": seq,
-            "event": "created" if first else "transition",
-            "state_from": "" if first else path[seq - 2],
-            "state_to": step,
-            "actor": owner_name if first else "system:worker",
-            "actor_user_id": owner_id if first else None,
-            "channel": "api" if first else "worker",
-            "reason": "submitted" if first else f"moved to {step}",
-            "error_message": "RuntimeError: bench failure" if step == "failed" else "",
-            "details": {"changes": {"title": title, "state": step} if first else {"state": [path[seq - 2], step]}},
-            "created_at": at,
-        }
-        row["prev_hash"] = prev
-        row["hash"] = prev = row_hash(prev, row)
-        history.append(row)
-        if step == "running":
-            task["started_at"] = at
-            task["attempt_count"] = 1
-            task["worker_id"] = "celery@bench:1"
-            task["lease_expires_at"] = now + timedelta(hours=1)
-        if step == "queued":
-            # live queued tasks were just dispatched, so the re-dispatch sweep leaves them alone
-            task["dispatched_at"], task["dispatch_count"] = (now if state == "queued" else at), 1
-    if state in ("completed", "failed", "cancelled"):
-        task["completed_at"] = at
-        task["lease_expires_at"] = None
-    if state == "completed":
-        task["progress"] = 1.0
-        task["result"] = {"answer": rng.getrandbits(64), "converged": True}
-    if state == "failed":
-        task["last_error"], task["error_count"] = "RuntimeError: bench failure", 1
-    task["updated_at"] = at
-    task["history_count"], task["history_head"] = len(history), prev
-    return task, history
+    Each value is the text that PostgreSQL reads back as what psycopg's
+    parameters stored: UUIDs as hex, ISO datetimes with their offset, JSON
+    text, ``t``/``f``, shortest round-trip floats; ``\\N`` is NULL. COPY
+    saves the per-statement and per-parameter work of an INSERT.
+    """
+
+    NULL = "\\N"
+
+    def adapter(self, connection, kind: str) -> Callable | None:
+        if kind == "UUIDField":
+            return _hex
+        if kind == "DateTimeField":
+            return _remembered(datetime.isoformat)
+        if kind == "JSONField":
+            return lambda value: _copy_text(json.dumps(value))
+        if kind == "BooleanField":
+            return lambda value: "t" if value else "f"
+        if kind in ("CharField", "TextField"):
+            return _copy_text
+        if kind.endswith(("IntegerField", "AutoField", "FloatField")):
+            return str
+        raise SystemExit(f"the data-set builder cannot load a {kind} into PostgreSQL")
+
+    def pack(self, rows: list[list]) -> bytes:
+        return "".join(["\t".join(row) + "\n" for row in rows]).encode()
+
+    def load(self, cursor, data: bytes) -> None:
+        if data:
+            with cursor.copy(f"COPY {self.name} ({self.columns}) FROM STDIN") as copy:
+                copy.write(data)
 
 
-def _outputs(rng: random.Random, task_id: uuid.UUID, at: datetime, count: int) -> Iterator[dict]:
-    for i in range(count):
-        yield {
-            "task_id": task_id,
-            "output_type": "stdout" if i == 0 else "log",
-            "content": f"step {i}: " + " ".join(rng.choices(WORDS, k=12)),
-            "created_at": at,
-        }
+def _hex(value: uuid.UUID) -> str:
+    return value.hex
 
 
-def _metrics(rng: random.Random, task_id: uuid.UUID, stamp: datetime) -> dict:
-    prompt, completion = rng.randint(500, 9000), rng.randint(200, 6000)
-    return {
-        "task_id": task_id,
-        "processing_time_seconds": rng.uniform(1, 300),
-        "iterations": rng.randint(1, 5),
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "stop_reason": "evaluator_stop",
-        "converged": True,
-        "updated_at": stamp,  # auto_now
-    }
+@cache
+def _remembered(adapt: Callable[[datetime], str]) -> Callable[[datetime], str]:
+    """``adapt`` remembering its last few thousand answers, one memory for all tables: a task's times recur
+    in its rows (a history row's time is the task's start or end, its outputs' time), "now" in every task."""
+    remembered: dict[datetime, str] = {}
+
+    def adapt_remembered(value: datetime) -> str:
+        text = remembered.get(value)
+        if text is None:
+            if len(remembered) >= 4096:
+                remembered.clear()
+            text = remembered[value] = adapt(value)
+        return text
+
+    return adapt_remembered
+
+
+@cache
+def _naive_text(zone) -> Callable[[datetime], str]:
+    """What ``adapt_datetimefield_value`` makes of an aware datetime (the text of its naive time in the
+    connection's zone), without its per-call checks; the slice spares ``replace(tzinfo=None)``'s cost."""
+    if zone is None:  # USE_TZ = False: datetimes are naive already
+        return str
+    if zone is UTC:
+        return lambda value: value.astimezone(UTC).isoformat(" ")[:-6]  # less "+00:00"
+    return lambda value: str(value.astimezone(zone).replace(tzinfo=None))
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str) -> str:
+    """``value`` escaped for COPY's text format: few values need it, and looking costs less than translating."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+def _writer(tables: list[_Table], cursor) -> Callable[[list], None]:
+    """The function loading one batch (a payload per table, in ``tables``' order) through ``cursor``."""
+
+    def write(batch: list) -> None:
+        for table, payload in zip(tables, batch, strict=True):
+            table.load(cursor, payload)
+
+    return write
+
+
+# While loading, the SQLite connection's cache holds the random-key indexes of a million tasks (the default
+# 2 MiB does not); its own setting comes back after.
+_SQLITE_LOAD_PRAGMAS = {"cache_size": -1024 * 1024}  # KiB: 1 GiB
+
+
+@contextmanager
+def _sqlite_load(connection, tables: list[_SQLiteTable]) -> Iterator[Callable[[list], None]]:
+    """A writer of batches into SQLite, all in one transaction: the tables' secondary indexes dropped first
+    and recreated at the end from their own ``sqlite_master`` text (an error anywhere rolls it all back).
+
+    Building an index once sorts its keys; keeping it during the load inserts
+    them at random places. One transaction writes each page once, where a
+    commit every few thousand tasks writes the pages of the random-key indexes
+    that remain (those of primary keys and UNIQUE constraints, which SQLite
+    cannot drop) again and again. The WAL, which grows to the size of the
+    data, is truncated after the commit.
+    """
+    from django.db import transaction
+
+    connection.ensure_connection()
+    raw = connection.connection
+    previous = {name: raw.execute(f"PRAGMA {name}").fetchone()[0] for name in _SQLITE_LOAD_PRAGMAS}
+    for name, value in _SQLITE_LOAD_PRAGMAS.items():
+        raw.execute(f"PRAGMA {name} = {int(value)}")
+    try:
+        with transaction.atomic():
+            cursor = raw.cursor()
+            try:
+                names = [table.db_table for table in tables]
+                indexes = cursor.execute(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                    f"AND tbl_name IN ({', '.join(['?'] * len(names))}) ORDER BY rowid",
+                    names,
+                ).fetchall()
+                for name, _ in indexes:
+                    cursor.execute(f"DROP INDEX {connection.ops.quote_name(name)}")
+                yield _writer(tables, cursor)
+                for _, sql in indexes:
+                    cursor.execute(sql)
+            finally:
+                cursor.close()
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        for name, value in previous.items():
+            raw.execute(f"PRAGMA {name} = {int(value)}")
+
+
+@contextmanager
+def _postgres_load(connection, tables: list[_PostgresTable]) -> Iterator[Callable[[list], None]]:
+    """A writer of batches into PostgreSQL, all in one transaction: the tables' secondary indexes, unique and
+    foreign-key constraints dropped first and recreated at the end from their catalogue definitions (an error
+    anywhere rolls it all back; the tables and ``auth_user`` stay locked until the commit), then the tables
+    analysed, so that what runs next has their statistics.
+
+    Building an index once sorts its keys, and adding a foreign key checks all
+    rows in one join, where each row would have queued a check of its own
+    (and a deferred check would forbid the CREATE INDEX in this transaction).
+    """
+    import psycopg
+    from django.db import transaction
+
+    names = [table.name for table in tables]
+    with transaction.atomic():
+        cursor = psycopg.Cursor(connection.connection)
+        try:
+            cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            constraints = cursor.execute(
+                "SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = ANY(%s::regclass[]) AND contype IN ('f', 'u') ORDER BY contype, oid",
+                [names],
+            ).fetchall()
+            indexes = cursor.execute(
+                "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i "
+                "WHERE indrelid = ANY(%s::regclass[]) AND NOT indisprimary AND NOT EXISTS "
+                "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid) "
+                "ORDER BY indexrelid",
+                [names],
+            ).fetchall()
+            for table, name, _ in constraints:
+                cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {name}")
+            for name, _ in indexes:
+                cursor.execute(f"DROP INDEX {name}")
+            yield _writer(tables, cursor)
+            for _, sql in indexes:
+                cursor.execute(sql)
+            for table, name, definition in reversed(constraints):
+                cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
+        finally:
+            cursor.close()
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {', '.join(names)}")
 
 
 def git_revision() -> str:
