@@ -16,7 +16,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, router, transaction
 from django.utils import timezone
 
-from tasks.audit import Channel, HistoryEvent
+from tasks.audit import Channel, HistoryEvent, current_context
 from tasks.exceptions import AppendOnlyViolation, HardDeleteRefused, UntrackedWrite
 from tasks.states import TaskState, check_state, check_transition
 
@@ -174,16 +174,24 @@ class Task(models.Model):
         return f"{self.title} ({str(self.id)[:8]}, {self.state})"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        """Save atomically with the history row; refuse an undeclared state transition."""
+        """Save atomically with the history row; refuse an undeclared state transition.
+
+        A new task is checked (its state, an audit context) before any statement,
+        and then saved without a savepoint: that spares two statements, and the
+        transaction's first one is its INSERT (the write lock of the SQLite backend
+        is taken there). A failure after that dooms the caller's transaction.
+        """
         update_fields = kwargs.get("update_fields")
         if update_fields is not None:
             kwargs["update_fields"] = set(update_fields) | {"updated_at", "history_count", "history_head"}
         using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
-        with transaction.atomic(using=using):
-            before = None if self._state.adding else self._locked_before(using)
-            if before is None:
-                check_state(self.state)
-            elif before["state"] != self.state:
+        adding = self._state.adding
+        if adding:
+            check_state(self.state)
+            current_context()
+        with transaction.atomic(using=using, savepoint=not adding):
+            before = None if adding else self._locked_before(using)
+            if before is not None and before["state"] != self.state:
                 check_transition(before["state"], self.state)
             self._audit_before = before
             try:

@@ -71,7 +71,8 @@ def test_acknowledged_tasks_survive_the_process_being_killed(live_db, user):
 
 
 def test_sqlite_writers_queue_on_a_kernel_lock_held_for_the_transaction(live_db):
-    """A transaction holds an exclusive flock on <db>.writelock from BEGIN to COMMIT (crux/db/base.py)."""
+    """A transaction holds an exclusive flock on <db>.writelock from its first statement to COMMIT
+    (crux/db/base.py): the Python work before that statement runs without holding other writers up."""
     import fcntl
 
     from django.db import transaction
@@ -91,13 +92,22 @@ def test_sqlite_writers_queue_on_a_kernel_lock_held_for_the_transaction(live_db)
     try:
         assert lock_is_free()
         with transaction.atomic():
+            assert lock_is_free()
+            assert not connection.connection.in_transaction
+            Task.objects.exists()
             assert not lock_is_free()
+            assert connection.connection.in_transaction
             with transaction.atomic():  # a savepoint keeps the same lock
                 assert not lock_is_free()
         assert lock_is_free()
+        assert not connection.connection.in_transaction
         with pytest.raises(RuntimeError), transaction.atomic():
+            Task.objects.exists()
             assert not lock_is_free()
             raise RuntimeError("rolled back")
+        assert lock_is_free()
+        with transaction.atomic():  # a block that runs no statement never takes the lock
+            assert lock_is_free()
         assert lock_is_free()
     finally:
         os.close(probe)

@@ -6,14 +6,19 @@ the losers sleep in growing steps (up to 100 ms) and poll again, which turns
 contention into long tail latencies. Here a transaction first takes an
 exclusive ``flock`` on ``<database>.writelock``: waiters block in the kernel
 and the next one wakes as soon as the lock is released, in order of arrival.
-The lock is released at commit or rollback (before on-commit callbacks run)
-and by the kernel if the process dies.
+
+The lock and the BEGIN wait for the transaction's first statement, so the
+Python work that opens a transaction (validation, building the history row)
+runs before it, not while every other writer waits. The lock is released at
+commit or rollback (before on-commit callbacks run) and by the kernel if the
+process dies.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from functools import cached_property
 from typing import Any
 
 from django.db.backends.sqlite3 import base
@@ -22,6 +27,7 @@ from django.db.backends.sqlite3 import base
 class DatabaseWrapper(base.DatabaseWrapper):
     _lock_fd: int | None = None
     _lock_held = False
+    _begin_pending = False
 
     def _lock_path(self) -> str:
         return f"{self.settings_dict['NAME']}.writelock"
@@ -33,6 +39,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._lock_held = True
 
     def _release_write_lock(self) -> None:
+        self._begin_pending = False
         if self._lock_held:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             self._lock_held = False
@@ -40,12 +47,38 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _start_transaction_under_autocommit(self) -> None:
         if self.is_in_memory_db():
             return super()._start_transaction_under_autocommit()
+        self._begin_pending = True
+
+    def begin_if_pending(self) -> None:
+        """Take the write lock and BEGIN, if an atomic block opened and has run no statement yet."""
+        if not self._begin_pending:
+            return
+        self._begin_pending = False
         self._acquire_write_lock()
         try:
             super()._start_transaction_under_autocommit()
         except BaseException:
             self._release_write_lock()
             raise
+
+    def create_cursor(self, name: str | None = None) -> Any:
+        return self.connection.cursor(factory=self._cursor_class)
+
+    @cached_property
+    def _cursor_class(self) -> type[base.SQLiteCursorWrapper]:
+        """Cursors that begin this connection's pending transaction before their first statement."""
+        begin = self.begin_if_pending
+
+        class Cursor(base.SQLiteCursorWrapper):
+            def execute(self, query: str, params: Any = None) -> Any:
+                begin()
+                return super().execute(query, params)
+
+            def executemany(self, query: str, param_list: Any) -> Any:
+                begin()
+                return super().executemany(query, param_list)
+
+        return Cursor
 
     def _commit(self) -> Any:
         try:
