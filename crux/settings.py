@@ -114,6 +114,9 @@ MIRROR_TERMINAL_TTL = env.int("MIRROR_TERMINAL_TTL", default=86400)
 
 # --- Celery: durable by configuration (see DESIGN.md "Known traps").
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+BROKER_IS_REDIS = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+if BROKER_IS_REDIS:
+    CELERY_BROKER_TRANSPORT = "crux.broker:Transport"  # kombu's, minus a client built per publish
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = None

@@ -4,20 +4,27 @@ the task is already committed in SQL, and the re-dispatch sweep publishes it aga
 import logging
 from typing import Any
 
+from django.conf import settings
 from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_FAILURES = Counter("crux_publish_failures_total", "Celery publishes that failed (the sweep retries them)")
 PUBLISHED = Counter("crux_published_total", "Tasks published to Celery")
+_DECLARE = [] if settings.BROKER_IS_REDIS else None
 
 
 def publish(task_id: Any) -> bool:
-    """Send the task to a worker; the Celery task id is the task's own id."""
+    """Send the task to a worker; the Celery task id is the task's own id.
+
+    On Redis, a message for the default queue goes straight onto its list, so
+    the queue is not declared again on every publish (kombu would copy and
+    re-bind its entities each time); other brokers declare it as usual.
+    """
     from tasks.tasks import execute_task
 
     try:
-        execute_task.apply_async(args=[str(task_id)], task_id=str(task_id))
+        execute_task.apply_async(args=[str(task_id)], task_id=str(task_id), declare=_DECLARE)
     except Exception as exc:  # any broker error: SQL stays the outbox
         PUBLISH_FAILURES.inc()
         logger.warning("publish of task %s failed; the re-dispatch sweep will retry: %s", task_id, exc)
