@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 from bench.dataset import configure, ensure, git_revision
-from bench.report import record, summary
+from bench.report import report_timings
 
 
 def main() -> None:
@@ -62,28 +61,14 @@ def main() -> None:
             client.get(url)
             times.append((time.perf_counter() - started) * 1000)
         rows[name] = times
-    base = statistics.median(rows["baseline: retention policy list (5 rows)"])
     print(f"\nadmin benchmark — engine {args.engine}, {Task.objects.count()} tasks, revision {git_revision()}")
-    print(f"{'page (ms)':<48} {'median':>8} {'p95':>8} {'x baseline':>11}")
     goals = {"task list", "trash"}  # issue 5: each renders in < 300 ms at 1M tasks
-    for name, times in rows.items():
-        figures = summary(times)
-        med = figures["median"]
-        print(f"{name:<48} {med:>8.1f} {figures['p95']:>8.1f} {med / base:>11.1f}")
-        record(
-            "admin",
-            name,
-            engine=args.engine,
-            size=args.tasks,
-            value=med,
-            unit="ms",
-            p95=figures["p95"],
-            p99=figures["p99"],
-            ratio=med / base,
-            goal="< 300 ms" if name in goals else "",
-            met=figures["p95"] < 300 if name in goals else None,
-        )
 
+    def judge(name: str, figures: dict[str, float]) -> tuple[str, bool | None]:
+        return ("< 300 ms", figures["p95"] < 300) if name in goals else ("", None)
+
+    report_timings("admin", rows, engine=args.engine, size=args.tasks,
+                   baseline="baseline: retention policy list (5 rows)", judge=judge)  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import time
 import uuid
 from datetime import timedelta
 
 from bench.dataset import configure, ensure, git_revision
-from bench.report import record, summary
+from bench.report import report_timings
 
 
 def main() -> None:
@@ -79,28 +78,13 @@ def main() -> None:
         "locate: purged task (ledger + archive checksum)": timed(locate, purged),
         "locate: never existed": timed(locate, never),
     }
-    base = statistics.median(rows["baseline: Task.objects.filter(pk=…).first()"])
     print(f"\nlocate benchmark — engine {args.engine}, {Task.objects.count()} tasks, revision {git_revision()}")
-    print(f"{'measure (ms)':<50} {'median':>8} {'p95':>8} {'p99':>8} {'x baseline':>11}")
-    for name, values in rows.items():
-        figures = summary(values)
-        med = figures["median"]
-        print(f"{name:<50} {med:>8.2f} {figures['p95']:>8.2f} {figures['p99']:>8.2f} {med / base:>11.1f}")
-        is_locate = name.startswith("locate")
-        record(
-            "locate",
-            name,
-            engine=args.engine,
-            size=args.tasks,
-            value=med,
-            unit="ms",
-            p95=figures["p95"],
-            p99=figures["p99"],
-            ratio=med / base,
-            goal="< 100 ms" if is_locate else "",
-            met=figures["p99"] < 100 if is_locate else None,
-        )
 
+    def judge(name: str, figures: dict[str, float]) -> tuple[str, bool | None]:
+        return ("< 100 ms", figures["p99"] < 100) if name.startswith("locate") else ("", None)
+
+    report_timings("locate", rows, engine=args.engine, size=args.tasks,
+                   baseline="baseline: Task.objects.filter(pk=…).first()", judge=judge)  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,6 +72,29 @@ def percentile(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> dict[str, float]:
     """Median, p95 and p99 of a list of timings."""
     return {"median": statistics.median(values), "p95": percentile(values, 0.95), "p99": percentile(values, 0.99)}
+
+
+def report_timings(
+    section: str,
+    rows: dict[str, list[float]],
+    *,
+    engine: str,
+    size: int,
+    baseline: str,
+    judge: Callable[[str, dict[str, float]], tuple[str, bool | None]],
+) -> None:
+    """Print median, p95, p99 (ms) and the median's ratio to ``baseline``'s for each measure, and record each;
+    ``judge(name, figures)`` gives the measure's goal and whether it is met ("", None: no goal)."""
+    base = statistics.median(rows[baseline])
+    width = max(len(name) for name in rows) + 2
+    print(f"{'measure (ms)':<{width}} {'median':>8} {'p95':>8} {'p99':>8} {'x baseline':>11}")
+    for name, values in rows.items():
+        figures = summary(values)
+        med = figures["median"]
+        print(f"{name:<{width}} {med:>8.2f} {figures['p95']:>8.2f} {figures['p99']:>8.2f} {med / base:>11.1f}")
+        goal, met = judge(name, figures)
+        record(section, name, engine=engine, size=size, value=med, unit="ms", p95=figures["p95"],
+               p99=figures["p99"], ratio=med / base, goal=goal, met=met)  # fmt: skip
 
 
 def _number(value: float | None) -> str:
