@@ -59,8 +59,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (default 5)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default 5)")
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes (default 4)")
-    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker (default 2)")
+    parser.add_argument("--workers", type=int, help="gunicorn worker processes (default: crux/gunicorn_conf.py's)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
@@ -89,10 +88,14 @@ def main() -> None:
         "API_THROTTLE_READ": "10000000/minute",
         "LOG_LEVEL": "ERROR",
     }
+    from crux import gunicorn_conf
+
+    args.workers = args.workers or gunicorn_conf.workers
+    env.update(WEB_CONCURRENCY=str(args.workers), WEB_ACCESS_LOG="")
+    # The web process's own settings (crux/gunicorn_conf.py), with the baseline view added and no access log.
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "bench.baseline_wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(args.workers), "--threads", str(args.threads), "--worker-class", "gthread",
-         "--log-level", "error"],
+        [sys.executable, "-m", "gunicorn", "bench.baseline_wsgi:application", "-c", "python:crux.gunicorn_conf",
+         "--bind", f"127.0.0.1:{port}", "--log-level", "error"],
         cwd=ROOT, env=env, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -133,7 +136,7 @@ def main() -> None:
         return sorted(values)[len(values) // 2]
 
     print(
-        f"\nHTTP benchmark — engine {args.engine}, gunicorn {args.workers}x{args.threads} gthread, "
+        f"\nHTTP benchmark — engine {args.engine}, gunicorn {args.workers} {gunicorn_conf.worker_class} workers, "
         f"wrk {args.connections} connections x {args.duration}s x {args.rounds} rounds, revision {git_revision()}"
     )
     print(f"{'measure':<46} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
@@ -147,7 +150,7 @@ def main() -> None:
     submit = summary["submit: POST /api/tasks/"]
     ratio = status["rate"] / bare["rate"]
     print(f"{'ratio status / bare view (goal >= 0.5)':<46} {ratio:>9.2f}")
-    config = f"gunicorn {args.workers}x{args.threads}, {args.connections} clients"
+    config = f"gunicorn {args.workers} {gunicorn_conf.worker_class} workers, {args.connections} clients"
     record(
         "http",
         f"baseline: bare Django view, Redis GET ({config})",
