@@ -551,6 +551,8 @@ def _sqlite_load(connection, tables: list[_SQLiteTable]) -> Iterator[Callable[[l
     """
     from django.db import transaction
 
+    from tasks import db_triggers
+
     connection.ensure_connection()
     raw = connection.connection
     previous = {name: raw.execute(f"PRAGMA {name}").fetchone()[0] for name in _SQLITE_LOAD_PRAGMAS}
@@ -568,9 +570,12 @@ def _sqlite_load(connection, tables: list[_SQLiteTable]) -> Iterator[Callable[[l
                 ).fetchall()
                 for name, _ in indexes:
                     cursor.execute(f"DROP INDEX {connection.ops.quote_name(name)}")
+                # The search index's triggers would index each task as it comes: rebuilt once at the end instead.
+                db_triggers.drop_search_triggers(connection)
                 yield _writer(tables, cursor)
                 for _, sql in indexes:
                     cursor.execute(sql)
+                db_triggers.install_search(connection)
             finally:
                 cursor.close()
         raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -81,3 +81,93 @@ def install(connection: Any) -> None:
 
 def uninstall(connection: Any) -> None:
     _run(connection, install=False)
+
+
+# --- Text search index (issue 7): what `search` (tasks.api.filters.task_search_q) looks words up in.
+#
+# PostgreSQL: pg_trgm GIN indexes on UPPER(title) and UPPER(description), the very expressions Django's
+# ``icontains`` compiles to there, so the unchanged ``LIKE`` query uses them.
+#
+# SQLite: an FTS5 table with the trigram tokenizer (case-insensitive) over the title and description,
+# kept by triggers on tasks_task. External content (the text stays in tasks_task only) keyed by
+# tasks_task's implicit rowid, with detail='none' and no column sizes: it answers "which rows hold all
+# these trigrams", a superset of the substring matches that the search then narrows with the same
+# ``LIKE`` as ever (so results never depend on the index being exact). A table remake (some AlterField
+# migrations on SQLite) or a VACUUM may renumber the implicit rowids and drops the triggers:
+# ``install_search`` again re-creates the triggers and rebuilds the index from tasks_task.
+SEARCH_TABLE = "tasks_task_search"
+SEARCH_TRIGGERS = ("tasks_task_search_insert", "tasks_task_search_delete", "tasks_task_search_update")
+
+_SQLITE_SEARCH_INSTALL = [
+    f"""
+    CREATE VIRTUAL TABLE IF NOT EXISTS {SEARCH_TABLE} USING fts5(
+        title, description,
+        content='tasks_task', content_rowid='rowid', tokenize='trigram', detail='none', columnsize=0
+    )
+    """,
+    f"""
+    CREATE TRIGGER IF NOT EXISTS tasks_task_search_insert AFTER INSERT ON tasks_task BEGIN
+        INSERT INTO {SEARCH_TABLE}(rowid, title, description) VALUES (new.rowid, new.title, new.description);
+    END
+    """,
+    f"""
+    CREATE TRIGGER IF NOT EXISTS tasks_task_search_delete AFTER DELETE ON tasks_task BEGIN
+        INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}, rowid, title, description)
+        VALUES ('delete', old.rowid, old.title, old.description);
+    END
+    """,
+    f"""
+    CREATE TRIGGER IF NOT EXISTS tasks_task_search_update AFTER UPDATE OF title, description ON tasks_task
+    WHEN old.title IS NOT new.title OR old.description IS NOT new.description
+    BEGIN
+        INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}, rowid, title, description)
+        VALUES ('delete', old.rowid, old.title, old.description);
+        INSERT INTO {SEARCH_TABLE}(rowid, title, description) VALUES (new.rowid, new.title, new.description);
+    END
+    """,
+    f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}) VALUES ('rebuild')",
+]
+_SQLITE_SEARCH_UNINSTALL = [
+    *(f"DROP TRIGGER IF EXISTS {name}" for name in SEARCH_TRIGGERS),
+    f"DROP TABLE IF EXISTS {SEARCH_TABLE}",
+]
+
+_POSTGRES_SEARCH_INSTALL = [
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    "CREATE INDEX IF NOT EXISTS task_title_trgm ON tasks_task USING gin (UPPER(title::text) gin_trgm_ops)",
+    "CREATE INDEX IF NOT EXISTS task_description_trgm ON tasks_task USING gin (UPPER(description::text) gin_trgm_ops)",
+]
+_POSTGRES_SEARCH_UNINSTALL = [
+    "DROP INDEX IF EXISTS task_title_trgm",
+    "DROP INDEX IF EXISTS task_description_trgm",
+]  # pg_trgm stays: other objects of the database may use it
+
+_SEARCH_STATEMENTS = {
+    "sqlite": (_SQLITE_SEARCH_INSTALL, _SQLITE_SEARCH_UNINSTALL),
+    "postgresql": (_POSTGRES_SEARCH_INSTALL, _POSTGRES_SEARCH_UNINSTALL),
+}
+
+
+def _run_search(connection: Any, install: bool) -> None:
+    if connection.vendor not in _SEARCH_STATEMENTS:
+        return  # another database: search scans, as it always did
+    with connection.cursor() as cursor:
+        for statement in _SEARCH_STATEMENTS[connection.vendor][0 if install else 1]:
+            cursor.execute(statement)
+
+
+def install_search(connection: Any) -> None:
+    """Create the search index (idempotent) and, on SQLite, its triggers, then rebuild it from tasks_task."""
+    _run_search(connection, install=True)
+
+
+def uninstall_search(connection: Any) -> None:
+    _run_search(connection, install=False)
+
+
+def drop_search_triggers(connection: Any) -> None:
+    """SQLite: stop keeping the search index (a bulk load); ``install_search`` restores and rebuilds it."""
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            for name in SEARCH_TRIGGERS:
+                cursor.execute(f"DROP TRIGGER IF EXISTS {name}")

@@ -159,6 +159,8 @@ class Task(models.Model):
             models.Index(fields=["role"], name="task_role"),
             # Provider alone, or provider and role (seed 004's list filters), already in list order.
             models.Index(fields=["provider", "role", "-created_at"], name="task_provider_role_created"),
+            # The same for an owner (non-staff lists): the page and the capped count read only matching entries.
+            models.Index(fields=["owner", "provider", "role", "-created_at"], name="task_owner_prov_role_created"),
             models.Index(fields=["lease_expires_at"], name="task_running_lease", condition=models.Q(state="running")),
             models.Index(fields=["dispatched_at"], name="task_queued_dispatch", condition=models.Q(state="queued")),
             models.Index(fields=["deleted_at"], name="task_deleted", condition=models.Q(deleted_at__isnull=False)),

@@ -1,0 +1,142 @@
+"""Search (``search=``) through its index (issue 7): the same results as a plain case-insensitive substring
+match of every word in the title or the description, for new, edited and erased tasks; on SQLite the FTS5
+trigram table and its triggers exist after migrations, on PostgreSQL the query uses the pg_trgm indexes."""
+
+from __future__ import annotations
+
+from functools import reduce
+from operator import and_
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.models import Q
+
+from tasks import db_triggers, services
+from tasks.api import filters
+from tasks.audit import Channel
+from tasks.models import Task
+
+pytest_plugins = ["tests.api_support"]
+pytestmark = pytest.mark.django_db
+
+TEXTS = [
+    ("Fix LOGIN bug", "users cannot sign in"),
+    ("Billing export", "monthly invoices; cache warm-up"),
+    ("Cache layer", "speeds up the login page and billing"),
+    ("Résumé parser", "handles ÉCOLE and école"),
+    ("100% done_ish", 'quote "this" and back\\slash'),
+    ("Short", "ab cd ef"),
+    ("Operator", "description only: kubernetes operator"),
+]
+SEARCHES = [
+    "login", "LOGIN", "LoGiN", "ogi", "gin", "log in", "cache billing", "billing cache login", "export",
+    "warm-up", "kubernetes", "KUBER", "netes", "absentword", "ab", "a", "cd ef", "login ab", "%", "100%",
+    "done_ish", "_", '"this"', 'quote "', "back\\slash", "\\", "école", "ÉCOLE", "résumé", "sumé", "école xyz",
+]  # fmt: skip
+
+
+def ids(response: Any) -> set[str]:
+    assert response.status_code == 200, response.content
+    return {task["id"] for task in response.data["results"]}
+
+
+def oracle(owner: Any, search: str) -> set[str]:
+    """The plain ``icontains`` per word, on this database, without any index's help."""
+    words = search.split()
+    condition = reduce(and_, (Q(title__icontains=w) | Q(description__icontains=w) for w in words))
+    return {str(pk) for pk in Task.objects.alive().filter(owner=owner).filter(condition).values_list("pk", flat=True)}
+
+
+def python_match(task: Task, search: str) -> bool:
+    return all(w.lower() in task.title.lower() or w.lower() in task.description.lower() for w in search.split())
+
+
+@pytest.fixture
+def texts(task_in: Any) -> list[Task]:
+    return [task_in("queued", title=title, description=description) for title, description in TEXTS]
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_search_equals_a_plain_substring_match(search: str, texts: list[Task], api: Any) -> None:
+    found = ids(api.get("/api/tasks/persistent", {"search": search, "limit": 100}))
+    assert found == oracle(texts[0].owner, search)
+    if search.isascii():  # beyond ASCII, case folding is the database's (SQLite's LIKE folds ASCII only)
+        assert found == {str(t.pk) for t in texts if python_match(t, search)}
+
+
+@pytest.mark.parametrize("limit", [0, 1, 10_000])
+def test_common_words_give_the_same_results_without_the_index(
+    limit: int, texts: list[Task], api: Any, monkeypatch: Any
+) -> None:
+    """SQLite falls back to the plain scan when a word has more candidates than SEARCH_CANDIDATE_LIMIT."""
+    monkeypatch.setattr(filters, "SEARCH_CANDIDATE_LIMIT", limit)
+    for search in ("login", "cache billing", "kubernetes", "ogi ab", "école"):
+        assert ids(api.get("/api/tasks/persistent", {"search": search})) == oracle(texts[0].owner, search)
+
+
+def test_substrings_in_title_and_description_case_insensitively(texts: list[Task], api: Any) -> None:
+    fix, billing, cache, *_ = texts
+    assert ids(api.get("/api/tasks/persistent", {"search": "OGI"})) == {str(fix.pk), str(cache.pk)}
+    assert ids(api.get("/api/tasks/persistent", {"search": "Invoice"})) == {str(billing.pk)}
+    assert ids(api.get("/api/tasks/persistent", {"search": "billing CACHE"})) == {str(billing.pk), str(cache.pk)}
+    assert ids(api.get("/api/tasks/persistent", {"search": "billing cache login"})) == {str(cache.pk)}
+    assert ids(api.get("/api/tasks/persistent", {"search": "KUBERNETES operator"})) == {str(texts[-1].pk)}
+
+
+def test_new_edited_and_erased_tasks(user: Any, task_in: Any, api: Any) -> None:
+    def found(search: str) -> set[str]:
+        return ids(api.get("/api/tasks/persistent", {"search": search}))
+
+    assert found("zeppelin") == set()
+    task = task_in("queued", title="Zeppelin launch", description="hangar doors")
+    assert found("ZEPPELIN") == {str(task.pk)}
+    assert found("hangar") == {str(task.pk)}
+
+    services.update_task(task.pk, actor=user, channel=Channel.API, reason="test", title="Airship launch")
+    assert found("zeppelin") == set()
+    assert found("airship hangar") == {str(task.pk)}
+    services.update_task(task.pk, actor=user, channel=Channel.API, reason="test", description="runway lights")
+    assert found("hangar") == set()
+    assert found("runway") == {str(task.pk)}
+    # A save that does not touch the text keeps the task findable.
+    services.update_task(task.pk, actor=user, channel=Channel.API, reason="test", title="Airship launch")
+    assert found("airship runway") == {str(task.pk)}
+
+    assert services.erase_tasks([task.pk]) == 1
+    assert found("airship") == set()
+    assert found("runway") == set()
+    other = task_in("queued", title="Airship two")
+    assert found("airship") == {str(other.pk)}
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:  # raises if the index and tasks_task disagree
+            table = db_triggers.SEARCH_TABLE
+            cursor.execute(f"INSERT INTO {table}({table}, rank) VALUES ('integrity-check', 1)")
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's FTS5 search table")
+def test_sqlite_search_table_and_triggers_exist_after_migrations() -> None:
+    """A migration that remakes tasks_task drops its triggers: it must run install_search again."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'")
+        triggers = dict(cursor.fetchall())
+        cursor.execute("SELECT sql FROM sqlite_master WHERE name = %s", [db_triggers.SEARCH_TABLE])
+        (sql,) = cursor.fetchone()
+    assert {name: triggers.get(name) for name in db_triggers.SEARCH_TRIGGERS} == dict.fromkeys(
+        db_triggers.SEARCH_TRIGGERS, "tasks_task"
+    )
+    assert "trigram" in sql and "content='tasks_task'" in sql
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's pg_trgm indexes")
+def test_postgresql_search_uses_the_trigram_indexes(user: Any) -> None:
+    """The SQL ``icontains`` compiles to matches the indexes' expressions (with the few rows of a test, the
+    planner would rather scan: forbid it)."""
+    query = Task.objects.filter(Q(title__icontains="kubernetes") | Q(description__icontains="kubernetes"))
+    sql, params = query.order_by().query.sql_with_params()
+    with connection.cursor() as cursor:  # in the test's transaction: SET LOCAL holds until its end
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_indexscan = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "task_title_trgm" in plan and "task_description_trgm" in plan, plan
