@@ -13,7 +13,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from tasks.audit import Channel, HistoryEvent, current_context
@@ -272,6 +273,23 @@ class TaskHistory(models.Model):
             raise AppendOnlyViolation("task history is append-only: rows are never changed")
         kwargs["force_insert"] = True
         super().save(*args, **kwargs)
+
+    def compiled_insert(self, using: str) -> tuple[str, tuple[Any, ...]]:
+        """This new row's INSERT (SQL and parameters), compiled now to run later with ``run_insert``.
+
+        The audit trail compiles a task's history row before the task's own
+        INSERT, so that only the two statements run while SQLite's write lock
+        is held (crux/db/base.py), not the ORM's work of building them.
+        """
+        query = InsertQuery(type(self))
+        query.insert_values([f for f in self._meta.local_concrete_fields if not f.primary_key], [self])
+        [(sql, params)] = query.get_compiler(using).as_sql()
+        return sql, params
+
+    @staticmethod
+    def run_insert(using: str, compiled: tuple[str, tuple[Any, ...]]) -> None:
+        with connections[using].cursor() as cursor:
+            cursor.execute(*compiled)
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise AppendOnlyViolation("task history is append-only; only a retention purge removes it")

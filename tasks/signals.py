@@ -94,11 +94,11 @@ def prepare_history_row(sender: type[Task], instance: Task, raw: bool, update_fi
     }
     row["hash"] = row_hash(prev_hash, row)
     instance.history_count, instance.history_head = seq, row["hash"]
-    setattr(instance, _PENDING, row)
+    setattr(instance, _PENDING, TaskHistory(**row).compiled_insert(kwargs["using"]))
 
 
 @receiver(post_save, sender=Task, dispatch_uid="tasks.audit.append")
-def append_history_row(sender: type[Task], instance: Task, **kwargs: Any) -> None:
-    row = instance.__dict__.pop(_PENDING, None)
-    if row is not None:
-        TaskHistory(**row).save()
+def append_history_row(sender: type[Task], instance: Task, using: str, **kwargs: Any) -> None:
+    compiled = instance.__dict__.pop(_PENDING, None)
+    if compiled is not None:
+        TaskHistory.run_insert(using, compiled)
