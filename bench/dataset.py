@@ -19,6 +19,7 @@ random keys row by row. The same seed gives the same rows as ever.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import os
@@ -75,7 +76,9 @@ def configure(engine: str, name: str, *, fresh: bool = True) -> str:
         raise SystemExit(f"unknown engine {engine!r}: use sqlite or postgres")
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crux.settings")
-    os.environ.setdefault("REDIS_KEY_PREFIX", f"crux-bench-{os.getpid()}")
+    if "REDIS_KEY_PREFIX" not in os.environ:  # else a parent process (or the module) chose it, and cleans up
+        prefix = os.environ["REDIS_KEY_PREFIX"] = f"crux-bench-{os.getpid()}"
+        atexit.register(_delete_run_keys, prefix)
     os.environ.setdefault("LOG_LEVEL", "ERROR")
     sys.path.insert(0, str(ROOT))
     import django
@@ -85,6 +88,14 @@ def configure(engine: str, name: str, *, fresh: bool = True) -> str:
 
     call_command("migrate", verbosity=0)
     return url
+
+
+def _delete_run_keys(prefix: str) -> None:
+    """Drop what the run left in Redis under its prefix: mirror entries, throttle counters, cached tokens."""
+    from bench.redis_keys import delete_keys
+    from persistence import mirror
+
+    delete_keys(mirror.client(), f"{prefix}:", f"{prefix}.")
 
 
 REALISTIC_MIX = {"completed": 0.7, "failed": 0.1, "cancelled": 0.05, "queued": 0.08, "running": 0.05, "pending": 0.02}
