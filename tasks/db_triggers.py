@@ -66,24 +66,30 @@ _STATEMENTS = {
 }
 
 
-def _run(connection: Any, install: bool) -> None:
-    if connection.vendor not in _STATEMENTS:
-        raise NotImplementedError(f"no append-only triggers for database vendor {connection.vendor!r}")
-    statements = _STATEMENTS[connection.vendor][0 if install else 1]
+def _run(connection: Any, statements: dict[str, tuple[list[str], list[str]]], install: bool) -> bool:
+    """Run the install (or uninstall) statements of ``connection``'s vendor; False if it has none."""
+    if connection.vendor not in statements:
+        return False
     with connection.cursor() as cursor:
-        for statement in statements:
+        for statement in statements[connection.vendor][0 if install else 1]:
             cursor.execute(statement)
+    return True
+
+
+def _run_history(connection: Any, install: bool) -> None:
+    if not _run(connection, _STATEMENTS, install):
+        raise NotImplementedError(f"no append-only triggers for database vendor {connection.vendor!r}")
 
 
 def install(connection: Any) -> None:
-    _run(connection, install=True)
+    _run_history(connection, install=True)
 
 
 def uninstall(connection: Any) -> None:
-    _run(connection, install=False)
+    _run_history(connection, install=False)
 
 
-# --- Text search index (issue 7): what `search` (tasks.api.filters.task_search_q) looks words up in.
+# --- Text search index (issue 7): what `search` (tasks.api.filters.search_tasks) looks words up in.
 #
 # PostgreSQL: pg_trgm GIN indexes on UPPER(title) and UPPER(description), the very expressions Django's
 # ``icontains`` compiles to there, so the unchanged ``LIKE`` query uses them.
@@ -148,21 +154,14 @@ _SEARCH_STATEMENTS = {
 }
 
 
-def _run_search(connection: Any, install: bool) -> None:
-    if connection.vendor not in _SEARCH_STATEMENTS:
-        return  # another database: search scans, as it always did
-    with connection.cursor() as cursor:
-        for statement in _SEARCH_STATEMENTS[connection.vendor][0 if install else 1]:
-            cursor.execute(statement)
-
-
 def install_search(connection: Any) -> None:
-    """Create the search index (idempotent) and, on SQLite, its triggers, then rebuild it from tasks_task."""
-    _run_search(connection, install=True)
+    """Create the search index (idempotent) and, on SQLite, its triggers, then rebuild it from tasks_task.
+    Another database has none: search scans there, as it always did."""
+    _run(connection, _SEARCH_STATEMENTS, install=True)
 
 
 def uninstall_search(connection: Any) -> None:
-    _run_search(connection, install=False)
+    _run(connection, _SEARCH_STATEMENTS, install=False)
 
 
 def drop_search_triggers(connection: Any) -> None:
