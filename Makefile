@@ -1,6 +1,6 @@
 # Crux: two commands do all set-up on a fresh machine.
 #   make run   - virtualenv, install, migrate, then web + worker + beat (SQLite, local Redis)
-#   make test  - virtualenv, install, lint, migration check, the suite on SQLite and on PostgreSQL
+#   make test  - virtualenv, install, lint (ruff, import layers, mypy), migration check, the suite on SQLite and on PostgreSQL
 #   make bench - every benchmark of BENCHMARKS.md and one table (BENCH_ENGINES=sqlite,postgres BENCH_SIZES=10000,100000,1000000)
 
 PYTHON ?= python3
@@ -48,6 +48,8 @@ run: venv
 lint: venv
 	mkdir -p var
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 test-sqlite: venv browser

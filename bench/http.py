@@ -75,7 +75,7 @@ def main() -> None:
     user = get_user_model().objects.create_user("bench-http")
     token = Token.objects.create(user=user).key
     task = services.create_task(owner=user, actor=user, channel=Channel.API, title="status target")
-    mirror.publish(mirror.snapshot_of(task))
+    mirror.refresh(mirror.snapshot_of(task))
     connection.close()
 
     port = 18000 + os.getpid() % 1000

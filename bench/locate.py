@@ -3,7 +3,7 @@
     python -m bench.locate --tasks 1000000 --engine sqlite
 
 On a realistic data set (reused between runs unless --fresh), soft-deletes and
-purges a few tasks, then times ``persistence.locate.locate`` for live,
+purges a few tasks, then times ``crux.locate.locate`` for live,
 soft-deleted, purged and never-existing ids. The baseline, in the same run, is
 a bare primary-key fetch of the task row (what any lookup costs at least).
 """
@@ -31,7 +31,7 @@ def main() -> None:
     from django.conf import settings
     from django.utils import timezone
 
-    from persistence.locate import locate
+    from crux.locate import locate
     from retention.models import PurgeLedger
     from retention.services import purge
     from tasks import services

@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from django.db.models import Count
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -23,9 +22,9 @@ from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from tasks import selectors
 from tasks.api.permissions import IsStaffOrMetricsToken
 from tasks.audit import Channel, HistoryEvent
-from tasks.models import Task, TaskHistory
 from tasks.states import TaskState
 
 REQUEUE_SOURCES = frozenset({TaskState.INTERRUPTED, TaskState.FAILED, TaskState.CANCELLED})
@@ -59,16 +58,12 @@ class TaskCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         families = _families()
-        by_state = dict.fromkeys(TaskState.values, 0)
-        for row in Task.objects.alive().order_by().values("state").annotate(n=Count("pk")):
-            by_state[row["state"]] = row["n"]
-        for state, n in sorted(by_state.items()):
+        for state, n in sorted(selectors.count_by_state().items()):
             families["tasks"].add_metric([state], n)
-        families["deleted"].add_metric([], Task.objects.deleted().count())
+        families["deleted"].add_metric([], selectors.count_in_trash())
 
         counts: Counter[tuple[str, ...]] = Counter()
-        rows = TaskHistory.objects.order_by().values("event", "state_from", "state_to", "channel")
-        for row in rows.annotate(n=Count("pk")):
+        for row in selectors.count_history_by_kind():
             event, channel, state = row["event"], row["channel"], row["state_to"]
             if event == HistoryEvent.CREATED:
                 counts["submissions", channel] += row["n"]

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "tasks",
     "persistence",
     "retention",
+    "crux",
 ]
 
 MIDDLEWARE = [
@@ -60,7 +61,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "retention.monitor.banner",
+                "retention.breaker.banner",
             ],
         },
     },

@@ -1,4 +1,4 @@
-"""Top-level URLs: the admin, the API with its schema and docs, DRF's session login, and /metrics."""
+"""All the routes, composed in one place: the admin, each app's API endpoints, the schema and docs, login, /metrics."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -10,11 +10,18 @@ admin.site.site_header = "Crux administration"
 admin.site.site_title = "Crux"
 admin.site.index_title = "Tasks, history and retention"
 
+api = [
+    path("", include("crux.api.urls")),
+    path("", include("tasks.api.urls")),
+    path("", include("persistence.api.urls")),
+    path("", include("retention.api.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("auth/", include("rest_framework.urls")),
+]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/", include("tasks.api.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("api/auth/", include("rest_framework.urls")),
+    path("api/", include(api)),
     path("metrics", MetricsView.as_view(), name="metrics"),
 ]

@@ -6,4 +6,6 @@ class PersistenceConfig(AppConfig):
     verbose_name = "Persistence"
 
     def ready(self) -> None:
-        from persistence import signals  # noqa: F401  (connects the mirror)
+        from persistence import signals
+
+        signals.connect()

@@ -25,9 +25,9 @@ from django.core.management.color import no_style
 from django.db import connection, transaction
 from django.utils import timezone
 
-from persistence.dump import checksum, deserialize, encode, serialize_queryset
 from tasks.audit import restoring
 from tasks.models import HistoryPurgeGrant, Task
+from tasks.records import checksum, deserialize, encode, serialize_queryset
 
 FORMAT = "crux-backup/1"
 BACKUP_APPS = ("auth", "authtoken", "tasks", "retention", "django_celery_results")
@@ -135,7 +135,7 @@ def verify(path: Path) -> None:
             raise BackupError(f"backup {path} is corrupt: its checksum does not match {sidecar.name}")
 
 
-def restore(path: Path) -> int:
+def load_backup(path: Path) -> int:
     """Restore a backup into this database, which must hold no tasks and no users yet."""
     if not path.exists():
         raise BackupError(f"no backup at {path}")

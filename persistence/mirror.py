@@ -182,7 +182,7 @@ def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=_json_default).encode()
 
 
-def publish(doc: dict[str, Any]) -> bool:
+def refresh(doc: dict[str, Any]) -> bool:
     """Write one task's mirror entry unless a newer one is there; False on Redis failure."""
     try:
         sync(client(), [doc])

@@ -1,4 +1,4 @@
-"""Writes to the mirror as a whole: rebuild it from SQL and report drift."""
+"""Writes to the mirror: reconcile it with SQL (reporting drift), and recover one task from SQL."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from persistence import mirror
+from tasks import services
+from tasks.ids import uuid_or_none
 from tasks.models import Task
-from tasks.services import uuid_or_none
 from tasks.states import ACTIVE_STATES
 
 
@@ -113,3 +115,16 @@ def reconcile_mirror(
             compare_rows(Task.objects.filter(pk__in=outside))
     report.duration = time.perf_counter() - started
     return report
+
+
+def recover_task(task_id: Any, *, actor: Any, channel: str, reason: str) -> tuple[Task, str]:
+    """Recover one task from SQL: requeue it if interrupted or failed, else rewrite its mirror entry.
+
+    Returns (task, "requeued" | "remirrored" | "mirror_failed"). A requeue is a
+    transition with its history row (the mirror follows after commit); a
+    re-mirror changes nothing in SQL.
+    """
+    task, requeued = services.recover(task_id, actor=actor, channel=channel, reason=reason)
+    if requeued:
+        return task, "requeued"
+    return task, ("remirrored" if mirror.refresh(mirror.snapshot_of(task)) else "mirror_failed")

@@ -1,4 +1,4 @@
-"""Operator statistics (seed 004 ``GET /api/persistence/stats``): counts, storage, mirror consistency.
+"""Operator statistics (``GET /api/persistence/stats``): counts, storage, mirror consistency.
 
 Every figure is read from SQL, except the mirror consistency, which compares
 each mirror entry with SQL (``reconcile_mirror(check_only=True)``, read-only).
@@ -10,34 +10,26 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, connection
-from django.db.models import Count, Max
 from django.utils import timezone
-from redis.exceptions import RedisError
 
 from persistence.backup import last_backup
-from persistence.services import reconcile_mirror
-from tasks.audit import Channel, HistoryEvent
-from tasks.models import Task, TaskHistory, TaskOutput
-from tasks.states import TaskState
-
-
-def _counts(field: str) -> dict[str, int]:
-    rows = Task.objects.alive().order_by().values(field).annotate(n=Count("pk"))
-    return {row[field]: row["n"] for row in sorted(rows, key=lambda r: r[field])}
+from persistence.selectors import mirror_consistency
+from tasks import selectors
+from tasks.audit import HistoryEvent
 
 
 def task_counts() -> dict[str, Any]:
     """Live (not deleted) tasks by state, role and provider, and the size of the trash."""
-    by_state = dict.fromkeys(TaskState.values, 0) | _counts("state")
-    deleted = Task.objects.deleted().count()
+    by_state = selectors.count_by_state()
+    deleted = selectors.count_in_trash()
     alive = sum(by_state.values())
     return {
         "total": alive + deleted,
         "alive": alive,
         "deleted": deleted,
         "by_state": by_state,
-        "by_role": _counts("role"),
-        "by_provider": _counts("provider"),
+        "by_role": selectors.count_alive_by("role"),
+        "by_provider": selectors.count_alive_by("provider"),
     }
 
 
@@ -66,7 +58,7 @@ def _postgresql_sizes(cursor: Any) -> tuple[int, int | None]:
 
 
 def database_size() -> dict[str, Any]:
-    """Bytes used by the database and by its indexes (seed 004: index overhead < 20%)."""
+    """Bytes used by the database and by its indexes (the goal: indexes under 20 % of it)."""
     sizes = {"sqlite": _sqlite_sizes, "postgresql": _postgresql_sizes}.get(connection.vendor)
     if sizes is None:
         return {"vendor": connection.vendor, "size_bytes": None, "index_bytes": None, "index_share": None}
@@ -76,37 +68,16 @@ def database_size() -> dict[str, Any]:
     return {"vendor": connection.vendor, "size_bytes": size, "index_bytes": indexes, "index_share": share}
 
 
-def mirror_consistency() -> dict[str, Any]:
-    """Share of the tasks that should be mirrored whose Redis entry matches SQL."""
-    try:
-        report = reconcile_mirror(check_only=True)
-    except RedisError as exc:
-        return {"available": False, "error": f"Redis unreachable: {type(exc).__name__}", "consistency": None}
-    matching = report.checked - report.missing - report.stale
-    return {
-        "available": True,
-        "checked": report.checked,
-        "matching": matching,
-        "missing": report.missing,
-        "stale": report.stale,
-        "orphan": report.orphan,
-        "consistency": round(matching / report.checked, 6) if report.checked else 1.0,
-    }
-
-
 def collect_stats() -> dict[str, Any]:
     now = timezone.now()
-    last_recovery = TaskHistory.objects.filter(channel=Channel.RECOVERY).aggregate(at=Max("created_at"))["at"]
     return {
         "generated_at": now,
         "tasks": task_counts(),
-        "history": {"total": TaskHistory.objects.count()},
-        "outputs": {"total": TaskOutput.objects.count()},
-        "deletions_last_hour": TaskHistory.objects.filter(
-            event=HistoryEvent.SOFT_DELETE, created_at__gte=now - timedelta(hours=1)
-        ).count(),
+        "history": {"total": selectors.count_history_rows()},
+        "outputs": {"total": selectors.count_outputs()},
+        "deletions_last_hour": selectors.count_events_since(HistoryEvent.SOFT_DELETE, now - timedelta(hours=1)),
         "database": database_size(),
         "mirror": mirror_consistency(),
         "last_backup_at": last_backup(),
-        "last_recovery_at": last_recovery,
+        "last_recovery_at": selectors.last_recovery_at(),
     }

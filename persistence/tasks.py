@@ -1,9 +1,10 @@
-"""Periodic mirror reconcile: the mirror heals even if a write was lost while Redis was away."""
+"""Beat jobs of persistence: the daily backup, and the mirror reconcile (it heals a write lost while Redis was away)."""
 
 import logging
 
 from celery import shared_task
 
+from persistence.backup import backup
 from persistence.services import reconcile_mirror
 
 logger = logging.getLogger(__name__)
@@ -17,3 +18,10 @@ def reconcile_mirror_task() -> dict[str, int]:
             "mirror drift repaired: missing %s, stale %s, orphan %s", report.missing, report.stale, report.orphan
         )
     return {"checked": report.checked, "missing": report.missing, "stale": report.stale, "orphan": report.orphan}
+
+
+@shared_task(name="crux.backup")
+def daily_backup() -> str:
+    result = backup()
+    logger.info("backup written: %s (%s)", result.path, result.checksum)
+    return str(result.path)

@@ -10,8 +10,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from retention.archive import ArchiveError
+from retention.breaker import acknowledge
 from retention.models import DeletionBreaker, DeletionEvent, PurgeLedger, RetentionPolicy
-from retention.monitor import acknowledge
 from retention.services import policies, purge
 from tasks.admin import ReadOnlyAdmin
 from tasks.audit import Channel

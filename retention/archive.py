@@ -16,7 +16,7 @@ from uuid import UUID
 from django.conf import settings
 from django.utils import timezone
 
-from persistence.dump import checksum, encode, task_entries
+from tasks.records import checksum, encode, task_entries
 
 FORMAT = "crux-purge-archive/1"
 

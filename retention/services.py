@@ -1,4 +1,4 @@
-"""Retention: which tasks a policy lets go, the purge (archive, ledger, then delete) and un-archiving.
+"""Retention: which tasks a policy lets go, the purge (archive, ledger, then delete), and unarchiving.
 
 The purge is the only code that removes tasks. It is a dry run unless
 confirmed, takes at most ``MAX_TASKS_PER_PURGE`` tasks per run, writes and
@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from persistence.dump import deserialize
 from retention.archive import read_entry, write_archive
+from retention.breaker import admit_deletion
 from retention.models import DeletionKind, PolicyScope, PurgeLedger, RetentionPolicy
-from retention.monitor import admit_deletion
-from tasks.audit import HistoryEvent, actor_label, audited
+from tasks import services
+from tasks.audit import actor_label
 from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
-from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
-from tasks.services import erase_tasks, parse_task_id
+from tasks.ids import parse_task_id
+from tasks.models import Task
 from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def purge(*, actor: Any, channel: str, confirm: bool = False, limit: int | None 
         PurgeLedger.objects.bulk_create(
             [_ledger_row(t, policy_of[t.pk].name, label, channel, str(path), checksum, now) for t in still_eligible]
         )
-        report.purged = erase_tasks([t.pk for t in still_eligible])
+        report.purged = services.erase_tasks([t.pk for t in still_eligible])
     logger.warning("purge by %s via %s: %s tasks archived to %s and removed", label, channel, report.purged, path)
     return report
 
@@ -155,7 +155,7 @@ class UnarchiveResult:
     ledger: PurgeLedger | None = None
 
 
-def restore_purged(task_id: Any, *, actor: Any, channel: str, force: bool = False) -> UnarchiveResult:
+def unarchive_task(task_id: Any, *, actor: Any, channel: str, force: bool = False) -> UnarchiveResult:
     """Bring a purged task back from its archive: task, history (chain intact), outputs and metrics.
 
     Idempotent: a task already brought back is reported, not written again. A
@@ -176,34 +176,17 @@ def restore_purged(task_id: Any, *, actor: Any, channel: str, force: bool = Fals
     entry = read_entry(Path(ledger.archive_file), pk, ledger.archive_checksum)
     label = actor_label(actor)[0]
     with transaction.atomic():
-        _insert(entry)
-        task = Task.objects.select_for_update().get(pk=pk)
-        if (task.history_count, task.history_head) != (ledger.history_count, ledger.history_head):
-            raise TaskError(f"archive of task {pk} does not match its ledger entry (history head differs)")
-        with audited(
-            actor,
+        services.reinstate(
+            entry,
+            history_head=(ledger.history_count, ledger.history_head),
+            actor=actor,
             channel=channel,
             reason=f"restored from purge archive {ledger.archive_file} (purged {ledger.purged_at:%Y-%m-%d} "
             f"by {ledger.policy})",
-            event=HistoryEvent.UNARCHIVE,
-        ):
-            task.save()
+        )
         PurgeLedger.objects.filter(pk=ledger.pk).update(restored_at=timezone.now(), restored_by=label)
     ledger.refresh_from_db()
     return UnarchiveResult(pk, "restored", ledger)
-
-
-def _insert(entry: dict[str, Any]) -> None:
-    """Insert the archived rows exactly as they were (bulk, so no new history is invented)."""
-    rows = [entry["task"], *entry["history"], *entry["outputs"]]
-    if entry["metrics"]:
-        rows.append(entry["metrics"])
-    by_model: dict[type[models.Model], list[models.Model]] = {}
-    for item in deserialize(rows):
-        by_model.setdefault(type(item.object), []).append(item.object)
-    for model in (Task, TaskHistory, TaskOutput, TaskMetrics):
-        if model in by_model:
-            models.QuerySet.bulk_create(model._base_manager.all(), by_model[model])
 
 
 def _purge_for_overwrite(task: Task, *, actor: Any, channel: str) -> None:
@@ -213,4 +196,4 @@ def _purge_for_overwrite(task: Task, *, actor: Any, channel: str) -> None:
     with transaction.atomic():
         task = Task.objects.select_for_update(of=("self",)).select_related("owner").get(pk=task.pk)
         _ledger_row(task, "overwritten-by-restore", label, channel, str(path), checksum, timezone.now()).save()
-        erase_tasks([task.pk])
+        services.erase_tasks([task.pk])

@@ -6,4 +6,6 @@ class TasksConfig(AppConfig):
     verbose_name = "Tasks"
 
     def ready(self) -> None:
-        from tasks import signals  # noqa: F401  (connects the audit recorders)
+        from tasks import history
+
+        history.connect()

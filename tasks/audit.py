@@ -1,7 +1,7 @@
 """The audit trail's mechanics: who/why context, change diffs and the hash chain.
 
 Services open an ``audited(...)`` block; every tracked change saved inside it is
-recorded (by the signals in ``tasks.signals``) as one ``TaskHistory`` row whose
+recorded (by the history writer in ``tasks.history``) as one ``TaskHistory`` row whose
 hash chains it to the previous row of its task. A tracked change saved outside
 such a block is refused, so no code path changes a task without naming who,
 through what and why.

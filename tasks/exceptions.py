@@ -1,5 +1,7 @@
 """Typed errors of the task domain: callers (API, admin, commands) map them to 4xx."""
 
+from collections.abc import Iterable
+
 
 class TaskError(Exception):
     """Base class: a request that the task domain refuses, with a clear message."""
@@ -20,14 +22,16 @@ class UnknownState(TaskError):
         self.value = value
 
 
-class IllegalTransition(TaskError):
+class Conflict(TaskError):
+    """The request is valid but the task's current state (or the system's) does not allow it now."""
+
+
+class IllegalTransition(Conflict):
     field = "state"
 
-    def __init__(self, state_from: str, state_to: str):
-        from tasks.states import TRANSITIONS
-
-        allowed = ", ".join(sorted(TRANSITIONS.get(state_from, ()))) or "none: it is final"
-        super().__init__(f"illegal transition {state_from} -> {state_to} (allowed from {state_from}: {allowed})")
+    def __init__(self, state_from: str, state_to: str, allowed: Iterable[str] = ()):
+        targets = ", ".join(sorted(allowed)) or "none: it is final"
+        super().__init__(f"illegal transition {state_from} -> {state_to} (allowed from {state_from}: {targets})")
         self.state_from = state_from
         self.state_to = state_to
 
@@ -38,7 +42,7 @@ class TaskNotFound(TaskError):
         self.task_id = task_id
 
 
-class StaleState(TaskError):
+class StaleState(Conflict):
     """A compare-and-set saw another state than the caller expected."""
 
     field = "state"

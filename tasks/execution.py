@@ -22,22 +22,10 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from tasks import services
-from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
+from tasks.models import Task, TaskOutput
 from tasks.registry import get_handler
 
 logger = logging.getLogger(__name__)
-
-METRIC_FIELDS = frozenset(
-    {
-        "processing_time_seconds",
-        "iterations",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "stop_reason",
-        "converged",
-    }
-)
 
 
 def end_process() -> None:
@@ -67,15 +55,10 @@ class TaskContext:
             raise LeaseLost(f"task {self.task_id} attempt {self.attempt} lost its claim")
 
     def output(self, output_type: str, content: str, **meta: Any) -> TaskOutput:
-        return TaskOutput.objects.create(
-            task_id=self.task_id, output_type=OutputType(output_type), content=content, **meta
-        )
+        return services.record_output(self.task_id, output_type, content, **meta)
 
     def metrics(self, **fields: Any) -> None:
-        unknown = set(fields) - METRIC_FIELDS
-        if unknown:
-            raise ValueError(f"unknown metrics {sorted(unknown)}")
-        TaskMetrics.objects.update_or_create(task_id=self.task_id, defaults=fields)
+        services.record_metrics(self.task_id, **fields)
 
 
 class Heartbeat(threading.Thread):

@@ -35,7 +35,7 @@ def fail(ctx: TaskContext, payload: dict[str, Any]) -> None:
 
 
 def agent_demo(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """A simulated agent run: iterations that converge, with outputs and seed-002 style metrics."""
+    """A simulated agent run: iterations that converge, with outputs and metrics (tokens, why it stopped)."""
     prompt = str(payload.get("prompt", "solve the task"))
     max_iterations = max(1, int(payload.get("max_iterations", 3)))
     delay = float(payload.get("delay", 0.05))

@@ -1,4 +1,4 @@
-"""Task records: the only source of truth (fields from seed 004, metrics from seed 002).
+"""Task records: the only source of truth.
 
 ``Task`` refuses every write that would escape the audit trail: a tracked change
 saved without an audit context, ``QuerySet.update()`` / ``bulk_update()`` /
@@ -158,7 +158,7 @@ class Task(models.Model):
             models.Index(fields=["owner", "-created_at"], name="task_owner_created"),
             models.Index(fields=["-created_at"], name="task_created"),
             models.Index(fields=["role"], name="task_role"),
-            # Provider alone, or provider and role (seed 004's list filters), already in list order.
+            # Provider alone, or provider and role (the list filters), already in list order.
             models.Index(fields=["provider", "role", "-created_at"], name="task_provider_role_created"),
             # The same for an owner (non-staff lists): the page and the capped count read only matching entries.
             models.Index(fields=["owner", "provider", "role", "-created_at"], name="task_owner_prov_role_created"),
@@ -179,6 +179,8 @@ class Task(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Save atomically with the history row; refuse an undeclared state transition.
 
+        The one place a transition is checked. The row itself is built and written
+        by the history writer (``tasks.history``) around ``super().save()``.
         A new task is checked (its state, an audit context) before any statement,
         and then saved without a savepoint: that spares two statements, and the
         transaction's first one is its INSERT (the write lock of the SQLite backend
@@ -338,7 +340,7 @@ class TaskOutput(models.Model):
 
 
 class TaskMetrics(models.Model):
-    """Execution figures of a task (seed 002: time, iterations, tokens, stop reason)."""
+    """Execution figures of a task: time, iterations, tokens, why it stopped, whether it converged."""
 
     task = models.OneToOneField(Task, on_delete=models.PROTECT, related_name="metrics", primary_key=True)
     processing_time_seconds = models.FloatField(null=True, blank=True)

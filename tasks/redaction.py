@@ -1,6 +1,6 @@
 """Credentials never reach storage: redact them from submitted data before anything is written.
 
-Seed 004 says "no API keys or secrets stored in task data". A submission's
+No API key or secret is stored in task data. A submission's
 payload, metadata and acceptance criteria are walked recursively: the value of
 every key that names a credential (``api_key``, ``token``, ``password``,
 ``secret``, ``authorization``...) is replaced, and strings that carry one

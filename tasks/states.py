@@ -42,7 +42,7 @@ def check_transition(state_from: str, state_to: str) -> None:
     """Raise IllegalTransition unless ``state_from -> state_to`` is declared above."""
     source, target = check_state(state_from), check_state(state_to)
     if target not in TRANSITIONS[source]:
-        raise IllegalTransition(source, target)
+        raise IllegalTransition(source, target, TRANSITIONS[source])
 
 
 def is_terminal(state: str) -> bool:

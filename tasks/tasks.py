@@ -8,11 +8,12 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from tasks import execution, services
+from tasks.dispatch import EXECUTE_TASK
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="crux.execute_task", bind=True, acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=EXECUTE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def execute_task(self: Any, task_id: str) -> str:
     return execution.execute(task_id, worker_id=f"{self.request.hostname}:{os.getpid()}")
 

@@ -11,8 +11,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from tasks import services
-from tasks.admin_actions import ACTIONS
-from tasks.admin_lists import CappedCountPaginator, filter_choices_cache
+from tasks.admin.actions import ACTIONS
+from tasks.admin.lists import CappedCountPaginator, filter_choices_cache
 from tasks.audit import Channel
 from tasks.exceptions import TaskError
 from tasks.models import CLISession, CLISessionCommand, Task, TaskHistory, TaskMetrics, TaskOutput, UserPreference
@@ -24,7 +24,7 @@ CHANGELIST = "admin:tasks_task_changelist"
 
 @pytest.fixture(autouse=True)
 def fresh_caches():
-    from tasks import dashboard
+    from crux import dashboard
 
     filter_choices_cache.clear()
     dashboard.clear_cache()
@@ -544,7 +544,7 @@ def test_timeline_shows_states_durations_actors_and_reasons(client, superuser, m
 
 
 def test_timeline_of_a_running_task_ends_now_and_is_ongoing(make_task):
-    from tasks.timeline import build_timeline, format_duration
+    from tasks.admin.timeline import build_timeline, format_duration
 
     task = move(make_task(), "queued", "running")
     timeline = build_timeline(task)
@@ -649,15 +649,15 @@ def test_dashboard_shows_states_deletions_mirror_and_chart(
 
 
 def test_dashboard_mirror_sample_reports_missing_entries_and_a_dead_redis(client, superuser, make_task, private_redis):
-    from tasks import dashboard
+    from crux import dashboard
 
     make_task(title="mirrored")
-    assert dashboard.mirror_sample()["status"] == "ok"
+    assert dashboard.mirror_sample(dashboard.MIRROR_SAMPLE_SIZE)["status"] == "ok"
     private_redis.client.flushall()
-    sample = dashboard.mirror_sample()
+    sample = dashboard.mirror_sample(dashboard.MIRROR_SAMPLE_SIZE)
     assert (sample["status"], sample["missing"]) == ("drift", 1)
     private_redis.kill()
-    assert dashboard.mirror_sample()["status"] == "unreachable"
+    assert dashboard.mirror_sample(dashboard.MIRROR_SAMPLE_SIZE)["status"] == "unreachable"
     client.force_login(superuser)
     html = client.get(reverse("admin:index")).content.decode()
     assert "Redis unreachable" in html
@@ -678,7 +678,7 @@ def test_app_index_has_no_dashboard(client, superuser):
 
 
 def test_outputs_inline_is_capped(client, superuser, make_task, monkeypatch):
-    from tasks import admin as task_admin
+    from tasks.admin import task_admin
 
     monkeypatch.setattr(task_admin, "INLINE_ROWS", 2)
     task = make_task()

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from persistence.backup import BackupError, backup, restore, rotate
+from persistence.backup import BackupError, backup, load_backup, rotate
 from tasks import db_triggers, services
 from tasks.audit import Channel
 from tasks.execution import execute
@@ -63,12 +63,12 @@ def test_backup_drop_restore_gives_an_identical_export(live_db, user, fmt):
     path = Path(out.split()[1])
     assert path.exists() and Path(f"{path}.sha256").exists()
     drop_everything()
-    assert restore(path) > 0
+    assert load_backup(path) > 0
     after = run("export", "--include-deleted")[1]
     assert after == before
     assert list(verify_audit_chains()) == []
     with pytest.raises(BackupError, match="already holds tasks"):
-        restore(path)
+        load_backup(path)
 
 
 def test_a_corrupt_backup_is_refused(live_db, user, backups):
@@ -77,7 +77,7 @@ def test_a_corrupt_backup_is_refused(live_db, user, backups):
     result.path.write_bytes(result.path.read_bytes()[:-10] + b"0123456789")
     drop_everything()
     with pytest.raises(BackupError, match="corrupt"):
-        restore(result.path)
+        load_backup(result.path)
     code, _, err = run("restore", str(result.path))
     assert code == 1 and "corrupt" in err
 
@@ -160,7 +160,7 @@ def test_import_of_legacy_redis_jobs_is_idempotent(private_redis, user):
 
 
 def test_the_daily_backup_job_writes_a_backup(live_db, user):
-    from retention.tasks import daily_backup
+    from persistence.tasks import daily_backup
 
     seed(user)
     path = Path(daily_backup())

@@ -9,11 +9,11 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.utils import timezone
 
-from persistence.locate import locate
+from crux.locate import locate
 from retention.archive import ArchiveError
+from retention.breaker import DeletionsSuspended, acknowledge
 from retention.models import DeletionBreaker, DeletionEvent, PurgeLedger, RetentionPolicy
-from retention.monitor import DeletionsSuspended, acknowledge
-from retention.services import purge, restore_purged
+from retention.services import purge, unarchive_task
 from tasks import services
 from tasks.audit import Channel, audited
 from tasks.exceptions import InvalidTaskData, TaskError
@@ -141,7 +141,7 @@ def test_restoring_a_purged_task_brings_everything_back(make_task, user):
     }
     purge(actor="ops:test", channel=Channel.COMMAND, confirm=True)
     assert not Task.objects.filter(pk=old.pk).exists()
-    result = restore_purged(old.pk, actor=user, channel=Channel.API)
+    result = unarchive_task(old.pk, actor=user, channel=Channel.API)
     assert result.outcome == "restored"
     task = Task.objects.get(pk=old.pk)
     hashes = list(TaskHistory.objects.filter(task=task).order_by("seq").values_list("hash", flat=True))
@@ -153,7 +153,7 @@ def test_restoring_a_purged_task_brings_everything_back(make_task, user):
     assert task.metadata == {"n": 1e20, "x": 0.1}
     assert list(verify_audit_chains()) == []
     assert PurgeLedger.objects.get(task_id=old.pk).restored_by == "alice"
-    assert restore_purged(old.pk, actor=user, channel=Channel.API).outcome == "already restored"
+    assert unarchive_task(old.pk, actor=user, channel=Channel.API).outcome == "already restored"
     assert task.history.count() == 6
     code, out = run("restore", "--task", str(old.pk))
     assert code == 0 and "already restored" in out
@@ -162,12 +162,12 @@ def test_restoring_a_purged_task_brings_everything_back(make_task, user):
 def test_restore_refuses_a_live_task_without_force_and_archives_it_with_force(make_task, user):
     old = finished(make_task)
     purge(actor="ops:test", channel=Channel.COMMAND, confirm=True)
-    restore_purged(old.pk, actor=user, channel=Channel.API)
+    unarchive_task(old.pk, actor=user, channel=Channel.API)
     PurgeLedger.objects.filter(task_id=old.pk).update(restored_at=None)  # as if restored by other means
     with pytest.raises(TaskError, match="refusing to overwrite"):
-        restore_purged(old.pk, actor=user, channel=Channel.API)
+        unarchive_task(old.pk, actor=user, channel=Channel.API)
     assert run("restore", "--task", str(old.pk))[0] == 1
-    result = restore_purged(old.pk, actor=user, channel=Channel.API, force=True)
+    result = unarchive_task(old.pk, actor=user, channel=Channel.API, force=True)
     assert result.outcome == "restored"
     assert PurgeLedger.objects.filter(task_id=old.pk, policy="overwritten-by-restore").count() == 1
     assert list(verify_audit_chains()) == []

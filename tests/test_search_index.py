@@ -1,4 +1,4 @@
-"""Search (``search=``) through its index (issue 7): the same results as a plain case-insensitive substring
+"""Search (``search=``) through its index: the same results as a plain case-insensitive substring
 match of every word in the title or the description, for new, edited and erased tasks; on SQLite the FTS5
 trigram table and its triggers exist after migrations, on PostgreSQL the query uses the pg_trgm indexes."""
 
@@ -13,9 +13,9 @@ from django.db import connection
 from django.db.models import Q
 
 from tasks import db_triggers, services
-from tasks.api import filters
 from tasks.audit import Channel
 from tasks.models import Task
+from tasks.selectors import search as search_module
 
 pytest_plugins = ["tests.api_support"]
 pytestmark = pytest.mark.django_db
@@ -70,7 +70,7 @@ def test_common_words_give_the_same_results_without_the_index(
     limit: int, texts: list[Task], api: Any, monkeypatch: Any
 ) -> None:
     """SQLite falls back to the plain scan when a word has more candidates than SEARCH_CANDIDATE_LIMIT."""
-    monkeypatch.setattr(filters, "SEARCH_CANDIDATE_LIMIT", limit)
+    monkeypatch.setattr(search_module, "SEARCH_CANDIDATE_LIMIT", limit)
     for search in ("login", "cache billing", "kubernetes", "ogi ab", "école"):
         assert ids(api.get("/api/tasks/persistent", {"search": search})) == oracle(texts[0].owner, search)
 

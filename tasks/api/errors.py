@@ -8,8 +8,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from retention.monitor import DeletionsSuspended
-from tasks.exceptions import AuditError, IllegalTransition, InvalidTaskData, StaleState, TaskError, TaskNotFound
+from tasks.exceptions import AuditError, Conflict, InvalidTaskData, TaskError, TaskNotFound
 
 
 def crux_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -19,8 +18,7 @@ def crux_exception_handler(exc: Exception, context: dict[str, Any]) -> Response 
         return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, InvalidTaskData):
         return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
-    conflicts = (IllegalTransition, StaleState, DeletionsSuspended)
-    code = status.HTTP_409_CONFLICT if isinstance(exc, conflicts) else status.HTTP_400_BAD_REQUEST
+    code = status.HTTP_409_CONFLICT if isinstance(exc, Conflict) else status.HTTP_400_BAD_REQUEST
     if isinstance(exc, AuditError):
         code = status.HTTP_403_FORBIDDEN
     body = {exc.field: [str(exc)]} if exc.field else {"detail": str(exc)}

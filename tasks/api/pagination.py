@@ -1,4 +1,4 @@
-"""Limit/offset paging (seed 004) with a cap that is enforced, not silently clamped.
+"""Limit/offset paging with a cap that is enforced, not silently clamped.
 
 Counting every match of a filter is the one part of a list that grows with the
 table (an exact ``COUNT(*)`` over 1M tasks costs more than the page itself), so

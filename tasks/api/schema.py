@@ -1,10 +1,17 @@
-"""drf-spectacular post-processing: say in the schema what the API enforces."""
+"""The OpenAPI schema: shared parameters, and post-processing that says in the schema what the API enforces."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
+
 from tasks.api.filters import NO_EMPTY_ITEM
+
+TASK_ID = OpenApiParameter(
+    "task_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The task's id (a malformed id answers 400)."
+)
 
 
 def closed_request_bodies(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Template tags of the Crux admin: the dashboard, a cheap date drill-down, state badges."""
+"""Template tags of the task admin: a cheap date drill-down, state badges."""
 
 from __future__ import annotations
 
@@ -13,19 +13,9 @@ from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
-from tasks import dashboard as dashboard_module
-from tasks.timeline import state_colour
+from tasks.admin.timeline import state_colour
 
 register = template.Library()
-
-
-@register.simple_tag
-def crux_dashboard(request: Any) -> dict[str, Any] | None:
-    """The dashboard figures for a user who may see tasks, else None."""
-    user = getattr(request, "user", None)
-    if user is None or not (user.has_perm("tasks.view_task") or user.has_perm("tasks.change_task")):
-        return None
-    return dashboard_module.dashboard()
 
 
 @register.filter

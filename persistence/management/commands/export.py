@@ -8,10 +8,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
-from persistence.dump import encode, task_entries
 from persistence.mirror import batched
+from tasks import selectors
 from tasks.api.filters import TaskFilter
 from tasks.models import Task
+from tasks.records import encode, task_entries
 
 CSV_FIELDS = (
     "id", "title", "description", "role", "state", "handler", "provider", "model", "owner", "created_at",
@@ -23,8 +24,8 @@ CSV_FIELDS = (
 class Command(BaseCommand):
     help = (
         "Export tasks for portability: --format json writes one JSON line per task with its history, "
-        "outputs and metrics (exact values); --format csv one row per task. Filters are the API's "
-        "(seed 004): --states, --roles, --providers (comma-separated), --search, --date-from, --date-to, "
+        "outputs and metrics (exact values); --format csv one row per task. Filters are the API's list filters"
+        ": --states, --roles, --providers (comma-separated), --search, --date-from, --date-to, "
         "--include-deleted, --ordering. Exit status: 0 written, 2 bad usage (a filter value names the problem)."
     )
 
@@ -44,7 +45,7 @@ class Command(BaseCommand):
         if include_deleted:
             data["include_deleted"] = "true"
         operator = SimpleNamespace(user=get_user_model()(is_staff=True, is_superuser=True, is_active=True))
-        filterset = TaskFilter(data=data, queryset=Task.objects.all(), request=operator)
+        filterset = TaskFilter(data=data, queryset=selectors.task_list(operator.user), request=operator)
         if not filterset.is_valid():
             for field, errors in filterset.errors.items():
                 self.stderr.write(f"--{field.replace('_', '-')}: {' '.join(errors)}")

@@ -1,4 +1,4 @@
-"""Import the old system's Redis job records (seed 001 §5.1) into Crux tasks, idempotently."""
+"""Import the old system's Redis job records into Crux tasks, idempotently."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils.dateparse import parse_datetime
 from tqdm import tqdm
 
-from tasks.audit import Channel, audited
+from tasks import services
+from tasks.audit import Channel
+from tasks.exceptions import InvalidTaskData
+from tasks.ids import uuid_or_none
 from tasks.models import Task
 from tasks.redaction import redact, redact_text
-from tasks.services import uuid_or_none
 from tasks.states import TaskState
 
 JOB_STATES = {
@@ -85,7 +87,7 @@ def from_job(job_id: UUID, raw: dict[bytes, bytes], meta: dict[str, Any] | None)
 
 
 def from_celery_meta(job_id: UUID, meta: dict[str, Any]) -> dict[str, Any]:
-    """Task fields for a job whose hash is gone but whose Celery result survived (seed 002)."""
+    """Task fields for a job whose hash is gone but whose Celery result survived."""
     state = CELERY_STATES.get(str(meta.get("status")), TaskState.INTERRUPTED)
     done = _when(str(meta.get("date_done") or ""))
     return {
@@ -101,7 +103,7 @@ def from_celery_meta(job_id: UUID, meta: dict[str, Any]) -> dict[str, Any]:
 
 class Command(BaseCommand):
     help = (
-        "Import the old system's Redis records into Crux tasks: `job:{id}` hashes (seed 001 §5.1) and, for "
+        "Import the old system's Redis records into Crux tasks: `job:{id}` hashes and, for "
         "jobs whose hash is gone, `celery-task-meta-{id}` results. Each becomes a task with a history row "
         "noting the import; ids are kept, so a second run imports nothing twice. Secrets are redacted. "
         "--dry-run lists what would be imported. Exit status: 0 done, 1 some records could not be "
@@ -145,11 +147,19 @@ class Command(BaseCommand):
                 self.stdout.write(f"would import {source} as a {fields['state']} task: {fields['title']}")
                 imported += 1
                 continue
-            task = Task(
-                id=job_id, owner=owner_user, handler="echo", **{k: v for k, v in fields.items() if v is not None}
-            )
-            with audited(actor, channel=Channel.COMMAND, reason=f"imported from legacy Redis {source}"):
-                task.save()
+            try:
+                services.import_task(
+                    job_id,
+                    owner=owner_user,
+                    actor=actor,
+                    channel=Channel.COMMAND,
+                    reason=f"imported from legacy Redis {source}",
+                    handler="echo",
+                    **{k: v for k, v in fields.items() if v is not None},
+                )
+            except InvalidTaskData as exc:
+                problems.append(f"{source}: {exc}")
+                continue
             imported += 1
         for problem in problems:
             self.stderr.write(f"NOT imported {problem}")

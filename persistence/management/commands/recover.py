@@ -7,8 +7,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from redis.exceptions import RedisError
 
 from persistence.services import reconcile_mirror
-from tasks import services
-from tasks.models import Task
+from tasks import selectors, services
 from tasks.states import TaskState
 
 
@@ -34,7 +33,8 @@ class Command(BaseCommand):
             self.stderr.write("--redispatch-after must not be negative")
             raise SystemExit(2)
         started = time.perf_counter()
-        checked = Task.objects.filter(state__in=[TaskState.RUNNING, TaskState.QUEUED]).count()
+        by_state = selectors.count_by_state(include_deleted=True)
+        checked = by_state[TaskState.RUNNING] + by_state[TaskState.QUEUED]
         counts = services.recover_orphans()
         redispatched = services.redispatch_stale(base_seconds=redispatch_after)
         mirror_note, failed_part = "skipped", False

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from retention.monitor import acknowledge, breaker
+from retention.breaker import acknowledge, breaker
 
 
 class Command(BaseCommand):

@@ -5,9 +5,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from persistence.backup import BackupError, restore
+from persistence.backup import BackupError, load_backup
 from retention.archive import ArchiveError
-from retention.services import restore_purged
+from retention.services import unarchive_task
 from tasks.audit import Channel
 from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
 
@@ -32,7 +32,7 @@ class Command(BaseCommand):
             raise SystemExit(2)
         if task:
             try:
-                result = restore_purged(task, actor=actor, channel=Channel.COMMAND, force=force)
+                result = unarchive_task(task, actor=actor, channel=Channel.COMMAND, force=force)
             except InvalidTaskData as exc:
                 self.stderr.write(str(exc))
                 raise SystemExit(2) from None
@@ -45,7 +45,7 @@ class Command(BaseCommand):
             self.stdout.write(f"restore: task {result.task_id} {result.outcome} from {result.ledger.archive_file}")
             return
         try:
-            count = restore(Path(backup_file))
+            count = load_backup(Path(backup_file))
         except (BackupError, OSError) as exc:
             self.stderr.write(f"restore refused: {exc}")
             raise SystemExit(1) from None

@@ -1,4 +1,4 @@
-"""Reads of the task domain, including the audit-chain verification."""
+"""Reads of task history: a task's latest rows, and the verification of every hash chain."""
 
 from __future__ import annotations
 
@@ -79,3 +79,11 @@ def _check_batch(tasks: list[dict]) -> Iterator[ChainProblem]:
     by_task = {key: list(group) for key, group in groupby(rows, key=lambda r: r["task_id"])}
     for task in tasks:
         yield from _check_chain(task, by_task.get(task["id"], []))
+
+
+def latest_history(task: Task, limit: int) -> tuple[list[TaskHistory], int]:
+    """The task's last ``limit`` history rows in order, and how many it has in all."""
+    total = TaskHistory.objects.filter(task=task).count()
+    rows = list(TaskHistory.objects.filter(task=task).order_by("-seq")[:limit])
+    rows.reverse()
+    return rows, total

@@ -10,14 +10,16 @@ from django_celery_results.models import TaskResult
 from redis.exceptions import RedisError
 
 from persistence import mirror
-from persistence.dump import checksum
 from retention.models import PurgeLedger
+from tasks.ids import parse_task_id
 from tasks.models import Task, TaskHistory
-from tasks.services import parse_task_id
+from tasks.records import checksum
 
 
 @dataclass
-class Trace:
+class Location:
+    """Where a task is, and what happened to it, store by store; ``verdict`` says it in one line."""
+
     task_id: str
     verdict: str
     exists: bool = False
@@ -73,7 +75,7 @@ def _mirror(task_id: Any, task_values: dict[str, Any] | None) -> dict[str, Any]:
     return {"present": True, "consistent": consistent, "state": entry.get("state")}
 
 
-def locate(task_id: Any) -> Trace:
+def locate(task_id: Any) -> Location:
     """Look for the task in SQL, the purge ledger and its archive, the Redis mirror and Celery's results."""
     pk = parse_task_id(task_id)
     values = Task.objects.filter(pk=pk).values(*mirror.MIRRORED_FIELDS, "deleted_by__username", "delete_reason").first()
@@ -84,7 +86,7 @@ def locate(task_id: Any) -> Trace:
     )
     ledger = [_ledger(e) for e in PurgeLedger.objects.filter(task_id=pk).order_by("-purged_at")]
     result = TaskResult.objects.filter(task_id=str(pk)).values("status", "date_done", "worker").first()
-    trace = Trace(
+    location = Location(
         task_id=str(pk),
         verdict="",
         exists=values is not None,
@@ -94,14 +96,14 @@ def locate(task_id: Any) -> Trace:
         celery_result=result,
         last_history=history,
     )
-    trace.verdict = _verdict(trace)
-    return trace
+    location.verdict = _verdict(location)
+    return location
 
 
-def _verdict(trace: Trace) -> str:
-    task, ledger = trace.task, trace.ledger
+def _verdict(location: Location) -> str:
+    task, ledger = location.task, location.ledger
     if task is not None:
-        last = trace.last_history[0] if trace.last_history else {}
+        last = location.last_history[0] if location.last_history else {}
         by = f"{last.get('actor', '?')} via {last.get('channel', '?')}"
         if task["deleted_at"] is not None:
             verdict = (
@@ -120,7 +122,7 @@ def _verdict(trace: Trace) -> str:
         where = f"archive {entry['archive_file']}"
         state = "restorable" if entry["restorable"] else "NOT restorable: archive missing or corrupt"
         return f"purged on {_day(entry['purged_at'])} by policy {entry['policy']} ({entry['actor']}); {where}; {state}"
-    if trace.mirror.get("present") or trace.celery_result:
-        seen = "a Redis mirror entry" if trace.mirror.get("present") else "a Celery result"
+    if location.mirror.get("present") or location.celery_result:
+        seen = "a Redis mirror entry" if location.mirror.get("present") else "a Celery result"
         return f"no task record and no purge ledger entry, yet {seen} exists: not a task Crux ever stored durably"
     return "never existed: no task, purge ledger entry, archive, mirror entry or Celery result has this id"

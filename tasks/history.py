@@ -1,14 +1,25 @@
-"""Audit recording: every tracked change of a Task becomes one chained TaskHistory row.
+"""The history writer: every tracked change of a task becomes one chained TaskHistory row, in its transaction.
 
-Thin by design: the model's ``save()`` has already locked the row, read the
-committed values and checked the transition; these handlers only diff, attribute
-and append, inside the same transaction as the change.
+One state change, end to end:
+
+1. A service (``tasks.services``) locks the task, sets the new values and calls
+   ``task.save()`` inside ``audited(actor, channel=..., reason=...)``.
+2. ``Task.save()`` (``tasks.models``) re-reads the committed values under the row
+   lock, refuses an undeclared transition, and keeps them on the instance.
+3. Before the INSERT/UPDATE, ``prepare_row`` diffs the tracked fields against
+   those values, names the actor, channel and reason of the ``audited`` block,
+   chains the row to the task's previous one by hash and compiles its INSERT
+   (a save with no audit context is refused here: ``MissingAuditContext``).
+4. After it, ``append_row`` runs that INSERT: the change and its row commit together.
+
+The receivers below are the only glue to Django's signals; ``connect()`` is
+called from ``TasksConfig.ready()``. Below the ORM, database triggers keep the
+rows append-only (``tasks.db_triggers``).
 """
 
 from typing import Any
 
 from django.db.models.signals import post_save, pre_save
-from django.dispatch import receiver
 from django.utils import timezone
 
 from tasks.audit import (
@@ -60,8 +71,8 @@ def _event(before: dict[str, Any] | None, instance: Task) -> str:
     return HistoryEvent.EDIT
 
 
-@receiver(pre_save, sender=Task, dispatch_uid="tasks.audit.prepare")
-def prepare_history_row(sender: type[Task], instance: Task, raw: bool, update_fields: Any, **kwargs: Any) -> None:
+def prepare_row(instance: Task, *, raw: bool, update_fields: Any, using: str) -> None:
+    """Compile the history row of the change about to be saved (or refuse a save that escapes the audit)."""
     if raw and is_restoring():
         setattr(instance, _PENDING, None)
         return
@@ -94,11 +105,24 @@ def prepare_history_row(sender: type[Task], instance: Task, raw: bool, update_fi
     }
     row["hash"] = row_hash(prev_hash, row)
     instance.history_count, instance.history_head = seq, row["hash"]
-    setattr(instance, _PENDING, TaskHistory(**row).compiled_insert(kwargs["using"]))
+    setattr(instance, _PENDING, TaskHistory(**row).compiled_insert(using))
 
 
-@receiver(post_save, sender=Task, dispatch_uid="tasks.audit.append")
-def append_history_row(sender: type[Task], instance: Task, using: str, **kwargs: Any) -> None:
+def append_row(instance: Task, *, using: str) -> None:
+    """Insert the row ``prepare_row`` compiled, in the same transaction as the task's own write."""
     compiled = instance.__dict__.pop(_PENDING, None)
     if compiled is not None:
         TaskHistory.run_insert(using, compiled)
+
+
+def _on_pre_save(sender: type[Task], instance: Task, raw: bool, update_fields: Any, using: str, **kwargs: Any) -> None:
+    prepare_row(instance, raw=raw, update_fields=update_fields, using=using)
+
+
+def _on_post_save(sender: type[Task], instance: Task, using: str, **kwargs: Any) -> None:
+    append_row(instance, using=using)
+
+
+def connect() -> None:
+    pre_save.connect(_on_pre_save, sender=Task, dispatch_uid="tasks.history.prepare_row")
+    post_save.connect(_on_post_save, sender=Task, dispatch_uid="tasks.history.append_row")

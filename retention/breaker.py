@@ -21,12 +21,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from retention.models import DeletionBreaker, DeletionEvent
-from tasks.exceptions import TaskError
+from tasks.exceptions import Conflict
 
 logger = logging.getLogger(__name__)
 
 
-class DeletionsSuspended(TaskError):
+class DeletionsSuspended(Conflict):
     """Deletions are refused while the breaker is tripped."""
 
     def __init__(self, reason: str):

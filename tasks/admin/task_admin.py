@@ -1,4 +1,4 @@
-"""The staff console: inspect tasks, act on them through confirmation pages, read their history.
+"""The task admin: inspect tasks, act on them through confirmation pages, read their history and timeline.
 
 Guarantees:
 - No silent delete: Django's delete action and delete view are gone for tasks.
@@ -7,7 +7,6 @@ Guarantees:
   permission (403 otherwise, even for a forced URL) and call ``tasks.services``
   with the staff user as actor and ``admin`` as channel, which writes history.
 - Every edit goes through ``tasks.services`` with a stated reason.
-- History and CLI sessions are read-only for everyone, superusers included.
 - Lists stay fast on a million tasks: no full counts (``CappedCountPaginator``),
   filters on indexed columns, cached filter values, a date drill-down without
   DISTINCT scans, ``list_select_related``.
@@ -22,17 +21,17 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import ShowFacets
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
-from django.utils.text import Truncator, smart_split, unescape_string_literal
+from django.utils.text import Truncator
 
 from tasks import services
-from tasks.admin_actions import (
+from tasks.admin.actions import (
     ACTIONS,
     MAX_TASKS_PER_ACTION,
     ActionSpec,
@@ -40,19 +39,25 @@ from tasks.admin_actions import (
     parse_ids,
     perform,
 )
-from tasks.admin_lists import CachedValuesFilter, CappedCountPaginator, id_prefix_q
+from tasks.admin.base import (
+    ReadOnlyInline,
+    search_terms,
+    short_datetime,
+    state_badge_html,
+    task_search_q,
+    transition_html,
+)
+from tasks.admin.lists import CachedValuesFilter, CappedCountPaginator
+from tasks.admin.timeline import build_timeline, format_duration
 from tasks.audit import Channel
 from tasks.exceptions import TaskError
+from tasks.ids import uuid_or_none
 from tasks.models import (
-    CLISession,
-    CLISessionCommand,
     Task,
     TaskHistory,
     TaskMetrics,
     TaskOutput,
-    UserPreference,
 )
-from tasks.timeline import build_timeline, format_duration, state_colour
 
 TRASH_URL_NAME = "tasks_task_trash"
 
@@ -60,14 +65,6 @@ TRASH_URL_NAME = "tasks_task_trash"
 def in_trash(request: HttpRequest) -> bool:
     match = getattr(request, "resolver_match", None)
     return bool(match) and match.url_name == TRASH_URL_NAME
-
-
-def can_view_tasks(request: HttpRequest) -> bool:
-    return request.user.has_perm("tasks.view_task") or request.user.has_perm("tasks.change_task")
-
-
-def state_badge_html(state: str) -> str:
-    return format_html('<span class="crux-state" style="background:{}">{}</span>', state_colour(state), state)
 
 
 def collapsed_if_default(obj: Task, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -79,64 +76,6 @@ def collapsed_if_default(obj: Task, names: tuple[str, ...]) -> tuple[str, ...]:
     return ("collapse",)
 
 
-def short_datetime(value: Any) -> str:
-    return "-" if value is None else timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def transition_html(row: TaskHistory) -> str:
-    if row.state_from and row.state_from != row.state_to:
-        return format_html("{} → {}", state_badge_html(row.state_from), state_badge_html(row.state_to))
-    return state_badge_html(row.state_to)
-
-
-def task_search_q(term: str, text_fields: tuple[str, ...], id_field: str = "pk") -> Q:
-    """One search term: a task id (full, or a prefix such as the 8-character short id) or text.
-
-    A term of eight or more hex digits (a short id or longer) is searched as an id
-    only: an indexed range instead of a scan of every title and description (2 s at
-    1M tasks). Shorter hex terms ("cafe") match ids and text.
-    """
-    id_q = id_prefix_q(term, id_field)
-    if id_q is not None and len(term.replace("-", "")) >= 8:
-        return id_q
-    q = Q()
-    for name in text_fields:
-        q |= Q(**{f"{name}__icontains": term})
-    return q | id_q if id_q is not None else q
-
-
-def search_terms(search_term: str) -> list[str]:
-    terms = []
-    for bit in smart_split(search_term):
-        if bit.startswith(('"', "'")) and bit[0] == bit[-1]:
-            bit = unescape_string_literal(bit)
-        if bit.strip():
-            terms.append(bit.strip())
-    return terms
-
-
-class ReadOnlyInline(admin.TabularInline):
-    """An inline that nobody edits; visible to whoever may view the task."""
-
-    extra = 0
-    max_num = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return can_view_tasks(request)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-# Inlines show the latest rows; the timeline and the history list show everything.
 INLINE_ROWS = 100
 
 
@@ -386,7 +325,7 @@ class TaskAdmin(admin.ModelAdmin):
         terms = search_terms(search_term)
         if not terms:
             return queryset, False
-        if len(terms) == 1 and (pk := services.uuid_or_none(terms[0])) is not None:
+        if len(terms) == 1 and (pk := uuid_or_none(terms[0])) is not None:
             return queryset.filter(pk=pk), False
         for term in terms:
             queryset = queryset.filter(task_search_q(term, self.search_fields))
@@ -663,7 +602,7 @@ class TaskAdmin(admin.ModelAdmin):
     # --- The timeline.
 
     def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        pk = services.uuid_or_none(object_id)
+        pk = uuid_or_none(object_id)
         task = Task.objects.select_related("owner", "deleted_by").filter(pk=pk).first() if pk else None
         if task is None:
             raise Http404("no such task")
@@ -685,132 +624,3 @@ class TaskAdmin(admin.ModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/tasks/task/timeline.html", context)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Nobody adds, changes or deletes, superusers included."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-@admin.register(TaskHistory)
-class TaskHistoryAdmin(ReadOnlyAdmin):
-    list_display = (
-        "when",
-        "task_link",
-        "seq",
-        "event",
-        "transition",
-        "actor",
-        "channel",
-        "reason_short",
-    )
-    list_filter = ("event", "channel", "state_to", "created_at")
-    search_fields = ("actor", "reason")
-    search_help_text = "Search by task id (full, or its first 4+ characters), actor or reason."
-    date_hierarchy = "created_at"
-    ordering = ("-created_at",)
-    sortable_by = ("when",)
-    list_select_related = ("task",)
-    paginator = CappedCountPaginator
-    show_full_result_count = False
-    show_facets = ShowFacets.NEVER
-    fields = (
-        "task_link",
-        "seq",
-        "event",
-        "state_from",
-        "state_to",
-        "actor",
-        "actor_user",
-        "channel",
-        "reason",
-        "error_message",
-        "details",
-        "created_at",
-        "prev_hash",
-        "hash",
-    )
-    readonly_fields = fields
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return super().has_view_permission(request, obj) or can_view_tasks(request)
-
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
-        terms = search_terms(search_term)
-        if len(terms) == 1 and (pk := services.uuid_or_none(terms[0])) is not None:
-            return queryset.filter(task_id=pk), False
-        for term in terms:
-            queryset = queryset.filter(task_search_q(term, self.search_fields, id_field="task_id"))
-        return queryset, False
-
-    @admin.display(description="when", ordering="created_at")
-    def when(self, obj: TaskHistory) -> str:
-        return short_datetime(obj.created_at)
-
-    @admin.display(description="task")
-    def task_link(self, obj: TaskHistory) -> str:
-        return format_html(
-            '<a href="{}"><code>{}</code> {}</a>',
-            reverse("admin:tasks_task_change", args=[obj.task_id]),
-            str(obj.task_id)[:8],
-            Truncator(obj.task.title).chars(40),
-        )
-
-    @admin.display(description="state")
-    def transition(self, obj: TaskHistory) -> str:
-        return transition_html(obj)
-
-    @admin.display(description="reason")
-    def reason_short(self, obj: TaskHistory) -> str:
-        return Truncator(obj.reason).chars(100)
-
-
-class CommandInline(ReadOnlyInline):
-    model = CLISessionCommand
-    fields = ("started_at", "command", "exit_code", "finished_at", "task")
-    readonly_fields = fields
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("tasks.view_clisession") or request.user.has_perm("tasks.view_clisessioncommand")
-
-
-@admin.register(CLISession)
-class CLISessionAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "user", "provider", "model", "working_dir", "started_at", "last_activity_at", "ended_at")
-    list_filter = ("provider", "started_at")
-    search_fields = ("name", "working_dir", "user__username")
-    date_hierarchy = "started_at"
-    list_select_related = ("user",)
-    paginator = CappedCountPaginator
-    show_full_result_count = False
-    inlines = [CommandInline]
-
-
-@admin.register(CLISessionCommand)
-class CLISessionCommandAdmin(ReadOnlyAdmin):
-    list_display = ("started_at", "session", "short_command", "exit_code", "finished_at", "task")
-    list_filter = ("exit_code", "started_at")
-    search_fields = ("command",)
-    list_select_related = ("session", "task")
-    paginator = CappedCountPaginator
-    show_full_result_count = False
-
-    @admin.display(description="command")
-    def short_command(self, obj: CLISessionCommand) -> str:
-        return Truncator(obj.command).chars(80)
-
-
-@admin.register(UserPreference)
-class UserPreferenceAdmin(admin.ModelAdmin):
-    list_display = ("user", "default_provider", "default_model", "default_role", "updated_at")
-    search_fields = ("user__username", "default_provider", "default_model", "default_role")
-    list_select_related = ("user",)
-    autocomplete_fields = ("user",)

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from tasks.audit import HistoryEvent
 from tasks.models import Task, TaskHistory
+from tasks.selectors import latest_history
 from tasks.states import TaskState, is_terminal
 
 # A task with a longer history shows its latest rows (the timeline says so).
@@ -167,9 +168,7 @@ def _place(items: list[Any], start: datetime, end: datetime) -> None:
 
 def build_timeline(task: Task, *, now: datetime | None = None, limit: int = MAX_TIMELINE_ROWS) -> Timeline:
     now = now or timezone.now()
-    total = TaskHistory.objects.filter(task=task).count()
-    rows = list(TaskHistory.objects.filter(task=task).order_by("-seq")[:limit])
-    rows.reverse()
+    rows, total = latest_history(task, limit)
 
     events: list[Event] = []
     segments: list[Segment] = []

@@ -1,4 +1,4 @@
-"""Row-exact JSON lines for backups and purge archives.
+"""Task records written out and read back exactly: the rows of backups, purge archives and exports.
 
 Django's JSON serializer truncates datetimes to milliseconds, which would break
 the history hash chain on the way back; this keeps every value exact (full
@@ -19,6 +19,8 @@ from uuid import UUID
 
 from django.core import serializers
 from django.db import models
+
+from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
 
 
 def _default(value: Any) -> Any:
@@ -63,8 +65,6 @@ def checksum(path: Path) -> str:
 
 def task_entries(task_ids: list[UUID]) -> Iterator[dict[str, Any]]:
     """Each task with its history, outputs and metrics, as one exact, self-contained entry."""
-    from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
-
     tasks = {t.pk: t for t in Task.objects.filter(pk__in=task_ids)}
     history: dict[UUID, list] = {}
     for row in TaskHistory.objects.filter(task_id__in=task_ids).order_by("task_id", "seq"):

@@ -1,0 +1,115 @@
+"""Endpoints composed at the top: the API index, health, and where a task is across every store (locate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.views import APIView
+
+from crux.api.serializers import HealthSerializer, LocationSerializer
+from crux.health import run_checks
+from crux.locate import locate
+from tasks import selectors
+from tasks.api.errors import error_responses
+from tasks.api.schema import TASK_ID
+from tasks.exceptions import TaskNotFound
+
+
+class ApiRootView(APIView):
+    """Index of the API: links only, no data, so it is open to everyone."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        summary="API index",
+        responses=inline_serializer(
+            "ApiRoot",
+            {
+                "tasks": serializers.URLField(),
+                "persistent": serializers.URLField(),
+                "stats": serializers.URLField(),
+                "health": serializers.URLField(),
+                "schema": serializers.URLField(),
+                "docs": serializers.URLField(),
+                "admin": serializers.URLField(),
+            },
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        return Response(
+            {
+                "tasks": reverse("tasks", request=request),
+                "persistent": reverse("tasks-persistent", request=request),
+                "stats": reverse("persistence-stats", request=request),
+                "health": reverse("health", request=request),
+                "schema": reverse("schema", request=request),
+                "docs": reverse("swagger-ui", request=request),
+                "admin": request.build_absolute_uri("/admin/"),
+            }
+        )
+
+
+class TaskLocateView(APIView):
+    """``GET /api/tasks/{task_id}/locate``: what happened to this task, from every store, verdict first.
+
+    The owner (of the task, or of the purged task per its ledger row) and staff
+    may ask; for anyone else, and for an id found nowhere, the answer is 404.
+    """
+
+    @extend_schema(
+        summary="What happened to this task (locate)",
+        parameters=[TASK_ID],
+        responses={200: LocationSerializer, **error_responses(400, 404)},
+    )
+    def get(self, request: Request, task_id: str) -> Response:
+        location = locate(task_id)
+        if location.task:
+            owners = {location.task["owner_id"]}
+        else:
+            owners = {entry["owner_id"] for entry in location.ledger} or {None}
+        if not location.found or not any(selectors.may_see(request.user, owner_id=owner) for owner in owners):
+            raise TaskNotFound(task_id)
+        return Response(LocationSerializer(location.as_dict()).data)
+
+
+class TaskTraceView(TaskLocateView):
+    """``GET /api/tasks/{task_id}/trace``: the former name of ``/locate``, kept for existing clients."""
+
+    @extend_schema(
+        summary="What happened to this task (former path of /locate)",
+        deprecated=True,
+        parameters=[TASK_ID],
+        responses={200: LocationSerializer, **error_responses(400, 404)},
+    )
+    def get(self, request: Request, task_id: str) -> Response:
+        return super().get(request, task_id)
+
+
+class HealthView(APIView):
+    """``GET /api/health/``: 200 when database, Redis, broker and a worker answer, else 503 naming what failed.
+
+    Public, for probes; only staff see latencies and error details.
+    """
+
+    permission_classes = [AllowAny]
+    throttle_classes: list[Any] = []
+
+    @extend_schema(
+        summary="Health",
+        responses={
+            200: OpenApiResponse(HealthSerializer, description="All parts answer."),
+            503: OpenApiResponse(HealthSerializer, description="Degraded: `failing` names the parts."),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        report = run_checks()
+        if not request.user.is_staff:
+            report["checks"] = {name: {"ok": check["ok"]} for name, check in report["checks"].items()}
+        code = status.HTTP_200_OK if not report["failing"] else status.HTTP_503_SERVICE_UNAVAILABLE
+        return Response(report, status=code)

@@ -1,0 +1,9 @@
+"""The task app's admin: tasks (with actions, trash and timeline), their history, CLI sessions, preferences.
+
+Importing the package registers every model admin (Django's admin autodiscovery imports it).
+"""
+
+from tasks.admin import history_admin, session_admin, task_admin
+from tasks.admin.base import ReadOnlyAdmin
+
+__all__ = ["ReadOnlyAdmin", "history_admin", "session_admin", "task_admin"]

@@ -1,0 +1,26 @@
+"""Task ids as clients send them: parsed once, a malformed one named as the field it came in."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from tasks.exceptions import InvalidTaskData
+
+
+def uuid_or_none(value: Any) -> uuid.UUID | None:
+    """``value`` as a UUID, or None if it is not one."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def parse_task_id(task_id: Any, *, field: str = "task_id") -> uuid.UUID:
+    """The task id as a UUID, or InvalidTaskData naming ``field``."""
+    pk = uuid_or_none(task_id)
+    if pk is None:
+        raise InvalidTaskData({field: [f"{str(task_id)[:60]!r} is not a valid UUID."]})
+    return pk

@@ -1,0 +1,43 @@
+"""Reads of the task domain: the one door for who may see which task, for lists, searches and counts.
+
+- ``visibility``: which tasks a user may see, and finding one by id.
+- ``search``: words in titles and descriptions, through the search index.
+- ``figures``: counts by state, role, provider, event; activity per hour.
+- ``history``: a task's latest rows; verification of every hash chain.
+"""
+
+from tasks.selectors.figures import (
+    activity_per_hour,
+    count_alive_by,
+    count_by_state,
+    count_events_since,
+    count_history_by_kind,
+    count_history_rows,
+    count_in_trash,
+    count_outputs,
+    last_recovery_at,
+)
+from tasks.selectors.history import ChainProblem, latest_history, verify_audit_chains
+from tasks.selectors.search import search_tasks
+from tasks.selectors.visibility import find_visible_task, may_see, may_see_deleted, task_list, visible_tasks
+
+__all__ = [
+    "ChainProblem",
+    "activity_per_hour",
+    "count_alive_by",
+    "count_by_state",
+    "count_events_since",
+    "count_history_by_kind",
+    "count_history_rows",
+    "count_in_trash",
+    "count_outputs",
+    "find_visible_task",
+    "last_recovery_at",
+    "latest_history",
+    "may_see",
+    "may_see_deleted",
+    "search_tasks",
+    "task_list",
+    "verify_audit_chains",
+    "visible_tasks",
+]

@@ -1,0 +1,49 @@
+"""Who sees which task: the one place the rule lives.
+
+A user sees their own tasks, staff see all; another user's task is "not found",
+never "forbidden", so ids are not confirmed. Soft-deleted tasks are seen only by
+those who may manage the trash: staff, or holders of ``tasks.restore_task``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.exceptions import TaskNotFound
+from tasks.ids import parse_task_id
+from tasks.models import Task, TaskQuerySet
+
+
+def may_see_deleted(user: Any) -> bool:
+    return bool(user.is_staff or user.has_perm("tasks.restore_task"))
+
+
+def may_see(user: Any, *, owner_id: int | None, deleted: bool = False) -> bool:
+    """Whether ``user`` may see a task of ``owner_id`` (in the trash if ``deleted``)."""
+    if deleted and not may_see_deleted(user):
+        return False
+    return bool(user.is_staff or (owner_id is not None and owner_id == user.pk))
+
+
+def visible_tasks(user: Any, *, include_deleted: bool | None = None) -> TaskQuerySet:
+    """Tasks ``user`` may see; deleted ones only if asked for (default: if they may see the trash)."""
+    tasks = Task.objects.select_related("owner", "deleted_by")
+    if not user.is_staff:
+        tasks = tasks.filter(owner=user)
+    if include_deleted is None:
+        include_deleted = may_see_deleted(user)
+    return tasks if include_deleted else tasks.alive()
+
+
+def task_list(user: Any) -> TaskQuerySet:
+    """Every task ``user`` may see, the trash included, newest first: what list filters narrow."""
+    return visible_tasks(user, include_deleted=True).order_by("-created_at", "-pk")
+
+
+def find_visible_task(user: Any, task_id: Any, *, include_deleted: bool | None = None, field: str = "task_id") -> Task:
+    """The task if ``user`` may see it; a malformed id is InvalidTaskData naming ``field``, else TaskNotFound."""
+    pk = parse_task_id(task_id, field=field)
+    task = visible_tasks(user, include_deleted=include_deleted).filter(pk=pk).first()
+    if task is None:
+        raise TaskNotFound(pk)
+    return task

@@ -1,0 +1,82 @@
+"""Writes of the task domain: the one door through which every change to a task, its outputs and metrics passes.
+
+Each function validates first (typed errors from ``tasks.exceptions``, nothing
+written), then changes the task inside a transaction with its row locked; the
+history writer (``tasks.history``) records the row in that same transaction and
+the Redis mirror follows after commit. By owner:
+
+- ``submission``: create, submit (once per idempotency key), import.
+- ``lifecycle``: transition, cancel, edit, soft delete, restore, recover.
+- ``attempts``: what a worker writes (claim, lease, progress, outputs, metrics, outcome).
+- ``recovery``: lost attempts and lost messages.
+- ``removal``: erase for a purge, reinstate from an archive.
+"""
+
+from tasks.services.attempts import (
+    METRIC_FIELDS,
+    OUTPUT_FIELDS,
+    add_output,
+    claim,
+    finish_attempt,
+    lease_deadline,
+    record_metrics,
+    record_output,
+    renew_lease,
+    report_progress,
+)
+from tasks.services.base import CREATE_FIELDS, EDITABLE_FIELDS, RECOVERY_ACTOR, TRANSITION_FIELDS, WORKER_ACTOR
+from tasks.services.lifecycle import (
+    REQUEUE_ON_RECOVER,
+    cancel,
+    recover,
+    restore,
+    soft_delete,
+    transition,
+    update_task,
+)
+from tasks.services.recovery import recover_interrupted, recover_orphans, redispatch_stale
+from tasks.services.removal import erase_tasks, reinstate
+from tasks.services.submission import (
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    IdempotencyKeyReused,
+    create_task,
+    import_task,
+    submit_task,
+    submit_task_once,
+)
+
+__all__ = [
+    "CREATE_FIELDS",
+    "EDITABLE_FIELDS",
+    "IDEMPOTENCY_KEY_MAX_LENGTH",
+    "METRIC_FIELDS",
+    "OUTPUT_FIELDS",
+    "RECOVERY_ACTOR",
+    "REQUEUE_ON_RECOVER",
+    "TRANSITION_FIELDS",
+    "WORKER_ACTOR",
+    "IdempotencyKeyReused",
+    "add_output",
+    "cancel",
+    "claim",
+    "create_task",
+    "erase_tasks",
+    "finish_attempt",
+    "import_task",
+    "lease_deadline",
+    "record_metrics",
+    "record_output",
+    "recover",
+    "recover_interrupted",
+    "recover_orphans",
+    "redispatch_stale",
+    "reinstate",
+    "renew_lease",
+    "report_progress",
+    "restore",
+    "soft_delete",
+    "submit_task",
+    "submit_task_once",
+    "transition",
+    "update_task",
+]

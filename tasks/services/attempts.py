@@ -1,0 +1,188 @@
+"""What a worker writes while it runs an attempt: the claim, the lease, progress, outputs, metrics, the outcome.
+
+The claim and the outcome are compare-and-set writes under the row lock, so a
+duplicate delivery does nothing and a late outcome is discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from tasks import hooks
+from tasks.audit import Channel
+from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
+from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
+from tasks.redaction import redact_text
+from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown
+from tasks.states import TaskState
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FIELDS = frozenset({"output_type", "content", "file_path", "file_size", "mime_type", "commit_hash", "branch"})
+METRIC_FIELDS = frozenset(
+    {
+        "processing_time_seconds",
+        "iterations",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "stop_reason",
+        "converged",
+    }
+)
+
+
+def lease_deadline() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.TASK_LEASE_SECONDS)
+
+
+def claim(task_id: Any, *, worker_id: str) -> Task | None:
+    """Move a queued task to running for a new attempt, or return None (duplicate delivery).
+
+    A compare-and-set under the row lock: a delivery of a task that is already
+    running or finished does nothing, so a task never runs twice at once.
+    """
+    with transaction.atomic():
+        try:
+            task = locked_task(task_id)
+        except TaskNotFound:
+            logger.warning("delivery of unknown task %s ignored", task_id)
+            return None
+        if task.state != TaskState.QUEUED:
+            logger.info("duplicate delivery of task %s ignored: it is %s", task.pk, task.state)
+            return None
+        if task.is_deleted:
+            apply_transition(
+                task,
+                TaskState.CANCELLED,
+                actor=WORKER_ACTOR,
+                channel=Channel.WORKER,
+                reason="soft-deleted before it started; not run",
+            )
+            return None
+        return apply_transition(
+            task,
+            TaskState.RUNNING,
+            actor=WORKER_ACTOR,
+            channel=Channel.WORKER,
+            reason=f"claimed by {worker_id} for attempt {task.attempt_count + 1} of {task.max_attempts}",
+            attempt_count=task.attempt_count + 1,
+            worker_id=worker_id,
+            lease_expires_at=lease_deadline(),
+            heartbeat_at=timezone.now(),
+            progress=0.0,
+            current_phase="",
+        )
+
+
+def finish_attempt(
+    task_id: Any,
+    *,
+    attempt: int,
+    worker_id: str,
+    result: Any = None,
+    error: str = "",
+    metrics: dict[str, Any] | None = None,
+) -> Task | None:
+    """Record the outcome of an attempt: completed with ``result``, or failed with ``error``.
+
+    Compare-and-set on (running, attempt, worker): if the task was cancelled or
+    recovered meanwhile, the outcome is discarded (and logged), never applied twice.
+    ``metrics`` (TaskMetrics fields) are written in the same transaction, so an
+    outcome and its figures commit together, or neither does.
+    """
+    with transaction.atomic():
+        task = locked_task(task_id)
+        if (task.state, task.attempt_count, task.worker_id) != (TaskState.RUNNING, attempt, worker_id):
+            logger.warning(
+                "outcome of task %s attempt %s discarded: it is now %s at attempt %s",
+                task.pk,
+                attempt,
+                task.state,
+                task.attempt_count,
+            )
+            return None
+        if metrics:
+            record_metrics(task.pk, **metrics)
+        if error:
+            return apply_transition(
+                task,
+                TaskState.FAILED,
+                actor=WORKER_ACTOR,
+                channel=Channel.WORKER,
+                reason=f"handler raised on attempt {attempt}",
+                last_error=error,
+            )
+        return apply_transition(
+            task,
+            TaskState.COMPLETED,
+            actor=WORKER_ACTOR,
+            channel=Channel.WORKER,
+            reason=f"completed on attempt {attempt}",
+            result=result,
+            progress=1.0,
+        )
+
+
+def _live_attempt(task_id: Any, attempt: int, worker_id: str) -> QuerySet[Task]:
+    return Task.objects.filter(pk=task_id, state=TaskState.RUNNING, attempt_count=attempt, worker_id=worker_id)
+
+
+def renew_lease(task_id: Any, *, attempt: int, worker_id: str) -> bool:
+    """Extend the lease of a running attempt; False means the attempt lost its claim."""
+    now = timezone.now()
+    return bool(_live_attempt(task_id, attempt, worker_id).update(lease_expires_at=lease_deadline(), heartbeat_at=now))
+
+
+def report_progress(task_id: Any, *, attempt: int, worker_id: str, progress: float, phase: str | None = None) -> bool:
+    """Live progress of a running attempt (no history row: it is telemetry, which the mirror follows)."""
+    if not 0.0 <= progress <= 1.0:
+        raise InvalidTaskData({"progress": ["Ensure this value is between 0 and 1."]})
+    fields: dict[str, Any] = {"progress": progress, "updated_at": timezone.now()}
+    if phase is not None:
+        fields["current_phase"] = phase[:100]
+    updated = _live_attempt(task_id, attempt, worker_id).update(**fields)
+    if updated:
+        hooks.progress_reported.send(sender=Task, task_id=task_id)
+    return bool(updated)
+
+
+def record_metrics(task_id: Any, **fields: Any) -> TaskMetrics:
+    """Set a task's execution figures (the named ones; the others keep their values)."""
+    refuse_unknown(fields, METRIC_FIELDS)
+    return TaskMetrics.objects.update_or_create(task_id=task_id, defaults=fields)[0]
+
+
+def _new_output(task: Task | Any, fields: dict[str, Any]) -> TaskOutput:
+    """A validated output with credentials masked in its text; ``task`` is a Task or a task id."""
+    refuse_unknown(fields, OUTPUT_FIELDS)
+    output = TaskOutput(**({"task": task} if isinstance(task, Task) else {"task_id": task}), **fields)
+    output.content = redact_text(output.content)
+    try:
+        output.full_clean(exclude=["task"])
+    except ValidationError as exc:
+        raise InvalidTaskData(exc.message_dict) from None
+    output.save()
+    return output
+
+
+def record_output(task_id: Any, output_type: str, content: str, **meta: Any) -> TaskOutput:
+    """An output a running handler produced (stdout, a log line, an artifact)."""
+    return _new_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
+
+
+def add_output(task_id: Any, **fields: Any) -> TaskOutput:
+    """Append an output sent by a client to a task that is not deleted; credentials in its text are masked."""
+    with transaction.atomic():
+        task = locked_task(task_id)
+        if task.is_deleted:
+            raise TaskError(f"task {task.pk} is deleted: restore it before adding outputs", field="task_id")
+        return _new_output(task, fields)

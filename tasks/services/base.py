@@ -1,0 +1,130 @@
+"""What every write of the task domain shares: the row lock, validation, and the one place a transition is applied."""
+
+from __future__ import annotations
+
+import uuid
+from functools import partial
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from tasks import dispatch
+from tasks.audit import audited
+from tasks.exceptions import InvalidTaskData, TaskNotFound
+from tasks.ids import parse_task_id
+from tasks.models import Task
+from tasks.states import TERMINAL_STATES, TaskState, check_transition
+
+WORKER_ACTOR = "system:worker"
+RECOVERY_ACTOR = "system:recovery"
+
+# What clients may set on a task (at creation or by an edit).
+EDITABLE_FIELDS = frozenset(
+    {
+        "title",
+        "description",
+        "role",
+        "handler",
+        "provider",
+        "model",
+        "branch",
+        "worktree_path",
+        "base_branch",
+        "commit_hash",
+        "target_dir",
+        "full_access",
+        "provider_override",
+        "repository_url",
+        "acceptance_criteria",
+        "metadata",
+        "max_attempts",
+    }
+)
+CREATE_FIELDS = EDITABLE_FIELDS | {"request_payload"}
+# What an execution step may set together with a state transition.
+TRANSITION_FIELDS = frozenset(
+    {
+        "result",
+        "last_error",
+        "celery_task_id",
+        "attempt_count",
+        "partial_results",
+        "progress",
+        "current_phase",
+    }
+)
+
+
+def locked_task(task_id: Any) -> Task:
+    """The task, its row locked until the end of the caller's transaction; TaskNotFound if there is none."""
+    pk = parse_task_id(task_id)
+    try:
+        return Task.objects.select_for_update().get(pk=pk)
+    except Task.DoesNotExist:
+        raise TaskNotFound(pk) from None
+
+
+def refuse_unknown(fields: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise InvalidTaskData({name: ["This field cannot be set here."] for name in unknown})
+
+
+# Foreign keys are left to the database's constraints: Django's check of them is a query per key on every save.
+_UNCHECKED_RELATIONS = tuple(f.name for f in Task._meta.concrete_fields if f.is_relation)
+
+
+def validate_task(task: Task) -> None:
+    try:
+        task.full_clean(exclude=_UNCHECKED_RELATIONS, validate_unique=False)
+    except ValidationError as exc:
+        raise InvalidTaskData(exc.message_dict) from None
+
+
+def publish_on_commit(task_id: uuid.UUID) -> None:
+    """Publish the task to a worker once the transaction commits: SQL is the outbox, the sweep re-publishes."""
+    transaction.on_commit(partial(dispatch.publish, task_id))
+
+
+def apply_transition(
+    task: Task,
+    target: str,
+    *,
+    actor: Any,
+    channel: str,
+    reason: str,
+    details: dict[str, Any] | None = None,
+    **updates: Any,
+) -> Task:
+    """Move a locked task to ``target``: the single place where a transition is applied.
+
+    The request is checked against the declared transitions before the task is
+    touched (a refused one leaves the instance as it was); ``Task.save()`` checks
+    again whatever reaches the database by any path, and the history writer
+    (``tasks.history``) records the row.
+    """
+    check_transition(task.state, target)
+    now = timezone.now()
+    task.state = target
+    for name, value in updates.items():
+        setattr(task, name, value)
+    if target == TaskState.RUNNING:
+        task.started_at = now
+    if target in TERMINAL_STATES:
+        task.completed_at = now
+        task.lease_expires_at = None
+    elif task.completed_at is not None:
+        task.completed_at = None
+    if target == TaskState.FAILED:
+        task.error_count += 1
+    if target == TaskState.QUEUED:
+        task.dispatched_at, task.dispatch_count = now, task.dispatch_count + 1
+        task.worker_id, task.lease_expires_at = "", None
+    validate_task(task)
+    with audited(actor, channel=channel, reason=reason, details=details):
+        task.save()
+    if target == TaskState.QUEUED:
+        publish_on_commit(task.pk)
+    return task

@@ -1,0 +1,135 @@
+"""What clients and staff do to a task: move it, cancel it, edit it, put it in the trash and take it out, recover it."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from tasks import dispatch, hooks
+from tasks.audit import actor_label, audited
+from tasks.exceptions import StaleState, TaskError, TaskNotFound
+from tasks.ids import parse_task_id
+from tasks.models import Task
+from tasks.services.base import (
+    EDITABLE_FIELDS,
+    TRANSITION_FIELDS,
+    apply_transition,
+    locked_task,
+    refuse_unknown,
+    validate_task,
+)
+from tasks.states import TaskState, check_state
+
+# Recovering a task in these states requeues it; in any other state there is nothing to requeue.
+REQUEUE_ON_RECOVER = frozenset({TaskState.INTERRUPTED, TaskState.FAILED})
+
+
+def _check_expected(task: Task, expected_state: str | None, expected_attempt: int | None) -> None:
+    if expected_state is not None and task.state != check_state(expected_state):
+        raise StaleState(f"task {task.pk} is {task.state}, not {expected_state}")
+    if expected_attempt is not None and task.attempt_count != expected_attempt:
+        raise StaleState(
+            f"task {task.pk} is at attempt {task.attempt_count}, not {expected_attempt}", field="attempt_count"
+        )
+
+
+def transition(
+    task_id: Any,
+    to_state: str,
+    *,
+    actor: Any,
+    channel: str,
+    reason: str = "",
+    expected_state: str | None = None,
+    expected_attempt: int | None = None,
+    details: dict[str, Any] | None = None,
+    **updates: Any,
+) -> Task:
+    """Move a task to ``to_state`` (compare-and-set on state/attempt when given)."""
+    target = check_state(to_state)
+    refuse_unknown(updates, TRANSITION_FIELDS)
+    with transaction.atomic():
+        task = locked_task(task_id)
+        _check_expected(task, expected_state, expected_attempt)
+        return apply_transition(task, target, actor=actor, channel=channel, reason=reason, details=details, **updates)
+
+
+def cancel(task_id: Any, *, actor: Any, channel: str, reason: str) -> Task:
+    """Cancel a task that has not finished, and stop its Celery execution after commit."""
+    with transaction.atomic():
+        task = locked_task(task_id)
+        was = task.state
+        apply_transition(task, TaskState.CANCELLED, actor=actor, channel=channel, reason=reason)
+        if was in (TaskState.QUEUED, TaskState.RUNNING):
+            transaction.on_commit(partial(dispatch.revoke, task.pk, terminate=was == TaskState.RUNNING))
+    return task
+
+
+def update_task(task_id: Any, *, actor: Any, channel: str, reason: str, **changes: Any) -> Task:
+    """Edit client-editable fields; the history row lists old and new values."""
+    refuse_unknown(changes, EDITABLE_FIELDS)
+    with transaction.atomic():
+        task = locked_task(task_id)
+        for name, value in changes.items():
+            setattr(task, name, value)
+        validate_task(task)
+        with audited(actor, channel=channel, reason=reason):
+            task.save()
+    return task
+
+
+def soft_delete(task_id: Any, *, user: Any, channel: str, reason: str) -> Task:
+    """Flag a task deleted (who, when, why); it stays restorable until a retention purge.
+
+    Each soft delete is first admitted by the deletion guards (``tasks.hooks``):
+    the deletion breaker refuses it while a spike is unacknowledged.
+    """
+    pk = parse_task_id(task_id)
+    current = Task.objects.filter(pk=pk).values("deleted_at").first()
+    if current is None:
+        raise TaskNotFound(pk)
+    if current["deleted_at"] is not None:
+        raise TaskError(f"task {pk} is already deleted", field="task_id")
+    hooks.admit_deletion(kind="soft_delete", actor=actor_label(user)[0], channel=channel, task_id=pk)
+    with transaction.atomic():
+        task = locked_task(pk)
+        if task.is_deleted:
+            raise TaskError(f"task {task.pk} is already deleted", field="task_id")
+        task.deleted_at = timezone.now()
+        task.deleted_by = user
+        task.delete_reason = reason
+        with audited(user, channel=channel, reason=reason):
+            task.save()
+    return task
+
+
+def restore(task_id: Any, *, user: Any, channel: str, reason: str) -> Task:
+    """Take a soft-deleted task out of the trash; the history keeps both the delete and the restore."""
+    with transaction.atomic():
+        task = locked_task(task_id)
+        if not task.is_deleted:
+            raise TaskError(f"task {task.pk} is not deleted", field="task_id")
+        task.deleted_at = None
+        task.deleted_by = None
+        task.delete_reason = ""
+        with audited(user, channel=channel, reason=reason):
+            task.save()
+    return task
+
+
+def recover(task_id: Any, *, actor: Any, channel: str, reason: str) -> tuple[Task, bool]:
+    """Requeue an interrupted or failed task; returns (task, requeued). Any other live task is left as it is.
+
+    A soft-deleted task is refused: restore it first.
+    """
+    with transaction.atomic():
+        task = locked_task(task_id)
+        if task.is_deleted:
+            raise TaskError(f"task {task.pk} is deleted: restore it before recovering it", field="task_id")
+        if task.state not in REQUEUE_ON_RECOVER:
+            return task, False
+        apply_transition(task, TaskState.QUEUED, actor=actor, channel=channel, reason=reason)
+        return task, True

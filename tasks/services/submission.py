@@ -1,0 +1,147 @@
+"""Creating tasks: a pending task, a submission published to a worker, an idempotent retry, a legacy import."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tasks.audit import audited, canonical_json
+from tasks.exceptions import InvalidTaskData, StaleState
+from tasks.models import IdempotencyKey, Task
+from tasks.redaction import redact_submission
+from tasks.registry import registered_names
+from tasks.services.base import CREATE_FIELDS, publish_on_commit, refuse_unknown, validate_task
+from tasks.states import TaskState
+
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+
+class IdempotencyKeyReused(StaleState):
+    """The key already names another request's task: a conflict (409), never a second task."""
+
+    field = "Idempotency-Key"
+
+
+def _check_handler(fields: dict[str, Any]) -> None:
+    handler = fields.get("handler", Task._meta.get_field("handler").default)
+    if handler not in registered_names():
+        raise InvalidTaskData(
+            {"handler": [f"Unknown handler {handler!r}; registered: {', '.join(registered_names())}."]}
+        )
+
+
+def create_task(
+    *,
+    owner: Any,
+    actor: Any,
+    channel: str,
+    reason: str = "created",
+    **fields: Any,
+) -> Task:
+    """Create a pending task (not yet dispatched) and its first history row; credentials are redacted first."""
+    refuse_unknown(fields, CREATE_FIELDS)
+    fields = redact_submission(fields)
+    task = Task(owner=owner, **fields)
+    validate_task(task)
+    with audited(actor, channel=channel, reason=reason):
+        task.save()
+    return task
+
+
+def submit_task(
+    *,
+    owner: Any,
+    actor: Any,
+    channel: str,
+    reason: str = "submitted",
+    **fields: Any,
+) -> Task:
+    """Create a queued task and publish it to Celery once the creation has committed.
+
+    SQL is the outbox: if the publish is lost (crash after commit, broker down or
+    flushed), the re-dispatch sweep publishes the task again. Credentials in the
+    submitted values are redacted before anything is written (every channel).
+    """
+    refuse_unknown(fields, CREATE_FIELDS)
+    fields = redact_submission(fields)
+    _check_handler(fields)
+    now = timezone.now()
+    task = Task(owner=owner, state=TaskState.QUEUED, dispatched_at=now, dispatch_count=1, **fields)
+    validate_task(task)
+    with transaction.atomic():
+        with audited(actor, channel=channel, reason=reason):
+            task.save()
+        publish_on_commit(task.pk)
+    return task
+
+
+def submit_task_once(
+    *,
+    idempotency_key: str | None,
+    owner: Any,
+    actor: Any,
+    channel: str,
+    reason: str = "submitted",
+    **fields: Any,
+) -> tuple[Task, bool]:
+    """Submit a task with credentials redacted; returns (task, created).
+
+    With an ``idempotency_key`` (scoped to the owner), a retry of the same request
+    returns the task the first one created, never a second task; the same key with
+    a different request is refused. The key row commits with the task, so a
+    concurrent duplicate fails on the unique constraint and replays the winner.
+    """
+    fields = redact_submission(fields)
+    if idempotency_key is None:
+        return submit_task(owner=owner, actor=actor, channel=channel, reason=reason, **fields), True
+    _check_idempotency_key(idempotency_key)
+    fingerprint = hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
+    replayed = _replay(owner, idempotency_key, fingerprint)
+    if replayed is not None:
+        return replayed, False
+    try:
+        with transaction.atomic():
+            task = submit_task(owner=owner, actor=actor, channel=channel, reason=reason, **fields)
+            IdempotencyKey.objects.create(owner=owner, key=idempotency_key, task=task, fingerprint=fingerprint)
+    except IntegrityError:
+        replayed = _replay(owner, idempotency_key, fingerprint)
+        if replayed is None:
+            raise
+        return replayed, False
+    return task, True
+
+
+def _check_idempotency_key(key: str) -> None:
+    if not key or len(key) > IDEMPOTENCY_KEY_MAX_LENGTH or not (key.isascii() and key.isprintable()):
+        raise InvalidTaskData(
+            {"Idempotency-Key": [f"Use 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters, e.g. a UUID."]}
+        )
+
+
+def _replay(owner: Any, key: str, fingerprint: str) -> Task | None:
+    entry = IdempotencyKey.objects.select_related("task").filter(owner=owner, key=key).first()
+    if entry is None:
+        return None
+    if entry.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            f"This key was already used for a different request (task {entry.task_id}); use a new key for a new task."
+        )
+    return entry.task
+
+
+def import_task(task_id: uuid.UUID, *, owner: Any, actor: Any, channel: str, reason: str, **fields: Any) -> Task:
+    """Record a task brought in from another system as it was there (its state, times and result).
+
+    The values are redacted and validated like a submission's; the first history
+    row says where it came from. Nothing is published: an imported task is not run.
+    """
+    fields = redact_submission(fields)
+    task = Task(id=task_id, owner=owner, **fields)
+    validate_task(task)
+    with audited(actor, channel=channel, reason=reason):
+        task.save()
+    return task
