@@ -1,4 +1,4 @@
-"""Admin pages at scale (issue 5; goal: task list and trash render < 300 ms with 1M tasks).
+"""Admin pages at scale (goal: task list and trash render < 300 ms with 1M tasks).
 
     python -m bench.admin --tasks 1000000 --engine sqlite
 
@@ -62,7 +62,7 @@ def main() -> None:
             times.append((time.perf_counter() - started) * 1000)
         rows[name] = times
     print(f"\nadmin benchmark — engine {args.engine}, {Task.objects.count()} tasks, revision {git_revision()}")
-    goals = {"task list", "trash"}  # issue 5: each renders in < 300 ms at 1M tasks
+    goals = {"task list", "trash"}  # goal: each renders in < 300 ms at 1M tasks
 
     def judge(name: str, figures: dict[str, float]) -> tuple[str, bool | None]:
         return ("< 300 ms", figures["p95"] < 300) if name in goals else ("", None)

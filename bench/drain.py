@@ -1,4 +1,4 @@
-"""End-to-end drain of a backlog by real Celery workers: Crux vs a bare Celery no-op (issue 7; ratio reported).
+"""End-to-end drain of a backlog by real Celery workers: Crux vs a bare Celery no-op (ratio reported).
 
     python -m bench.drain --engine postgres --tasks 150 --workers 2 --runs 3
 

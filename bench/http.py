@@ -1,4 +1,4 @@
-"""HTTP through gunicorn with 8 concurrent clients (issue 4): submit and status, with wrk.
+"""HTTP through gunicorn with 8 concurrent clients: submit and status, with wrk.
 
     python -m bench.http --engine sqlite --duration 5 --rounds 5
 

@@ -1,4 +1,4 @@
-"""`locate` at scale (issue 6; goal < 100 ms at 1M tasks).
+"""`locate` at scale (goal < 100 ms at 1M tasks).
 
     python -m bench.locate --tasks 1000000 --engine sqlite
 

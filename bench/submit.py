@@ -1,4 +1,4 @@
-"""Durable submit vs a bare Celery publish vs a raw two-insert transaction (issue 7).
+"""Durable submit vs a bare Celery publish vs a raw two-insert transaction.
 
     python -m bench.submit --engine sqlite --count 200 --runs 3
     python -m bench.submit --engine postgres --count 200 --runs 3 --profile 25

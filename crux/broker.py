@@ -25,7 +25,7 @@ class Channel(redis.Channel):
             return
         cached = self._publish_client
         if cached is None or cached.connection_pool is not self.pool:
-            cached = self._publish_client = self._create_client()
+            cached = self._publish_client = self._create_client()  # type: ignore[attr-defined]  # private in kombu
         yield cached
 
 

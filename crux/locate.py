@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ class Location:
     task: dict[str, Any] | None = None
     ledger: list[dict[str, Any]] = field(default_factory=list)
     mirror: dict[str, Any] = field(default_factory=dict)
-    celery_result: dict[str, Any] | None = None
-    last_history: list[dict[str, Any]] = field(default_factory=list)
+    celery_result: Mapping[str, Any] | None = None
+    last_history: Sequence[Mapping[str, Any]] = field(default_factory=list)
 
     @property
     def found(self) -> bool:

@@ -1,7 +1,7 @@
 """All the routes, composed in one place: the admin, each app's API endpoints, the schema and docs, login, /metrics."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from crux.metrics import MetricsView
@@ -10,7 +10,7 @@ admin.site.site_header = "Crux administration"
 admin.site.site_title = "Crux"
 admin.site.index_title = "Tasks, history and retention"
 
-api = [
+api: list[URLPattern | URLResolver] = [
     path("", include("crux.api.urls")),
     path("", include("tasks.api.urls")),
     path("", include("persistence.api.urls")),

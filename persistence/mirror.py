@@ -319,9 +319,8 @@ def scan_task_ids(conn: Redis, *, skip: Collection[str] = frozenset()) -> Iterat
     cursor = None
     while cursor != 0:
         cursor, keys = conn.scan(cursor or 0, match=f"{prefix}*", count=10_000)
-        if keys and isinstance(keys[0], bytes):
-            keys = map(bytes.decode, keys)
-        for key in set(keys).difference(skip):
+        names = {k.decode() if isinstance(k, bytes) else k for k in keys}
+        for key in names.difference(skip):
             yield key[len(prefix) :]
 
 

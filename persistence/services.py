@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from persistence import mirror
 from tasks import services
-from tasks.ids import uuid_or_none
+from tasks.audit import Actor
+from tasks.ids import TaskId, uuid_or_none
 from tasks.models import Task
 from tasks.states import ACTIVE_STATES
 
@@ -47,13 +48,13 @@ def expected_in_mirror(since: datetime) -> Q:
     return Q(state__in=ACTIVE_STATES) | Q(completed_at__gte=since) | Q(completed_at__isnull=True)
 
 
-def _in_window(values: dict, since: datetime) -> bool:
+def _in_window(values: Mapping[str, Any], since: datetime) -> bool:
     completed = values["completed_at"]
     return values["state"] in ACTIVE_STATES or completed is None or completed >= since
 
 
 def reconcile_mirror(
-    *, check_only: bool = False, batch_size: int = 2000, progress: Callable[[int], None] | None = None
+    *, check_only: bool = False, batch_size: int = 2000, progress: Callable[[int], object] | None = None
 ) -> ReconcileReport:
     """Compare every mirror entry with SQL; unless ``check_only``, rewrite the drifted ones.
 
@@ -117,7 +118,7 @@ def reconcile_mirror(
     return report
 
 
-def recover_task(task_id: Any, *, actor: Any, channel: str, reason: str) -> tuple[Task, str]:
+def recover_task(task_id: TaskId, *, actor: Actor, channel: str, reason: str) -> tuple[Task, str]:
     """Recover one task from SQL: requeue it if interrupted or failed, else rewrite its mirror entry.
 
     Returns (task, "requeued" | "remirrored" | "mirror_failed"). A requeue is a

@@ -14,7 +14,7 @@ from retention.breaker import acknowledge
 from retention.models import DeletionBreaker, DeletionEvent, PurgeLedger, RetentionPolicy
 from retention.services import policies, purge
 from tasks.admin import ReadOnlyAdmin
-from tasks.audit import Channel
+from tasks.audit import Channel, signed_in
 from tasks.exceptions import TaskError
 
 
@@ -42,7 +42,7 @@ class RetentionPolicyAdmin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context)
 
     def save_model(self, request: HttpRequest, obj: RetentionPolicy, form: Any, change: bool) -> None:
-        obj.updated_by = request.user
+        obj.updated_by = signed_in(request.user)
         super().save_model(request, obj, form, change)
 
     def get_urls(self) -> list:
@@ -58,7 +58,7 @@ class RetentionPolicyAdmin(admin.ModelAdmin):
         form = PurgeForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             try:
-                report = purge(actor=request.user, channel=Channel.ADMIN, confirm=True)
+                report = purge(actor=signed_in(request.user), channel=Channel.ADMIN, confirm=True)
             except (TaskError, ArchiveError) as exc:
                 self.message_user(request, f"Purge refused, nothing deleted: {exc}", messages.ERROR)
             else:
@@ -69,7 +69,7 @@ class RetentionPolicyAdmin(admin.ModelAdmin):
                     messages.SUCCESS,
                 )
                 return HttpResponseRedirect(reverse("admin:retention_purgeledger_changelist"))
-        report = purge(actor=request.user, channel=Channel.ADMIN, confirm=False)
+        report = purge(actor=signed_in(request.user), channel=Channel.ADMIN, confirm=False)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,

@@ -25,9 +25,9 @@ from retention.archive import read_entry, write_archive
 from retention.breaker import admit_deletion
 from retention.models import DeletionKind, PolicyScope, PurgeLedger, RetentionPolicy
 from tasks import services
-from tasks.audit import actor_label
+from tasks.audit import Actor, actor_label
 from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
-from tasks.ids import parse_task_id
+from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
 from tasks.states import TaskState
 
@@ -83,7 +83,7 @@ class PurgeReport:
     archive_checksum: str = ""
 
 
-def purge(*, actor: Any, channel: str, confirm: bool = False, limit: int | None = None) -> PurgeReport:
+def purge(*, actor: Actor, channel: str, confirm: bool = False, limit: int | None = None) -> PurgeReport:
     """Purge what the policies let go: a dry run (nothing deleted) unless ``confirm``."""
     cap = settings.MAX_TASKS_PER_PURGE
     limit = cap if limit is None else limit
@@ -152,10 +152,10 @@ def _ledger_row(
 class UnarchiveResult:
     task_id: uuid.UUID
     outcome: str
-    ledger: PurgeLedger | None = None
+    ledger: PurgeLedger
 
 
-def unarchive_task(task_id: Any, *, actor: Any, channel: str, force: bool = False) -> UnarchiveResult:
+def unarchive_task(task_id: TaskId, *, actor: Actor, channel: str, force: bool = False) -> UnarchiveResult:
     """Bring a purged task back from its archive: task, history (chain intact), outputs and metrics.
 
     Idempotent: a task already brought back is reported, not written again. A
@@ -189,7 +189,7 @@ def unarchive_task(task_id: Any, *, actor: Any, channel: str, force: bool = Fals
     return UnarchiveResult(pk, "restored", ledger)
 
 
-def _purge_for_overwrite(task: Task, *, actor: Any, channel: str) -> None:
+def _purge_for_overwrite(task: Task, *, actor: Actor, channel: str) -> None:
     label = actor_label(actor)[0]
     admit_deletion(kind=DeletionKind.PURGE, actor=label, channel=channel, task_id=task.pk)
     path, checksum = write_archive([task.pk], run_id=uuid.uuid4().hex[:12], policy_note="overwritten-by-restore")

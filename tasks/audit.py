@@ -17,12 +17,19 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 from tasks.exceptions import MissingAuditContext
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser, User
+
+# Who acts on a task: a signed-in user, or a system component by its non-empty name ("system:worker").
+Actor: TypeAlias = "AbstractBaseUser | str"
 
 GENESIS_HASH = "0" * 64
 
@@ -77,7 +84,7 @@ def is_restoring() -> bool:
     return _restoring.get()
 
 
-def actor_label(actor: Any) -> tuple[str, int | None]:
+def actor_label(actor: Actor) -> tuple[str, int | None]:
     """Return (label, user id) for a user instance or a system component name."""
     if isinstance(actor, str):
         if not actor.strip():
@@ -88,9 +95,16 @@ def actor_label(actor: Any) -> tuple[str, int | None]:
     raise MissingAuditContext(f"cannot attribute a change to {actor!r}")
 
 
+def signed_in(user: User | AnonymousUser) -> User:
+    """A request's user where the view requires authentication: only a signed-in user sees tasks or acts on them."""
+    if not user.is_authenticated:
+        raise MissingAuditContext(f"{user!r} is not signed in")
+    return user
+
+
 @contextmanager
 def audited(
-    actor: Any,
+    actor: Actor,
     *,
     channel: str,
     reason: str = "",

@@ -89,7 +89,7 @@ def uninstall(connection: Any) -> None:
     _run_history(connection, install=False)
 
 
-# --- Text search index (issue 7): what `search` (tasks.api.filters.search_tasks) looks words up in.
+# --- Text search index: what `search` (tasks.selectors.search.search_tasks) looks words up in.
 #
 # PostgreSQL: pg_trgm GIN indexes on UPPER(title) and UPPER(description), the very expressions Django's
 # ``icontains`` compiles to there, so the unchanged ``LIKE`` query uses them.

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
+from kombu import Queue
 from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 EXECUTE_TASK = "crux.execute_task"
 PUBLISH_FAILURES = Counter("crux_publish_failures_total", "Celery publishes that failed (the sweep retries them)")
 PUBLISHED = Counter("crux_published_total", "Tasks published to Celery")
-_DECLARE = [] if settings.BROKER_IS_REDIS else None
+_DECLARE: list[Queue] | None = [] if settings.BROKER_IS_REDIS else None
 
 
 def publish(task_id: Any) -> bool:

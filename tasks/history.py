@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from tasks.audit import (
     GENESIS_HASH,
+    AuditContext,
     HistoryEvent,
     active_context,
     current_context,
@@ -80,10 +81,15 @@ def prepare_row(instance: Task, *, raw: bool, update_fields: Any, using: str) ->
         raise MissingAuditContext("tasks are saved only through Task.save() inside an audited block")
     before = instance._audit_before
     changes = _changes(instance, before, update_fields)
-    ctx = current_context() if changes or before is None else active_context()
-    if before is not None and not changes and (ctx is None or ctx.event is None):
-        setattr(instance, _PENDING, None)
-        return
+    ctx: AuditContext | None
+    if changes or before is None:
+        ctx = current_context()
+    else:
+        # Nothing tracked changed: a row only if an audited block asked for its event.
+        ctx = active_context()
+        if ctx is None or ctx.event is None:
+            setattr(instance, _PENDING, None)
+            return
     seq = 1 if before is None else before["history_count"] + 1
     prev_hash = GENESIS_HASH if before is None else before["history_head"]
     event = ctx.event or _event(before, instance)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypeAlias
 
 from tasks.exceptions import InvalidTaskData
+
+# A task id as callers pass it: the UUID, or its text (from a URL, a command line, a message).
+TaskId: TypeAlias = uuid.UUID | str
 
 
 def uuid_or_none(value: Any) -> uuid.UUID | None:
@@ -18,7 +21,7 @@ def uuid_or_none(value: Any) -> uuid.UUID | None:
         return None
 
 
-def parse_task_id(task_id: Any, *, field: str = "task_id") -> uuid.UUID:
+def parse_task_id(task_id: TaskId, *, field: str = "task_id") -> uuid.UUID:
     """The task id as a UUID, or InvalidTaskData naming ``field``."""
     pk = uuid_or_none(task_id)
     if pk is None:

@@ -8,15 +8,17 @@ assertions (PYTEST_DONT_REWRITE: test modules import it before pytest loads it).
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tasks import services
-from tasks.audit import Channel
+from tasks.audit import Channel, audited
 from tasks.models import Task
 
 ROLES = ("anonymous", "owner", "other", "staff", "staff_perm", "superuser")
@@ -109,3 +111,12 @@ def snapshot(task: Task) -> tuple[Any, ...]:
     """What a refused request must leave unchanged."""
     fresh = Task.objects.get(pk=task.pk)
     return fresh.state, fresh.deleted_at, fresh.history_count, fresh.outputs.count()
+
+
+def old_completed_task(task_in: Callable[..., Task]) -> Task:
+    """A task completed 30 days ago: the default retention policy lets a purge take it."""
+    task = task_in("completed")
+    task.completed_at = timezone.now() - timedelta(days=30)
+    with audited("system:test", channel=Channel.SYSTEM, reason="age for the test"):
+        task.save()
+    return task

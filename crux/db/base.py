@@ -41,12 +41,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _release_write_lock(self) -> None:
         self._begin_pending = False
         if self._lock_held:
+            assert self._lock_fd is not None  # held only once _acquire_write_lock opened it
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             self._lock_held = False
 
     def _start_transaction_under_autocommit(self) -> None:
         if self.is_in_memory_db():
-            return super()._start_transaction_under_autocommit()
+            return super()._start_transaction_under_autocommit()  # type: ignore[misc]  # private in Django, unstubbed
         self._begin_pending = True
 
     def begin_if_pending(self) -> None:
@@ -56,7 +57,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._begin_pending = False
         self._acquire_write_lock()
         try:
-            super()._start_transaction_under_autocommit()
+            super()._start_transaction_under_autocommit()  # type: ignore[misc]  # private in Django, unstubbed
         except BaseException:
             self._release_write_lock()
             raise
@@ -82,19 +83,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _commit(self) -> Any:
         try:
-            return super()._commit()
+            return super()._commit()  # type: ignore[misc]  # private in Django, unstubbed
         finally:
             self._release_write_lock()
 
     def _rollback(self) -> Any:
         try:
-            return super()._rollback()
+            return super()._rollback()  # type: ignore[misc]  # private in Django, unstubbed
         finally:
             self._release_write_lock()
 
     def _close(self) -> Any:
         try:
-            return super()._close()
+            return super()._close()  # type: ignore[misc]  # private in Django, unstubbed
         finally:
             self._release_write_lock()
             if self._lock_fd is not None:

@@ -21,7 +21,7 @@ from tasks.api.permissions import (
     CanRecover,
 )
 from tasks.api.schema import TASK_ID
-from tasks.audit import Channel
+from tasks.audit import Channel, signed_in
 from tasks.exceptions import TaskNotFound
 from tasks.selectors import find_visible_task
 
@@ -57,11 +57,12 @@ class TaskRecoverView(APIView):
         responses={200: RecoverResultSerializer, **error_responses(400, 403, 404, 503)},
     )
     def post(self, request: Request, task_id: str) -> Response:
-        task = find_visible_task(request.user, task_id)
+        user = signed_in(request.user)
+        task = find_visible_task(user, task_id)
         body = ReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         reason = body.validated_data.get("reason") or "recovered through the API"
-        task, action = recover_task(task.pk, actor=request.user, channel=Channel.API, reason=reason)
+        task, action = recover_task(task.pk, actor=user, channel=Channel.API, reason=reason)
         if action == "mirror_failed":
             raise ServiceUnavailable("Redis is unreachable: the mirror entry was not rewritten (SQL is unchanged).")
         return Response(RecoverResultSerializer({"action": action, "task": task}).data)

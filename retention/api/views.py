@@ -14,7 +14,7 @@ from retention.api.serializers import PurgeParamsSerializer, PurgeReportSerializ
 from retention.archive import ArchiveError
 from retention.services import purge
 from tasks.api.errors import ServiceUnavailable, error_responses
-from tasks.audit import Channel
+from tasks.audit import Channel, signed_in
 
 
 class PurgeView(APIView):
@@ -45,7 +45,7 @@ class PurgeView(APIView):
         params.is_valid(raise_exception=True)
         try:
             report = purge(
-                actor=request.user,
+                actor=signed_in(request.user),
                 channel=Channel.API,
                 confirm=params.validated_data["confirm"],
                 limit=params.validated_data.get("limit"),

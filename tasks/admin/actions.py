@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 
@@ -21,6 +21,9 @@ from tasks.audit import Channel
 from tasks.exceptions import TaskError
 from tasks.models import Task
 from tasks.states import TERMINAL_STATES, TaskState
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 # The most tasks one confirmation page lists and one action changes.
 MAX_TASKS_PER_ACTION = 500
@@ -36,7 +39,7 @@ class ActionSpec:
     past: str  # "soft-deleted"
     explanation: str
     skip_reason: Callable[[Task], str | None]
-    perform: Callable[[Task, Any, str], Any]
+    perform: Callable[[Task, User, str], Task]
     note: Callable[[Task], str] = field(default=lambda task: "")
     danger: bool = False
 
@@ -83,22 +86,22 @@ def _note_cancel(task: Task) -> str:
     return "its worker is told to stop" if task.state == TaskState.RUNNING else ""
 
 
-def _soft_delete(task: Task, user: Any, reason: str) -> Any:
+def _soft_delete(task: Task, user: User, reason: str) -> Task:
     return services.soft_delete(task.pk, user=user, channel=Channel.ADMIN, reason=reason)
 
 
-def _restore(task: Task, user: Any, reason: str) -> Any:
+def _restore(task: Task, user: User, reason: str) -> Task:
     return services.restore(task.pk, user=user, channel=Channel.ADMIN, reason=reason)
 
 
-def _requeue(task: Task, user: Any, reason: str) -> Any:
+def _requeue(task: Task, user: User, reason: str) -> Task:
     # Compare-and-set on the state the operator confirmed: if it moved meanwhile, StaleState.
     return services.transition(
         task.pk, TaskState.QUEUED, actor=user, channel=Channel.ADMIN, reason=reason, expected_state=task.state
     )
 
 
-def _cancel(task: Task, user: Any, reason: str) -> Any:
+def _cancel(task: Task, user: User, reason: str) -> Task:
     return services.cancel(task.pk, actor=user, channel=Channel.ADMIN, reason=reason)
 
 
@@ -194,7 +197,7 @@ class Outcome:
     failed: list[tuple[Any, str]] = field(default_factory=list)
 
 
-def perform(spec: ActionSpec, ids: list[uuid.UUID], *, user: Any, reason: str) -> Outcome:
+def perform(spec: ActionSpec, ids: list[uuid.UUID], *, user: User, reason: str) -> Outcome:
     """Apply ``spec`` to each task, one transaction each; refusals (TaskError) are collected, never raised."""
     outcome = Outcome()
     tasks = Task.objects.in_bulk(ids)

@@ -14,14 +14,14 @@ Guarantees:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import ShowFacets
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Field, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -49,7 +49,7 @@ from tasks.admin.base import (
 )
 from tasks.admin.lists import CachedValuesFilter, CappedCountPaginator
 from tasks.admin.timeline import build_timeline, format_duration
-from tasks.audit import Channel
+from tasks.audit import Channel, signed_in
 from tasks.exceptions import TaskError
 from tasks.ids import uuid_or_none
 from tasks.models import (
@@ -57,20 +57,25 @@ from tasks.models import (
     TaskHistory,
     TaskMetrics,
     TaskOutput,
+    TaskQuerySet,
 )
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldsetSpec
 
 TRASH_URL_NAME = "tasks_task_trash"
 
 
 def in_trash(request: HttpRequest) -> bool:
     match = getattr(request, "resolver_match", None)
-    return bool(match) and match.url_name == TRASH_URL_NAME
+    return match is not None and match.url_name == TRASH_URL_NAME
 
 
 def collapsed_if_default(obj: Task, names: tuple[str, ...]) -> tuple[str, ...]:
     """Collapse a group of the task page whose fields all hold their defaults (nothing to read there)."""
     for name in names:
         field = Task._meta.get_field(name)
+        assert isinstance(field, Field)  # the groups name the task's own columns
         if getattr(obj, field.attname) != field.get_default():
             return ()
     return ("collapse",)
@@ -301,6 +306,7 @@ class TaskAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         queryset = super().get_queryset(request)
+        assert isinstance(queryset, TaskQuerySet)  # Task.objects is TaskQuerySet.as_manager()
         return queryset.deleted() if in_trash(request) else queryset
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
@@ -401,9 +407,9 @@ class TaskAdmin(admin.ModelAdmin):
 
     # --- The task page.
 
-    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[str | None, dict[str, Any]]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> _FieldsetSpec:
         editable = self.has_change_permission(request, obj) if obj is not None else True
-        reason = [("Why", {"fields": ("change_reason",)})] if editable else []
+        reason: _FieldsetSpec = [("Why", {"fields": ("change_reason",)})] if editable else []
         if obj is None:
             return [(None, {"fields": sorted(services.EDITABLE_FIELDS)}), *reason]
         repository = (
@@ -477,12 +483,11 @@ class TaskAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Task, form: forms.ModelForm, change: bool) -> None:
         fields = {name: form.cleaned_data[name] for name in form.changed_data if name in services.EDITABLE_FIELDS}
         reason = form.cleaned_data["change_reason"]
+        user = signed_in(request.user)
         if change:
-            saved = services.update_task(obj.pk, actor=request.user, channel=Channel.ADMIN, reason=reason, **fields)
+            saved = services.update_task(obj.pk, actor=user, channel=Channel.ADMIN, reason=reason, **fields)
         else:
-            saved = services.create_task(
-                owner=request.user, actor=request.user, channel=Channel.ADMIN, reason=reason, **fields
-            )
+            saved = services.create_task(owner=user, actor=user, channel=Channel.ADMIN, reason=reason, **fields)
         obj.pk = saved.pk
         obj.refresh_from_db()
 
@@ -531,7 +536,7 @@ class TaskAdmin(admin.ModelAdmin):
 
         form = ConfirmActionForm(request.POST if "confirm" in request.POST else None)
         if request.POST.get("confirm") == "yes" and form.is_valid():
-            outcome = perform(spec, ids, user=request.user, reason=form.cleaned_data["reason"])
+            outcome = perform(spec, ids, user=signed_in(request.user), reason=form.cleaned_data["reason"])
             self._report(request, spec, outcome, form.cleaned_data["reason"])
             return HttpResponseRedirect(next_url)
 

@@ -20,7 +20,7 @@ from tasks.states import TaskState, is_terminal
 # A task with a longer history shows its latest rows (the timeline says so).
 MAX_TIMELINE_ROWS = 1000
 
-STATE_COLOURS = {
+STATE_COLOURS: dict[str, str] = {
     TaskState.PENDING: "#6c757d",
     TaskState.QUEUED: "#0d6efd",
     TaskState.RUNNING: "#0b8fa8",
@@ -29,7 +29,7 @@ STATE_COLOURS = {
     TaskState.CANCELLED: "#5c636a",
     TaskState.INTERRUPTED: "#e8590c",
 }
-EVENT_COLOURS = {
+EVENT_COLOURS: dict[str, str] = {
     HistoryEvent.SOFT_DELETE: "#b02a37",
     HistoryEvent.RESTORE: "#146c43",
     HistoryEvent.EDIT: "#6f42c1",

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DEFAULT_DB_ALIAS
+from django.db.models import Field
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 from rest_framework.authentication import TokenAuthentication
@@ -35,9 +36,9 @@ def _cache_key(token_key: str) -> str:
     return f"{settings.REDIS_KEY_PREFIX}:authtoken:{hashlib.sha256(token_key.encode()).hexdigest()}"
 
 
-def _cached_fields() -> list[str]:
+def _cached_fields() -> list[Field[Any, Any]]:
     """The user's columns the cache carries: all but the password hash (left deferred on the instance)."""
-    return [f.attname for f in get_user_model()._meta.concrete_fields if f.attname != "password"]
+    return [f for f in get_user_model()._meta.concrete_fields if f.attname != "password"]
 
 
 def forget_tokens(token_keys: Iterable[str]) -> None:
@@ -72,7 +73,7 @@ class CachedTokenAuthentication(TokenAuthentication):
                 return cached
         user, token = super().authenticate_credentials(key)
         entry = {
-            "user": [getattr(user, name) for name in _cached_fields()],
+            "user": [getattr(user, f.attname) for f in _cached_fields()],
             "created": token.created,
         }
         try:
@@ -85,17 +86,14 @@ class CachedTokenAuthentication(TokenAuthentication):
     def _from_cache(key: str, raw: bytes) -> tuple[Any, Token] | None:
         """Model instances as loaded from the database (password deferred), or None if the entry is unusable."""
         user_model = get_user_model()
-        names = _cached_fields()
+        fields = _cached_fields()
         try:
             entry = json.loads(raw)
-            values = [
-                user_model._meta.get_field(name).to_python(value)
-                for name, value in zip(names, entry["user"], strict=True)
-            ]
+            values = [field.to_python(value) for field, value in zip(fields, entry["user"], strict=True)]
             created = Token._meta.get_field("created").to_python(entry["created"])
         except (ValueError, KeyError, TypeError, ValidationError):
             return None
-        user = user_model.from_db(DEFAULT_DB_ALIAS, names, values)
+        user = user_model.from_db(DEFAULT_DB_ALIAS, [f.attname for f in fields], values)
         token = Token.from_db(DEFAULT_DB_ALIAS, ["key", "user_id", "created"], [key, user.pk, created])
         token.user = user
         return user, token

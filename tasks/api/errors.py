@@ -18,7 +18,7 @@ def crux_exception_handler(exc: Exception, context: dict[str, Any]) -> Response 
         return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, InvalidTaskData):
         return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
-    code = status.HTTP_409_CONFLICT if isinstance(exc, Conflict) else status.HTTP_400_BAD_REQUEST
+    code: int = status.HTTP_409_CONFLICT if isinstance(exc, Conflict) else status.HTTP_400_BAD_REQUEST
     if isinstance(exc, AuditError):
         code = status.HTTP_403_FORBIDDEN
     body = {exc.field: [str(exc)]} if exc.field else {"detail": str(exc)}

@@ -101,7 +101,7 @@ def _forget_shared_fields(**kwargs: Any) -> None:
     _SHARED_FIELDS.clear()
 
 
-class SharedFieldsMixin:
+class SharedFieldsMixin(serializers.Serializer):
     """Build a serializer's fields once per class and share them between its instances.
 
     ModelSerializer introspects the model again for every instance: about a
@@ -124,7 +124,7 @@ class SharedFieldsMixin:
         return shared
 
 
-class RejectUnknownFieldsMixin:
+class RejectUnknownFieldsMixin(serializers.Serializer):
     """Answer 400 for fields a client may not write, instead of silently ignoring them."""
 
     def to_internal_value(self, data: Any) -> Any:

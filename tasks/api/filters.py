@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django import forms
+from django.db.models import QuerySet
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import PermissionDenied
@@ -58,7 +59,7 @@ NO_EMPTY_ITEM = ("states", "ordering")
 
 
 class TaskFilterForm(forms.Form):
-    def clean(self) -> dict[str, Any]:
+    def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()
         for name in NO_EMPTY_VALUE:
             if self.data.get(name) == "":
@@ -111,8 +112,10 @@ class TaskFilter(filters.FilterSet):
     def filter_include_deleted(self, queryset: TaskQuerySet, name: str, value: str) -> TaskQuerySet:
         return queryset  # applied in filter_queryset, which also runs when the parameter is absent
 
-    def filter_queryset(self, queryset: TaskQuerySet) -> TaskQuerySet:
+    def filter_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        assert isinstance(queryset, TaskQuerySet)  # the lists build it with selectors.task_list()
         if self.form.cleaned_data.get("include_deleted") == "true":
+            assert self.request is not None  # DRF's filter backend and the export command pass theirs
             if not may_see_deleted(self.request.user):
                 raise PermissionDenied(
                     "include_deleted: only staff or holders of tasks.restore_task see deleted tasks."

@@ -21,7 +21,7 @@ from tasks.api.serializers import (
 )
 from tasks.api.throttling import SubmitThrottle
 from tasks.api.views import IDEMPOTENCY_KEY, cancel_visible_task, check_body_size, submitted
-from tasks.audit import Channel
+from tasks.audit import Channel, signed_in
 from tasks.selectors import find_visible_task
 
 JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The task's id.")
@@ -44,10 +44,11 @@ class LegacySolveView(APIView):
         body = LegacySolveSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        user = signed_in(request.user)
         task, created = services.submit_task_once(
             idempotency_key=request.headers.get("Idempotency-Key"),
-            owner=request.user,
-            actor=request.user,
+            owner=user,
+            actor=user,
             channel=Channel.API,
             title=data["title"],
             handler=data["handler"],
@@ -69,7 +70,7 @@ class LegacyJobView(APIView):
         responses={200: LegacyJobSerializer, **error_responses(400, 404)},
     )
     def get(self, request: Request, job_id: str) -> Response:
-        return Response(LegacyJobSerializer(find_visible_task(request.user, job_id, field="job_id")).data)
+        return Response(LegacyJobSerializer(find_visible_task(signed_in(request.user), job_id, field="job_id")).data)
 
     @extend_schema(
         summary="Cancel a job (legacy)",

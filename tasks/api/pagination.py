@@ -36,11 +36,11 @@ class StrictLimitOffsetPagination(LimitOffsetPagination):
     """``limit`` (1..API_MAX_LIMIT, default API_PAGE_SIZE) and ``offset`` (>= 0); anything else is a 400."""
 
     @property
-    def default_limit(self) -> int:  # type: ignore[override]
+    def default_limit(self) -> int:  # type: ignore[override]  # DRF: an attribute; here settings, read when used
         return settings.API_PAGE_SIZE
 
     @property
-    def max_limit(self) -> int:  # type: ignore[override]
+    def max_limit(self) -> int:  # type: ignore[override]  # DRF: an attribute; here settings, read when used
         return settings.API_MAX_LIMIT
 
     def get_limit(self, request: Request) -> int:
@@ -52,6 +52,7 @@ class StrictLimitOffsetPagination(LimitOffsetPagination):
         return _bounded_int(request, self.offset_query_param, default=0, minimum=0)
 
     def get_count(self, queryset: Any) -> int:
+        assert self.request is not None and self.limit is not None  # set by paginate_queryset before it counts
         bound = self.get_offset(self.request) + self.limit + settings.API_EXACT_COUNT_LIMIT
         counted = queryset.order_by()[: bound + 1].count()
         self.count_exact = counted <= bound

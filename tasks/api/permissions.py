@@ -18,21 +18,7 @@ from django.conf import settings
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-from tasks.models import Task, TaskQuerySet
-
-
-def may_see_deleted(user: Any) -> bool:
-    return bool(user.is_staff or user.has_perm("tasks.restore_task"))
-
-
-def visible_tasks(user: Any, *, include_deleted: bool | None = None) -> TaskQuerySet:
-    """Tasks ``user`` may see; deleted ones only if asked for (default: if they may see the trash)."""
-    tasks = Task.objects.select_related("owner", "deleted_by")
-    if not user.is_staff:
-        tasks = tasks.filter(owner=user)
-    if include_deleted is None:
-        include_deleted = may_see_deleted(user)
-    return tasks if include_deleted else tasks.alive()
+from tasks.models import Task
 
 
 class HasModelPermission(BasePermission):
@@ -60,7 +46,7 @@ class CanRecover(HasModelPermission):
 
 
 class OwnerOrHasPermission(BasePermission):
-    """Changing a task: its owner, or a holder of ``perm`` (reads follow ``visible_tasks``)."""
+    """Changing a task: its owner, or a holder of ``perm`` (reads follow ``tasks.selectors.visible_tasks``)."""
 
     perm = ""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rest_framework import serializers
 
@@ -20,12 +20,19 @@ from tasks.models import OutputType, Task, TaskHistory, TaskOutput
 from tasks.services import EDITABLE_FIELDS
 from tasks.states import TaskState
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
 
 class TaskSerializer(SharedFieldsMixin, serializers.ModelSerializer):
     """A task as clients see it; state, owner and audit fields are never written through it."""
 
-    owner = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
-    deleted_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    owner: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+    deleted_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     payload = serializers.JSONField(source="request_payload", read_only=True)
     is_deleted = serializers.BooleanField(read_only=True)
 

@@ -45,10 +45,15 @@ class _ScopedUserThrottle(UserRateThrottle):
     """
 
     methods: frozenset[str] = frozenset()
+    scope: str  # named by each throttle below
+    # Set by SimpleRateThrottle.__init__ from the rate; read only when there is one.
+    num_requests: int
+    duration: int
 
     def get_rate(self) -> str | None:
         # Read at request time, so a changed setting applies without a restart of the class.
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        # drf-stubs type the rates as numbers; they are strings such as "60/minute".
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)  # type: ignore[return-value]
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         ident = request.user.pk if request.user and request.user.is_authenticated else self.get_ident(request)

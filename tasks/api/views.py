@@ -6,13 +6,14 @@ API channel, so each leaves its history row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.generics import ListAPIView
+from rest_framework.generics import GenericAPIView, ListAPIView
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -39,7 +40,7 @@ from tasks.api.serializers import (
     TaskSubmitSerializer,
 )
 from tasks.api.throttling import ReadThrottle, SubmitThrottle
-from tasks.audit import Channel
+from tasks.audit import Channel, signed_in
 from tasks.models import Task, TaskHistory, TaskOutput
 from tasks.selectors import find_visible_task
 
@@ -89,15 +90,16 @@ def submitted(request: Request, task: Task, created: bool, body: dict[str, Any])
 
 def cancel_visible_task(request: Request, task_id: str, view: APIView, *, param: str = "task_id") -> Task:
     """Shared by POST .../cancel and the legacy DELETE /api/v1/jobs/{id}."""
-    task = find_visible_task(request.user, task_id, field=param)
+    user = signed_in(request.user)
+    task = find_visible_task(user, task_id, field=param)
     view.check_object_permissions(request, task)
     params = CancelSerializer(data=request.query_params, context={"confirm_message": CANCEL_CONFIRM})
     params.is_valid(raise_exception=True)
     reason = params.validated_data.get("reason") or "cancelled through the API"
-    return services.cancel(task.pk, actor=request.user, channel=Channel.API, reason=reason)
+    return services.cancel(task.pk, actor=user, channel=Channel.API, reason=reason)
 
 
-class TaskListMixin:
+class TaskListMixin(GenericAPIView):
     """Owner-scoped task lists with the list filters, search, ordering and limit/offset paging."""
 
     serializer_class = TaskSerializer
@@ -107,7 +109,7 @@ class TaskListMixin:
         if getattr(self, "swagger_fake_view", False):
             return Task.objects.none()
         # Deleted tasks are dropped by TaskFilter unless include_deleted=true (and allowed).
-        return selectors.task_list(self.request.user)
+        return selectors.task_list(signed_in(self.request.user))
 
 
 LIST_ERRORS = error_responses(400, 403)
@@ -142,10 +144,11 @@ class TaskListView(TaskListMixin, ListAPIView):
         check_body_size(request)
         serializer = TaskSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        user = signed_in(request.user)
         task, created = services.submit_task_once(
             idempotency_key=request.headers.get("Idempotency-Key"),
-            owner=request.user,
-            actor=request.user,
+            owner=user,
+            actor=user,
             channel=Channel.API,
             **serializer.validated_data,
         )
@@ -168,7 +171,7 @@ class PersistentTaskListView(TaskListMixin, ListAPIView):
 class TaskDetailView(APIView):
     """One task; ``DELETE`` soft-deletes it (permission, confirm=true and a reason required)."""
 
-    def get_permissions(self) -> list[Any]:
+    def get_permissions(self) -> Sequence[Any]:
         if self.request.method == "DELETE":
             return [IsAuthenticated(), CanSoftDelete()]
         return super().get_permissions()
@@ -177,7 +180,7 @@ class TaskDetailView(APIView):
         summary="Task detail", parameters=[TASK_ID], responses={200: TaskSerializer, **error_responses(400, 404)}
     )
     def get(self, request: Request, task_id: str) -> Response:
-        return Response(TaskSerializer(find_visible_task(request.user, task_id)).data)
+        return Response(TaskSerializer(find_visible_task(signed_in(request.user), task_id)).data)
 
     @extend_schema(
         summary="Soft-delete a task",
@@ -188,12 +191,11 @@ class TaskDetailView(APIView):
         responses={200: TaskSerializer, **error_responses(400, 403, 404, 409)},
     )
     def delete(self, request: Request, task_id: str) -> Response:
-        task = find_visible_task(request.user, task_id)
+        user = signed_in(request.user)
+        task = find_visible_task(user, task_id)
         params = DeleteSerializer(data=request.query_params, context={"confirm_message": DELETE_CONFIRM})
         params.is_valid(raise_exception=True)
-        task = services.soft_delete(
-            task.pk, user=request.user, channel=Channel.API, reason=params.validated_data["reason"]
-        )
+        task = services.soft_delete(task.pk, user=user, channel=Channel.API, reason=params.validated_data["reason"])
         return Response(TaskSerializer(task).data)
 
 
@@ -206,7 +208,7 @@ class TaskHistoryView(ListAPIView):
     def get_queryset(self) -> Any:
         if getattr(self, "swagger_fake_view", False):
             return TaskHistory.objects.none()
-        return find_visible_task(self.request.user, self.kwargs["task_id"]).history.order_by("seq")
+        return find_visible_task(signed_in(self.request.user), self.kwargs["task_id"]).history.order_by("seq")
 
     @extend_schema(
         summary="Task history",
@@ -228,7 +230,8 @@ class TaskOutputsView(ListAPIView):
     def get_queryset(self) -> Any:
         if getattr(self, "swagger_fake_view", False):
             return TaskOutput.objects.none()
-        return find_visible_task(self.request.user, self.kwargs["task_id"]).outputs.order_by("created_at", "id")
+        task = find_visible_task(signed_in(self.request.user), self.kwargs["task_id"])
+        return task.outputs.order_by("created_at", "id")
 
     @extend_schema(
         summary="List a task's outputs",
@@ -246,7 +249,7 @@ class TaskOutputsView(ListAPIView):
         responses={201: TaskOutputSerializer, **error_responses(400, 403, 404, 413)},
     )
     def post(self, request: Request, task_id: str) -> Response:
-        task = find_visible_task(request.user, task_id)
+        task = find_visible_task(signed_in(request.user), task_id)
         self.check_object_permissions(request, task)
         check_body_size(request)
         serializer = TaskOutputSerializer(data=request.data)
@@ -282,9 +285,10 @@ class TaskRestoreView(APIView):
         responses={200: TaskSerializer, **error_responses(400, 403, 404)},
     )
     def post(self, request: Request, task_id: str) -> Response:
-        task = find_visible_task(request.user, task_id, include_deleted=True)
+        user = signed_in(request.user)
+        task = find_visible_task(user, task_id, include_deleted=True)
         body = ReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         reason = body.validated_data.get("reason") or "restored through the API"
-        task = services.restore(task.pk, user=request.user, channel=Channel.API, reason=reason)
+        task = services.restore(task.pk, user=user, channel=Channel.API, reason=reason)
         return Response(TaskSerializer(task).data)

@@ -1,4 +1,4 @@
-"""Issue 7: the text search index (tasks/db_triggers.py, install_search: pg_trgm GIN indexes on
+"""The text search index (tasks/db_triggers.py, install_search: pg_trgm GIN indexes on
 PostgreSQL, an FTS5 trigram table kept by triggers on SQLite; raw SQL, so the models declare nothing of
 it) and an (owner, provider, role, created) index for an owner's filtered lists."""
 

@@ -6,6 +6,7 @@ the history's created_at, the partial index on deleted tasks).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,7 +55,7 @@ def last_recovery_at() -> datetime | None:
     return TaskHistory.objects.filter(channel=Channel.RECOVERY).aggregate(at=Max("created_at"))["at"]
 
 
-def count_history_by_kind() -> list[dict[str, Any]]:
+def count_history_by_kind() -> list[Mapping[str, Any]]:
     """History rows grouped by (event, state_from, state_to, channel), each with its count ``n``."""
     rows = TaskHistory.objects.order_by().values("event", "state_from", "state_to", "channel")
     return list(rows.annotate(n=Count("pk")))

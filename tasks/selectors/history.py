@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import groupby
+from typing import Any
 
 from tasks.audit import GENESIS_HASH, HASHED_FIELDS, row_hash
 from tasks.models import Task, TaskHistory
@@ -23,7 +24,7 @@ class ChainProblem:
         return f"task {self.task_id}{where}: {self.problem}"
 
 
-def _check_chain(task: dict, rows: list[dict]) -> Iterator[ChainProblem]:
+def _check_chain(task: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> Iterator[ChainProblem]:
     task_id = str(task["id"])
     expected_prev, expected_seq = GENESIS_HASH, 1
     for row in rows:
@@ -54,11 +55,11 @@ def _check_chain(task: dict, rows: list[dict]) -> Iterator[ChainProblem]:
 
 
 def verify_audit_chains(
-    *, batch_size: int = 500, progress: Callable[[int], None] | None = None
+    *, batch_size: int = 500, progress: Callable[[int], object] | None = None
 ) -> Iterator[ChainProblem]:
     """Yield every broken link of every task's history chain (edited, removed or inserted rows)."""
     tasks = Task.objects.order_by("pk").values("id", "state", "history_count", "history_head")
-    batch: list[dict] = []
+    batch: list[Mapping[str, Any]] = []
     for task in tasks.iterator(chunk_size=batch_size):
         batch.append(task)
         if len(batch) >= batch_size:
@@ -72,7 +73,7 @@ def verify_audit_chains(
             progress(len(batch))
 
 
-def _check_batch(tasks: list[dict]) -> Iterator[ChainProblem]:
+def _check_batch(tasks: list[Mapping[str, Any]]) -> Iterator[ChainProblem]:
     rows = (
         TaskHistory.objects.filter(task_id__in=[t["id"] for t in tasks]).order_by("task_id", "seq").values(*_ROW_FIELDS)
     )

@@ -8,6 +8,7 @@ the rows to candidates first. The condition itself is always the same
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import reduce
 from operator import and_
 from typing import Any
@@ -89,14 +90,15 @@ class _RowIdIn(Expression):
         resolved.alias = query.get_initial_alias()
         return resolved
 
-    def relabeled_clone(self, change_map: dict[str, str]) -> _RowIdIn:
+    def relabeled_clone(self, change_map: Mapping[str, str]) -> _RowIdIn:
         clone = self.copy()
-        clone.alias = change_map.get(self.alias, self.alias)
+        if self.alias is not None:
+            clone.alias = change_map.get(self.alias, self.alias)
         return clone
 
     def get_group_by_cols(self) -> list:
         return []
 
-    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list]:
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[str, ...]]:
         table = compiler.quote_name_unless_alias(self.alias)
-        return f"{table}.rowid IN (SELECT value FROM json_each(%s))", [self.rowids]
+        return f"{table}.rowid IN (SELECT value FROM json_each(%s))", (self.rowids,)

@@ -7,25 +7,31 @@ those who may manage the trash: staff, or holders of ``tasks.restore_task``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 from tasks.exceptions import TaskNotFound
-from tasks.ids import parse_task_id
+from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task, TaskQuerySet
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractUser, AnonymousUser, User
 
-def may_see_deleted(user: Any) -> bool:
+# Who asks whether they may see a task: a request's user, signed in or not (the rule reads is_staff, has_perm, pk).
+Viewer: TypeAlias = "AbstractUser | AnonymousUser"
+
+
+def may_see_deleted(user: Viewer) -> bool:
     return bool(user.is_staff or user.has_perm("tasks.restore_task"))
 
 
-def may_see(user: Any, *, owner_id: int | None, deleted: bool = False) -> bool:
+def may_see(user: Viewer, *, owner_id: int | None, deleted: bool = False) -> bool:
     """Whether ``user`` may see a task of ``owner_id`` (in the trash if ``deleted``)."""
     if deleted and not may_see_deleted(user):
         return False
     return bool(user.is_staff or (owner_id is not None and owner_id == user.pk))
 
 
-def visible_tasks(user: Any, *, include_deleted: bool | None = None) -> TaskQuerySet:
+def visible_tasks(user: User, *, include_deleted: bool | None = None) -> TaskQuerySet:
     """Tasks ``user`` may see; deleted ones only if asked for (default: if they may see the trash)."""
     tasks = Task.objects.select_related("owner", "deleted_by")
     if not user.is_staff:
@@ -35,12 +41,14 @@ def visible_tasks(user: Any, *, include_deleted: bool | None = None) -> TaskQuer
     return tasks if include_deleted else tasks.alive()
 
 
-def task_list(user: Any) -> TaskQuerySet:
+def task_list(user: User) -> TaskQuerySet:
     """Every task ``user`` may see, the trash included, newest first: what list filters narrow."""
     return visible_tasks(user, include_deleted=True).order_by("-created_at", "-pk")
 
 
-def find_visible_task(user: Any, task_id: Any, *, include_deleted: bool | None = None, field: str = "task_id") -> Task:
+def find_visible_task(
+    user: User, task_id: TaskId, *, include_deleted: bool | None = None, field: str = "task_id"
+) -> Task:
     """The task if ``user`` may see it; a malformed id is InvalidTaskData naming ``field``, else TaskNotFound."""
     pk = parse_task_id(task_id, field=field)
     task = visible_tasks(user, include_deleted=include_deleted).filter(pk=pk).first()

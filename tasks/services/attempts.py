@@ -19,6 +19,7 @@ from django.utils import timezone
 from tasks import hooks
 from tasks.audit import Channel
 from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
+from tasks.ids import TaskId
 from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
 from tasks.redaction import redact_text
 from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown
@@ -44,7 +45,7 @@ def lease_deadline() -> datetime:
     return timezone.now() + timedelta(seconds=settings.TASK_LEASE_SECONDS)
 
 
-def claim(task_id: Any, *, worker_id: str) -> Task | None:
+def claim(task_id: TaskId, *, worker_id: str) -> Task | None:
     """Move a queued task to running for a new attempt, or return None (duplicate delivery).
 
     A compare-and-set under the row lock: a delivery of a task that is already
@@ -84,7 +85,7 @@ def claim(task_id: Any, *, worker_id: str) -> Task | None:
 
 
 def finish_attempt(
-    task_id: Any,
+    task_id: TaskId,
     *,
     attempt: int,
     worker_id: str,
@@ -132,17 +133,19 @@ def finish_attempt(
         )
 
 
-def _live_attempt(task_id: Any, attempt: int, worker_id: str) -> QuerySet[Task]:
+def _live_attempt(task_id: TaskId, attempt: int, worker_id: str) -> QuerySet[Task]:
     return Task.objects.filter(pk=task_id, state=TaskState.RUNNING, attempt_count=attempt, worker_id=worker_id)
 
 
-def renew_lease(task_id: Any, *, attempt: int, worker_id: str) -> bool:
+def renew_lease(task_id: TaskId, *, attempt: int, worker_id: str) -> bool:
     """Extend the lease of a running attempt; False means the attempt lost its claim."""
     now = timezone.now()
     return bool(_live_attempt(task_id, attempt, worker_id).update(lease_expires_at=lease_deadline(), heartbeat_at=now))
 
 
-def report_progress(task_id: Any, *, attempt: int, worker_id: str, progress: float, phase: str | None = None) -> bool:
+def report_progress(
+    task_id: TaskId, *, attempt: int, worker_id: str, progress: float, phase: str | None = None
+) -> bool:
     """Live progress of a running attempt (no history row: it is telemetry, which the mirror follows)."""
     if not 0.0 <= progress <= 1.0:
         raise InvalidTaskData({"progress": ["Ensure this value is between 0 and 1."]})
@@ -155,13 +158,13 @@ def report_progress(task_id: Any, *, attempt: int, worker_id: str, progress: flo
     return bool(updated)
 
 
-def record_metrics(task_id: Any, **fields: Any) -> TaskMetrics:
+def record_metrics(task_id: TaskId, **fields: Any) -> TaskMetrics:
     """Set a task's execution figures (the named ones; the others keep their values)."""
     refuse_unknown(fields, METRIC_FIELDS)
     return TaskMetrics.objects.update_or_create(task_id=task_id, defaults=fields)[0]
 
 
-def _new_output(task: Task | Any, fields: dict[str, Any]) -> TaskOutput:
+def _new_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:
     """A validated output with credentials masked in its text; ``task`` is a Task or a task id."""
     refuse_unknown(fields, OUTPUT_FIELDS)
     output = TaskOutput(**({"task": task} if isinstance(task, Task) else {"task_id": task}), **fields)
@@ -174,12 +177,12 @@ def _new_output(task: Task | Any, fields: dict[str, Any]) -> TaskOutput:
     return output
 
 
-def record_output(task_id: Any, output_type: str, content: str, **meta: Any) -> TaskOutput:
+def record_output(task_id: TaskId, output_type: str, content: str, **meta: Any) -> TaskOutput:
     """An output a running handler produced (stdout, a log line, an artifact)."""
     return _new_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
 
 
-def add_output(task_id: Any, **fields: Any) -> TaskOutput:
+def add_output(task_id: TaskId, **fields: Any) -> TaskOutput:
     """Append an output sent by a client to a task that is not deleted; credentials in its text are masked."""
     with transaction.atomic():
         task = locked_task(task_id)

@@ -11,9 +11,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from tasks import dispatch
-from tasks.audit import audited
+from tasks.audit import Actor, audited
 from tasks.exceptions import InvalidTaskData, TaskNotFound
-from tasks.ids import parse_task_id
+from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
 from tasks.states import TERMINAL_STATES, TaskState, check_transition
 
@@ -57,7 +57,7 @@ TRANSITION_FIELDS = frozenset(
 )
 
 
-def locked_task(task_id: Any) -> Task:
+def locked_task(task_id: TaskId) -> Task:
     """The task, its row locked until the end of the caller's transaction; TaskNotFound if there is none."""
     pk = parse_task_id(task_id)
     try:
@@ -92,7 +92,7 @@ def apply_transition(
     task: Task,
     target: str,
     *,
-    actor: Any,
+    actor: Actor,
     channel: str,
     reason: str,
     details: dict[str, Any] | None = None,

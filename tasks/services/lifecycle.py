@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from tasks import dispatch, hooks
-from tasks.audit import actor_label, audited
+from tasks.audit import Actor, actor_label, audited
 from tasks.exceptions import StaleState, TaskError, TaskNotFound
-from tasks.ids import parse_task_id
+from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
 from tasks.services.base import (
     EDITABLE_FIELDS,
@@ -22,6 +22,9 @@ from tasks.services.base import (
     validate_task,
 )
 from tasks.states import TaskState, check_state
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 # Recovering a task in these states requeues it; in any other state there is nothing to requeue.
 REQUEUE_ON_RECOVER = frozenset({TaskState.INTERRUPTED, TaskState.FAILED})
@@ -37,10 +40,10 @@ def _check_expected(task: Task, expected_state: str | None, expected_attempt: in
 
 
 def transition(
-    task_id: Any,
+    task_id: TaskId,
     to_state: str,
     *,
-    actor: Any,
+    actor: Actor,
     channel: str,
     reason: str = "",
     expected_state: str | None = None,
@@ -57,7 +60,7 @@ def transition(
         return apply_transition(task, target, actor=actor, channel=channel, reason=reason, details=details, **updates)
 
 
-def cancel(task_id: Any, *, actor: Any, channel: str, reason: str) -> Task:
+def cancel(task_id: TaskId, *, actor: Actor, channel: str, reason: str) -> Task:
     """Cancel a task that has not finished, and stop its Celery execution after commit."""
     with transaction.atomic():
         task = locked_task(task_id)
@@ -68,7 +71,7 @@ def cancel(task_id: Any, *, actor: Any, channel: str, reason: str) -> Task:
     return task
 
 
-def update_task(task_id: Any, *, actor: Any, channel: str, reason: str, **changes: Any) -> Task:
+def update_task(task_id: TaskId, *, actor: Actor, channel: str, reason: str, **changes: Any) -> Task:
     """Edit client-editable fields; the history row lists old and new values."""
     refuse_unknown(changes, EDITABLE_FIELDS)
     with transaction.atomic():
@@ -81,7 +84,7 @@ def update_task(task_id: Any, *, actor: Any, channel: str, reason: str, **change
     return task
 
 
-def soft_delete(task_id: Any, *, user: Any, channel: str, reason: str) -> Task:
+def soft_delete(task_id: TaskId, *, user: User, channel: str, reason: str) -> Task:
     """Flag a task deleted (who, when, why); it stays restorable until a retention purge.
 
     Each soft delete is first admitted by the deletion guards (``tasks.hooks``):
@@ -106,7 +109,7 @@ def soft_delete(task_id: Any, *, user: Any, channel: str, reason: str) -> Task:
     return task
 
 
-def restore(task_id: Any, *, user: Any, channel: str, reason: str) -> Task:
+def restore(task_id: TaskId, *, user: User, channel: str, reason: str) -> Task:
     """Take a soft-deleted task out of the trash; the history keeps both the delete and the restore."""
     with transaction.atomic():
         task = locked_task(task_id)
@@ -120,7 +123,7 @@ def restore(task_id: Any, *, user: Any, channel: str, reason: str) -> Task:
     return task
 
 
-def recover(task_id: Any, *, actor: Any, channel: str, reason: str) -> tuple[Task, bool]:
+def recover(task_id: TaskId, *, actor: Actor, channel: str, reason: str) -> tuple[Task, bool]:
     """Requeue an interrupted or failed task; returns (task, requeued). Any other live task is left as it is.
 
     A soft-deleted task is refused: restore it first.

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db import models, transaction
 
-from tasks.audit import HistoryEvent, audited
+from tasks.audit import Actor, HistoryEvent, audited
 from tasks.exceptions import TaskError
-from tasks.ids import parse_task_id
+from tasks.ids import TaskId, parse_task_id
 from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskMetrics, TaskOutput
 from tasks.records import deserialize
 
 
-def erase_tasks(task_ids: list[Any], *, batch_size: int = 500) -> int:
+def erase_tasks(task_ids: Sequence[TaskId], *, batch_size: int = 500) -> int:
     """Remove whole tasks with their history, outputs and metrics; returns how many.
 
     The narrow hook past the append-only history triggers: each task gets a
@@ -33,7 +34,9 @@ def erase_tasks(task_ids: list[Any], *, batch_size: int = 500) -> int:
     return erased
 
 
-def reinstate(entry: dict[str, Any], *, history_head: tuple[int, str], actor: Any, channel: str, reason: str) -> Task:
+def reinstate(
+    entry: Mapping[str, Any], *, history_head: tuple[int, str], actor: Actor, channel: str, reason: str
+) -> Task:
     """Put an erased task back exactly as it was archived (task, history, outputs, metrics), then record it.
 
     ``entry`` is one task's archived rows (``tasks.records.task_entries``). The

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from tasks.audit import audited, canonical_json
+from tasks.audit import Actor, audited, canonical_json
 from tasks.exceptions import InvalidTaskData, StaleState
 from tasks.models import IdempotencyKey, Task
 from tasks.redaction import redact_submission
 from tasks.registry import registered_names
 from tasks.services.base import CREATE_FIELDS, publish_on_commit, refuse_unknown, validate_task
 from tasks.states import TaskState
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
@@ -36,8 +39,8 @@ def _check_handler(fields: dict[str, Any]) -> None:
 
 def create_task(
     *,
-    owner: Any,
-    actor: Any,
+    owner: User | None,
+    actor: Actor,
     channel: str,
     reason: str = "created",
     **fields: Any,
@@ -54,8 +57,8 @@ def create_task(
 
 def submit_task(
     *,
-    owner: Any,
-    actor: Any,
+    owner: User | None,
+    actor: Actor,
     channel: str,
     reason: str = "submitted",
     **fields: Any,
@@ -82,8 +85,8 @@ def submit_task(
 def submit_task_once(
     *,
     idempotency_key: str | None,
-    owner: Any,
-    actor: Any,
+    owner: User,
+    actor: Actor,
     channel: str,
     reason: str = "submitted",
     **fields: Any,
@@ -122,7 +125,7 @@ def _check_idempotency_key(key: str) -> None:
         )
 
 
-def _replay(owner: Any, key: str, fingerprint: str) -> Task | None:
+def _replay(owner: User, key: str, fingerprint: str) -> Task | None:
     entry = IdempotencyKey.objects.select_related("task").filter(owner=owner, key=key).first()
     if entry is None:
         return None
@@ -133,7 +136,9 @@ def _replay(owner: Any, key: str, fingerprint: str) -> Task | None:
     return entry.task
 
 
-def import_task(task_id: uuid.UUID, *, owner: Any, actor: Any, channel: str, reason: str, **fields: Any) -> Task:
+def import_task(
+    task_id: uuid.UUID, *, owner: User | None, actor: Actor, channel: str, reason: str, **fields: Any
+) -> Task:
     """Record a task brought in from another system as it was there (its state, times and result).
 
     The values are redacted and validated like a submission's; the first history

@@ -44,6 +44,7 @@ class Command(BaseCommand):
                 raise SystemExit(1) from None
             self.stdout.write(f"restore: task {result.task_id} {result.outcome} from {result.ledger.archive_file}")
             return
+        assert backup_file  # exactly one of the two was given (checked above)
         try:
             count = load_backup(Path(backup_file))
         except (BackupError, OSError) as exc:

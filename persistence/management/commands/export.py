@@ -1,11 +1,12 @@
 """Export tasks as JSON lines (with history, outputs, metrics) or CSV, with the API's filters."""
 
 import csv
-from types import SimpleNamespace
+from io import TextIOBase
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
+from django.http import HttpRequest
 from tqdm import tqdm
 
 from persistence.mirror import batched
@@ -44,7 +45,8 @@ class Command(BaseCommand):
                 data[name] = opts[name]
         if include_deleted:
             data["include_deleted"] = "true"
-        operator = SimpleNamespace(user=get_user_model()(is_staff=True, is_superuser=True, is_active=True))
+        operator = HttpRequest()  # the filters read only its user: staff, who may see the trash
+        operator.user = get_user_model()(is_staff=True, is_superuser=True, is_active=True)
         filterset = TaskFilter(data=data, queryset=selectors.task_list(operator.user), request=operator)
         if not filterset.is_valid():
             for field, errors in filterset.errors.items():
@@ -53,6 +55,7 @@ class Command(BaseCommand):
         queryset = filterset.qs
         if "ordering" not in data:
             queryset = queryset.order_by("created_at", "id")
+        out: TextIOBase
         if output == "-":
             self.stdout.ending = ""
             out = self.stdout

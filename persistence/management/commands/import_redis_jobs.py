@@ -180,7 +180,8 @@ class Command(BaseCommand):
             job_id = uuid_or_none(key.decode()[len("celery-task-meta-") :])
             if job_id is None:
                 continue
-            meta = _json((results_db.get(key) or b"").decode("utf-8", "replace"))
+            stored = results_db.get(key)
+            meta = _json(stored.decode("utf-8", "replace") if isinstance(stored, bytes) else stored or "")
             meta = meta if isinstance(meta, dict) else {}
             if job_id in records:
                 records[job_id] = (*records[job_id][:3], meta)

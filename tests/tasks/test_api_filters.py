@@ -1,4 +1,4 @@
-"""Seed 004 query parameters of GET /api/tasks/persistent (and GET /api/tasks/): each alone, in pairs and all
+"""The list query parameters of GET /api/tasks/persistent (and GET /api/tasks/): each alone, in pairs and all
 together, checked against a plain-Python oracle over the same tasks; every invalid value answers 400 naming it."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def dataset(user: Any, other_user: Any, task_in: Any) -> Dataset:
     return Dataset(tasks=sorted(created, key=lambda t: t.created_at, reverse=True), marks=marks)
 
 
-# Each seed parameter: (value for the query string, predicate over a task) built from the dataset.
+# Each list parameter: (value for the query string, predicate over a task) built from the dataset.
 Param = Callable[[Dataset], tuple[str, Callable[[Task], bool]]]
 PARAMS: dict[str, Param] = {
     "states": lambda d: ("running,queued", lambda t: t.state in {"running", "queued"}),
@@ -86,7 +86,7 @@ def expected_ids(dataset: Dataset, names: tuple[str, ...]) -> tuple[dict[str, st
 
 
 @pytest.mark.parametrize("names", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
-def test_seed_parameters_alone_and_combined(names: tuple[str, ...], dataset: Dataset, api: Any) -> None:
+def test_list_parameters_alone_and_combined(names: tuple[str, ...], dataset: Dataset, api: Any) -> None:
     query, ids, count = expected_ids(dataset, names)
     response = api.get("/api/tasks/persistent", query)
     assert response.status_code == 200, response.data
@@ -101,8 +101,8 @@ def test_every_filter_narrows_the_dataset(dataset: Dataset) -> None:
         assert 0 < count < len(dataset.tasks), name
 
 
-def test_seed_example_queries(dataset: Dataset, api: Any) -> None:
-    """The two example requests of seed 004, verbatim."""
+def test_documented_example_queries(dataset: Dataset, api: Any) -> None:
+    """The two example requests of the original specification, verbatim."""
     response = api.get(
         "/api/tasks/persistent?states=running,queued&roles=backend,frontend&providers=claude&search=login"
         "&limit=50&offset=0"

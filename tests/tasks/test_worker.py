@@ -18,7 +18,7 @@ from tasks.models import Task, TaskHistory
 from tasks.states import TERMINAL_STATES
 from tests.conftest import RUN_PREFIX, child_database_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 SUBMIT = """

@@ -459,7 +459,7 @@ def test_recover_of_a_deleted_task_asks_for_a_restore(recoverer: Any, task_in: A
     assert Task.objects.get(pk=task.pk).state == "failed"
 
 
-# --- Legacy paths (seeds 000-001).
+# --- Legacy paths of the system Crux replaced.
 
 
 def test_legacy_solve_read_and_cancel(api: Any) -> None:

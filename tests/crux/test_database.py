@@ -12,7 +12,7 @@ from tasks.models import Task
 from tasks.selectors import verify_audit_chains
 from tests.conftest import child_database_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.django_db

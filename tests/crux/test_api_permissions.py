@@ -57,6 +57,7 @@ CASES = [
     Case("delete unconfirmed", "delete", "/api/tasks/{id}?reason=x", (401, 403, 403, 403, 400, 400), state="completed"),
     Case("restore", "post", "/api/tasks/{id}/restore", (401, 403, 403, 403, 200, 200), state="failed", deleted=True),
     Case("recover", "post", "/api/tasks/{id}/recover", (401, 403, 403, 403, 200, 200), state="failed"),
+    Case("locate", "get", "/api/tasks/{id}/locate", (401, 200, 404, 200, 200, 200), state="cancelled"),
     Case("trace", "get", "/api/tasks/{id}/trace", (401, 200, 404, 200, 200, 200), state="cancelled"),
     Case("purge dry run", "post", "/api/purge", (401, 403, 403, 200, 200, 200), state="completed"),
     Case("purge confirmed", "post", "/api/purge?confirm=true", (401, 403, 403, 200, 200, 200), state="completed"),

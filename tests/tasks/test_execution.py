@@ -75,7 +75,7 @@ def test_a_handler_exception_records_the_failure(user):
     assert task.outputs.get().output_type == "stderr"
 
 
-def test_agent_demo_records_seed_002_metrics(user):
+def test_agent_demo_records_its_metrics(user):
     task = submit(user, handler="agent_demo", request_payload={"max_iterations": 4, "converge_after": 2, "delay": 0})
     assert execute(str(task.pk), worker_id=WORKER) == "completed"
     metrics = Task.objects.get(pk=task.pk).metrics
