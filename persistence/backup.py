@@ -25,9 +25,9 @@ from django.core.management.color import no_style
 from django.db import connection, transaction
 from django.utils import timezone
 
-from tasks.audit import restoring
+from tasks import services
 from tasks.models import HistoryPurgeGrant, Task
-from tasks.records import checksum, deserialize, encode, serialize_queryset
+from tasks.records import checksum, encode, serialize_queryset
 
 FORMAT = "crux-backup/1"
 BACKUP_APPS = ("auth", "authtoken", "tasks", "retention", "django_celery_results")
@@ -169,15 +169,12 @@ def _restore_sqlite(path: Path) -> int:
 
 def _restore_json(path: Path) -> int:
     _refuse_non_empty()
-    restored = 0
     with gzip.open(path, "rt", encoding="utf-8") as lines:
         header = json.loads(next(lines))
         if header.get("format") != FORMAT:
             raise BackupError(f"{path.name} is not a Crux backup")
-        with transaction.atomic(), restoring():
-            for item in deserialize(json.loads(line) for line in lines):
-                item.save()
-                restored += 1
+        with transaction.atomic():
+            restored = services.load_rows(json.loads(line) for line in lines)
             reset = connection.ops.sequence_reset_sql(no_style(), _models())
             if reset:
                 with connection.cursor() as cursor:

@@ -67,21 +67,21 @@ class AuditContext:
 
 
 _current: ContextVar[AuditContext | None] = ContextVar("crux_audit_context", default=None)
-_restoring: ContextVar[bool] = ContextVar("crux_restoring", default=False)
+_loading: ContextVar[bool] = ContextVar("crux_loading_rows", default=False)
 
 
 @contextmanager
-def restoring() -> Iterator[None]:
-    """Let raw saves (deserialized backups and archives) through: their history comes with them."""
-    token = _restoring.set(True)
+def loading_rows() -> Iterator[None]:
+    """Let raw saves of deserialized rows (a backup being loaded) through: their history comes with them."""
+    token = _loading.set(True)
     try:
         yield
     finally:
-        _restoring.reset(token)
+        _loading.reset(token)
 
 
-def is_restoring() -> bool:
-    return _restoring.get()
+def is_loading_rows() -> bool:
+    return _loading.get()
 
 
 def actor_label(actor: Actor) -> tuple[str, int | None]:

@@ -29,7 +29,7 @@ from tasks.audit import (
     active_context,
     current_context,
     digest,
-    is_restoring,
+    is_loading_rows,
     row_hash,
     to_jsonable,
 )
@@ -74,7 +74,7 @@ def _event(before: dict[str, Any] | None, instance: Task) -> str:
 
 def prepare_row(instance: Task, *, raw: bool, update_fields: Any, using: str) -> None:
     """Compile the history row of the change about to be saved (or refuse a save that escapes the audit)."""
-    if raw and is_restoring():
+    if raw and is_loading_rows():
         setattr(instance, _PENDING, None)
         return
     if raw or not hasattr(instance, "_audit_before"):

@@ -17,9 +17,7 @@ from persistence.stats import collect_stats
 from tasks import selectors
 from tasks.api.errors import ServiceUnavailable, error_responses
 from tasks.api.fields import ReasonSerializer
-from tasks.api.permissions import (
-    CanRecover,
-)
+from tasks.api.permissions import CanRecover
 from tasks.api.schema import TASK_ID
 from tasks.audit import Channel, signed_in
 from tasks.exceptions import TaskNotFound

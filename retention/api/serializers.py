@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from tasks.api.fields import (
-    QueryBooleanField,
-)
+from tasks.api.fields import QueryBooleanField
 
 
 class PurgeParamsSerializer(serializers.Serializer):

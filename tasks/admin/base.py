@@ -13,9 +13,7 @@ from django.utils.text import smart_split, unescape_string_literal
 
 from tasks.admin.lists import id_prefix_q
 from tasks.admin.timeline import state_colour
-from tasks.models import (
-    TaskHistory,
-)
+from tasks.models import TaskHistory
 
 
 def can_view_tasks(request: HttpRequest) -> bool:

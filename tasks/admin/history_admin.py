@@ -22,9 +22,7 @@ from tasks.admin.base import (
 )
 from tasks.admin.lists import CappedCountPaginator
 from tasks.ids import uuid_or_none
-from tasks.models import (
-    TaskHistory,
-)
+from tasks.models import TaskHistory
 
 
 @admin.register(TaskHistory)

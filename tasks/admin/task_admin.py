@@ -21,42 +21,31 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import ShowFacets
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Field, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
-from django.utils.http import url_has_allowed_host_and_scheme, urlencode
+from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from tasks import services
-from tasks.admin.actions import (
-    ACTIONS,
-    MAX_TASKS_PER_ACTION,
-    ActionSpec,
-    ConfirmActionForm,
-    parse_ids,
-    perform,
-)
+from tasks.admin.actions import ACTIONS
 from tasks.admin.base import (
-    ReadOnlyInline,
     search_terms,
     short_datetime,
     state_badge_html,
     task_search_q,
-    transition_html,
 )
+from tasks.admin.confirmation import ConfirmedActionsMixin, admin_action
 from tasks.admin.lists import CachedValuesFilter, CappedCountPaginator
+from tasks.admin.task_page import HistoryInline, MetricsInline, OutputInline, TaskAdminForm, collapsed_if_default
 from tasks.admin.timeline import build_timeline, format_duration
 from tasks.audit import Channel, signed_in
 from tasks.exceptions import TaskError
 from tasks.ids import uuid_or_none
 from tasks.models import (
     Task,
-    TaskHistory,
-    TaskMetrics,
-    TaskOutput,
     TaskQuerySet,
 )
 
@@ -69,84 +58,6 @@ TRASH_URL_NAME = "tasks_task_trash"
 def in_trash(request: HttpRequest) -> bool:
     match = getattr(request, "resolver_match", None)
     return match is not None and match.url_name == TRASH_URL_NAME
-
-
-def collapsed_if_default(obj: Task, names: tuple[str, ...]) -> tuple[str, ...]:
-    """Collapse a group of the task page whose fields all hold their defaults (nothing to read there)."""
-    for name in names:
-        field = Task._meta.get_field(name)
-        assert isinstance(field, Field)  # the groups name the task's own columns
-        if getattr(obj, field.attname) != field.get_default():
-            return ()
-    return ("collapse",)
-
-
-INLINE_ROWS = 100
-
-
-class LatestHistoryFormSet(forms.BaseInlineFormSet):
-    def get_queryset(self) -> QuerySet:
-        queryset = super().get_queryset()
-        head = getattr(self.instance, "history_count", 0) or 0
-        return queryset.filter(seq__gt=head - INLINE_ROWS) if head > INLINE_ROWS else queryset
-
-
-class HistoryInline(ReadOnlyInline):
-    model = TaskHistory
-    formset = LatestHistoryFormSet
-    verbose_name_plural = f"history (newest first; the latest {INLINE_ROWS} rows, see the timeline for all)"
-    fields = ("seq", "created_at", "event", "transition", "actor", "channel", "reason")
-    readonly_fields = fields
-    ordering = ("-seq",)
-
-    @admin.display(description="state")
-    def transition(self, obj: TaskHistory) -> str:
-        return transition_html(obj)
-
-
-class LatestOutputsFormSet(forms.BaseInlineFormSet):
-    def get_queryset(self) -> QuerySet:
-        queryset = super().get_queryset()
-        latest = TaskOutput.objects.filter(task=self.instance).order_by("-created_at", "-id").values("id")
-        return queryset.filter(id__in=latest[:INLINE_ROWS])
-
-
-class OutputInline(ReadOnlyInline):
-    model = TaskOutput
-    formset = LatestOutputsFormSet
-    verbose_name_plural = f"outputs (the latest {INLINE_ROWS})"
-    fields = ("created_at", "output_type", "preview", "file_path", "file_size", "commit_hash", "branch")
-    readonly_fields = fields
-    ordering = ("-created_at", "-id")
-
-    @admin.display(description="content")
-    def preview(self, obj: TaskOutput) -> str:
-        return format_html("<pre class='crux-pre'>{}</pre>", Truncator(obj.content).chars(2000))
-
-
-class MetricsInline(ReadOnlyInline):
-    model = TaskMetrics
-    fields = (
-        "processing_time_seconds",
-        "iterations",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "stop_reason",
-        "converged",
-        "updated_at",
-    )
-    readonly_fields = fields
-
-
-class TaskAdminForm(forms.ModelForm):
-    change_reason = forms.CharField(
-        max_length=500, help_text="Why you are making this change; recorded in the task's history."
-    )
-
-    class Meta:
-        model = Task
-        fields = sorted(services.EDITABLE_FIELDS)
 
 
 class DeletedFilter(admin.SimpleListFilter):
@@ -174,17 +85,8 @@ class TaskChangeList(ChangeList):
         super().__init__(request, model, list_display, list_display_links, list_filter, date_hierarchy, *rest)
 
 
-def _action(spec: ActionSpec) -> Any:
-    def action(modeladmin: TaskAdmin, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
-        ids = list(queryset.order_by().values_list("pk", flat=True)[: MAX_TASKS_PER_ACTION + 1])
-        return modeladmin.confirm_view(request, spec.name, ids=ids, next_url=request.get_full_path())
-
-    action.__name__ = spec.admin_action_name
-    return admin.action(description=f"{spec.title}…", permissions=[spec.name])(action)
-
-
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
     form = TaskAdminForm
     change_list_template = "admin/tasks/task/change_list.html"
     list_display = (
@@ -260,7 +162,7 @@ class TaskAdmin(admin.ModelAdmin):
         "history_head",
         "audit_links",
     )
-    actions = [_action(spec) for spec in ACTIONS.values()]
+    actions = [admin_action(spec) for spec in ACTIONS.values()]
 
     # --- Permissions: one per action (the Task model's custom permissions).
 
@@ -269,21 +171,6 @@ class TaskAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return not in_trash(request) and super().has_add_permission(request)
-
-    def has_action_permission(self, request: HttpRequest, spec: ActionSpec) -> bool:
-        return request.user.is_active and request.user.is_staff and request.user.has_perm(spec.perm)
-
-    def has_soft_delete_permission(self, request: HttpRequest) -> bool:
-        return self.has_action_permission(request, ACTIONS["soft_delete"])
-
-    def has_restore_permission(self, request: HttpRequest) -> bool:
-        return self.has_action_permission(request, ACTIONS["restore"])
-
-    def has_requeue_permission(self, request: HttpRequest) -> bool:
-        return self.has_action_permission(request, ACTIONS["requeue"])
-
-    def has_cancel_permission(self, request: HttpRequest) -> bool:
-        return self.has_action_permission(request, ACTIONS["cancel"])
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)
@@ -490,119 +377,6 @@ class TaskAdmin(admin.ModelAdmin):
             saved = services.create_task(owner=user, actor=user, channel=Channel.ADMIN, reason=reason, **fields)
         obj.pk = saved.pk
         obj.refresh_from_db()
-
-    def available_actions(self, request: HttpRequest, obj: Task, *, next_url: str) -> list[dict[str, Any]]:
-        """The action buttons of a task page: those the user may use and that apply to this task."""
-        buttons = []
-        for spec in ACTIONS.values():
-            if self.has_action_permission(request, spec) and spec.skip_reason(obj) is None:
-                query = urlencode({"ids": str(obj.pk), "next": next_url})
-                url = reverse("admin:tasks_task_confirm", args=[spec.name]) + "?" + query
-                buttons.append({"url": url, "label": spec.verb.capitalize(), "danger": spec.danger})
-        return buttons
-
-    # --- Confirmation pages.
-
-    def confirm_view(
-        self,
-        request: HttpRequest,
-        action: str,
-        *,
-        ids: list[Any] | None = None,
-        next_url: str | None = None,
-    ) -> HttpResponse:
-        """GET (or a changelist action): the confirmation page. POST with ``confirm=yes``: do it."""
-        spec = ACTIONS.get(action)
-        if spec is None:
-            raise Http404(f"no action {action!r}")
-        if not self.has_action_permission(request, spec):
-            raise PermissionDenied
-        data = request.POST if request.method == "POST" else request.GET
-        if ids is None:
-            ids, invalid = parse_ids(data.getlist("ids"))
-        else:
-            invalid = []
-        next_url = self._safe_next(request, next_url or data.get("next"))
-        if not ids:
-            self.message_user(request, "No tasks were selected.", messages.WARNING)
-            return HttpResponseRedirect(next_url)
-        if len(ids) > MAX_TASKS_PER_ACTION:
-            self.message_user(
-                request,
-                f"At most {MAX_TASKS_PER_ACTION} tasks per action: narrow the selection with a filter.",
-                messages.ERROR,
-            )
-            return HttpResponseRedirect(next_url)
-
-        form = ConfirmActionForm(request.POST if "confirm" in request.POST else None)
-        if request.POST.get("confirm") == "yes" and form.is_valid():
-            outcome = perform(spec, ids, user=signed_in(request.user), reason=form.cleaned_data["reason"])
-            self._report(request, spec, outcome, form.cleaned_data["reason"])
-            return HttpResponseRedirect(next_url)
-
-        found = Task.objects.select_related("owner", "deleted_by").in_bulk(ids)
-        rows, skipped = [], []
-        for pk in ids:
-            task = found.get(pk)
-            if task is None:
-                invalid.append(str(pk))
-            elif (why := spec.skip_reason(task)) is not None:
-                skipped.append({"task": task, "why": why})
-            else:
-                rows.append({"task": task, "note": spec.note(task)})
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": spec.title,
-            "spec": spec,
-            "rows": rows,
-            "skipped": skipped,
-            "invalid": invalid,
-            "form": form,
-            "next_url": next_url,
-            "action_url": reverse("admin:tasks_task_confirm", args=[spec.name]),
-            "media": self.media,
-        }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/tasks/task/confirm_action.html", context)
-
-    def _safe_next(self, request: HttpRequest, next_url: str | None) -> str:
-        if next_url and url_has_allowed_host_and_scheme(
-            next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-        ):
-            return next_url
-        return reverse("admin:tasks_task_changelist")
-
-    def _report(self, request: HttpRequest, spec: ActionSpec, outcome: Any, reason: str) -> None:
-        for task in outcome.done:
-            self.log_change(request, task, f"{spec.past.capitalize()} through the admin: {reason}")
-        if outcome.done:
-            ids = ", ".join(str(t.pk)[:8] for t in outcome.done[:20]) + ("…" if len(outcome.done) > 20 else "")
-            count = len(outcome.done)
-            self.message_user(
-                request, f"{spec.past.capitalize()} {count} task{'s' if count != 1 else ''}: {ids}.", messages.SUCCESS
-            )
-        if outcome.skipped:
-            lines = format_html_join(
-                "", "<li><code>{}</code>: {}</li>", ((str(t.pk)[:8], why) for t, why in outcome.skipped[:20])
-            )
-            self.message_user(
-                request,
-                format_html("Skipped {} task(s) that changed meanwhile:<ul>{}</ul>", len(outcome.skipped), lines),
-                messages.WARNING,
-            )
-        if outcome.failed:
-            lines = format_html_join(
-                "",
-                "<li><code>{}</code>: {}</li>",
-                ((str(getattr(t, "pk", t))[:8], error) for t, error in outcome.failed[:20]),
-            )
-            more = f" (and {len(outcome.failed) - 20} more)" if len(outcome.failed) > 20 else ""
-            self.message_user(
-                request,
-                format_html("Could not {} {} task(s){}:<ul>{}</ul>", spec.verb, len(outcome.failed), more, lines),
-                messages.ERROR,
-            )
 
     # --- The timeline.
 

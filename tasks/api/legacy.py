@@ -11,9 +11,7 @@ from rest_framework.views import APIView
 
 from tasks import services
 from tasks.api.errors import error_responses
-from tasks.api.permissions import (
-    OwnerOrCanCancel,
-)
+from tasks.api.permissions import OwnerOrCanCancel
 from tasks.api.serializers import (
     CancelSerializer,
     LegacyJobSerializer,

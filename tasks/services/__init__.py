@@ -9,7 +9,7 @@ the Redis mirror follows after commit. By owner:
 - ``lifecycle``: transition, cancel, edit, soft delete, restore, recover.
 - ``attempts``: what a worker writes (claim, lease, progress, outputs, metrics, outcome).
 - ``recovery``: lost attempts and lost messages.
-- ``removal``: erase for a purge, reinstate from an archive.
+- ``removal``: erase for a purge, reinstate from an archive, load a backup's rows.
 """
 
 from tasks.services.attempts import (
@@ -35,7 +35,7 @@ from tasks.services.lifecycle import (
     update_task,
 )
 from tasks.services.recovery import recover_interrupted, recover_orphans, redispatch_stale
-from tasks.services.removal import erase_tasks, reinstate
+from tasks.services.removal import erase_tasks, load_rows, reinstate
 from tasks.services.submission import (
     IDEMPOTENCY_KEY_MAX_LENGTH,
     IdempotencyKeyReused,
@@ -64,6 +64,7 @@ __all__ = [
     "finish_attempt",
     "import_task",
     "lease_deadline",
+    "load_rows",
     "record_metrics",
     "record_output",
     "recover",

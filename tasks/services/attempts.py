@@ -28,16 +28,15 @@ from tasks.states import TaskState
 logger = logging.getLogger(__name__)
 
 OUTPUT_FIELDS = frozenset({"output_type", "content", "file_path", "file_size", "mime_type", "commit_hash", "branch"})
-METRIC_FIELDS = frozenset(
-    {
-        "processing_time_seconds",
-        "iterations",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "stop_reason",
-        "converged",
-    }
+# A task's execution figures, in the order pages show them.
+METRIC_FIELDS = (
+    "processing_time_seconds",
+    "iterations",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "stop_reason",
+    "converged",
 )
 
 
@@ -160,7 +159,7 @@ def report_progress(
 
 def record_metrics(task_id: TaskId, **fields: Any) -> TaskMetrics:
     """Set a task's execution figures (the named ones; the others keep their values)."""
-    refuse_unknown(fields, METRIC_FIELDS)
+    refuse_unknown(fields, frozenset(METRIC_FIELDS))
     return TaskMetrics.objects.update_or_create(task_id=task_id, defaults=fields)[0]
 
 

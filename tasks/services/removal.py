@@ -1,13 +1,14 @@
-"""The only ways a task's rows leave or come back whole: erased by a purge, reinstated from its archive."""
+"""The only ways a task's rows leave or come back whole: erased by a purge, reinstated from its archive, loaded
+from a backup."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from django.db import models, transaction
 
-from tasks.audit import Actor, HistoryEvent, audited
+from tasks.audit import Actor, HistoryEvent, audited, loading_rows
 from tasks.exceptions import TaskError
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskMetrics, TaskOutput
@@ -60,3 +61,17 @@ def reinstate(
     with audited(actor, channel=channel, reason=reason, event=HistoryEvent.UNARCHIVE):
         task.save()
     return task
+
+
+def load_rows(rows: Iterable[dict[str, Any]]) -> int:
+    """Save rows of a backup (``tasks.records`` form, any model) exactly as they were; returns how many.
+
+    Their history comes with them, so none is written; only a backup load into an
+    empty database calls this, inside its transaction.
+    """
+    loaded = 0
+    with loading_rows():
+        for item in deserialize(rows):
+            item.save()
+            loaded += 1
+    return loaded

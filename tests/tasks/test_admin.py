@@ -678,9 +678,9 @@ def test_app_index_has_no_dashboard(client, superuser):
 
 
 def test_outputs_inline_is_capped(client, superuser, make_task, monkeypatch):
-    from tasks.admin import task_admin
+    from tasks.admin import task_page
 
-    monkeypatch.setattr(task_admin, "INLINE_ROWS", 2)
+    monkeypatch.setattr(task_page, "INLINE_ROWS", 2)
     task = make_task()
     for i in range(4):
         services.add_output(task.pk, output_type="log", content=f"line {i}")
