@@ -1,12 +1,10 @@
-"""Who sees and acts on which task.
+"""DRF permission classes over the rules of ``tasks.selectors.visibility`` (who sees and acts on which task).
 
-Visibility: a user sees their own tasks, staff see all; another user's task
-answers 404, never 403, so ids are not confirmed. Soft-deleted tasks are seen
-only by those who may manage the trash (staff, or holders of
-``tasks.restore_task``). Deleting, restoring and recovering need their model
-permission even on one's own task; cancelling and adding outputs are open to
-the owner and, on others' tasks, to holders of ``tasks.cancel_task`` /
-``tasks.add_taskoutput``.
+Deleting, restoring and recovering need their model permission even on one's
+own task; cancelling and adding outputs are open to the owner and, on others'
+tasks, to holders of ``tasks.cancel_task`` / ``tasks.add_taskoutput``. Which
+tasks a user sees at all is the selectors' business: another user's task
+answers 404 before any of these run.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from django.conf import settings
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
+from tasks import selectors
 from tasks.models import Task
 
 
@@ -53,7 +52,7 @@ class OwnerOrHasPermission(BasePermission):
     def has_object_permission(self, request: Request, view: Any, obj: Task) -> bool:
         if request.method in SAFE_METHODS:
             return True
-        return obj.owner_id == request.user.pk or request.user.has_perm(self.perm)
+        return selectors.may_change(request.user, obj, perm=self.perm)
 
 
 class OwnerOrCanCancel(OwnerOrHasPermission):

@@ -19,7 +19,14 @@ from tasks.selectors.figures import (
 )
 from tasks.selectors.history import ChainProblem, latest_history, verify_audit_chains
 from tasks.selectors.search import search_tasks
-from tasks.selectors.visibility import find_visible_task, may_see, may_see_deleted, task_list, visible_tasks
+from tasks.selectors.visibility import (
+    find_visible_task,
+    may_change,
+    may_see,
+    may_see_deleted,
+    task_list,
+    visible_tasks,
+)
 
 __all__ = [
     "ChainProblem",
@@ -34,6 +41,7 @@ __all__ = [
     "find_visible_task",
     "last_recovery_at",
     "latest_history",
+    "may_change",
     "may_see",
     "may_see_deleted",
     "search_tasks",

@@ -1,4 +1,4 @@
-"""Who sees which task: the one place the rule lives.
+"""Who sees which task, and who may change it: the one place the rules live.
 
 A user sees their own tasks, staff see all; another user's task is "not found",
 never "forbidden", so ids are not confirmed. Soft-deleted tasks are seen only by
@@ -29,6 +29,11 @@ def may_see(user: Viewer, *, owner_id: int | None, deleted: bool = False) -> boo
     if deleted and not may_see_deleted(user):
         return False
     return bool(user.is_staff or (owner_id is not None and owner_id == user.pk))
+
+
+def may_change(user: Viewer, task: Task, *, perm: str) -> bool:
+    """Whether ``user`` may change ``task`` (cancel it, add an output): its owner, or a holder of ``perm``."""
+    return (task.owner_id is not None and task.owner_id == user.pk) or user.has_perm(perm)
 
 
 def visible_tasks(user: User, *, include_deleted: bool | None = None) -> TaskQuerySet:
