@@ -9,7 +9,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasks import services
 from tasks.api.errors import error_responses
 from tasks.api.permissions import OwnerOrCanCancel
 from tasks.api.serializers import (
@@ -18,8 +17,8 @@ from tasks.api.serializers import (
     LegacySolveSerializer,
 )
 from tasks.api.throttling import SubmitThrottle
-from tasks.api.views import IDEMPOTENCY_KEY, cancel_visible_task, check_body_size, submitted
-from tasks.audit import Channel, signed_in
+from tasks.api.views import IDEMPOTENCY_KEY, cancel_visible_task, check_body_size, submit_once, submitted
+from tasks.audit import signed_in
 from tasks.selectors import find_visible_task
 
 JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The task's id.")
@@ -42,12 +41,8 @@ class LegacySolveView(APIView):
         body = LegacySolveSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        user = signed_in(request.user)
-        task, created = services.submit_task_once(
-            idempotency_key=request.headers.get("Idempotency-Key"),
-            owner=user,
-            actor=user,
-            channel=Channel.API,
+        task, created = submit_once(
+            request,
             title=data["title"],
             handler=data["handler"],
             request_payload=data["request"],

@@ -80,6 +80,14 @@ def check_body_size(request: Request) -> None:
         raise PayloadTooLarge(message)
 
 
+def submit_once(request: Request, **fields: Any) -> tuple[Task, bool]:
+    """Submit a task of the request's user through the API, once per ``Idempotency-Key``; (task, created)."""
+    user = signed_in(request.user)
+    return services.submit_task_once(
+        idempotency_key=request.headers.get("Idempotency-Key"), owner=user, actor=user, channel=Channel.API, **fields
+    )
+
+
 def submitted(request: Request, task: Task, created: bool, body: dict[str, Any]) -> Response:
     """201 for a new task; 200 and Idempotent-Replayed for a retry that found the first one."""
     location = reverse("task-detail", args=[task.pk], request=request)
@@ -144,14 +152,7 @@ class TaskListView(TaskListMixin, ListAPIView):
         check_body_size(request)
         serializer = TaskSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        user = signed_in(request.user)
-        task, created = services.submit_task_once(
-            idempotency_key=request.headers.get("Idempotency-Key"),
-            owner=user,
-            actor=user,
-            channel=Channel.API,
-            **serializer.validated_data,
-        )
+        task, created = submit_once(request, **serializer.validated_data)
         return submitted(request, task, created, TaskSerializer(task).data)
 
 
