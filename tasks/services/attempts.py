@@ -159,7 +159,7 @@ def report_progress(
 
 def record_metrics(task_id: TaskId, **fields: Any) -> TaskMetrics:
     """Set a task's execution figures (the named ones; the others keep their values)."""
-    refuse_unknown(fields, frozenset(METRIC_FIELDS))
+    refuse_unknown(fields, METRIC_FIELDS)
     return TaskMetrics.objects.update_or_create(task_id=task_id, defaults=fields)[0]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from functools import partial
 from typing import Any
 
@@ -66,8 +67,8 @@ def locked_task(task_id: TaskId) -> Task:
         raise TaskNotFound(pk) from None
 
 
-def refuse_unknown(fields: dict[str, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(fields) - allowed)
+def refuse_unknown(fields: dict[str, Any], allowed: Collection[str]) -> None:
+    unknown = sorted(set(fields).difference(allowed))
     if unknown:
         raise InvalidTaskData({name: ["This field cannot be set here."] for name in unknown})
 
