@@ -1,5 +1,5 @@
 # Crux: two commands do all set-up on a fresh machine.
-#   make run   - virtualenv, install, migrate, then web + worker + beat (SQLite, local Redis)
+#   make run   - virtualenv, install, migrate, then web + worker + housekeeping + beat (SQLite, local Redis)
 #   make test  - virtualenv, install, lint (ruff, import layers, mypy), migration check, the suite on SQLite and on PostgreSQL
 #   make bench - every benchmark of BENCHMARKS.md and one table (BENCH_ENGINES=sqlite,postgres BENCH_SIZES=10000,100000,1000000)
 
@@ -14,8 +14,10 @@ PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 BENCH_ENGINES ?= sqlite,postgres
 BENCH_SIZES ?= 10000,100000,1000000
+SECRET_KEY_FILE ?= var/secret_key
+AUDIT_KEY_FILE ?= var/audit_key
 
-.PHONY: run test test-sqlite test-postgres lint venv browser bench
+.PHONY: run test test-sqlite test-postgres lint venv browser bench keys
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,16 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(BIN)/.installed
 
+# The Django secret key and the audit chain key, kept outside the database and the repository (var/ is gitignored):
+# each file is created once, readable by its owner only, and never overwritten (README, "Deployment").
+keys:
+	@for f in $(SECRET_KEY_FILE) $(AUDIT_KEY_FILE); do \
+	  test -s "$$f" && continue; \
+	  mkdir -p "$$(dirname "$$f")" && \
+	  (umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > "$$f.tmp") && \
+	  mv "$$f.tmp" "$$f" && echo "created $$f" || exit 1; \
+	done
+
 # The admin's browser test drives Debian's chromium through Playwright (never `playwright install`).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -32,7 +44,7 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-run: venv
+run: venv keys
 	mkdir -p var
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start release
 	$(BIN)/python manage.py shell -c "from django.contrib.auth import get_user_model as m; \
@@ -43,26 +55,26 @@ run: venv
 	@echo "                     API    http://127.0.0.1:$(PORT)/api/     docs http://127.0.0.1:$(PORT)/api/docs/"
 	@echo "  Stop with Ctrl-C."
 	@echo
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start --port $(PORT) web worker beat
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start --port $(PORT) web worker housekeeping beat
 
-lint: venv
+lint: venv keys
 	mkdir -p var
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-test-sqlite: venv browser
+test-sqlite: venv keys browser
 	mkdir -p var
 	DATABASE_URL=$(SQLITE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-postgres: venv browser
+test-postgres: venv keys browser
 	DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint test-sqlite test-postgres
 
 # Benchmarks (BENCHMARKS.md): data sets under var/bench/ or PostgreSQL databases crux_bench_*; wrk for HTTP.
-bench: venv
+bench: venv keys
 	@command -v wrk >/dev/null 2>&1 || { \
 	  echo "Installing wrk for the HTTP benchmark"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
