@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any, TypeAlias
 
@@ -10,15 +11,17 @@ from tasks.exceptions import InvalidTaskData
 # A task id as callers pass it: the UUID, or its text (from a URL, a command line, a message).
 TaskId: TypeAlias = uuid.UUID | str
 
+# The text of a UUID: 32 ASCII hex digits, dashed 8-4-4-4-12 or not. uuid.UUID() also takes braces, "urn:uuid:",
+# "+" and "_" between digits and non-ASCII digits (it calls int(text, 16)); none of these is an id here.
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}(-?)[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1[0-9a-fA-F]{4}\1[0-9a-fA-F]{12}")
+
 
 def uuid_or_none(value: Any) -> uuid.UUID | None:
     """``value`` as a UUID, or None if it is not one."""
     if isinstance(value, uuid.UUID):
         return value
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None
+    text = str(value)
+    return uuid.UUID(text) if _UUID_TEXT.fullmatch(text) else None
 
 
 def parse_task_id(task_id: TaskId, *, field: str = "task_id") -> uuid.UUID:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from tasks.api.fields import QueryBooleanField
+from tasks.api.fields import QueryBooleanField, QueryIntegerField
 
 
 class PurgeParamsSerializer(serializers.Serializer):
     """Query parameters of ``POST /api/purge``: a dry run unless ``confirm=true``."""
 
     confirm = QueryBooleanField(required=False, default=False, help_text="`true` purges; otherwise a dry run.")
-    limit = serializers.IntegerField(
+    limit = QueryIntegerField(
         required=False,
         min_value=1,
         help_text="Tasks in this run (default and maximum MAX_TASKS_PER_PURGE; more answers 400).",

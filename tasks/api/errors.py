@@ -1,7 +1,11 @@
-"""Map the task domain's typed errors to 4xx answers with field messages (never a 500), and document them."""
+"""Map the task domain's typed errors to 4xx answers with field messages (never a 500), a database that refuses
+to 503 with Retry-After, and document them."""
 
+import logging
 from typing import Any
 
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import status
 from rest_framework.exceptions import APIException
@@ -10,8 +14,36 @@ from rest_framework.views import exception_handler
 
 from tasks.exceptions import AuditError, Conflict, InvalidTaskData, TaskError, TaskNotFound
 
+logger = logging.getLogger(__name__)
+
+DATABASE_UNAVAILABLE = (
+    "The database refused the request (down, full or locked); a change is committed whole or not at all. Retry later."
+)
+
+
+def database_refused(exc: BaseException | None) -> bool:
+    """The database refused for a reason that may pass (down, disk full, lock or statement timeout).
+
+    Not its other errors (integrity, data, programming): those are bugs, answered 500 and logged.
+    """
+    return isinstance(exc, OperationalError | InterfaceError) or type(exc) is DatabaseError
+
+
+def retry_after() -> dict[str, str]:
+    """The header of every 503: when to try again (API_RETRY_AFTER_SECONDS)."""
+    return {"Retry-After": str(settings.API_RETRY_AFTER_SECONDS)}
+
 
 def crux_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if database_refused(exc):
+        logger.warning("database refused an API request: %s", exc, exc_info=exc)
+        exc = ServiceUnavailable(DATABASE_UNAVAILABLE)
+    if isinstance(exc, ServiceUnavailable):
+        response = exception_handler(exc, context)
+        assert response is not None  # an APIException always gets an answer
+        for header, value in retry_after().items():
+            response[header] = value
+        return response
     if not isinstance(exc, TaskError):
         return exception_handler(exc, context)
     if isinstance(exc, TaskNotFound):
@@ -23,12 +55,6 @@ def crux_exception_handler(exc: Exception, context: dict[str, Any]) -> Response 
         code = status.HTTP_403_FORBIDDEN
     body = {exc.field: [str(exc)]} if exc.field else {"detail": str(exc)}
     return Response(body, status=code)
-
-
-class PayloadTooLarge(APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "Request body too large."
-    default_code = "payload_too_large"
 
 
 class ServiceUnavailable(APIException):
@@ -44,10 +70,13 @@ _DETAIL = {
     "required": ["detail"],
 }
 _FIELD_ERRORS = {
-    "type": "object",
-    "description": "Field (or parameter) name -> list of messages; a malformed body answers {detail: message}.",
+    "description": "Field (or query parameter) name -> list of messages. A body that is not a JSON object (or "
+    "not JSON at all: malformed, nested deeper than API_JSON_MAX_DEPTH) answers {detail: message}: no field applies.",
     "example": {"states": ["Select a valid choice. done is not one of the available choices."]},
-    "additionalProperties": {},
+    "anyOf": [
+        {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}, "minProperties": 1},
+        _DETAIL,
+    ],
 }
 _DESCRIPTIONS = {
     400: "Invalid input: the body names each offending field or parameter. Nothing was written.",
@@ -58,13 +87,14 @@ _DESCRIPTIONS = {
     "Idempotency-Key was already used for a different request, or deletions are suspended after a spike.",
     413: "The request body is larger than API_SUBMIT_MAX_BYTES.",
     429: "Too many requests: see the Retry-After header.",
-    503: "A backing service (Redis) is unavailable.",
+    503: "A backing service (the database, or Redis where the operation needs it) is unavailable: nothing was "
+    "half-written; retry after the Retry-After header's seconds.",
 }
 
 
 def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
-    """OpenAPI responses for the given error status codes (401 and 429 are always included)."""
-    wanted = sorted({401, 429, *codes})
+    """OpenAPI responses for the given error status codes (401, 429 and 503 are always included)."""
+    wanted = sorted({401, 429, 503, *codes})
     return {
         code: OpenApiResponse(
             response=_FIELD_ERRORS if code in (400, 409) else _DETAIL, description=_DESCRIPTIONS[code]

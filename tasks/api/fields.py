@@ -1,19 +1,62 @@
-"""Strict fields and forms that every endpoint shares: JSON types as the schema states them, no unknown fields."""
+"""What a valid number, string, date and id is, decided once for every endpoint: strict fields and rules shared
+by the serializers, the query parameters (filters, paging) and the JSON parser; no unknown fields."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import empty
 from rest_framework.utils.serializer_helpers import BindingDict
 
 from tasks.models import Task
 from tasks.registry import registered_names
 
 REASON_MAX_LENGTH = 500
+
+# The widest integer column (a signed 64-bit BIGINT on SQLite and PostgreSQL): no integer input goes beyond it.
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+# A whole number as text: ASCII digits only, nothing around them. int() also takes "٣" (Arabic-Indic three),
+# " 5", "5\n", "+5" and "1_000"; none of these is a number here.
+ASCII_INTEGER = re.compile(r"-?[0-9]+")
+# An RFC 3339 date-time with its time zone, as OpenAPI's ``date-time`` states, in ASCII digits (``\d`` matches any
+# Unicode digit), matched whole (``$`` would let a trailing newline through).
+RFC3339_DATETIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+# Characters no text column stores: NUL (PostgreSQL refuses it) and lone UTF-16 surrogates (not Unicode text;
+# encoding them to UTF-8 fails, in the database driver or when the answer is rendered).
+UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_text(text: str) -> str | None:
+    """Why ``text`` cannot be stored (NUL, lone surrogate), or None if it can."""
+    found = UNSTORABLE_CHARACTER.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "Null characters (U+0000) are not allowed."
+    return f"Lone surrogate characters are not allowed (U+{ord(found.group()):04X}): send valid Unicode text."
+
+
+def parse_query_integer(raw: str, *, minimum: int = BIGINT_MIN, maximum: int = BIGINT_MAX) -> int:
+    """A whole number from a query string, in ASCII digits and within [minimum, maximum] (ValidationError if not)."""
+    if not ASCII_INTEGER.fullmatch(raw):
+        raise serializers.ValidationError(f"A whole number in ASCII digits is required, not {raw[:40]!r}.")
+    if len(raw.lstrip("-")) > len(str(BIGINT_MAX)):  # never fits 64 bits; int() of thousands of digits is slow
+        value = BIGINT_MIN - 1 if raw.startswith("-") else BIGINT_MAX + 1
+    else:
+        value = int(raw)
+    if value < minimum:
+        raise serializers.ValidationError(f"Must be at least {minimum}.")
+    if value > maximum:
+        raise serializers.ValidationError(f"Must be at most {maximum}.")
+    return value
 
 
 _TASK_FIELD_NAMES = frozenset(f.name for f in Task._meta.get_fields()) | {"payload", "owner_id", "is_deleted"}
@@ -41,8 +84,19 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
-class StrictIntegerField(serializers.IntegerField):
-    """JSON integers only (not "5", 5.0 or true)."""
+class Int64Mixin(serializers.IntegerField):
+    """Bounded to a 64-bit column unless narrower bounds are given (the schema then states minimum and maximum)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("min_value") is None:
+            kwargs["min_value"] = BIGINT_MIN
+        if kwargs.get("max_value") is None:
+            kwargs["max_value"] = BIGINT_MAX
+        super().__init__(**kwargs)
+
+
+class StrictIntegerField(Int64Mixin):
+    """JSON integers only (not "5", 5.0 or true), never beyond a 64-bit column (narrower bounds come from the model)."""
 
     def to_internal_value(self, data: Any) -> int:
         if isinstance(data, bool) or not isinstance(data, int):
@@ -50,7 +104,33 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
-class QueryBooleanField(serializers.BooleanField):
+class QueryFieldMixin(serializers.Field):
+    """A query parameter given empty (``?limit=``) is a value to validate, not "left out" as in an HTML form."""
+
+    def get_value(self, dictionary: Any) -> Any:
+        return dictionary.get(self.field_name, empty)
+
+
+class QueryIntegerField(QueryFieldMixin, Int64Mixin):
+    """A whole number as written in a query string: ASCII digits (parse_query_integer), 64-bit at most."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return parse_query_integer(data)
+
+
+class BlankAsNullChoiceField(serializers.ChoiceField):
+    """A choice column that stores "" for none, answered as null: the schema says nullable, never an empty enum."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_null=True, **kwargs)
+
+    def to_representation(self, value: Any) -> Any:
+        return None if value in ("", None) else super().to_representation(value)
+
+
+class QueryBooleanField(QueryFieldMixin, serializers.BooleanField):
     """``true`` or ``false`` exactly, as written in a query string."""
 
     def to_internal_value(self, data: Any) -> bool:
@@ -61,29 +141,16 @@ class QueryBooleanField(serializers.BooleanField):
         return data == "true"
 
 
-def refuse_null_characters(value: Any) -> None:
-    """PostgreSQL stores no NUL in text or jsonb: refuse it anywhere in a JSON document (400, not 500)."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise serializers.ValidationError("Null characters are not allowed.")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            refuse_null_characters(key)
-            refuse_null_characters(item)
-    elif isinstance(value, list):
-        for item in value:
-            refuse_null_characters(item)
-
-
 def json_object(**kwargs: Any) -> serializers.DictField:
-    """A JSON object of any content, without NUL characters."""
-    return serializers.DictField(validators=[refuse_null_characters], **kwargs)
+    """A JSON object of any content (its text was checked by the parser: tasks.api.parsers)."""
+    return serializers.DictField(**kwargs)
 
 
 _STRICT = {
     serializers.CharField: StrictCharField,
     serializers.BooleanField: StrictBooleanField,
     serializers.IntegerField: StrictIntegerField,
+    serializers.BigIntegerField: StrictIntegerField,
 }
 
 
@@ -160,14 +227,31 @@ class ReasonSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     )
 
 
+@extend_schema_field({"type": "boolean", "enum": [True]})
+class ConfirmField(QueryBooleanField):
+    """``confirm=true``, required (the schema says so): missing or false, the 400 says how to confirm.
+
+    The explanation is the serializer context's ``confirm_message``, so each request says what it would do.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=True, **kwargs)
+
+    def validate_empty_values(self, data: Any) -> tuple[bool, Any]:
+        if data is empty:
+            self.refuse()
+        return super().validate_empty_values(data)
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not super().to_internal_value(data):
+            self.refuse()
+        return True
+
+    def refuse(self) -> NoReturn:
+        raise serializers.ValidationError(self.context.get("confirm_message", "Repeat with confirm=true."))
+
+
 class ConfirmSerializer(serializers.Serializer):
     """Query parameters of destructive requests: an explicit ``confirm=true``."""
 
-    confirm = QueryBooleanField(
-        required=False, default=False, help_text="Must be `true`: the request changes the task for good."
-    )
-
-    def validate_confirm(self, value: bool) -> bool:
-        if not value:
-            raise serializers.ValidationError(self.context.get("confirm_message", "Repeat with confirm=true."))
-        return value
+    confirm = ConfirmField(help_text="Must be `true`: the request changes the task for good.")

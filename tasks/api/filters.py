@@ -6,7 +6,6 @@ Built on django-filter, so every invalid value answers 400 naming its parameter.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import PermissionDenied
 
+from tasks.api.fields import RFC3339_DATETIME
 from tasks.models import Task, TaskQuerySet
 from tasks.selectors import may_see_deleted, search_tasks
 from tasks.states import TaskState
@@ -23,14 +23,11 @@ from tasks.states import TaskState
 SEARCH_MAX_LENGTH = 200
 
 
-RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})$")
-
-
 class RFC3339DateTimeField(IsoDateTimeField):
     """A date-time with its time zone, as OpenAPI's ``date-time`` states (no date-only, no naive times)."""
 
     def to_python(self, value: Any) -> datetime | None:
-        if value is not None and not RFC3339.match(value):
+        if value is not None and not RFC3339_DATETIME.fullmatch(value):
             raise forms.ValidationError(
                 "Enter an RFC 3339 date-time with a time zone, e.g. 2024-01-01T00:00:00Z.", code="invalid"
             )

@@ -10,14 +10,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks.api.errors import error_responses
+from tasks.api.fields import ConfirmSerializer, ReasonSerializer
 from tasks.api.permissions import OwnerOrCanCancel
 from tasks.api.serializers import (
-    CancelSerializer,
     LegacyJobSerializer,
     LegacySolveSerializer,
 )
 from tasks.api.throttling import SubmitThrottle
-from tasks.api.views import IDEMPOTENCY_KEY, cancel_visible_task, check_body_size, submit_once, submitted
+from tasks.api.views import IDEMPOTENCY_KEY, cancel_visible_task, submit_once, submitted
 from tasks.audit import signed_in
 from tasks.selectors import find_visible_task
 
@@ -37,7 +37,6 @@ class LegacySolveView(APIView):
         responses={201: LegacyJobSerializer, 200: LegacyJobSerializer, **error_responses(400, 409, 413)},
     )
     def post(self, request: Request) -> Response:
-        check_body_size(request)
         body = LegacySolveSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -69,7 +68,8 @@ class LegacyJobView(APIView):
         summary="Cancel a job (legacy)",
         description="Cancels, never deletes: the owner or a holder of tasks.cancel_task, with confirm=true.",
         deprecated=True,
-        parameters=[JOB_ID, CancelSerializer],
+        parameters=[JOB_ID, ConfirmSerializer],
+        request=ReasonSerializer,
         responses={200: LegacyJobSerializer, **error_responses(400, 403, 404, 409)},
     )
     def delete(self, request: Request, job_id: str) -> Response:

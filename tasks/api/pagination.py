@@ -16,24 +16,26 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from tasks.api.fields import BIGINT_MAX, parse_query_integer
 
-def _bounded_int(request: Request, name: str, *, default: int, minimum: int, maximum: int | None = None) -> int:
+
+def _bounded_int(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
+    """The query parameter ``name`` as parse_query_integer reads it; a refusal is a 400 naming ``name``."""
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError({name: [f"A whole number is required, not {raw[:40]!r}."]}) from None
-    if value < minimum:
-        raise ValidationError({name: [f"Must be at least {minimum}."]})
-    if maximum is not None and value > maximum:
-        raise ValidationError({name: [f"Must be at most {maximum} (API_MAX_LIMIT); page with offset."]})
-    return value
+        return parse_query_integer(raw, minimum=minimum, maximum=maximum)
+    except ValidationError as exc:
+        raise ValidationError({name: exc.detail}) from None
+
+
+# SQL's OFFSET is a signed 64-bit integer on SQLite and PostgreSQL.
+MAX_OFFSET = BIGINT_MAX
 
 
 class StrictLimitOffsetPagination(LimitOffsetPagination):
-    """``limit`` (1..API_MAX_LIMIT, default API_PAGE_SIZE) and ``offset`` (>= 0); anything else is a 400."""
+    """``limit`` (1..API_MAX_LIMIT, default API_PAGE_SIZE) and ``offset`` (0..MAX_OFFSET); anything else is a 400."""
 
     @property
     def default_limit(self) -> int:  # type: ignore[override]  # DRF: an attribute; here settings, read when used
@@ -49,11 +51,12 @@ class StrictLimitOffsetPagination(LimitOffsetPagination):
         )
 
     def get_offset(self, request: Request) -> int:
-        return _bounded_int(request, self.offset_query_param, default=0, minimum=0)
+        return _bounded_int(request, self.offset_query_param, default=0, minimum=0, maximum=MAX_OFFSET)
 
     def get_count(self, queryset: Any) -> int:
         assert self.request is not None and self.limit is not None  # set by paginate_queryset before it counts
-        bound = self.get_offset(self.request) + self.limit + settings.API_EXACT_COUNT_LIMIT
+        # The SQL LIMIT is a 64-bit integer too: the count's bound stays within it whatever the offset.
+        bound = min(self.get_offset(self.request) + self.limit + settings.API_EXACT_COUNT_LIMIT, BIGINT_MAX - 1)
         counted = queryset.order_by()[: bound + 1].count()
         self.count_exact = counted <= bound
         return min(counted, bound)
@@ -76,6 +79,6 @@ class StrictLimitOffsetPagination(LimitOffsetPagination):
         limit, offset = super().get_schema_operation_parameters(view)
         limit["schema"].update(minimum=1, maximum=self.max_limit, default=self.default_limit)
         limit["description"] = f"Page size, 1 to {self.max_limit} (API_MAX_LIMIT); larger values answer 400."
-        offset["schema"].update(minimum=0, default=0)
-        offset["description"] = "Number of tasks to skip; must not be negative."
+        offset["schema"].update(minimum=0, maximum=MAX_OFFSET, default=0)
+        offset["description"] = "Number of tasks to skip, 0 to 2^63 - 1 (a SQL OFFSET); other values answer 400."
         return [limit, offset]

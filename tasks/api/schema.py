@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 
@@ -12,6 +13,23 @@ from tasks.api.filters import NO_EMPTY_ITEM
 TASK_ID = OpenApiParameter(
     "task_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The task's id (a malformed id answers 400)."
 )
+
+
+class CruxAutoSchema(AutoSchema):
+    """drf-spectacular's, plus the JSON body a DELETE declares with ``extend_schema(request=...)``.
+
+    drf-spectacular documents bodies of PUT, PATCH and POST only; the reason of a soft delete (and of the legacy
+    cancel) travels in a DELETE's body, because a URL is logged (``tasks.api.middleware``).
+    """
+
+    def _get_request_body(self, direction: str = "request") -> Any:
+        if self.method != "DELETE" or self.get_request_serializer() is None:
+            return super()._get_request_body(direction)
+        self.method = "POST"  # the one method check in drf-spectacular's body builder
+        try:
+            return super()._get_request_body(direction)
+        finally:
+            self.method = "DELETE"
 
 
 def closed_request_bodies(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
@@ -29,4 +47,45 @@ def non_empty_enum_lists(result: dict[str, Any], generator: Any, request: Any, p
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "query" and parameter["name"] in NO_EMPTY_ITEM:
                     parameter["schema"]["minItems"] = 1
+    return result
+
+
+# No text column stores NUL (tasks.api.fields.unstorable_text): every string input says so.
+NO_NUL = "^[^\\x00]*$"
+
+
+def _refuses_nul(schema: dict[str, Any]) -> None:
+    if schema.get("type") == "string" and not {"format", "enum", "pattern"} & set(schema):
+        schema["pattern"] = NO_NUL
+
+
+def storable_strings(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """Every string a client sends (request body fields, query, path and header parameters) refuses NUL: a pattern."""
+    for name, component in result.get("components", {}).get("schemas", {}).items():
+        if name.endswith("Request"):
+            for prop in component.get("properties", {}).values():
+                _refuses_nul(prop)
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                _refuses_nul(parameter["schema"])
+                _refuses_nul(parameter["schema"].get("items", {}))
+    return result
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying (API_RETRY_AFTER_SECONDS for a 503).",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
+def retry_after_headers(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """Every 429 and 503 answer carries Retry-After: the schema declares the header."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            for code in ("429", "503"):
+                if code in operation.get("responses", {}):
+                    operation["responses"][code]["headers"] = _RETRY_AFTER
     return result

@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from tasks.api.fields import (
     REASON_MAX_LENGTH,
-    ConfirmSerializer,
+    BlankAsNullChoiceField,
     RejectUnknownFieldsMixin,
     SharedFieldsMixin,
     StrictCharField,
@@ -119,6 +119,10 @@ class TaskOutputSerializer(StrictModelSerializer):
 
 
 class TaskHistorySerializer(SharedFieldsMixin, serializers.ModelSerializer):
+    state_from = BlankAsNullChoiceField(
+        choices=TaskState.choices, read_only=True, help_text="null for the row that created the task."
+    )
+
     class Meta:
         model = TaskHistory
         fields = [
@@ -138,16 +142,16 @@ class TaskHistorySerializer(SharedFieldsMixin, serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class DeleteSerializer(ConfirmSerializer):
-    reason = serializers.CharField(
+class DeleteSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """The JSON body of a soft delete: why, in the body (a URL is logged; ``confirm=true`` stays in the query)."""
+
+    reason = StrictCharField(
         max_length=REASON_MAX_LENGTH,
         help_text="Why the task is deleted; recorded with who and when.",
-        error_messages={"required": "Say why the task is deleted (reason=...); it is recorded in its history."},
+        error_messages={
+            "required": 'Say why the task is deleted: a "reason" in the JSON body; it is recorded in its history.'
+        },
     )
-
-
-class CancelSerializer(ConfirmSerializer):
-    reason = serializers.CharField(max_length=REASON_MAX_LENGTH, required=False, help_text="Why; recorded in history.")
 
 
 class LegacySolveSerializer(RejectUnknownFieldsMixin, serializers.Serializer):

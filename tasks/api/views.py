@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView, ListAPIView
@@ -18,11 +16,12 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
+from rest_framework.serializers import Serializer, ValidationError
 from rest_framework.views import APIView
 
 from tasks import selectors, services
-from tasks.api.errors import PayloadTooLarge, error_responses
-from tasks.api.fields import ReasonSerializer
+from tasks.api.errors import error_responses
+from tasks.api.fields import ConfirmSerializer, ReasonSerializer
 from tasks.api.filters import TaskFilter
 from tasks.api.permissions import (
     CanRestore,
@@ -32,7 +31,6 @@ from tasks.api.permissions import (
 )
 from tasks.api.schema import TASK_ID
 from tasks.api.serializers import (
-    CancelSerializer,
     DeleteSerializer,
     TaskHistorySerializer,
     TaskOutputSerializer,
@@ -55,29 +53,12 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 
 
 DELETE_CONFIRM = (
-    "Deleting is a soft delete (restorable) that must be confirmed: repeat the request with ?confirm=true&reason=<why>."
+    "Deleting is a soft delete (restorable) that must be confirmed: repeat the request with ?confirm=true "
+    'and a "reason" in the JSON body.'
 )
 
 
 CANCEL_CONFIRM = "Cancelling stops the task's execution and must be confirmed: repeat the request with ?confirm=true."
-
-
-def check_body_size(request: Request) -> None:
-    """Refuse (413) a body over API_SUBMIT_MAX_BYTES before it is parsed."""
-    limit = settings.API_SUBMIT_MAX_BYTES
-    message = f"The request body is larger than {limit} bytes (API_SUBMIT_MAX_BYTES); send a smaller payload."
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > limit:
-        raise PayloadTooLarge(message)
-    try:
-        actual = len(request.body)
-    except RequestDataTooBig:
-        raise PayloadTooLarge(message) from None
-    if actual > limit:
-        raise PayloadTooLarge(message)
 
 
 def submit_once(request: Request, **fields: Any) -> tuple[Task, bool]:
@@ -96,14 +77,24 @@ def submitted(request: Request, task: Task, created: bool, body: dict[str, Any])
     return Response(body, status=status.HTTP_200_OK, headers={"Location": location, "Idempotent-Replayed": "true"})
 
 
+def confirmed(request: Request, confirm_message: str, body_class: type[Serializer]) -> dict[str, Any]:
+    """The JSON body of a destructive request that has ``confirm=true`` in its query; both checked at once.
+
+    The reason travels in the body, never in the URL (which is logged): ``tasks.api.middleware`` refuses it there.
+    """
+    query = ConfirmSerializer(data=request.query_params, context={"confirm_message": confirm_message})
+    body = body_class(data=request.data)
+    if not all([query.is_valid(), body.is_valid()]):
+        raise ValidationError({**query.errors, **body.errors})
+    return body.validated_data
+
+
 def cancel_visible_task(request: Request, task_id: str, view: APIView, *, param: str = "task_id") -> Task:
     """Shared by POST .../cancel and the legacy DELETE /api/v1/jobs/{id}."""
     user = signed_in(request.user)
     task = find_visible_task(user, task_id, field=param)
     view.check_object_permissions(request, task)
-    params = CancelSerializer(data=request.query_params, context={"confirm_message": CANCEL_CONFIRM})
-    params.is_valid(raise_exception=True)
-    reason = params.validated_data.get("reason") or "cancelled through the API"
+    reason = confirmed(request, CANCEL_CONFIRM, ReasonSerializer).get("reason") or "cancelled through the API"
     return services.cancel(task.pk, actor=user, channel=Channel.API, reason=reason)
 
 
@@ -149,7 +140,6 @@ class TaskListView(TaskListMixin, ListAPIView):
         },
     )
     def post(self, request: Request) -> Response:
-        check_body_size(request)
         serializer = TaskSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         task, created = submit_once(request, **serializer.validated_data)
@@ -188,15 +178,15 @@ class TaskDetailView(APIView):
         description="Flags the task deleted (who, when, reason), writes a history row and hides it from default "
         "lists; it stays restorable until a retention purge. Needs tasks.soft_delete_task. A spike of deletions "
         "trips a breaker: further deletions answer 409 until staff acknowledge it.",
-        parameters=[TASK_ID, DeleteSerializer],
+        parameters=[TASK_ID, ConfirmSerializer],
+        request=DeleteSerializer,
         responses={200: TaskSerializer, **error_responses(400, 403, 404, 409)},
     )
     def delete(self, request: Request, task_id: str) -> Response:
         user = signed_in(request.user)
         task = find_visible_task(user, task_id)
-        params = DeleteSerializer(data=request.query_params, context={"confirm_message": DELETE_CONFIRM})
-        params.is_valid(raise_exception=True)
-        task = services.soft_delete(task.pk, user=user, channel=Channel.API, reason=params.validated_data["reason"])
+        reason = confirmed(request, DELETE_CONFIRM, DeleteSerializer)["reason"]
+        task = services.soft_delete(task.pk, user=user, channel=Channel.API, reason=reason)
         return Response(TaskSerializer(task).data)
 
 
@@ -252,7 +242,6 @@ class TaskOutputsView(ListAPIView):
     def post(self, request: Request, task_id: str) -> Response:
         task = find_visible_task(signed_in(request.user), task_id)
         self.check_object_permissions(request, task)
-        check_body_size(request)
         serializer = TaskOutputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         output = services.add_output(task.pk, **serializer.validated_data)
@@ -266,8 +255,8 @@ class TaskCancelView(APIView):
 
     @extend_schema(
         summary="Cancel a task",
-        parameters=[TASK_ID, CancelSerializer],
-        request=None,
+        parameters=[TASK_ID, ConfirmSerializer],
+        request=ReasonSerializer,
         responses={200: TaskSerializer, **error_responses(400, 403, 404, 409)},
     )
     def post(self, request: Request, task_id: str) -> Response:

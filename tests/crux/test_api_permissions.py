@@ -50,11 +50,19 @@ CASES = [
     Case(
         "delete",
         "delete",
-        "/api/tasks/{id}?confirm=true&reason=cleanup",
+        "/api/tasks/{id}?confirm=true",
         (401, 403, 403, 403, 200, 200),
         state="completed",
+        body={"reason": "cleanup"},
     ),
-    Case("delete unconfirmed", "delete", "/api/tasks/{id}?reason=x", (401, 403, 403, 403, 400, 400), state="completed"),
+    Case(
+        "delete unconfirmed",
+        "delete",
+        "/api/tasks/{id}",
+        (401, 403, 403, 403, 400, 400),
+        state="completed",
+        body={"reason": "x"},
+    ),
     Case("restore", "post", "/api/tasks/{id}/restore", (401, 403, 403, 403, 200, 200), state="failed", deleted=True),
     Case("recover", "post", "/api/tasks/{id}/recover", (401, 403, 403, 403, 200, 200), state="failed"),
     Case("locate", "get", "/api/tasks/{id}/locate", (401, 200, 404, 200, 200, 200), state="cancelled"),
@@ -97,7 +105,7 @@ def test_permission_matrix(case: Case, role: str, users: dict[str, Any], task_in
 def test_health_matrix(users: dict[str, Any], private_redis: Any, settings: Any) -> None:
     """Health is public (for probes), so every role gets the same status; only staff see details."""
     settings.CELERY_BROKER_URL = private_redis.url  # a broker of our own, with no worker listening
-    settings.HEALTH_WORKER_TIMEOUT = 0.2
+    settings.HEALTH_TIMEOUT = 0.2
     for role in ROLES:
         response = client_for(users[role]).get("/api/health/")
         assert response.status_code == 503, role
@@ -115,7 +123,7 @@ def test_health_matrix(users: dict[str, Any], private_redis: Any, settings: Any)
         ("get", "/api/tasks/outputs/{id}", None),
         ("post", "/api/tasks/outputs/{id}", {"output_type": "log", "content": "x"}),
         ("post", "/api/tasks/{id}/cancel?confirm=true", None),
-        ("delete", "/api/tasks/{id}?confirm=true&reason=x", None),
+        ("delete", "/api/tasks/{id}?confirm=true", {"reason": "x"}),
         ("post", "/api/tasks/{id}/recover", None),
         ("get", "/api/v1/jobs/{id}", None),
         ("delete", "/api/v1/jobs/{id}?confirm=true", None),
@@ -144,7 +152,7 @@ def test_restore_of_another_users_task_is_404_even_with_permission(other_user: A
 def test_owner_with_delete_permission_deletes_own_task(user: Any, task_in: Any) -> None:
     task = task_in("completed")
     client = client_for(grant(user, "soft_delete_task"))
-    response = client.delete(f"/api/tasks/{task.pk}?confirm=true&reason=mine")
+    response = client.delete(f"/api/tasks/{task.pk}?confirm=true", {"reason": "mine"}, format="json")
     assert response.status_code == 200
     assert Task.objects.get(pk=task.pk).deleted_by == user
 

@@ -3,6 +3,7 @@ to it: schemathesis generates requests (valid and invalid) for every operation a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,8 @@ CRUX_PATHS = {
     "/api/tasks/{task_id}/locate": {"get"},
     "/api/purge": {"post"},
     "/api/health/": {"get"},
+    "/api/health/ready": {"get"},
+    "/api/health/live": {"get"},
     "/api/v1/solve": {"post"},
     "/api/v1/jobs/{job_id}": {"get", "delete"},
 }
@@ -62,13 +65,70 @@ def test_every_operation_documents_its_errors(spec: dict[str, Any]) -> None:
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             codes = set(operation["responses"])
-            if path in ("/api/", "/api/health/"):
+            if path == "/api/" or path.startswith("/api/health/"):
                 continue  # public, unthrottled: no 401, no 429
             assert {"401", "429"} <= codes, (method, path)
             if "{task_id}" in path or "{job_id}" in path:
                 assert {"400", "404"} <= codes, (method, path)
             if method == "delete" or path.endswith(("/restore", "/recover")):
                 assert "403" in codes, (method, path)
+
+
+def _inputs(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, schema) of every value a client sends: request body fields, query, path and header parameters."""
+    found = [
+        (f"{name}.{prop}", schema)
+        for name, component in spec["components"]["schemas"].items()
+        if name.endswith("Request")
+        for prop, schema in component.get("properties", {}).items()
+    ]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            found += [(f"{method} {path} {p['name']}", p["schema"]) for p in operation.get("parameters", [])]
+    return found
+
+
+def test_the_schema_states_what_the_server_enforces(spec: dict[str, Any]) -> None:
+    """No NUL in any text, integers within their column (64-bit at most), confirm=true where it is required."""
+    inputs = _inputs(spec)
+    strings = [(where, s) for where, s in inputs if s.get("type") == "string" and not {"format", "enum"} & set(s)]
+    assert strings and [where for where, s in strings if re.search(s.get("pattern", ""), "a\x00b")] == []
+    integers = [(where, s) for where, s in inputs if s.get("type") == "integer"]
+    assert {"offset", "limit"} <= {where.rsplit(" ", 1)[-1] for where, _ in integers}
+    for where, schema in integers:
+        assert -(2**63) <= schema["minimum"] <= schema["maximum"] <= 2**63 - 1, where
+    confirmed = {
+        ("delete", "/api/tasks/{task_id}"),
+        ("post", "/api/tasks/{task_id}/cancel"),
+        ("delete", "/api/v1/jobs/{job_id}"),
+    }
+    for method, path in confirmed:
+        confirm = next(p for p in spec["paths"][path][method]["parameters"] if p["name"] == "confirm")
+        assert confirm["required"] and confirm["schema"] == {"type": "boolean", "enum": [True]}, (method, path)
+    purge_confirm = next(p for p in spec["paths"]["/api/purge"]["post"]["parameters"] if p["name"] == "confirm")
+    assert not purge_confirm.get("required")  # without it, a dry run
+
+
+def test_errors_are_declared_field_keyed_and_503_says_when_to_retry(spec: dict[str, Any]) -> None:
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            if "400" in responses:
+                body = responses["400"]["content"]["application/json"]["schema"]
+                keyed = body["anyOf"][0]["additionalProperties"]
+                assert keyed == {"type": "array", "items": {"type": "string"}}, (method, path)
+            if path not in ("/api/", "/api/schema/", "/api/docs/", "/api/health/live"):  # live checks nothing
+                assert "Retry-After" in responses["503"]["headers"], (method, path)
+
+
+def test_history_state_from_is_null_not_empty(spec: dict[str, Any], db: Any, user: Any, task_in: Any) -> None:
+    state_from = spec["components"]["schemas"]["TaskHistory"]["properties"]["state_from"]
+    assert state_from["nullable"] is True
+    task = task_in("queued")
+    rows = client_for(user).get(f"/api/tasks/history/{task.pk}").json()["results"]
+    assert [(r["state_from"], r["state_to"]) for r in rows] == [(None, "pending"), ("pending", "queued")]
+    located = client_for(user).get(f"/api/tasks/{task.pk}/locate").json()["last_history"]
+    assert [r["state_from"] for r in located] == ["pending", None]
 
 
 def test_list_query_parameters_are_documented(spec: dict[str, Any]) -> None:
@@ -104,7 +164,7 @@ def api_env(db: Any, settings: Any) -> Iterator[None]:
         **settings.REST_FRAMEWORK,
         "DEFAULT_THROTTLE_RATES": {"submit": "100000/minute", "read": "100000/minute"},
     }
-    settings.HEALTH_WORKER_TIMEOUT = 0.05
+    settings.HEALTH_TIMEOUT = 0.05
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # no broker: health must answer 503, documented
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
@@ -137,5 +197,5 @@ def auth_headers(api_env: None, superuser: Any, task_in: Any) -> dict[str, str]:
 )
 def test_api_keeps_to_its_schema(case: Any, auth_headers: dict[str, str]) -> None:
     # Health answers a documented 503 here (no broker, no worker); everything else must never be 5xx.
-    excluded = [not_a_server_error] if case.operation.path == "/api/health/" else []
+    excluded = [not_a_server_error] if case.operation.path in ("/api/health/", "/api/health/ready") else []
     case.call_and_validate(headers=auth_headers, excluded_checks=excluded)

@@ -106,7 +106,7 @@ def test_submit_payload_size_limit(api: Any, settings: Any) -> None:
     big = {"title": "t", "payload": {"blob": "x" * 1000}}
     response = api.post("/api/tasks/", big, format="json")
     assert response.status_code == 413
-    assert "API_SUBMIT_MAX_BYTES" in response.data["detail"]
+    assert "API_SUBMIT_MAX_BYTES" in response.json()["detail"]
     assert Task.objects.count() == 1
 
 
@@ -292,7 +292,7 @@ def test_outputs_cannot_be_added_to_a_deleted_task(staff_perm: Any, task_in: Any
 
 def test_cancel_records_who_and_why(api: Any, task_in: Any) -> None:
     task = task_in("running")
-    response = api.post(f"/api/tasks/{task.pk}/cancel?confirm=true&reason=not+needed")
+    response = api.post(f"/api/tasks/{task.pk}/cancel?confirm=true", {"reason": "not needed"}, format="json")
     assert response.status_code == 200 and response.data["state"] == "cancelled"
     row = Task.objects.get(pk=task.pk).history.order_by("-seq").first()
     assert (row.state_to, row.actor, row.channel, row.reason) == ("cancelled", "alice", "api", "not needed")
@@ -332,21 +332,22 @@ def test_delete_without_confirm_says_how_to_confirm(deleter: Any, task_in: Any) 
 
 
 @pytest.mark.parametrize(
-    "query",
+    ("query", "body"),
     [
-        "confirm=maybe&reason=x",
-        "confirm=1&reason=x",
-        "confirm=yes&reason=x",
-        "confirm=TRUE&reason=x",
-        "confirm=&reason=x",
-        "confirm=true",
-        "confirm=true&reason=",
+        ("confirm=maybe", {"reason": "x"}),
+        ("confirm=1", {"reason": "x"}),
+        ("confirm=yes", {"reason": "x"}),
+        ("confirm=TRUE", {"reason": "x"}),
+        ("confirm=", {"reason": "x"}),
+        ("confirm=true", None),
+        ("confirm=true", {"reason": ""}),
+        ("confirm=true&reason=x", {"reason": "x"}),
     ],
 )
-def test_delete_with_bad_confirmation_or_no_reason_is_400(query: str, deleter: Any, task_in: Any) -> None:
+def test_delete_with_bad_confirmation_or_no_reason_is_400(query: str, body: Any, deleter: Any, task_in: Any) -> None:
     task = task_in("completed")
     before = snapshot(task)
-    response = deleter.delete(f"/api/tasks/{task.pk}?{query}")
+    response = deleter.delete(f"/api/tasks/{task.pk}?{query}", body, format="json")
     assert response.status_code == 400
     assert snapshot(task) == before
 
@@ -354,7 +355,7 @@ def test_delete_with_bad_confirmation_or_no_reason_is_400(query: str, deleter: A
 def test_safe_delete_lifecycle(deleter: Any, staff_perm: Any, user: Any, task_in: Any) -> None:
     task = task_in("completed")
     keep = task_in("completed", title="kept")
-    response = deleter.delete(f"/api/tasks/{task.pk}?confirm=true&reason=duplicate+of+another")
+    response = deleter.delete(f"/api/tasks/{task.pk}?confirm=true", {"reason": "duplicate of another"}, format="json")
     assert response.status_code == 200 and response.data["is_deleted"] is True
 
     stored = Task.objects.get(pk=task.pk)
@@ -366,14 +367,14 @@ def test_safe_delete_lifecycle(deleter: Any, staff_perm: Any, user: Any, task_in
     # Gone from default lists and from the owner's reads; listed with include_deleted for the trash keeper.
     assert [t["id"] for t in deleter.get("/api/tasks/").data["results"]] == [str(keep.pk)]
     assert deleter.get(f"/api/tasks/{task.pk}").status_code == 404
-    assert deleter.delete(f"/api/tasks/{task.pk}?confirm=true&reason=again").status_code == 404
+    assert deleter.delete(f"/api/tasks/{task.pk}?confirm=true", {"reason": "again"}, format="json").status_code == 404
     trash = client_for(staff_perm)
     assert [t["id"] for t in trash.get("/api/tasks/").data["results"]] == [str(keep.pk)]
     listed = trash.get("/api/tasks/", {"include_deleted": "true"}).data["results"]
     assert {t["id"] for t in listed} == {str(task.pk), str(keep.pk)}
 
     # Deleting twice is refused; restore brings it back with a history row.
-    assert trash.delete(f"/api/tasks/{task.pk}?confirm=true&reason=again").status_code == 400
+    assert trash.delete(f"/api/tasks/{task.pk}?confirm=true", {"reason": "again"}, format="json").status_code == 400
     restored = trash.post(f"/api/tasks/{task.pk}/restore", {"reason": "needed after all"}, format="json")
     assert restored.status_code == 200 and restored.data["is_deleted"] is False
     row = Task.objects.get(pk=task.pk).history.order_by("-seq").first()
@@ -385,9 +386,9 @@ def test_safe_delete_lifecycle(deleter: Any, staff_perm: Any, user: Any, task_in
 def test_a_deletion_spike_trips_the_breaker(deleter: Any, task_in: Any, settings: Any) -> None:
     settings.DELETE_SPIKE_THRESHOLD_PER_MINUTE = 1
     first, second = task_in("completed"), task_in("completed")
-    assert deleter.delete(f"/api/tasks/{first.pk}?confirm=true&reason=one").status_code == 200
+    assert deleter.delete(f"/api/tasks/{first.pk}?confirm=true", {"reason": "one"}, format="json").status_code == 200
     before = snapshot(second)
-    response = deleter.delete(f"/api/tasks/{second.pk}?confirm=true&reason=two")
+    response = deleter.delete(f"/api/tasks/{second.pk}?confirm=true", {"reason": "two"}, format="json")
     assert response.status_code == 409
     assert "deletions are suspended" in response.data["detail"]
     assert snapshot(second) == before
@@ -410,7 +411,7 @@ def recoverer(staff_perm: Any) -> Any:
     return client_for(staff_perm)
 
 
-@pytest.mark.parametrize("state", ["failed", "interrupted"])
+@pytest.mark.parametrize("state", ["failed", "interrupted", "cancelled"])
 def test_recover_requeues_failed_and_interrupted_tasks(
     state: str, recoverer: Any, task_in: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
@@ -430,7 +431,7 @@ def test_recover_requeues_failed_and_interrupted_tasks(
     assert any(getattr(c, "func", None) and c.func.__module__ == "tasks.dispatch" for c in callbacks)
 
 
-@pytest.mark.parametrize("state", ["pending", "queued", "running", "completed", "cancelled"])
+@pytest.mark.parametrize("state", ["pending", "queued", "running", "completed"])
 def test_recover_remirrors_other_states(state: str, recoverer: Any, task_in: Any, settings: Any) -> None:
     task = task_in(state)
     conn = redis.Redis.from_url(settings.REDIS_URL)
@@ -480,7 +481,7 @@ def test_legacy_solve_read_and_cancel(api: Any) -> None:
     assert refused.status_code == 400 and "confirm=true" in refused.data["confirm"][0]
     assert Task.objects.get(pk=job_id).state == "queued"
 
-    cancelled = api.delete(f"/api/v1/jobs/{job_id}?confirm=true&reason=user+asked")
+    cancelled = api.delete(f"/api/v1/jobs/{job_id}?confirm=true", {"reason": "user asked"}, format="json")
     assert cancelled.status_code == 200 and cancelled.data["status"] == "cancelled"
     task = Task.objects.get(pk=job_id)
     assert task.deleted_at is None  # the legacy DELETE cancels; it never deletes

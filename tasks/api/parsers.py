@@ -1,0 +1,162 @@
+"""The one parser of every endpoint: JSON that the database can store, decided before any view runs.
+
+DRF's JSONParser hands ``json.load`` whatever arrives. That let through what
+answered 500 later: ``1e309`` (infinity, refused by the database), ``\\ud800``
+(a lone surrogate, which no UTF-8 encoder writes) in a key or a value, NUL
+(which PostgreSQL does not store), and nesting deep enough that the C decoder
+itself raised RecursionError. Here the body is read up to API_SUBMIT_MAX_BYTES
+(413 beyond), its nesting measured by a linear scan before it is decoded (deeper
+than API_JSON_MAX_DEPTH: 400), numbers must be finite (and integers convertible:
+typed fields then bound them to their column), and every key and string must be
+storable text (tasks.api.fields.unstorable_text). Refusals name the top-level
+field they came in; a body that is not JSON at all, or not an object, answers
+``{"detail": ...}`` since no field applies.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import IO, Any, NoReturn
+
+from django.conf import settings
+from rest_framework import status
+from rest_framework.exceptions import APIException, ParseError, ValidationError
+from rest_framework.parsers import JSONParser
+
+from tasks.api.fields import unstorable_text
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body too large."
+    default_code = "payload_too_large"
+
+
+def body_too_large_message() -> str:
+    limit = settings.API_SUBMIT_MAX_BYTES
+    return f"The request body is larger than {limit} bytes (API_SUBMIT_MAX_BYTES); send a smaller payload."
+
+
+# The characters that open or close a nesting level, delimit a string, escape inside one or end an object's key.
+_STRUCTURE = re.compile(r'[\[\]{}":\\]')
+
+
+def _printable(name: str) -> str:
+    """A key safe to name in an answer even when it is itself unstorable text."""
+    return name if unstorable_text(name) is None else name.encode("ascii", "backslashreplace").decode()
+
+
+def check_nesting(text: str, limit: int) -> None:
+    """400 if the JSON ``text`` nests arrays and objects deeper than ``limit``, naming the top-level key it is under.
+
+    One pass over the structural characters only (strings skipped), without recursion and before decoding.
+    """
+    depth = 0
+    in_string = False
+    skip_to = -1
+    string_start = 0
+    last_string = key = (0, 0)  # spans in ``text``: the last string closed at depth 1, the last top-level key
+    for match in _STRUCTURE.finditer(text):
+        position, char = match.start(), match.group()
+        if position < skip_to:
+            continue  # the character after a backslash in a string: escaped
+        if in_string:
+            if char == "\\":
+                skip_to = position + 2
+            elif char == '"':
+                in_string = False
+                if depth == 1:
+                    last_string = (string_start, position + 1)
+        elif char == '"':
+            in_string, string_start = True, position
+        elif char == ":" and depth == 1:
+            key = last_string
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                _too_deep(text[key[0] : key[1]], limit)
+        elif char in "]}":
+            depth -= 1
+
+
+def _too_deep(key: str, limit: int) -> NoReturn:
+    message = f"JSON nested deeper than {limit} levels (API_JSON_MAX_DEPTH)."
+    try:
+        field = json.loads(key) if key else None
+    except ValueError:
+        field = None
+    if not isinstance(field, str):
+        raise ParseError(message)
+    raise ValidationError({_printable(field): [message]})
+
+
+# Stands for an integer with more digits than Python converts (sys.get_int_max_str_digits()); refused by name.
+_TOO_MANY_DIGITS = object()
+
+
+def _integer(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        return _TOO_MANY_DIGITS
+
+
+def unstorable(value: Any) -> str | None:
+    """Why a decoded JSON ``value`` (not a container) cannot be stored, or None if it can."""
+    if isinstance(value, str):
+        return unstorable_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a number the database stores (NaN, Infinity, or beyond about 1.8e308)."
+    if value is _TOO_MANY_DIGITS:
+        return "An integer with more digits than any stored number (typed fields hold 64 bits at most)."
+    return None
+
+
+def check_storable(data: Any) -> None:
+    """ValidationError naming the top-level field of the first key or value in ``data`` that cannot be stored
+    (ParseError if ``data`` is not an object: no field applies).
+
+    Iterative, so a wide or deep document never recurses (its depth was bounded before decoding).
+    """
+    fields: Any = data.items() if isinstance(data, Mapping) else [("", data)]
+    for field, value in fields:
+        stack: list[Any] = [field, value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, Mapping):
+                for key, child in item.items():
+                    stack += (key, child)
+            elif isinstance(item, list):
+                stack.extend(item)
+            else:
+                problem = unstorable(item)
+                if problem is not None and not isinstance(data, Mapping):
+                    raise ParseError(problem)
+                if problem is not None:
+                    raise ValidationError({_printable(field): [problem]})
+
+
+class StrictJSONParser(JSONParser):
+    """JSON bodies of bounded size and depth, with finite numbers and storable text only."""
+
+    def parse(self, stream: IO[Any], media_type: str | None = None, parser_context: Any = None) -> Any:
+        limit = settings.API_SUBMIT_MAX_BYTES
+        raw = stream.read(limit + 1)
+        if len(raw) > limit:
+            raise PayloadTooLarge(body_too_large_message())
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            text = codecs.decode(raw, encoding)
+        except (UnicodeDecodeError, LookupError):
+            raise ParseError(f"The body is not valid {encoding} text.") from None
+        check_nesting(text, settings.API_JSON_MAX_DEPTH)
+        try:
+            data = json.loads(text, parse_int=_integer)
+        except ValueError as exc:
+            raise ParseError(f"JSON parse error - {exc}") from None
+        check_storable(data)
+        return data

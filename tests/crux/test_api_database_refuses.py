@@ -1,0 +1,140 @@
+"""A database that refuses (down, disk full, locked) answers 503 JSON with Retry-After, and nothing is half-written.
+
+Real faults, no mocks: SQLite's own "database or disk is full" (PRAGMA max_page_count on the request's
+connection) and "database is locked" (another connection holding BEGIN EXCLUSIVE); PostgreSQL's lock timeout
+(another connection holding a table lock while the submit's transaction needs it); and, on both engines, a
+database that cannot be reached at all. Requests run in autocommit, as in production (``live_db``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from tasks.models import Task, TaskHistory
+from tests.api_support import client_for
+from tests.conftest import free_port
+from tests.crux.openapi_walk import OPERATIONS, request_schema, required_query, valid_body
+
+pytest_plugins = ["tests.api_support"]
+
+sqlite_only = pytest.mark.skipif("connection.vendor != 'sqlite'")
+postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'")
+
+
+def rows() -> tuple[int, int]:
+    return Task.objects.count(), TaskHistory.objects.count()
+
+
+def assert_unavailable(response: Any) -> None:
+    assert response.status_code == 503, (response.status_code, response.content[:300])
+    assert response["Content-Type"] == "application/json"
+    assert "database" in response.json()["detail"]
+    assert int(response["Retry-After"]) > 0
+
+
+@pytest.fixture
+def api(live_db: Any, superuser: Any, settings: Any) -> Iterator[Any]:
+    """A superuser's client: every operation gets past its permission checks to the database."""
+    settings.API_RETRY_AFTER_SECONDS = 7
+    client = client_for(superuser)
+    assert client.get("/api/tasks/").status_code == 200  # the token is known, the connection open
+    yield client
+    connection.close()  # drop the session-level limits set on it
+
+
+@sqlite_only
+def test_a_full_disk_answers_503_and_writes_nothing(api: Any) -> None:
+    before = rows()
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA page_count")
+        cursor.execute(f"PRAGMA max_page_count = {cursor.fetchone()[0]}")
+    response = api.post("/api/tasks/", {"title": "big", "payload": {"blob": "x" * 200_000}}, format="json")
+    assert_unavailable(response)
+    assert response["Retry-After"] == "7"
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA max_page_count = 1073741823")
+    assert rows() == before
+    assert (
+        api.post("/api/tasks/", {"title": "big", "payload": {"blob": "x" * 200_000}}, format="json").status_code == 201
+    )
+
+
+@sqlite_only
+def test_a_locked_database_answers_503_and_writes_nothing(api: Any) -> None:
+    before = rows()
+    holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA busy_timeout = 50")
+        assert_unavailable(api.post("/api/tasks/", {"title": "locked out"}, format="json"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert rows() == before
+    assert api.post("/api/tasks/", {"title": "after the lock"}, format="json").status_code == 201
+
+
+@postgres_only
+def test_a_lock_timeout_mid_transaction_answers_503_and_writes_nothing(api: Any) -> None:
+    """The submit inserts its task, then waits for the history table: the timeout rolls the task back too."""
+    import psycopg
+
+    conf = connection.settings_dict
+    before = rows()
+    with psycopg.connect(
+        dbname=conf["NAME"], user=conf["USER"], host=conf["HOST"] or "127.0.0.1", port=conf["PORT"] or 5432
+    ) as holder:
+        holder.execute("LOCK TABLE tasks_taskhistory IN ACCESS EXCLUSIVE MODE")
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '100ms'")
+        assert_unavailable(api.post("/api/tasks/", {"title": "waits for history"}, format="json"))
+        holder.rollback()
+    assert rows() == before
+    assert api.post("/api/tasks/", {"title": "after the lock"}, format="json").status_code == 201
+
+
+@pytest.fixture
+def database_down(api: Any) -> Iterator[None]:
+    """The database cannot be reached: a file in a missing directory (SQLite), a closed port (PostgreSQL)."""
+    conf = connection.settings_dict
+    saved = dict(conf)
+    connection.close()
+    if connection.vendor == "sqlite":
+        conf["NAME"] = "/nonexistent-crux-dir/db.sqlite3"
+    else:
+        conf["PORT"] = free_port()
+    try:
+        yield
+    finally:
+        connection.close()
+        conf.update(saved)
+
+
+def test_every_endpoint_answers_503_json_when_the_database_is_down(api: Any, database_down: None) -> None:
+    task_id = "00000000-0000-4000-8000-000000000000"
+    for path, method, operation in OPERATIONS:
+        if path == "/api/":
+            continue  # links only: no query (and the token's user is cached in Redis)
+        url = path.replace("{task_id}", task_id).replace("{job_id}", task_id)
+        schema = request_schema(operation)
+        body = json.dumps(valid_body(schema) if schema else {}).encode()
+        query = urlencode(required_query(operation))
+        response = api.generic(method.upper(), f"{url}?{query}", body, content_type="application/json")
+        assert_unavailable(response)
+
+
+def test_a_failure_outside_the_api_views_answers_503_json(api: Any, database_down: None) -> None:
+    """The login form is a Django view (no DRF exception handler): handler500 answers, in JSON."""
+    client = Client(raise_request_exception=False)
+    assert_unavailable(client.post("/api/auth/login/", {"username": "root", "password": "pw-root-123"}))
+    client.cookies["sessionid"] = "a-session-key"
+    assert_unavailable(client.get("/api/tasks/persistent/"))
