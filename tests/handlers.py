@@ -53,3 +53,84 @@ def cancel_myself(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     time.sleep(float(payload.get("linger", 0.0)))
     ctx.progress(0.5, phase="after cancel")
     return {"should": "be discarded"}
+
+
+def taken_over_midway(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Writes once; then its attempt is taken over (as when its worker stalls past its lease: the sweep recovers
+    the task and another worker claims it); then it keeps writing as a handler unaware of it would.
+
+    Each write refused with ClaimLost is logged to ``payload["log"]``; with ``swallow`` the handler catches
+    the refusals and carries on, without it the first refusal ends the handler.
+    """
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks.exceptions import ClaimLost
+    from tasks.models import Task
+
+    ctx.output("log", "before the takeover")
+    ctx.progress(0.25, phase="before the takeover")
+    Task.objects.filter(pk=ctx.task_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    services.recover_orphans()
+    services.claim(ctx.task_id, worker_id=payload["successor"])
+    writes = {
+        "output": lambda: ctx.output("log", "after the takeover"),
+        "progress": lambda: ctx.progress(0.75, phase="after the takeover"),
+        "metrics": lambda: ctx.metrics(iterations=99, stop_reason="stale"),
+    }
+    for name, write in writes.items():
+        try:
+            write()
+        except ClaimLost:
+            _append(payload["log"], f"refused {name}")
+            if not payload.get("swallow"):
+                raise
+        else:
+            _append(payload["log"], f"written {name}")
+    return {"should": "be discarded"}
+
+
+def stall_once(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Each step writes an output, progress and metrics; attempt 1 waits before step ``pause_at`` until the file
+    ``resume`` exists (the test pauses its process meanwhile), then carries on as if nothing happened.
+
+    Logs each step written, the pause and a ClaimLost stop to ``payload["log"]``.
+    """
+    from tasks.exceptions import ClaimLost
+
+    log, steps = payload["log"], int(payload["steps"])
+    try:
+        for step in range(steps):
+            if ctx.attempt == 1 and step == payload["pause_at"]:
+                _append(log, f"pausing {ctx.attempt} {os.getpid()}")
+                while not os.path.exists(payload["resume"]):
+                    time.sleep(0.02)
+            ctx.output("log", f"attempt {ctx.attempt} step {step}")
+            ctx.progress(step / steps, phase=f"attempt {ctx.attempt} step {step}")
+            ctx.metrics(iterations=step, stop_reason=f"attempt {ctx.attempt}")
+            _append(log, f"wrote {ctx.attempt} {step}")
+            time.sleep(float(payload.get("interval", 0.05)))
+    except ClaimLost:
+        _append(log, f"stopped {ctx.attempt} {os.getpid()}")
+        raise
+    return {"attempt": ctx.attempt}
+
+
+def leak_secrets(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Sends every credential shape through each channel a handler has: progress, outputs, metrics, logs, stdout,
+    its result, and (with ``fail``) its error. None of it may be stored or logged as sent."""
+    import logging
+
+    from tests.credentials import SHAPES
+
+    texts = [f"{payload['marker']} {text}" for _, text, _ in SHAPES]
+    for number, text in enumerate(texts, 1):
+        ctx.progress(number / (len(texts) + 1), phase=text)
+        ctx.output("log", text, file_path=f"logs/{text[:200]}")
+    ctx.metrics(stop_reason="stopped sk_live_51Hx9Kq2eZvKYlo2CabcdEFGH")
+    logging.getLogger("tests.handlers").warning("handler log: %s", "\n".join(texts))
+    print("handler stdout:", "\n".join(texts), flush=True)
+    if payload.get("fail"):
+        raise RuntimeError("\n".join(texts)[:3000])
+    return {"leaked": texts, "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}

@@ -12,7 +12,7 @@ from django.utils import timezone
 from tasks.audit import Actor, audited, canonical_json
 from tasks.exceptions import InvalidTaskData, StaleState
 from tasks.models import IdempotencyKey, Task
-from tasks.redaction import redact_submission
+from tasks.redaction import redact_submission, redact_text
 from tasks.registry import registered_names
 from tasks.services.base import CREATE_FIELDS, publish_on_commit, refuse_unknown, validate_task
 from tasks.states import TaskState
@@ -45,9 +45,8 @@ def create_task(
     reason: str = "created",
     **fields: Any,
 ) -> Task:
-    """Create a pending task (not yet dispatched) and its first history row; credentials are redacted first."""
+    """Create a pending task (not yet dispatched) and its first history row; credentials are redacted on save."""
     refuse_unknown(fields, CREATE_FIELDS)
-    fields = redact_submission(fields)
     task = Task(owner=owner, **fields)
     validate_task(task)
     with audited(actor, channel=channel, reason=reason):
@@ -67,10 +66,10 @@ def submit_task(
 
     SQL is the outbox: if the publish is lost (crash after commit, broker down or
     flushed), the re-dispatch sweep publishes the task again. Credentials in the
-    submitted values are redacted before anything is written (every channel).
+    submitted values are redacted when the task is saved, before anything is written
+    (``tasks.redaction``, every channel).
     """
     refuse_unknown(fields, CREATE_FIELDS)
-    fields = redact_submission(fields)
     _check_handler(fields)
     now = timezone.now()
     task = Task(owner=owner, state=TaskState.QUEUED, dispatched_at=now, dispatch_count=1, **fields)
@@ -97,11 +96,14 @@ def submit_task_once(
     returns the task the first one created, never a second task; the same key with
     a different request is refused. The key row commits with the task, so a
     concurrent duplicate fails on the unique constraint and replays the winner.
+    The fingerprint is taken of the redacted request, so a retry carrying the same secret replays; the key is
+    looked up as it is stored, redacted.
     """
     fields = redact_submission(fields)
     if idempotency_key is None:
         return submit_task(owner=owner, actor=actor, channel=channel, reason=reason, **fields), True
     _check_idempotency_key(idempotency_key)
+    idempotency_key = redact_text(idempotency_key)
     fingerprint = hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
     replayed = _replay(owner, idempotency_key, fingerprint)
     if replayed is not None:
@@ -141,10 +143,9 @@ def import_task(
 ) -> Task:
     """Record a task brought in from another system as it was there (its state, times and result).
 
-    The values are redacted and validated like a submission's; the first history
-    row says where it came from. Nothing is published: an imported task is not run.
+    The values are validated like a submission's and redacted on save; the first
+    history row says where it came from. Nothing is published: an imported task is not run.
     """
-    fields = redact_submission(fields)
     task = Task(id=task_id, owner=owner, **fields)
     validate_task(task)
     with audited(actor, channel=channel, reason=reason):
