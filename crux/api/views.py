@@ -16,7 +16,7 @@ from crux.api.serializers import HealthSerializer, LocationSerializer
 from crux.health import run_checks
 from crux.locate import locate
 from tasks import selectors
-from tasks.api.errors import error_responses
+from tasks.api.errors import error_responses, retry_after
 from tasks.api.schema import TASK_ID
 from tasks.exceptions import TaskNotFound
 
@@ -91,17 +91,35 @@ class TaskTraceView(TaskLocateView):
         return super().get(request, task_id)
 
 
-class HealthView(APIView):
-    """``GET /api/health/``: 200 when database, Redis, broker and a worker answer, else 503 naming what failed.
+class LivenessView(APIView):
+    """``GET /api/health/live``: 200 while this process answers requests. No dependency is checked, nothing
+    authenticated or throttled: a failing database or broker must not get a healthy process restarted."""
 
-    Public, for probes; only staff see latencies and error details.
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    throttle_classes: list[Any] = []
+
+    @extend_schema(
+        summary="Liveness",
+        responses={200: inline_serializer("Liveness", {"status": serializers.ChoiceField(choices=["ok"])})},
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"status": "ok"})
+
+
+class ReadinessView(APIView):
+    """``GET /api/health/ready`` (and ``/api/health/``): 200 when the database accepts a write and Redis, the broker
+    and a worker answer; else 503 with Retry-After naming what failed. Answers within HEALTH_TIMEOUT whatever hangs.
+
+    Public, for probes. Only staff see latencies and error details; the caller is identified after the checks,
+    and only when the database and Redis answered (identifying a token needs them, and must not hang the answer).
     """
 
     permission_classes = [AllowAny]
     throttle_classes: list[Any] = []
 
     @extend_schema(
-        summary="Health",
+        summary="Readiness",
         responses={
             200: OpenApiResponse(HealthSerializer, description="All parts answer."),
             503: OpenApiResponse(HealthSerializer, description="Degraded: `failing` names the parts."),
@@ -109,7 +127,12 @@ class HealthView(APIView):
     )
     def get(self, request: Request) -> Response:
         report = run_checks()
-        if not request.user.is_staff:
+        identifiable = not {"database", "redis"} & set(report["failing"])
+        if not (identifiable and request.user.is_staff):
             report["checks"] = {name: {"ok": check["ok"]} for name, check in report["checks"].items()}
-        code = status.HTTP_200_OK if not report["failing"] else status.HTTP_503_SERVICE_UNAVAILABLE
-        return Response(report, status=code)
+        if not report["failing"]:
+            return Response(report)
+        return Response(report, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers=retry_after())
+
+    def perform_authentication(self, request: Request) -> None:
+        """Identify the caller lazily, after the checks (DRF's documented way): see the class docstring."""

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from crux.health import run_checks
+from tasks.models import Task
 from tests.api_support import client_for
-from tests.conftest import RUN_PREFIX, child_database_url
+from tests.conftest import RUN_PREFIX, child_database_url, redis_caches
 
 pytest_plugins = ["tests.api_support"]
 
@@ -54,7 +58,6 @@ def worker(live_db: Any, private_redis: Any, settings: Any, tmp_path: Path) -> I
             start_new_session=True,
         )
     settings.CELERY_BROKER_URL = private_redis.url
-    settings.HEALTH_WORKER_TIMEOUT = 0.5
     try:
         deadline = time.monotonic() + 60
         while not run_checks()["checks"]["worker"]["ok"]:
@@ -80,29 +83,152 @@ def test_health_is_200_when_every_part_answers(worker: str, staff: Any) -> None:
     detailed = client_for(staff).get("/api/health/")
     assert detailed.status_code == 200
     assert worker in detailed.data["checks"]["worker"]["workers"]
-    assert detailed.data["checks"]["database"]["detail"] in ("sqlite", "postgresql")
+    assert detailed.data["checks"]["database"]["detail"].startswith(("sqlite: writable", "postgresql: writable"))
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_readiness_answers_within_300_ms_as_soon_as_a_worker_answers(worker: str, staff: Any) -> None:
+    """With the default deadline (HEALTH_TIMEOUT, 0.2 s). A loaded machine may miss it once: then 503, in time."""
+    client = client_for(staff)
+    timings, answers = [], []
+    for _ in range(5):
+        response, took = timed_get(client, "/api/health/ready")
+        timings.append(took)
+        answers.append(response)
+    print(f"readiness with a worker answering: {', '.join(f'{t * 1000:.0f} ms' for t in timings)}")
+    assert max(timings) < 1.0  # generous, for a loaded machine
+    in_time = [r for r, took in zip(answers, timings, strict=True) if took < 0.3 and r.status_code == 200]
+    assert in_time, [r.data for r in answers]
+    assert all(r.data["checks"]["worker"]["workers"] == [worker] for r in in_time)
 
 
 @pytest.mark.django_db
 def test_health_names_redis_broker_and_worker_when_redis_is_down(private_redis: Any, settings: Any, staff: Any) -> None:
     settings.CELERY_BROKER_URL = private_redis.url
+    settings.HEALTH_TIMEOUT = 1.0  # what fails is the subject here, not how fast: room for a loaded machine
     private_redis.kill()
-    response = client_for(staff).get("/api/health/")
+    response = APIClient().get("/api/health/")
     assert response.status_code == 503
+    assert response["Retry-After"] == str(settings.API_RETRY_AFTER_SECONDS)
     assert response.data["status"] == "degraded"
     assert response.data["failing"] == ["redis", "broker", "worker"]
     assert response.data["checks"]["database"]["ok"] is True
-    assert "unreachable" in response.data["checks"]["worker"]["detail"]
 
 
 @pytest.mark.django_db
 def test_health_names_the_worker_when_none_answers(private_redis: Any, settings: Any, staff: Any) -> None:
     settings.CELERY_BROKER_URL = private_redis.url
-    settings.HEALTH_WORKER_TIMEOUT = 0.3
+    settings.HEALTH_TIMEOUT = 1.0
     response = client_for(staff).get("/api/health/")
     assert response.status_code == 503
     assert response.data["failing"] == ["worker"]
     assert "no worker answered" in response.data["checks"]["worker"]["detail"]
+
+
+def timed_get(client: APIClient, path: str) -> tuple[Any, float]:
+    started = time.perf_counter()
+    response = client.get(path)
+    return response, time.perf_counter() - started
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/health/", "/api/health/ready"])
+def test_readiness_names_a_hanging_broker_within_its_deadline(
+    path: str, hanging_server: Any, private_redis: Any, settings: Any, staff: Any
+) -> None:
+    """A broker that accepts connections and never answers: 503 in time, again and again, one probe at a time."""
+    settings.CELERY_BROKER_URL = hanging_server.url
+    # The probe waits up to 5 s for the broker's answer: every request below comes while it still waits.
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "socket_timeout": 5}
+    client = client_for(staff)
+    for attempt in range(3):
+        response, took = timed_get(client, path)
+        print(f"readiness with a hanging broker, answer {attempt + 1}: {took * 1000:.0f} ms")
+        assert took < 1.0  # the deadline is HEALTH_TIMEOUT (0.2 s); generous for a loaded machine
+        assert response.status_code == 503
+        assert response["Retry-After"] == str(settings.API_RETRY_AFTER_SECONDS)
+        assert {"broker", "worker"} <= set(response.data["failing"])
+        assert "no answer within" in response.data["checks"]["broker"]["detail"]
+        assert response.data["checks"]["worker"]["detail"].startswith("not checked: the broker did not answer")
+    assert len(hanging_server.accepted) == 1  # the hanging probe was not started again for each request
+
+
+@pytest.mark.django_db
+def test_readiness_names_a_hanging_redis_within_its_deadline(
+    hanging_server: Any, private_redis: Any, settings: Any
+) -> None:
+    settings.CELERY_BROKER_URL = private_redis.url  # a broker that answers (with no worker)
+    settings.CACHES = redis_caches(hanging_server.url)
+    response, took = timed_get(APIClient(), "/api/health/ready")
+    print(f"readiness with a hanging Redis: {took * 1000:.0f} ms")
+    assert took < 1.0
+    assert response.status_code == 503
+    assert "redis" in response.data["failing"] and "broker" not in response.data["failing"]
+
+
+@contextmanager
+def write_lock_held_elsewhere() -> Iterator[None]:
+    """Another session holds the database's write lock: SQLite's (BEGIN IMMEDIATE), or PostgreSQL's on the tasks."""
+    from django.db import connection
+
+    holder: Any
+    if connection.vendor == "sqlite":
+        holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        holder = psycopg.connect(child_database_url(), autocommit=False)
+        holder.execute(f"LOCK TABLE {Task._meta.db_table} IN EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_readiness_notices_a_database_that_cannot_write(private_redis: Any, settings: Any, staff: Any, live_db: Any):
+    settings.CELERY_BROKER_URL = private_redis.url
+    settings.HEALTH_TIMEOUT = 0.5
+    client = client_for(staff)
+    with write_lock_held_elsewhere():
+        response, took = timed_get(client, "/api/health/ready")
+    print(f"readiness with the database's write lock held elsewhere: {took * 1000:.0f} ms")
+    assert took < 1.5
+    assert response.status_code == 503
+    assert response.data["failing"] == ["database", "worker"]
+    assert "detail" not in response.data["checks"]["database"]  # no token lookup on a failing database
+    assert client.get("/api/health/ready").data["failing"] == ["worker"]  # the lock released: writable again
+
+
+def test_readiness_notices_a_read_only_postgresql(private_redis: Any, settings: Any, live_db: Any) -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("a PostgreSQL setting")
+    settings.CELERY_BROKER_URL = private_redis.url
+    settings.HEALTH_TIMEOUT = 1.0
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER DATABASE {connection.settings_dict['NAME']} SET default_transaction_read_only = on")
+    try:
+        response = APIClient().get("/api/health/ready")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE {connection.settings_dict['NAME']} RESET default_transaction_read_only")
+    assert response.status_code == 503
+    assert response.data["failing"] == ["database", "worker"]
+
+
+@pytest.mark.django_db
+def test_liveness_checks_no_dependency(hanging_server: Any, settings: Any, staff: Any, django_assert_num_queries: Any):
+    settings.CELERY_BROKER_URL = hanging_server.url
+    settings.CACHES = redis_caches(hanging_server.url)
+    for client in (APIClient(), client_for(staff)):
+        with django_assert_num_queries(0):
+            response, took = timed_get(client, "/api/health/live")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+        assert took < 0.2
+    assert hanging_server.accepted == []
 
 
 # --- Metrics.

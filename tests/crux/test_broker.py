@@ -1,6 +1,13 @@
-"""The Redis transport of crux/broker.py: one publishing client per connection pool."""
+"""The broker side of crux/broker.py: one publishing client per connection pool, and publishes and control
+broadcasts that give up on a broker that does not answer."""
 
-from crux.broker import Channel
+import time
+
+import pytest
+from celery import Celery
+from django.conf import settings
+
+from crux.broker import Channel, Connection
 from crux.celery import app
 
 
@@ -24,3 +31,43 @@ def test_a_client_passed_in_is_used_as_it_is():
         channel = conn.default_channel
         with channel.conn_or_acquire() as own, channel.conn_or_acquire(client=object) as passed:
             assert passed is object and own is not object
+
+
+def bounded_app(broker_url: str) -> Celery:
+    """A Celery app as the project configures it (crux.celery), on a broker of the test's own."""
+    app = Celery("crux-test", set_as_current=False, amqp="crux.broker:AMQP")
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    app.conf.broker_url = broker_url
+    return app
+
+
+def test_a_broadcast_to_a_broker_that_stops_answering_gives_up(private_redis):
+    """Kombu retries a control broadcast (revoke, ping) forever when its caller passes no limit: not here."""
+    app = bounded_app(private_redis.url)
+    try:
+        app.control.revoke("some-task", terminate=True)  # connected and pooled
+        with app.pool.acquire() as pooled:
+            assert isinstance(pooled, Connection)
+        private_redis.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(Exception, match="Timeout"):
+                app.control.revoke("some-task", terminate=True)
+            assert time.monotonic() - started < 5 * settings.CELERY_PUBLISH_TIMEOUT  # before: never returned
+        finally:
+            private_redis.resume()
+        app.control.revoke("some-task", terminate=True)  # the broker is back: the next broadcast goes through
+    finally:
+        app.close()
+
+
+def test_a_publish_to_a_broker_that_never_answers_gives_up(hanging_server):
+    app = bounded_app(hanging_server.url)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception, match="Timeout"):
+            app.send_task("crux.execute_task", args=["x"], retry_policy=settings.CELERY_TASK_PUBLISH_RETRY_POLICY)
+        assert time.monotonic() - started < 5 * settings.CELERY_PUBLISH_TIMEOUT
+        assert len(hanging_server.accepted) == 1  # one attempt: the re-dispatch sweep is the retry
+    finally:
+        app.close()
