@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from hashlib import sha256
 from itertools import accumulate, chain
 from pathlib import Path
 from typing import NamedTuple
@@ -204,7 +203,7 @@ def _in_child(items: Iterator) -> Iterator[Iterator]:
 class _Generator:
     """The data set's rows, drawn from one ``Random(seed)`` in the same order as ever, encoded by ``tables``.
 
-    History rows were the costly part: a canonical JSON and a SHA-256 each. But
+    History rows were the costly part: a canonical JSON and an HMAC-SHA256 each. But
     a history row is the same for every task of the same state, title and
     owner, apart from its task's id and its time. So each distinct event is
     built once (``_Event``): its fields, adapted for the table, and its
@@ -216,10 +215,12 @@ class _Generator:
     def __init__(
         self, tables: list[_Table], mix: dict[str, float], seed: int, outputs: int, users: list, now: datetime
     ) -> None:
-        from tasks.audit import GENESIS_HASH, HASHED_FIELDS, canonical_json, format_timestamp, row_hash
+        from tasks.audit import GENESIS_HASH, HASHED_FIELDS, canonical_json, chain_link, format_timestamp, row_hash
+        from tasks.keys import current_key_id
 
         self.genesis, self.hashed_fields, self.canonical_json = GENESIS_HASH, HASHED_FIELDS, canonical_json
-        self.format_timestamp, self.row_hash = format_timestamp, row_hash
+        self.format_timestamp, self.row_hash, self.chain_link = format_timestamp, row_hash, chain_link
+        self.key_id = current_key_id()
         self.rng = random.Random(seed)
         self.states, weights = zip(*mix.items(), strict=True)
         self.cum_weights = list(accumulate(weights))  # what rng.choices(states, weights) computes on every call
@@ -282,7 +283,7 @@ class _Generator:
             at = at + timedelta(seconds=rng.uniform(0.01, 30))
             event = self.event(state, seq, title, owner)
             content = event.canonical.replace(_TASK_ID, task_text).replace(_CREATED_AT, self.format_timestamp(at))
-            link = sha256(f"{prev}\n{content}".encode()).hexdigest()
+            link = self.chain_link(self.key_id, prev, content)
             row = {"task_id": task_id, "created_at": at, "prev_hash": prev, "hash": link}
             if self.check and link != self.row_hash(prev, {**event.fields, **row}):
                 raise RuntimeError("the builder's history hashes disagree with tasks.audit.row_hash")
@@ -329,6 +330,7 @@ class _Generator:
                 "reason": "submitted" if first else f"moved to {step}",
                 "error_message": "RuntimeError: bench failure" if step == "failed" else "",
                 "details": {"changes": {"title": title, "state": step} if first else {"state": [path[seq - 2], step]}},
+                "key_id": self.key_id,
             }
             # row_hash's content: str(task_id) and format_timestamp(created_at) go where the placeholders are
             placeholders = {"task_id": _TASK_ID, "created_at": _CREATED_AT}

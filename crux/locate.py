@@ -1,4 +1,9 @@
-"""Forensics: "what happened to task X?" answered from every store, verdict first."""
+"""Forensics: "what happened to task X?" answered from every store, verdict first.
+
+A task gone from SQL without a validly signed tombstone is looked up in the newest signed audit checkpoint
+(``tasks.checkpoints``), the Redis mirror and Celery's results: if any of them saw it, it was stored, and the
+verdict says so (possible tampering) instead of "never existed".
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,13 @@ from redis.exceptions import RedisError
 
 from persistence import mirror
 from retention.models import PurgeLedger
+from tasks import checkpoints
+from tasks.audit import HistoryEvent
 from tasks.ids import parse_task_id
 from tasks.models import Task, TaskHistory
 from tasks.records import checksum
+
+_HISTORY_FIELDS = ("seq", "created_at", "event", "state_from", "state_to", "actor", "channel", "reason")
 
 
 @dataclass
@@ -29,10 +38,20 @@ class Location:
     mirror: dict[str, Any] = field(default_factory=dict)
     celery_result: Mapping[str, Any] | None = None
     last_history: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    # The history row that brought the task into its current state (what a "cancelled by ..." verdict names).
+    state_entered: Mapping[str, Any] | None = None
+    # Where the newest signed audit checkpoint saw the task, if it is gone from SQL without a valid tombstone.
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def found(self) -> bool:
-        return self.exists or bool(self.ledger) or self.mirror.get("present") or self.celery_result is not None
+        return (
+            self.exists
+            or bool(self.ledger)
+            or self.mirror.get("present")
+            or self.celery_result is not None
+            or self.checkpoint is not None
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +81,7 @@ def _ledger(entry: PurgeLedger) -> dict[str, Any]:
         "restorable": intact,
         "restored_at": entry.restored_at,
         "restored_by": entry.restored_by,
+        "signature_valid": entry.signature_valid(),
     }
 
 
@@ -80,13 +100,10 @@ def locate(task_id: Any) -> Location:
     """Look for the task in SQL, the purge ledger and its archive, the Redis mirror and Celery's results."""
     pk = parse_task_id(task_id)
     values = Task.objects.filter(pk=pk).values(*mirror.MIRRORED_FIELDS, "deleted_by__username", "delete_reason").first()
-    history = list(
-        TaskHistory.objects.filter(task_id=pk)
-        .order_by("-seq")
-        .values("seq", "created_at", "event", "state_from", "state_to", "actor", "channel", "reason")[:5]
-    )
+    history = list(TaskHistory.objects.filter(task_id=pk).order_by("-seq").values(*_HISTORY_FIELDS)[:5])
     ledger = [_ledger(e) for e in PurgeLedger.objects.filter(task_id=pk).order_by("-purged_at")]
     result = TaskResult.objects.filter(task_id=str(pk)).values("status", "date_done", "worker").first()
+    gone = values is None and not _tombstones(ledger)
     location = Location(
         task_id=str(pk),
         verdict="",
@@ -96,9 +113,33 @@ def locate(task_id: Any) -> Location:
         mirror=_mirror(pk, {k: values[k] for k in mirror.MIRRORED_FIELDS} if values else None),
         celery_result=result,
         last_history=history,
+        state_entered=_state_entered(pk, values["state"]) if values else None,
+        checkpoint=_checkpointed(pk) if gone else None,
     )
     location.verdict = _verdict(location)
     return location
+
+
+def _state_entered(pk: Any, state: str) -> dict[str, Any] | None:
+    """The row of the transition into ``state`` (not a later restore or edit, which keep the state)."""
+    rows = TaskHistory.objects.filter(task_id=pk, state_to=state).exclude(state_from=state)
+    rows = rows.filter(event__in=(HistoryEvent.CREATED, HistoryEvent.TRANSITION))
+    return rows.order_by("-seq").values(*_HISTORY_FIELDS).first()
+
+
+def _checkpointed(pk: Any) -> dict[str, Any] | None:
+    """The newest valid checkpoint's record of the task, if it has one (a scan of that file: only for lost tasks)."""
+    checkpoint, _ = checkpoints.newest(find=pk)
+    entry = checkpoint.found if checkpoint else None
+    if checkpoint is None or entry is None:
+        return None
+    return {
+        "file": str(checkpoint.path),
+        "created_at": checkpoint.created_at,
+        "history_count": entry.seq,
+        "history_head": entry.head,
+        "backup": checkpoint.backup,
+    }
 
 
 def _verdict(location: Location) -> str:
@@ -112,18 +153,53 @@ def _verdict(location: Location) -> str:
                 f" ({task['delete_reason'] or 'no reason given'}); restorable from the trash"
             )
         elif task["state"] == "cancelled":
-            verdict = f"cancelled on {_day(task['completed_at'])} by {by}: {last.get('reason') or 'no reason given'}"
+            entered = location.state_entered or {}
+            verdict = (
+                f"cancelled on {_day(task['completed_at'])} by {entered.get('actor', '?')} via "
+                f"{entered.get('channel', '?')}: {entered.get('reason') or 'no reason given'}"
+            )
         else:
             verdict = f"live: {task['state']}, last changed {_day(task['updated_at'])} by {by}"
         if ledger and ledger[0]["restored_at"]:
             verdict += f" (purged on {_day(ledger[0]['purged_at'])}, restored on {_day(ledger[0]['restored_at'])})"
         return verdict
-    if ledger:
-        entry = ledger[0]
+    valid = _tombstones(ledger)
+    if valid:
+        entry = valid[0]
         where = f"archive {entry['archive_file']}"
         state = "restorable" if entry["restorable"] else "NOT restorable: archive missing or corrupt"
         return f"purged on {_day(entry['purged_at'])} by policy {entry['policy']} ({entry['actor']}); {where}; {state}"
-    if location.mirror.get("present") or location.celery_result:
-        seen = "a Redis mirror entry" if location.mirror.get("present") else "a Celery result"
-        return f"no task record and no purge ledger entry, yet {seen} exists: not a task Crux ever stored durably"
-    return "never existed: no task, purge ledger entry, archive, mirror entry or Celery result has this id"
+    return _lost_verdict(location)
+
+
+def _tombstones(ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tombstones that account for a task's absence: validly signed, and not followed by a restore."""
+    return [entry for entry in ledger if entry["signature_valid"] and not entry["restored_at"]]
+
+
+def _lost_verdict(location: Location) -> str:
+    """No task row and no valid tombstone: say what each other store knows, never "never stored" if one saw it."""
+    seen = []
+    if location.checkpoint:
+        cp = location.checkpoint
+        backup = f", written with backup {cp['backup']}" if cp["backup"] else ""
+        seen.append(
+            f"seen in checkpoint {Path(cp['file']).name} at {_day(cp['created_at'])} with "
+            f"{cp['history_count']} history rows{backup}"
+        )
+    for entry in location.ledger:
+        seen.append(
+            f"purged on {_day(entry['purged_at'])} and restored on {_day(entry['restored_at'])}"
+            if entry["signature_valid"]
+            else f"a tombstone of {_day(entry['purged_at'])} names it but is not validly signed (forged or edited)"
+        )
+    if location.mirror.get("present"):
+        seen.append("the Redis mirror holds it (it mirrors committed tasks only)")
+    if location.celery_result:
+        seen.append("Celery has a result for it (only committed tasks are dispatched)")
+    if seen:
+        return (
+            f"was stored: {'; '.join(seen)}; now missing from the database without a valid tombstone: "
+            "possible tampering (run verify_audit)"
+        )
+    return "never existed: no task, purge ledger entry, archive, checkpoint, mirror entry or Celery result has this id"

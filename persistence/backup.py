@@ -4,7 +4,8 @@ SQLite: the online backup API copies a consistent snapshot while the system
 runs. Any engine: a portable JSON-lines export of every Crux table (users,
 tokens, tasks with history, outputs and metrics, retention, Celery results),
 exact to the microsecond so the history chains still verify after a restore.
-Backups rotate after ``BACKUP_RETENTION_DAYS``.
+Backups rotate after ``BACKUP_RETENTION_DAYS``. Each backup is followed by a signed
+audit checkpoint (``tasks.checkpoints``) naming it, so what it holds stays provable.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from tasks import services
+from tasks.checkpoints import write_checkpoint
 from tasks.models import HistoryPurgeGrant, Task
 from tasks.records import checksum, encode, serialize_queryset
 
@@ -44,6 +46,7 @@ class BackupResult:
     checksum: str
     rows: int
     rotated: list[Path]
+    checkpoint: Path
 
 
 def backup_dir() -> Path:
@@ -104,7 +107,8 @@ def backup(fmt: str | None = None) -> BackupResult:
     _fsync(path.parent)
     digest = checksum(path)
     Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
-    return BackupResult(path=path, checksum=digest, rows=rows, rotated=rotate())
+    checkpoint = write_checkpoint(backup=path)
+    return BackupResult(path=path, checksum=digest, rows=rows, rotated=rotate(), checkpoint=checkpoint.path)
 
 
 def rotate(now: datetime | None = None) -> list[Path]:

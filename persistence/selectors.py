@@ -4,15 +4,18 @@ the mirror agrees with SQL (a sample of the newest entries, or every entry)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
+from django_celery_results.models import TaskResult
 from redis.exceptions import RedisError
 
 from persistence import mirror
 from persistence.services import expected_in_mirror, reconcile_mirror
+from tasks.dispatch import EXECUTE_TASK
 from tasks.exceptions import TaskNotFound
 from tasks.ids import parse_task_id
 from tasks.models import Task
@@ -92,3 +95,19 @@ def mirror_consistency() -> dict[str, Any]:
         "orphan": report.orphan,
         "consistency": round(matching / report.checked, 6) if report.checked else 1.0,
     }
+
+
+def mirrored_task_ids() -> list[str]:
+    """Ids of the tasks the Redis mirror holds (it mirrors committed tasks only): a witness for verify_audit.
+    Empty when Redis does not answer: the mirror is disposable, its absence proves nothing."""
+    try:
+        return list(mirror.scan_task_ids(mirror.client()))
+    except RedisError as exc:
+        logger.warning("verify_audit: the Redis mirror could not be scanned: %s", exc)
+        return []
+
+
+def executed_task_ids() -> Iterator[str]:
+    """Ids of the Crux tasks Celery has a result for (only committed tasks are dispatched): a witness."""
+    results = TaskResult.objects.filter(task_name=EXECUTE_TASK).values_list("task_id", flat=True)
+    return results.iterator(chunk_size=2000)

@@ -7,6 +7,8 @@ class RetentionConfig(AppConfig):
 
     def ready(self) -> None:
         from retention.breaker import admit_deletion
+        from retention.models import SignedPurgeLedger
         from tasks import hooks
 
         hooks.add_deletion_guard(admit_deletion)
+        hooks.set_purge_ledger(SignedPurgeLedger())

@@ -1,14 +1,21 @@
-"""Retention policies, the purge ledger (tombstones), deletion events and the deletion breaker."""
+"""Retention policies, the purge ledger (signed, chained tombstones), deletion events and the deletion breaker."""
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Collection, Iterator, Mapping
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.utils import timezone
 
+from tasks import keys
+from tasks.audit import GENESIS_HASH, canonical_json, format_timestamp
 from tasks.exceptions import AppendOnlyViolation
+from tasks.keys import KEY_ID_MAX_LENGTH
 
 
 class PolicyScope(models.TextChoices):
@@ -49,7 +56,11 @@ class LedgerQuerySet(models.QuerySet):
 
 
 class PurgeLedger(models.Model):
-    """The tombstone of a purged task: what it was, who purged it by which policy, and where it is archived."""
+    """The tombstone of a purged task: what it was, who purged it by which policy, and where it is archived.
+
+    Signed with an audit key and chained to the previous tombstone (``append_tombstones``), so a tombstone
+    forged, edited or removed with raw SQL is named by ``verify_audit``, and audit checkpoints vouch for the head.
+    """
 
     task_id = models.UUIDField(db_index=True)
     title = models.CharField(max_length=200)
@@ -68,6 +79,11 @@ class PurgeLedger(models.Model):
     history_head = models.CharField(max_length=64)
     restored_at = models.DateTimeField(null=True, blank=True)
     restored_by = models.CharField(max_length=150, blank=True)
+    key_id = models.CharField(max_length=KEY_ID_MAX_LENGTH, blank=True)
+    prev_mac = models.CharField(max_length=64, blank=True)
+    mac = models.CharField(
+        max_length=64, blank=True, help_text="HMAC-SHA256 (audit key key_id) over prev_mac and the tombstone."
+    )
 
     objects = LedgerQuerySet.as_manager()
 
@@ -81,6 +97,92 @@ class PurgeLedger(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise AppendOnlyViolation("the purge ledger is append-only")
+
+    def expected_mac(self) -> str:
+        """The signature this tombstone must carry: its content chained to ``prev_mac`` (``keys.UnknownKey`` if
+        ``key_id`` is not configured). ``restored_at``/``restored_by`` are notes added later, not signed."""
+        content = {name: getattr(self, name) for name in SIGNED_TOMBSTONE_FIELDS}
+        content = {k: format_timestamp(v) if isinstance(v, datetime) else v for k, v in content.items()}
+        return keys.sign(keys.LEDGER, self.key_id, self.prev_mac + "\n" + canonical_json(content))
+
+    def signature_valid(self) -> bool:
+        try:
+            return bool(self.mac) and hmac.compare_digest(self.mac, self.expected_mac())
+        except keys.UnknownKey:
+            return False
+
+
+SIGNED_TOMBSTONE_FIELDS = (
+    "task_id",
+    "title",
+    "state",
+    "owner_id",
+    "owner_username",
+    "task_created_at",
+    "deleted_at",
+    "purged_at",
+    "policy",
+    "actor",
+    "channel",
+    "archive_file",
+    "archive_checksum",
+    "history_count",
+    "history_head",
+    "key_id",
+)
+
+
+def append_tombstones(tombstones: list[PurgeLedger]) -> None:
+    """Sign and insert ``tombstones`` at the end of the ledger's chain, inside the caller's transaction.
+
+    Writers of the ledger queue on a table lock (PostgreSQL; SQLite's write lock already serializes them),
+    so the chain never forks.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE retention_purgeledger IN EXCLUSIVE MODE")
+    last = PurgeLedger.objects.order_by("-pk").values_list("mac", flat=True).first()
+    prev, key_id = last or GENESIS_HASH, keys.current_key_id()
+    for tombstone in tombstones:
+        tombstone.key_id, tombstone.prev_mac = key_id, prev
+        tombstone.mac = prev = tombstone.expected_mac()
+    PurgeLedger.objects.bulk_create(tombstones)
+
+
+class SignedPurgeLedger:
+    """The purge ledger as the audit checkpoints see it (``tasks.hooks.SignedLedger``)."""
+
+    def head(self) -> dict[str, Any]:
+        last = PurgeLedger.objects.order_by("-pk").values("pk", "mac").first()
+        if last is None:
+            return {"count": 0, "last_id": None, "head": GENESIS_HASH}
+        return {"count": PurgeLedger.objects.count(), "last_id": last["pk"], "head": last["mac"]}
+
+    def problems(self, checkpointed: Mapping[str, Any] | None) -> Iterator[str]:
+        prev, count, seen = GENESIS_HASH, 0, None
+        last_id = checkpointed.get("last_id") if checkpointed else None
+        for row in PurgeLedger.objects.order_by("pk").iterator(chunk_size=1000):
+            count += 1
+            name = f"tombstone #{row.pk} (task {row.task_id})"
+            if row.prev_mac != prev:
+                yield f"{name}: link broken: a tombstone before it was removed or inserted"
+            if not row.signature_valid():
+                yield f"{name}: signature invalid: forged or edited"
+            prev = row.mac
+            if row.pk == last_id:
+                seen = (count, row.mac)
+        if checkpointed and last_id is not None:
+            if seen is None:
+                yield f"tombstone #{last_id}, the last one checkpointed, is missing: the ledger was cut"
+            elif seen != (checkpointed["count"], checkpointed["head"]):
+                yield f"tombstones up to #{last_id} differ from the checkpoint's: removed or rewritten"
+
+    def tombstones(self, task_ids: Collection[UUID]) -> dict[UUID, tuple[int, str]]:
+        found: dict[UUID, tuple[int, str]] = {}
+        for row in PurgeLedger.objects.filter(task_id__in=list(task_ids)):
+            if row.signature_valid() and row.history_count >= found.get(row.task_id, (-1, ""))[0]:
+                found[row.task_id] = (row.history_count, row.history_head)
+        return found
 
 
 class DeletionKind(models.TextChoices):

@@ -2,9 +2,10 @@
 
 The purge is the only code that removes tasks. It is a dry run unless
 confirmed, takes at most ``MAX_TASKS_PER_PURGE`` tasks per run, writes and
-fsyncs the archive before it deletes anything, records one ledger row per task
-in the transaction that deletes it, and goes past the history triggers only
-through ``tasks.services.erase_tasks`` for whole tasks it has archived.
+fsyncs the archive before it deletes anything, records one signed, chained
+ledger row (tombstone) per task in the transaction that deletes it, and goes
+past the history triggers only through ``tasks.services.erase_tasks`` for whole
+tasks it has archived.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from django.utils import timezone
 
 from retention.archive import read_entry, write_archive
 from retention.breaker import admit_deletion
-from retention.models import DeletionKind, PolicyScope, PurgeLedger, RetentionPolicy
+from retention.models import DeletionKind, PolicyScope, PurgeLedger, RetentionPolicy, append_tombstones
 from tasks import services
 from tasks.audit import Actor, actor_label
 from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
@@ -117,7 +118,7 @@ def purge(*, actor: Actor, channel: str, confirm: bool = False, limit: int | Non
             rows = Task.objects.select_for_update(of=("self",)).filter(condition, pk__in=ids).select_related("owner")
             still_eligible.extend(rows)
         report.skipped = len(policy_of) - len(still_eligible)
-        PurgeLedger.objects.bulk_create(
+        append_tombstones(
             [_ledger_row(t, policy_of[t.pk].name, label, channel, str(path), checksum, now) for t in still_eligible]
         )
         report.purged = services.erase_tasks([t.pk for t in still_eligible])
@@ -166,6 +167,8 @@ def unarchive_task(task_id: TaskId, *, actor: Actor, channel: str, force: bool =
     ledger = PurgeLedger.objects.filter(task_id=pk).order_by("-purged_at").first()
     if ledger is None:
         raise TaskNotFound(pk)
+    if not ledger.signature_valid():
+        raise TaskError(f"the tombstone of task {pk} is not validly signed (forged or edited): not restoring from it")
     live = Task.objects.filter(pk=pk).first()
     if live is not None:
         if ledger.restored_at is not None and not force:
@@ -195,5 +198,6 @@ def _purge_for_overwrite(task: Task, *, actor: Actor, channel: str) -> None:
     path, checksum = write_archive([task.pk], run_id=uuid.uuid4().hex[:12], policy_note="overwritten-by-restore")
     with transaction.atomic():
         task = Task.objects.select_for_update(of=("self",)).select_related("owner").get(pk=task.pk)
-        _ledger_row(task, "overwritten-by-restore", label, channel, str(path), checksum, timezone.now()).save()
+        tombstone = _ledger_row(task, "overwritten-by-restore", label, channel, str(path), checksum, timezone.now())
+        append_tombstones([tombstone])
         services.erase_tasks([task.pk])

@@ -1,10 +1,10 @@
-"""The audit trail's mechanics: who/why context, change diffs and the hash chain.
+"""The audit trail's mechanics: who/why context, change diffs and the keyed hash chain.
 
 Services open an ``audited(...)`` block; every tracked change saved inside it is
 recorded (by the history writer in ``tasks.history``) as one ``TaskHistory`` row whose
-hash chains it to the previous row of its task. A tracked change saved outside
-such a block is refused, so no code path changes a task without naming who,
-through what and why.
+HMAC (under an audit key kept outside the database, ``tasks.keys``) chains it to the
+previous row of its task. A tracked change saved outside such a block is refused,
+so no code path changes a task without naming who, through what and why.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
+from tasks import keys
 from tasks.exceptions import MissingAuditContext
+from tasks.redaction import redact, redact_text
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -118,11 +120,11 @@ def audited(
     """
     label, user_id = actor_label(actor)
     ctx = AuditContext(
-        actor=label,
+        actor=redact_text(label),
         channel=Channel(channel).value,
-        reason=reason,
+        reason=redact_text(reason),  # free text from any channel: masked before its row is hashed
         user_id=user_id,
-        details=dict(details or {}),
+        details=redact(dict(details or {})),
         event=None if event is None else HistoryEvent(event).value,
     )
     token = _current.set(ctx)
@@ -191,16 +193,33 @@ HASHED_FIELDS = (
     "error_message",
     "details",
     "created_at",
+    "key_id",
 )
 
 
+def chain_link(key_id: str, prev_hash: str, content: str) -> str:
+    """HMAC-SHA256 (history key ``key_id``) over the previous link and a row's canonical content.
+
+    Without the key nobody can recompute a chain that verifies: not even with this code and the database.
+    """
+    return keys.sign(keys.HISTORY, key_id, prev_hash + "\n" + content)
+
+
 def row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
-    """The chain link: sha256 over the previous hash and the row's canonical content."""
+    """The chain link of ``row`` (its ``key_id`` names the audit key); raises ``keys.UnknownKey`` for another."""
     content = {name: row[name] for name in HASHED_FIELDS}
     content["task_id"] = str(content["task_id"])
     content["created_at"] = format_timestamp(content["created_at"])
-    payload = prev_hash + "\n" + canonical_json(content)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return chain_link(row["key_id"], prev_hash, canonical_json(content))
+
+
+def legacy_row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    """The unkeyed sha256 link of rows written before the chain was keyed; trusted only where a keyed record
+    vouches for the chain's head (the keying migration, a signed purge-ledger row)."""
+    content = {name: row[name] for name in HASHED_FIELDS if name != "key_id"}
+    content["task_id"] = str(content["task_id"])
+    content["created_at"] = format_timestamp(content["created_at"])
+    return hashlib.sha256((prev_hash + "\n" + canonical_json(content)).encode("utf-8")).hexdigest()
 
 
 def digest(value: Any) -> str:

@@ -1,14 +1,33 @@
 """Database triggers that make task history append-only below the ORM.
 
 UPDATE of a history row is always refused. DELETE is refused unless the row's
-task holds a HistoryPurgeGrant: the narrow hook the retention purge uses for a
-whole task it has archived. Used by migrations (and by tests that tamper on purpose).
+task holds a HistoryPurgeGrant whose MAC is valid: the narrow hook the retention
+purge uses for a whole task it has archived. An INSERTed grant cannot forge it:
+the MAC is over (task id, nonce) under the grant key derived from the audit key
+(``tasks.keys``), which the database never stores.
+
+- SQLite: the trigger calls ``crux_grant_mac()``, a function each Crux connection
+  registers (``register_functions``, on ``connection_created``). Another client
+  (the ``sqlite3`` shell, a script) has no such function, or not the key: its
+  DELETE fails.
+- PostgreSQL: the trigger computes the MAC with pgcrypto's ``hmac()`` under the
+  grant key the purge hands its own transaction (``admit_purge``: ``SET LOCAL``),
+  and accepts only a key whose sha256 is one of the configured keys' (baked into
+  the function at install; ``migrate`` re-installs it, so a key added to
+  AUDIT_KEYS is accepted after the next ``migrate``).
+
+Used by migrations (and by tests that tamper on purpose).
 """
 
 from typing import Any
 
+from tasks import keys
+
 UPDATE_MESSAGE = "crux: task history is append-only (UPDATE refused)"
 DELETE_MESSAGE = "crux: task history is append-only (DELETE refused outside a retention purge)"
+HISTORY_TRIGGERS = ("tasks_taskhistory_no_update", "tasks_taskhistory_no_delete")
+SQLITE_GRANT_FUNCTION = "crux_grant_mac"
+POSTGRES_GRANT_SETTING = "crux.purge_grant_key"
 
 _SQLITE_INSTALL = [
     f"""
@@ -19,51 +38,67 @@ _SQLITE_INSTALL = [
     f"""
     CREATE TRIGGER IF NOT EXISTS tasks_taskhistory_no_delete
     BEFORE DELETE ON tasks_taskhistory
-    WHEN NOT EXISTS (SELECT 1 FROM tasks_historypurgegrant g WHERE g.task_id = OLD.task_id)
+    WHEN NOT EXISTS (
+        SELECT 1 FROM tasks_historypurgegrant g
+        WHERE g.task_id = OLD.task_id AND g.mac = {SQLITE_GRANT_FUNCTION}(g.task_id, g.nonce)
+    )
     BEGIN SELECT RAISE(ABORT, '{DELETE_MESSAGE}'); END
     """,
 ]
-_SQLITE_UNINSTALL = [
-    "DROP TRIGGER IF EXISTS tasks_taskhistory_no_update",
-    "DROP TRIGGER IF EXISTS tasks_taskhistory_no_delete",
-]
+_SQLITE_UNINSTALL = [f"DROP TRIGGER IF EXISTS {name}" for name in HISTORY_TRIGGERS]
 
-_POSTGRES_INSTALL = [
-    f"""
-    CREATE OR REPLACE FUNCTION crux_taskhistory_no_update() RETURNS trigger AS $$
-    BEGIN RAISE EXCEPTION '{UPDATE_MESSAGE}'; END
-    $$ LANGUAGE plpgsql
-    """,
-    f"""
+
+def _postgres_delete_function() -> str:
+    """The DELETE trigger's function, accepting the grant keys of the configured audit keys."""
+    accepted = ", ".join(f"'{fingerprint}'" for fingerprint in keys.grant_key_fingerprints())
+    return f"""
     CREATE OR REPLACE FUNCTION crux_taskhistory_no_delete() RETURNS trigger AS $$
+    DECLARE
+        grant_key text := current_setting('{POSTGRES_GRANT_SETTING}', true);
     BEGIN
-        IF NOT EXISTS (SELECT 1 FROM tasks_historypurgegrant g WHERE g.task_id = OLD.task_id) THEN
+        IF grant_key IS NULL
+           OR encode(digest(grant_key, 'sha256'), 'hex') <> ALL (ARRAY[{accepted}]::text[])
+           OR NOT EXISTS (
+               SELECT 1 FROM tasks_historypurgegrant g
+               WHERE g.task_id = OLD.task_id
+                 AND g.mac = encode(hmac(replace(g.task_id::text, '-', '') || ':' || g.nonce, grant_key, 'sha256'),
+                                    'hex')
+           )
+        THEN
             RAISE EXCEPTION '{DELETE_MESSAGE}';
         END IF;
         RETURN OLD;
     END
     $$ LANGUAGE plpgsql
-    """,
     """
-    CREATE OR REPLACE TRIGGER tasks_taskhistory_no_update
-    BEFORE UPDATE ON tasks_taskhistory FOR EACH ROW EXECUTE FUNCTION crux_taskhistory_no_update()
-    """,
-    """
-    CREATE OR REPLACE TRIGGER tasks_taskhistory_no_delete
-    BEFORE DELETE ON tasks_taskhistory FOR EACH ROW EXECUTE FUNCTION crux_taskhistory_no_delete()
-    """,
-]
+
+
+def _postgres_install() -> list[str]:
+    return [
+        "CREATE EXTENSION IF NOT EXISTS pgcrypto",
+        f"""
+        CREATE OR REPLACE FUNCTION crux_taskhistory_no_update() RETURNS trigger AS $$
+        BEGIN RAISE EXCEPTION '{UPDATE_MESSAGE}'; END
+        $$ LANGUAGE plpgsql
+        """,
+        _postgres_delete_function(),
+        """
+        CREATE OR REPLACE TRIGGER tasks_taskhistory_no_update
+        BEFORE UPDATE ON tasks_taskhistory FOR EACH ROW EXECUTE FUNCTION crux_taskhistory_no_update()
+        """,
+        """
+        CREATE OR REPLACE TRIGGER tasks_taskhistory_no_delete
+        BEFORE DELETE ON tasks_taskhistory FOR EACH ROW EXECUTE FUNCTION crux_taskhistory_no_delete()
+        """,
+    ]
+
+
 _POSTGRES_UNINSTALL = [
     "DROP TRIGGER IF EXISTS tasks_taskhistory_no_update ON tasks_taskhistory",
     "DROP TRIGGER IF EXISTS tasks_taskhistory_no_delete ON tasks_taskhistory",
     "DROP FUNCTION IF EXISTS crux_taskhistory_no_update()",
     "DROP FUNCTION IF EXISTS crux_taskhistory_no_delete()",
-]
-
-_STATEMENTS = {
-    "sqlite": (_SQLITE_INSTALL, _SQLITE_UNINSTALL),
-    "postgresql": (_POSTGRES_INSTALL, _POSTGRES_UNINSTALL),
-}
+]  # pgcrypto stays: other objects of the database may use it
 
 
 def _run(connection: Any, statements: dict[str, tuple[list[str], list[str]]], install: bool) -> bool:
@@ -77,7 +112,10 @@ def _run(connection: Any, statements: dict[str, tuple[list[str], list[str]]], in
 
 
 def _run_history(connection: Any, install: bool) -> None:
-    if not _run(connection, _STATEMENTS, install):
+    statements = {"sqlite": (_SQLITE_INSTALL, _SQLITE_UNINSTALL)}
+    if connection.vendor == "postgresql":
+        statements["postgresql"] = (_postgres_install() if install else [], _POSTGRES_UNINSTALL)
+    if not _run(connection, statements, install):
         raise NotImplementedError(f"no append-only triggers for database vendor {connection.vendor!r}")
 
 
@@ -87,6 +125,44 @@ def install(connection: Any) -> None:
 
 def uninstall(connection: Any) -> None:
     _run_history(connection, install=False)
+
+
+def refresh_accepted_keys(connection: Any) -> None:
+    """PostgreSQL: re-install the DELETE trigger's function for the audit keys configured now (after ``migrate``),
+    where it is installed; SQLite checks grants in the process, with the keys it has."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_proc WHERE proname = 'crux_taskhistory_no_delete'")
+        if cursor.fetchone():
+            cursor.execute(_postgres_delete_function())
+
+
+def register_functions(connection: Any) -> None:
+    """SQLite: give this connection the grant check the history DELETE trigger calls."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_function(SQLITE_GRANT_FUNCTION, 2, _sqlite_grant_mac, deterministic=True)
+
+
+def _sqlite_grant_mac(task_id: str | None, nonce: str | None) -> str | None:
+    return None if task_id is None or nonce is None else keys.grant_mac(task_id, nonce)
+
+
+def admit_purge(connection: Any) -> None:
+    """Hand this transaction the grant key (PostgreSQL: ``SET LOCAL``; the transaction's end forgets it)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config(%s, %s, true)", [POSTGRES_GRANT_SETTING, keys.grant_key()])
+
+
+def installed_history_triggers(connection: Any) -> set[str]:
+    """The append-only triggers present in the database (``verify_audit`` names a missing one)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'tasks_taskhistory'")
+        else:
+            cursor.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'tasks_taskhistory'::regclass")
+        return {name for (name,) in cursor.fetchall()} & set(HISTORY_TRIGGERS)
 
 
 # --- Text search index: what `search` (tasks.selectors.search.search_tasks) looks words up in.

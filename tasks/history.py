@@ -8,7 +8,8 @@ One state change, end to end:
    lock, refuses an undeclared transition, and keeps them on the instance.
 3. Before the INSERT/UPDATE, ``prepare_row`` diffs the tracked fields against
    those values, names the actor, channel and reason of the ``audited`` block,
-   chains the row to the task's previous one by hash and compiles its INSERT
+   chains the row to the task's previous one by HMAC under the newest audit key
+   (``tasks.keys``, its id stored in the row) and compiles its INSERT
    (a save with no audit context is refused here: ``MissingAuditContext``).
 4. After it, ``append_row`` runs that INSERT: the change and its row commit together.
 
@@ -17,6 +18,7 @@ called from ``TasksConfig.ready()``. Below the ORM, database triggers keep the
 rows append-only (``tasks.db_triggers``).
 """
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db.models.signals import post_save, pre_save
@@ -30,10 +32,12 @@ from tasks.audit import (
     current_context,
     digest,
     is_loading_rows,
+    legacy_row_hash,
     row_hash,
     to_jsonable,
 )
 from tasks.exceptions import MissingAuditContext
+from tasks.keys import current_key_id
 from tasks.models import DIGESTED_FIELDS, Task, TaskHistory
 from tasks.states import TaskState
 
@@ -107,11 +111,34 @@ def prepare_row(instance: Task, *, raw: bool, update_fields: Any, using: str) ->
         "error_message": instance.last_error if failed else "",
         "details": to_jsonable({**ctx.details, "changes": changes}),
         "created_at": timezone.now(),
+        "key_id": current_key_id(),
         "prev_hash": prev_hash,
     }
     row["hash"] = row_hash(prev_hash, row)
     instance.history_count, instance.history_head = seq, row["hash"]
     setattr(instance, _PENDING, TaskHistory(**row).compiled_insert(using))
+
+
+def resign_legacy_chain(rows: Sequence[Mapping[str, Any]], head: tuple[int, str]) -> list[dict[str, Any]] | None:
+    """An unkeyed (sha256) chain re-signed with the newest audit key; None if it does not verify end to end.
+
+    Anyone can recompute an unkeyed chain, so it is re-signed only where a record beyond an attacker's reach
+    vouches for its end, ``head`` (count, hash): the task rows at the keying migration, a signed tombstone for
+    an archive of that era. A chain that fails stays as it is, and ``verify_audit`` names it.
+    """
+    prev = GENESIS_HASH
+    for seq, row in enumerate(rows, start=1):
+        if row["seq"] != seq or row["prev_hash"] != prev or legacy_row_hash(prev, row) != row["hash"]:
+            return None
+        prev = row["hash"]
+    if not rows or (len(rows), prev) != tuple(head):
+        return None
+    key_id, prev, signed = current_key_id(), GENESIS_HASH, []
+    for row in rows:
+        link = row_hash(prev, {**row, "key_id": key_id})
+        signed.append({**row, "key_id": key_id, "prev_hash": prev, "hash": link})
+        prev = link
+    return signed
 
 
 def append_row(instance: Task, *, using: str) -> None:

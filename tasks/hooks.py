@@ -2,13 +2,16 @@
 
 The deletion breaker (``retention``) admits or refuses each soft delete; the
 Redis mirror (``persistence``) follows live progress, which is written with
-``QuerySet.update()`` and so sends no ``post_save``. Each upper app registers
+``QuerySet.update()`` and so sends no ``post_save``; the purge ledger's signed
+tombstones (``retention``) are vouched for by audit checkpoints, and the stores
+that saw tasks (``persistence``) witness for them. Each upper app registers
 itself in its ``AppConfig.ready()``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 from uuid import UUID
 
 from django.dispatch import Signal
@@ -37,3 +40,47 @@ def admit_deletion(*, kind: str, actor: str, channel: str, task_id: UUID | None 
 
 # Sent with ``task_id`` after a running attempt's progress or phase was written.
 progress_reported = Signal()
+
+
+class SignedLedger(Protocol):
+    """The purge ledger (``retention``): signed tombstones that checkpoints vouch for and ``verify_audit`` checks."""
+
+    def head(self) -> dict[str, Any]:
+        """The ledger's chain head now: ``{"count", "last_id", "head"}``."""
+        ...
+
+    def problems(self, checkpointed: Mapping[str, Any] | None) -> Iterator[str]:
+        """Each forged, edited or missing tombstone, and a head that no longer matches ``checkpointed``."""
+        ...
+
+    def tombstones(self, task_ids: Collection[UUID]) -> dict[UUID, tuple[int, str]]:
+        """For each of ``task_ids`` with a validly signed tombstone: its chain's (count, head) when purged."""
+        ...
+
+
+_ledgers: list[SignedLedger] = []
+
+
+def set_purge_ledger(ledger: SignedLedger) -> None:
+    """Register the purge ledger (once, from ``retention``'s ``AppConfig.ready()``)."""
+    _ledgers[:] = [ledger]
+
+
+def purge_ledger() -> SignedLedger | None:
+    """The registered purge ledger; None where ``retention`` is not installed."""
+    return _ledgers[0] if _ledgers else None
+
+
+# A store above the task domain that remembers which tasks were committed (the Redis mirror, Celery's results):
+# ``verify_audit`` asks it, so a task removed whole is named even before a checkpoint has seen it.
+TaskWitness = Callable[[], Iterable[str]]
+_witnesses: dict[str, TaskWitness] = {}
+
+
+def add_task_witness(name: str, witness: TaskWitness) -> None:
+    """Register ``witness``: it yields the ids of the tasks the store ``name`` has seen."""
+    _witnesses[name] = witness
+
+
+def task_witnesses() -> dict[str, TaskWitness]:
+    return dict(_witnesses)

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from tasks.audit import Channel, HistoryEvent, current_context
 from tasks.exceptions import AppendOnlyViolation, HardDeleteRefused, UntrackedWrite
+from tasks.keys import KEY_ID_MAX_LENGTH
 from tasks.states import TaskState, check_state, check_transition
 
 # Live telemetry and audit bookkeeping: changing them writes no history row.
@@ -32,6 +33,7 @@ UNTRACKED_FIELDS = frozenset(
         "heartbeat_at",
         "history_count",
         "history_head",
+        "dispatch_epoch",
     }
 )
 # Large values whose history records a digest instead of the value itself.
@@ -132,6 +134,9 @@ class Task(models.Model):
     )
     dispatched_at = models.DateTimeField(null=True, blank=True, help_text="Last time it was published to Celery.")
     dispatch_count = models.PositiveIntegerField(default=0)
+    # The broker epoch under which the broker confirmed its last publish ('' = not confirmed yet). A flush or
+    # restart of the broker's Redis starts a new epoch: the sweep re-publishes what it lost, and only that.
+    dispatch_epoch = models.CharField(max_length=32, blank=True, editable=False)
     worker_id = models.CharField(max_length=255, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -164,6 +169,7 @@ class Task(models.Model):
             models.Index(fields=["owner", "provider", "role", "-created_at"], name="task_owner_prov_role_created"),
             models.Index(fields=["lease_expires_at"], name="task_running_lease", condition=models.Q(state="running")),
             models.Index(fields=["dispatched_at"], name="task_queued_dispatch", condition=models.Q(state="queued")),
+            models.Index(fields=["dispatch_epoch"], name="task_queued_epoch", condition=models.Q(state="queued")),
             models.Index(fields=["deleted_at"], name="task_deleted", condition=models.Q(deleted_at__isnull=False)),
         ]
         permissions = [
@@ -257,8 +263,11 @@ class TaskHistory(models.Model):
     error_message = models.TextField(blank=True)
     details = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(db_index=True)
+    key_id = models.CharField(
+        max_length=KEY_ID_MAX_LENGTH, blank=True, help_text="The audit key that signed this row ('' = unkeyed)."
+    )
     prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, help_text="HMAC-SHA256 over prev_hash and the row, under key_id.")
 
     objects = TaskHistoryQuerySet.as_manager()
 
@@ -298,15 +307,20 @@ class TaskHistory(models.Model):
 
 
 class HistoryPurgeGrant(models.Model):
-    """The narrow hook past the history DELETE trigger.
+    """The narrow hook past the history DELETE trigger, which an INSERT cannot forge.
 
     The retention purge inserts a grant for a whole task it has archived, deletes
     that task's history in the same transaction, then removes the grant. The
-    trigger refuses a history DELETE for any task without a grant.
+    trigger refuses a history DELETE unless the task's grant carries a valid
+    ``mac`` over (task id, nonce) under the grant key derived from the audit key
+    (``tasks.keys.grant_mac``; checked by ``tasks.db_triggers``). A grant seen
+    outside a purge is reported by ``verify_audit``.
     """
 
     task_id = models.UUIDField(primary_key=True)
     created_at = models.DateTimeField(default=timezone.now)
+    nonce = models.CharField(max_length=32, blank=True)
+    mac = models.CharField(max_length=64, blank=True)
 
     def __str__(self) -> str:
         return f"purge grant for {self.task_id}"

@@ -3,7 +3,7 @@
 - ``visibility``: which tasks a user may see, and finding one by id.
 - ``search``: words in titles and descriptions, through the search index.
 - ``figures``: counts by state, role, provider, event; activity per hour.
-- ``history``: a task's latest rows; verification of every hash chain.
+- ``history``: a task's latest rows; verification of the whole audit trail (``verify_audit``).
 """
 
 from tasks.selectors.figures import (

@@ -13,7 +13,8 @@ class Command(BaseCommand):
     help = (
         "Answer 'what happened to this task?' from every store: the task row (live or soft-deleted, "
         "who, when, why), the purge ledger and archive, the Redis mirror, Celery's result and the last "
-        "history rows, with a one-line verdict first. Exit status: 0 found, 1 no location at all, 2 bad id."
+        "history rows, and the newest signed audit checkpoint for a task gone without a tombstone, with a one-line "
+        "verdict first. Exit status: 0 found, 1 no location at all, 2 bad id."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -44,6 +45,12 @@ class Command(BaseCommand):
                 f"({entry['actor']} via {entry['channel']}); "
                 f"archive {entry['archive_file']} present={entry['archive_present']} intact={entry['archive_intact']}"
                 + (f"; restored {entry['restored_at']} by {entry['restored_by']}" if entry["restored_at"] else "")
+            )
+        if location.checkpoint:
+            cp = location.checkpoint
+            self.stdout.write(
+                f"  checkpoint: {cp['file']} ({cp['created_at']}): {cp['history_count']} history rows, "
+                f"head {cp['history_head']}" + (f", backup {cp['backup']}" if cp["backup"] else "")
             )
         self.stdout.write(f"  mirror   : {location.mirror}")
         self.stdout.write(f"  celery   : {location.celery_result or 'no result record'}")
