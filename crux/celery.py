@@ -1,11 +1,46 @@
-"""The Celery application; its configuration lives in Django settings (CELERY_*)."""
+"""The Celery application; its configuration lives in Django settings (CELERY_*).
 
+Two queues: task work (``crux.execute_task``) on the default queue, and every
+other Celery task (the recovery sweep, re-dispatch, mirror reconcile, backup,
+auto-purge, audit checkpoints) on ``CELERY_HOUSEKEEPING_QUEUE``, which a worker
+of its own consumes (Procfile ``housekeeping``): a backlog of task work never
+delays the detection of a lost worker or a lost message.
+"""
+
+import logging.config
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crux.settings")
 
-app = Celery("crux")
+# Broker connections whose retry loops end (crux/broker.py): no publish or control broadcast outlives its timeouts.
+app = Celery("crux", amqp="crux.broker:AMQP")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict[str, str] | None:
+    """Celery's router (``CELERY_TASK_ROUTES``): task work keeps the default queue, all else is housekeeping."""
+    from tasks.dispatch import EXECUTE_TASK  # imported late: this module loads before Django's apps
+
+    if name == EXECUTE_TASK:
+        return None
+    return {"queue": settings.CELERY_HOUSEKEEPING_QUEUE}
+
+
+@setup_logging.connect
+def log_through_django(loglevel: int | None = None, **kwargs: Any) -> None:
+    """Workers and beat log through Django's LOGGING, whose handler redacts credentials, not handlers of Celery's.
+
+    With a receiver of this signal Celery leaves the root logger alone (its task received/succeeded/failed lines
+    reach the redacting handler); ``-l LEVEL`` still sets the level, and what handlers print still goes to the log.
+    """
+    logging.config.dictConfig(settings.LOGGING)
+    if loglevel:
+        logging.getLogger().setLevel(loglevel)
+    if app.conf.worker_redirect_stdouts:
+        app.log.redirect_stdouts(app.conf.worker_redirect_stdouts_level)

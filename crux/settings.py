@@ -7,6 +7,8 @@ table. SQL is the source of truth; Redis only mirrors it.
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -14,8 +16,21 @@ VAR_DIR = BASE_DIR / "var"
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-SECRET_KEY = env("SECRET_KEY", default="insecure-dev-key-set-SECRET_KEY-in-production")
 DEBUG = env.bool("DEBUG", default=False)
+# Django's signing key: SECRET_KEY, else the file SECRET_KEY_FILE (`make keys` writes it). Never invented outside
+# DEBUG: a public default key would let anyone forge sessions and password-reset links.
+SECRET_KEY_FILE = Path(env("SECRET_KEY_FILE", default=str(VAR_DIR / "secret_key")))
+SECRET_KEY = env("SECRET_KEY", default="").strip() or (
+    SECRET_KEY_FILE.read_text().strip() if SECRET_KEY_FILE.is_file() else ""
+)
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            f"no SECRET_KEY: set SECRET_KEY or write SECRET_KEY_FILE ({SECRET_KEY_FILE}); `make keys` creates one"
+        )
+    SECRET_KEY = "django-insecure-debug-only-key"
+# Former keys, still accepted for signatures made before a rotation (comma-separated, newest first).
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
@@ -31,6 +46,8 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "django_celery_results",
+    "axes",
+    "csp",
     "tasks",
     "persistence",
     "retention",
@@ -39,6 +56,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "crux.security.DocumentCSPMiddleware",
+    # Under /api/: the body-size limit, and JSON for every error answer (crux/errors.py).
+    "crux.errors.ApiEdgeMiddleware",
+    # Before anything reads the URL: a reason or a credential in a query string is refused (400 JSON).
+    "tasks.api.middleware.RefuseCredentialsInURL",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -46,6 +68,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a login refused for lockout into crux.security's 429.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "crux.urls"
@@ -82,6 +106,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         # An acknowledged write is on disk: WAL with a full fsync at commit.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A server that accepts connections and never answers must not hold a request (or readiness's probe) for
+    # ever: connecting gives up after this many seconds (libpq counts whole seconds, at least 2).
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=3)
 # The test database: a file for SQLite, so that worker processes started by tests can share it.
 _default_test_name = str(VAR_DIR / "test_crux.sqlite3") if DATABASES["default"]["ENGINE"] == "crux.db" else None
 DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default=_default_test_name)}
@@ -127,11 +155,19 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_TRACK_STARTED = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A broker that accepts connections but never answers must not hold a request: each step of a publish (connect,
+# socket read/write, taking a pooled connection) gives up after CELERY_PUBLISH_TIMEOUT seconds and nothing retries
+# in the request (kombu's retry loops are capped by "max_retries", crux/broker.py): the task stays queued in SQL and
+# the re-dispatch sweep publishes it again.
+CELERY_PUBLISH_TIMEOUT = env.float("CELERY_PUBLISH_TIMEOUT", default=1.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=43200),
+    "socket_timeout": CELERY_PUBLISH_TIMEOUT,
+    "socket_connect_timeout": CELERY_PUBLISH_TIMEOUT,
+    "max_retries": 0,
 }
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
-CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 0}
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=CELERY_PUBLISH_TIMEOUT)
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_TASK_SERIALIZER = "json"
 # Celery's defaults, set here because Celery reads them on every publish: an unset one is looked up under
@@ -140,9 +176,14 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_TASK_REPR_MAXLEVELS = 3
-CELERY_BROKER_POOL_ACQUIRE_TIMEOUT = None
+CELERY_BROKER_POOL_ACQUIRE_TIMEOUT = CELERY_PUBLISH_TIMEOUT
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
+# Housekeeping (recovery sweep, re-dispatch, mirror reconcile, backup, purge, audit checkpoints: every Celery task
+# but task execution) has a queue of its own, consumed by its own worker (Procfile "housekeeping"), so a backlog of
+# task work never delays the detection of lost work. The router is crux.celery.route_task.
+CELERY_HOUSEKEEPING_QUEUE = env("CELERY_HOUSEKEEPING_QUEUE", default="crux.housekeeping")
+CELERY_TASK_ROUTES = ("crux.celery.route_task",)
 
 # --- Execution: handlers, leases and the sweeps that heal lost work.
 TASK_HANDLERS = {
@@ -156,9 +197,10 @@ TASK_HANDLERS = {
 # worker is gone. Detection takes at most lease + sweep interval (25 s by default).
 TASK_LEASE_SECONDS = env.float("TASK_LEASE_SECONDS", default=20.0)
 RECOVERY_SWEEP_SECONDS = env.float("RECOVERY_SWEEP_SECONDS", default=5.0)
-# A queued task not started after this long is re-published (doubling per retry):
-# SQL is the outbox, so a lost broker message never loses the task.
-REDISPATCH_AFTER_SECONDS = env.float("REDISPATCH_AFTER_SECONDS", default=300.0)
+# SQL is the outbox, so a lost broker message never loses the task; only what is known lost is re-published
+# (persistence.dispatch): at once if the broker's epoch is gone (flushed or restarted Redis), and after this long
+# (doubling per retry) if the broker never confirmed the publish.
+REDISPATCH_AFTER_SECONDS = env.float("REDISPATCH_AFTER_SECONDS", default=30.0)
 MIRROR_RECONCILE_SECONDS = env.float("MIRROR_RECONCILE_SECONDS", default=300.0)
 CELERY_BEAT_SCHEDULE = {
     "recovery-sweep": {"task": "crux.recovery_sweep", "schedule": RECOVERY_SWEEP_SECONDS},
@@ -172,6 +214,59 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# --- Login lockout (django-axes): failed logins are counted in SQL per username *and* client address together, so
+# an attacker cannot lock a user out from everywhere. Axes sits first among the backends, so every door that calls
+# authenticate() with the request (the admin login, the API's /api/auth/login/) is watched; a locked-out client is
+# answered 429 (crux/security.py) until AXES_COOLOFF_TIME passes or staff reset it (admin or `axes_reset_*` commands).
+AUTHENTICATION_BACKENDS = ["crux.security.LoginLockoutBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_TIME", default=0.5) or None  # hours; 0: locked until staff reset
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "crux.security.lockout_response"
+# Masked in axes' logs and its stored request data (the password always is); the client address is logged.
+AXES_SENSITIVE_PARAMETERS = ["username", "csrfmiddlewaretoken"]
+# Behind N reverse proxies, the client address is taken from X-Forwarded-For (0: REMOTE_ADDR, no proxy trusted).
+AXES_IPWARE_PROXY_COUNT = env.int("AXES_IPWARE_PROXY_COUNT", default=0) or None
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR") if AXES_IPWARE_PROXY_COUNT else ("REMOTE_ADDR",)
+)
+
+# --- HTTPS: one switch, TLS=true, for a deployment served over TLS (README "Deployment"); each part can be
+# overridden. Off by default so that `make run` keeps working on http://127.0.0.1.
+TLS = env.bool("TLS", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=TLS)
+# Probes (load balancers, orchestrators) may keep checking health over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^api/health(/|$)"]
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=TLS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=TLS)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if TLS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=TLS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=TLS)
+# Behind a proxy that terminates TLS: the header it sets on HTTPS requests, e.g. HTTP_X_FORWARDED_PROTO (opt-in:
+# trust it only if the proxy strips the header from clients).
+_proxy_ssl_header = env("SECURE_PROXY_SSL_HEADER", default="")
+SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header, "https") if _proxy_ssl_header else None
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- Content-Security-Policy (django-csp) on every HTML page: nothing is loaded from another origin, scripts only from
+# our own static files (no inline script anywhere: Swagger UI's is served by its split view); inline styles stay
+# allowed for the admin templates' computed widths and colours.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -188,7 +283,11 @@ API_PAGE_SIZE = env.int("API_PAGE_SIZE", default=50)
 API_MAX_LIMIT = env.int("API_MAX_LIMIT", default=200)
 # Lists count matches exactly up to this many past the requested page; beyond, ``count`` is a lower bound.
 API_EXACT_COUNT_LIMIT = env.int("API_EXACT_COUNT_LIMIT", default=1000)
+# The largest request body under /api/ (413 beyond), and the deepest nesting of a JSON body (400 beyond).
 API_SUBMIT_MAX_BYTES = env.int("API_SUBMIT_MAX_BYTES", default=256 * 1024)
+API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=32)
+# Seconds a 503 (the database refused: down, full, locked) asks the client to wait before retrying.
+API_RETRY_AFTER_SECONDS = env.int("API_RETRY_AFTER_SECONDS", default=5)
 # Seconds an API token's user is served from Redis (dropped at once when the token or user changes; 0 = off).
 API_TOKEN_CACHE_SECONDS = env.int("API_TOKEN_CACHE_SECONDS", default=60)
 REST_FRAMEWORK = {
@@ -197,7 +296,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["tasks.api.parsers.StrictJSONParser"],
     "DEFAULT_PAGINATION_CLASS": "tasks.api.pagination.StrictLimitOffsetPagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": ["tasks.api.throttling.ReadThrottle"],
@@ -205,7 +304,7 @@ REST_FRAMEWORK = {
         "submit": env("API_THROTTLE_SUBMIT", default="60/minute"),
         "read": env("API_THROTTLE_READ", default="600/minute"),
     },
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "tasks.api.schema.CruxAutoSchema",
     "EXCEPTION_HANDLER": "tasks.api.errors.crux_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
@@ -213,12 +312,16 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Durable background tasks: SQL is the source of truth, Redis a mirror. Authenticate with "
         "`Authorization: Token <key>` or a session; users see and act on their own tasks only, staff on all. "
-        'Errors are JSON: `{"detail": message}` or `{field: [messages]}`.'
+        'Errors are JSON: `{"detail": message}` or `{field: [messages]}`; a database that refuses (down, full, '
+        "locked) answers 503 with Retry-After. Every path also answers in its other trailing-slash form (no redirect). "
+        "Text never holds NUL or lone surrogates, numbers are finite, JSON bodies nest at most API_JSON_MAX_DEPTH deep."
     ),
     "VERSION": "0.2.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Swagger UI's default validator badge is an image from validator.swagger.io: nothing leaves the site.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"TaskStateEnum": "tasks.states.TaskState"},
@@ -226,6 +329,8 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "tasks.api.schema.closed_request_bodies",
         "tasks.api.schema.non_empty_enum_lists",
+        "tasks.api.schema.storable_strings",
+        "tasks.api.schema.retry_after_headers",
     ],
 }
 
@@ -253,14 +358,48 @@ BACKUP_DIR = Path(env("BACKUP_DIR", default=str(VAR_DIR / "backups")))
 BACKUP_RETENTION_DAYS = env.int("BACKUP_RETENTION_DAYS", default=30)
 BACKUP_SECONDS = env.float("BACKUP_SECONDS", default=86400.0)
 CELERY_BEAT_SCHEDULE["daily-backup"] = {"task": "crux.backup", "schedule": BACKUP_SECONDS}
+
+
+# --- Audit keys and checkpoints: history, purge grants and tombstones are signed (HMAC-SHA256) with a key kept
+# outside the database. AUDIT_KEYS: "id:secret" items, newest first (new signatures use the first; each names its
+# key id, so older rows keep verifying); else the lines of AUDIT_KEY_FILE (`make keys` writes a bare secret there).
+def _key_file_lines(path: Path) -> list[str]:
+    """The non-empty lines of a key file kept outside the database and the repository."""
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+AUDIT_KEY_FILE = Path(env("AUDIT_KEY_FILE", default=str(VAR_DIR / "audit_key")))
+AUDIT_KEYS = env.list("AUDIT_KEYS", default=[]) or _key_file_lines(AUDIT_KEY_FILE)
+if not AUDIT_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            f"no audit key: set AUDIT_KEYS or write AUDIT_KEY_FILE ({AUDIT_KEY_FILE}); `make keys` creates one"
+        )
+    AUDIT_KEYS = ["debug:insecure-debug-audit-key"]
+# Signed checkpoints of every task's chain head and the purge ledger's, written outside the database.
+AUDIT_CHECKPOINT_DIR = Path(env("AUDIT_CHECKPOINT_DIR", default=str(BACKUP_DIR / "checkpoints")))
+AUDIT_CHECKPOINT_SECONDS = env.float("AUDIT_CHECKPOINT_SECONDS", default=3600.0)
+CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {"task": "crux.audit_checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS}
 if ENABLE_AUTO_PURGE:
     CELERY_BEAT_SCHEDULE["auto-purge"] = {"task": "crux.auto_purge", "schedule": AUTO_PURGE_SECONDS}
 
+# Every process (web, worker, beat, commands) logs through this one handler, behind a filter that masks credentials
+# in messages, arguments and tracebacks (tasks.redaction). Django's loggers hand their records to it instead of
+# handlers of their own; Celery's processes use this configuration too (crux.celery), gunicorn's logs the same filter
+# (crux.gunicorn_conf).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "tasks.redaction.RedactingFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
+    "loggers": {
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
 }
 
@@ -269,7 +408,8 @@ LOGGING = {
 # under REDIS_KEY_PREFIX; if Redis is down they fail open (tasks.api.throttling).
 CACHES["throttle"] = dict(CACHES["default"])
 INSTALLED_APPS += ["drf_spectacular_sidecar"]
-# Seconds GET /api/health/ waits for a Celery worker to answer a ping.
-HEALTH_WORKER_TIMEOUT = env.float("HEALTH_WORKER_TIMEOUT", default=1.0)
+# Seconds readiness (GET /api/health/ready) waits for all its checks together (database write, Redis, broker,
+# a worker's ping); a part that has not answered by then is reported failing (crux/health.py).
+HEALTH_TIMEOUT = env.float("HEALTH_TIMEOUT", default=0.2)
 # A bearer token that lets a Prometheus scraper read /metrics without a staff account ("" = staff only).
 METRICS_TOKEN = env("METRICS_TOKEN", default="")

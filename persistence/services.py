@@ -119,7 +119,8 @@ def reconcile_mirror(
 
 
 def recover_task(task_id: TaskId, *, actor: Actor, channel: str, reason: str) -> tuple[Task, str]:
-    """Recover one task from SQL: requeue it if interrupted or failed, else rewrite its mirror entry.
+    """Recover one task from SQL: requeue it if interrupted, failed or cancelled (``services.recover``, the
+    admin's requeue too: same states, never past the attempt limit), else rewrite its mirror entry.
 
     Returns (task, "requeued" | "remirrored" | "mirror_failed"). A requeue is a
     transition with its history row (the mirror follows after commit); a

@@ -1,13 +1,29 @@
-"""Beat jobs of persistence: the daily backup, and the mirror reconcile (it heals a write lost while Redis was away)."""
+"""Housekeeping jobs (beat, on the housekeeping queue): the recovery sweep, the mirror reconcile, the daily backup."""
 
 import logging
 
 from celery import shared_task
+from redis.exceptions import RedisError
 
 from persistence.backup import backup
+from persistence.dispatch import redispatch_lost
 from persistence.services import reconcile_mirror
+from tasks import services
 
 logger = logging.getLogger(__name__)
+
+
+@shared_task(name="crux.recovery_sweep")
+def recovery_sweep() -> dict[str, int]:
+    """Interrupt tasks whose worker is gone (lease expired) and re-publish queued tasks whose message is lost."""
+    counts = services.recover_orphans()
+    try:
+        counts["redispatched"] = redispatch_lost()
+    except RedisError as exc:
+        logger.warning("re-dispatch skipped: the broker's Redis is unreachable (%s)", exc)
+    if any(counts.values()):
+        logger.warning("recovery sweep: %s", counts)
+    return counts
 
 
 @shared_task(name="crux.reconcile_mirror")

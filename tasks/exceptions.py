@@ -48,6 +48,19 @@ class StaleState(Conflict):
     field = "state"
 
 
+class ClaimLost(Conflict):
+    """A worker's attempt no longer holds its task (cancelled, or recovered after a stall and maybe claimed
+    again): whatever it still tries to write is refused, and its handler stops."""
+
+    field = "attempt_count"
+
+
+class AttemptLimitReached(Conflict):
+    """A requeue refused: the task used every attempt it is allowed (raise ``max_attempts`` to run it again)."""
+
+    field = "max_attempts"
+
+
 class InvalidTaskData(TaskError):
     """Input that fails validation; ``errors`` maps field names to messages."""
 

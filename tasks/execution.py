@@ -1,10 +1,14 @@
 """Running one attempt of a task: claim, heartbeat, handler, outcome.
 
 The claim and the outcome are compare-and-set writes through tasks.services, so
-a duplicate delivery does nothing and a late outcome is discarded. While the
-handler runs, a heartbeat thread renews the lease; if the lease is lost (the
-task was cancelled or recovered elsewhere) or cannot be renewed in time, the
-process ends itself so the same task never runs in two places at once.
+a duplicate delivery does nothing and a late outcome is discarded. Every write a
+handler makes through its context (progress, outputs, metrics) is conditional
+on the attempt still holding its claim: once the claim is lost (the task was
+cancelled, or recovered after the worker stalled past its lease), the next call
+into the context raises ``ClaimLost`` and the handler stops, having written
+nothing after the takeover. While the handler runs, a heartbeat thread renews
+the lease; if the claim is lost or cannot be renewed in time, the process ends
+itself so the same task never runs in two places at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from tasks import services
+from tasks.exceptions import ClaimLost
 from tasks.models import Task, TaskOutput
 from tasks.registry import get_handler
 
@@ -34,31 +39,38 @@ def end_process() -> None:
     os._exit(70)
 
 
-class LeaseLost(Exception):
-    """The attempt no longer holds its task (cancelled, or recovered after a stall)."""
-
-
 class TaskContext:
-    """What a handler may do while it runs: report progress, append outputs, record metrics."""
+    """What a handler may do while it runs: report progress, append outputs, record metrics.
+
+    Each call writes only while the attempt holds its claim; after the claim is
+    lost (seen by a write or by the heartbeat) every call raises ``ClaimLost``.
+    """
 
     def __init__(self, task: Task, worker_id: str):
         self.task_id = task.pk
         self.attempt = task.attempt_count
         self.worker_id = worker_id
         self.title = task.title
-        self.lease_lost = threading.Event()
+        self.claim_lost = threading.Event()
+
+    def _guarded(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.claim_lost.is_set():
+            raise ClaimLost(f"task {self.task_id} attempt {self.attempt} lost its claim: stop")
+        try:
+            return write(self.task_id, *args, attempt=self.attempt, worker_id=self.worker_id, **kwargs)
+        except ClaimLost:
+            self.claim_lost.set()
+            raise
 
     def progress(self, fraction: float, phase: str | None = None) -> None:
-        if not services.report_progress(
-            self.task_id, attempt=self.attempt, worker_id=self.worker_id, progress=fraction, phase=phase
-        ):
-            raise LeaseLost(f"task {self.task_id} attempt {self.attempt} lost its claim")
+        self._guarded(services.report_progress, progress=fraction, phase=phase)
 
     def output(self, output_type: str, content: str, **meta: Any) -> TaskOutput:
-        return services.record_output(self.task_id, output_type, content, **meta)
+        output: TaskOutput = self._guarded(services.record_output, output_type, content, **meta)
+        return output
 
     def metrics(self, **fields: Any) -> None:
-        services.record_metrics(self.task_id, **fields)
+        self._guarded(services.record_metrics, **fields)
 
 
 class Heartbeat(threading.Thread):
@@ -96,7 +108,7 @@ class Heartbeat(threading.Thread):
                         self.ctx.attempt,
                         "claim gone" if renewed is False else "renewal failing",
                     )
-                    self.ctx.lease_lost.set()
+                    self.ctx.claim_lost.set()
                     self.on_lost()
                     return
         finally:
@@ -113,7 +125,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] = end_process) -> str:
-    """Run one delivery of a task; returns what happened (skipped, completed, failed, discarded)."""
+    """Run one delivery of a task; returns what happened (skipped, completed, failed, discarded).
+
+    A handler that lost its claim (``ClaimLost`` from the context, or the heartbeat
+    saw it) is discarded: no outcome and no figures are written for it.
+    """
     task = services.claim(task_id, worker_id=worker_id)
     if task is None:
         return "skipped"
@@ -127,12 +143,15 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
         handler = get_handler(task.handler)
         result = handler(ctx, dict(task.request_payload))
         json.dumps(result)
+    except ClaimLost as exc:
+        ctx.claim_lost.set()
+        logger.warning("task %s attempt %s stopped: %s", task.pk, task.attempt_count, exc)
     except Exception as exc:
         error = _describe(exc)
         logger.warning("task %s attempt %s failed: %s", task.pk, task.attempt_count, error)
     finally:
         heartbeat.stop()
-    if ctx.lease_lost.is_set():
+    if ctx.claim_lost.is_set():
         return "discarded"
     elapsed = time.perf_counter() - started
     outcome = services.finish_attempt(

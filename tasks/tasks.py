@@ -1,4 +1,9 @@
-"""Celery tasks: execution of Crux tasks and the periodic sweeps that heal lost work."""
+"""Celery tasks of the domain: the execution of Crux tasks, the audit checkpoint, and the recovery of a restarted
+worker's own tasks.
+
+Every task but the execution runs on the housekeeping queue (``crux.celery.route_task``); the periodic sweep
+that heals lost work is ``persistence.tasks.recovery_sweep``: it needs the broker's epoch.
+"""
 
 import logging
 import os
@@ -7,7 +12,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_ready
 
-from tasks import execution, services
+from tasks import checkpoints, execution, services
 from tasks.dispatch import EXECUTE_TASK
 
 logger = logging.getLogger(__name__)
@@ -18,14 +23,12 @@ def execute_task(self: Any, task_id: str) -> str:
     return execution.execute(task_id, worker_id=f"{self.request.hostname}:{os.getpid()}")
 
 
-@shared_task(name="crux.recovery_sweep")
-def recovery_sweep() -> dict[str, int]:
-    """Interrupt tasks whose worker is gone and re-publish queued tasks whose message was lost."""
-    counts = services.recover_orphans()
-    counts["redispatched"] = services.redispatch_stale()
-    if any(counts.values()):
-        logger.warning("recovery sweep: %s", counts)
-    return counts
+@shared_task(name="crux.audit_checkpoint")
+def audit_checkpoint() -> str:
+    """Write a signed checkpoint of every chain head outside the database (verify_audit compares against it)."""
+    written = checkpoints.write_checkpoint()
+    logger.info("audit checkpoint written: %s (%s tasks)", written.path, written.tasks)
+    return str(written.path)
 
 
 @worker_ready.connect

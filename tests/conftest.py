@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -13,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-RUN_PREFIX = os.environ.setdefault("REDIS_KEY_PREFIX", f"crux-test-{uuid.uuid4().hex[:8]}")
+# Always a prefix of this run's own, even if the shell names one: every process a test starts inherits it.
+RUN_PREFIX = os.environ["REDIS_KEY_PREFIX"] = f"crux-test-{uuid.uuid4().hex[:8]}"
 # Messages this process publishes go to a queue of this run's own, which no
 # developer's worker consumes; the queue is deleted when the run ends.
 TEST_QUEUE = f"{RUN_PREFIX}.celery"
@@ -59,6 +61,12 @@ def isolated_redis_keys(settings) -> Iterator[None]:
         conn.delete(*keys)
 
 
+@pytest.fixture(autouse=True)
+def isolated_audit_checkpoints(settings, tmp_path_factory) -> None:
+    """Audit checkpoints of the test's own: never a developer's (AUDIT_CHECKPOINT_DIR), nor another test's."""
+    settings.AUDIT_CHECKPOINT_DIR = tmp_path_factory.mktemp("checkpoints")
+
+
 @pytest.fixture
 def private_redis(settings) -> Iterator[PrivateRedis]:
     """A redis-server of the test's own, on a free port, that the test may flush or kill."""
@@ -98,6 +106,13 @@ class PrivateRedis:
         """SIGKILL the server: the crash of the Redis machine, not a polite shutdown."""
         self.process.kill()
         self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it still accepts connections (the kernel does) but answers nothing, a hang."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process.poll() is None:

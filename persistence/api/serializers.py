@@ -33,8 +33,8 @@ class TaskStatusSerializer(serializers.Serializer):
 class RecoverResultSerializer(serializers.Serializer):
     action = serializers.ChoiceField(
         choices=["requeued", "remirrored"],
-        help_text="`requeued`: an interrupted or failed task was queued again; `remirrored`: its Redis entry "
-        "was rewritten from SQL.",
+        help_text="`requeued`: an interrupted, failed or cancelled task was queued again; `remirrored`: its Redis "
+        "entry was rewritten from SQL.",
     )
     task = TaskSerializer()
 

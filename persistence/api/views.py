@@ -42,8 +42,9 @@ class TaskStatusView(APIView):
 class TaskRecoverView(APIView):
     """``POST /api/tasks/{task_id}/recover`` (tasks.recover_task).
 
-    An interrupted or failed task is requeued (with a history row); any other
-    task has its Redis mirror entry rewritten from SQL.
+    An interrupted, failed or cancelled task is requeued (with a history row;
+    409 once it used every attempt); any other task has its Redis mirror entry
+    rewritten from SQL.
     """
 
     permission_classes = [IsAuthenticated, CanRecover]
@@ -52,7 +53,7 @@ class TaskRecoverView(APIView):
         summary="Recover a task from persistent storage",
         parameters=[TASK_ID],
         request=ReasonSerializer,
-        responses={200: RecoverResultSerializer, **error_responses(400, 403, 404, 503)},
+        responses={200: RecoverResultSerializer, **error_responses(400, 403, 404, 409, 503)},
     )
     def post(self, request: Request, task_id: str) -> Response:
         user = signed_in(request.user)

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 # The most tasks one confirmation page lists and one action changes.
 MAX_TASKS_PER_ACTION = 500
-REQUEUEABLE = frozenset({TaskState.INTERRUPTED, TaskState.FAILED, TaskState.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -67,11 +66,7 @@ def _skip_restore(task: Task) -> str | None:
 
 
 def _skip_requeue(task: Task) -> str | None:
-    if task.is_deleted:
-        return "in the trash: restore it first"
-    if task.state not in REQUEUEABLE:
-        return f"{task.state}: only interrupted, failed or cancelled tasks can be requeued"
-    return None
+    return services.requeue_refusal(task)
 
 
 def _note_requeue(task: Task) -> str:
@@ -95,10 +90,8 @@ def _restore(task: Task, user: User, reason: str) -> Task:
 
 
 def _requeue(task: Task, user: User, reason: str) -> Task:
-    # Compare-and-set on the state the operator confirmed: if it moved meanwhile, StaleState.
-    return services.transition(
-        task.pk, TaskState.QUEUED, actor=user, channel=Channel.ADMIN, reason=reason, expected_state=task.state
-    )
+    # The API's recover service; compare-and-set on the state the operator confirmed (moved meanwhile: StaleState).
+    return services.recover(task.pk, actor=user, channel=Channel.ADMIN, reason=reason, expected_state=task.state)[0]
 
 
 def _cancel(task: Task, user: User, reason: str) -> Task:

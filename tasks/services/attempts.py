@@ -1,7 +1,12 @@
 """What a worker writes while it runs an attempt: the claim, the lease, progress, outputs, metrics, the outcome.
 
 The claim and the outcome are compare-and-set writes under the row lock, so a
-duplicate delivery does nothing and a late outcome is discarded.
+duplicate delivery does nothing and a late outcome is discarded. Every other
+write of an attempt is conditional on the attempt still holding its claim (the
+task running, at the same attempt, for the same worker), checked in the same
+statement or under the same row lock as the write (on SQLite the IMMEDIATE
+transaction serializes writers): an attempt whose worker stalled past its lease
+and was recovered writes nothing more, and gets ``ClaimLost``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from django.utils import timezone
 
 from tasks import hooks
 from tasks.audit import Channel
-from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
+from tasks.exceptions import ClaimLost, InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId
 from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
 from tasks.redaction import redact_text
@@ -111,7 +116,7 @@ def finish_attempt(
             )
             return None
         if metrics:
-            record_metrics(task.pk, **metrics)
+            _write_metrics(task.pk, metrics)
         if error:
             return apply_transition(
                 task,
@@ -136,6 +141,16 @@ def _live_attempt(task_id: TaskId, attempt: int, worker_id: str) -> QuerySet[Tas
     return Task.objects.filter(pk=task_id, state=TaskState.RUNNING, attempt_count=attempt, worker_id=worker_id)
 
 
+def _claim_lost(task_id: TaskId, attempt: int, worker_id: str) -> ClaimLost:
+    return ClaimLost(f"task {task_id} attempt {attempt} on {worker_id} no longer holds its claim: write refused")
+
+
+def _hold_claim(task_id: TaskId, attempt: int, worker_id: str) -> None:
+    """Inside the caller's transaction: lock the task row, or raise ClaimLost if the attempt lost its claim."""
+    if _live_attempt(task_id, attempt, worker_id).select_for_update().values_list("pk", flat=True).first() is None:
+        raise _claim_lost(task_id, attempt, worker_id)
+
+
 def renew_lease(task_id: TaskId, *, attempt: int, worker_id: str) -> bool:
     """Extend the lease of a running attempt; False means the attempt lost its claim."""
     now = timezone.now()
@@ -144,30 +159,40 @@ def renew_lease(task_id: TaskId, *, attempt: int, worker_id: str) -> bool:
 
 def report_progress(
     task_id: TaskId, *, attempt: int, worker_id: str, progress: float, phase: str | None = None
-) -> bool:
-    """Live progress of a running attempt (no history row: it is telemetry, which the mirror follows)."""
+) -> None:
+    """Live progress of a running attempt (no history row: it is telemetry, which the mirror follows).
+
+    One conditional UPDATE: nothing is written, and ClaimLost raised, if the attempt lost its claim.
+    """
     if not 0.0 <= progress <= 1.0:
         raise InvalidTaskData({"progress": ["Ensure this value is between 0 and 1."]})
     fields: dict[str, Any] = {"progress": progress, "updated_at": timezone.now()}
     if phase is not None:
-        fields["current_phase"] = phase[:100]
-    updated = _live_attempt(task_id, attempt, worker_id).update(**fields)
-    if updated:
-        hooks.progress_reported.send(sender=Task, task_id=task_id)
-    return bool(updated)
+        fields["current_phase"] = redact_text(phase)[:100]  # an UPDATE sends no pre_save: redacted here
+    if not _live_attempt(task_id, attempt, worker_id).update(**fields):
+        raise _claim_lost(task_id, attempt, worker_id)
+    hooks.progress_reported.send(sender=Task, task_id=task_id)
 
 
-def record_metrics(task_id: TaskId, **fields: Any) -> TaskMetrics:
-    """Set a task's execution figures (the named ones; the others keep their values)."""
+def _write_metrics(task_id: TaskId, fields: dict[str, Any]) -> TaskMetrics:
     refuse_unknown(fields, METRIC_FIELDS)
     return TaskMetrics.objects.update_or_create(task_id=task_id, defaults=fields)[0]
+
+
+def record_metrics(task_id: TaskId, *, attempt: int, worker_id: str, **fields: Any) -> TaskMetrics:
+    """Set a running attempt's execution figures (the named ones; the others keep their values).
+
+    Written under the row lock only while the attempt holds its claim, else ClaimLost.
+    """
+    with transaction.atomic():
+        _hold_claim(task_id, attempt, worker_id)
+        return _write_metrics(task_id, fields)
 
 
 def _new_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:
     """A validated output with credentials masked in its text; ``task`` is a Task or a task id."""
     refuse_unknown(fields, OUTPUT_FIELDS)
     output = TaskOutput(**({"task": task} if isinstance(task, Task) else {"task_id": task}), **fields)
-    output.content = redact_text(output.content)
     try:
         output.full_clean(exclude=["task"])
     except ValidationError as exc:
@@ -176,9 +201,16 @@ def _new_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:
     return output
 
 
-def record_output(task_id: TaskId, output_type: str, content: str, **meta: Any) -> TaskOutput:
-    """An output a running handler produced (stdout, a log line, an artifact)."""
-    return _new_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
+def record_output(
+    task_id: TaskId, output_type: str, content: str, *, attempt: int, worker_id: str, **meta: Any
+) -> TaskOutput:
+    """An output a running attempt produced (stdout, a log line, an artifact).
+
+    Written under the row lock only while the attempt holds its claim, else ClaimLost.
+    """
+    with transaction.atomic():
+        _hold_claim(task_id, attempt, worker_id)
+        return _new_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
 
 
 def add_output(task_id: TaskId, **fields: Any) -> TaskOutput:

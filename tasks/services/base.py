@@ -121,7 +121,7 @@ def apply_transition(
     if target == TaskState.FAILED:
         task.error_count += 1
     if target == TaskState.QUEUED:
-        task.dispatched_at, task.dispatch_count = now, task.dispatch_count + 1
+        task.dispatched_at, task.dispatch_count, task.dispatch_epoch = now, task.dispatch_count + 1, ""
         task.worker_id, task.lease_expires_at = "", None
     validate_task(task)
     with audited(actor, channel=channel, reason=reason, details=details):

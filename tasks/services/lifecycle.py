@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from tasks import dispatch, hooks
 from tasks.audit import Actor, actor_label, audited
-from tasks.exceptions import StaleState, TaskError, TaskNotFound
+from tasks.exceptions import AttemptLimitReached, StaleState, TaskError, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
 from tasks.services.base import (
@@ -26,8 +26,26 @@ from tasks.states import TaskState, check_state
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
-# Recovering a task in these states requeues it; in any other state there is nothing to requeue.
-REQUEUE_ON_RECOVER = frozenset({TaskState.INTERRUPTED, TaskState.FAILED})
+# What a requeue accepts, through every door (the API's recover, the admin's requeue): a task that ended
+# without completing. In any other state there is nothing to requeue.
+REQUEUE_ON_RECOVER = frozenset({TaskState.INTERRUPTED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+def requeue_refusal(task: Task) -> str | None:
+    """Why ``task`` cannot be requeued, or None: the one rule the API, the admin and the service apply.
+
+    Not a deleted task (restore it first), only the states above, and never past the attempt limit.
+    """
+    if task.is_deleted:
+        return "in the trash: restore it first"
+    if task.state not in REQUEUE_ON_RECOVER:
+        return f"{task.state}: only interrupted, failed or cancelled tasks can be requeued"
+    if task.attempt_count >= task.max_attempts:
+        return (
+            f"attempt limit reached: {task.attempt_count} of {task.max_attempts} attempts used "
+            "(raise max_attempts to run it again)"
+        )
+    return None
 
 
 def _check_expected(task: Task, expected_state: str | None, expected_attempt: int | None) -> None:
@@ -123,16 +141,25 @@ def restore(task_id: TaskId, *, user: User, channel: str, reason: str) -> Task:
     return task
 
 
-def recover(task_id: TaskId, *, actor: Actor, channel: str, reason: str) -> tuple[Task, bool]:
-    """Requeue an interrupted or failed task; returns (task, requeued). Any other live task is left as it is.
+def recover(
+    task_id: TaskId, *, actor: Actor, channel: str, reason: str, expected_state: str | None = None
+) -> tuple[Task, bool]:
+    """Requeue an interrupted, failed or cancelled task; returns (task, requeued). A task in another state
+    is left as it is (requeued False).
 
-    A soft-deleted task is refused: restore it first.
+    Refused, with nothing written: a soft-deleted task (restore it first), a task that used every
+    attempt (AttemptLimitReached: a requeue never grants an attempt past ``max_attempts``), and, when
+    ``expected_state`` is given (what an operator confirmed), a task that moved meanwhile (StaleState).
     """
     with transaction.atomic():
         task = locked_task(task_id)
+        _check_expected(task, expected_state, None)
         if task.is_deleted:
             raise TaskError(f"task {task.pk} is deleted: restore it before recovering it", field="task_id")
         if task.state not in REQUEUE_ON_RECOVER:
             return task, False
+        refusal = requeue_refusal(task)
+        if refusal:
+            raise AttemptLimitReached(f"task {task.pk} cannot be requeued: {refusal}")
         apply_transition(task, TaskState.QUEUED, actor=actor, channel=channel, reason=reason)
         return task, True

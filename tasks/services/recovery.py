@@ -1,11 +1,19 @@
-"""Healing lost work: attempts whose worker is gone, and queued tasks whose message may be lost.
+"""Healing lost work: attempts whose worker is gone, and queued tasks whose message is lost.
 
-Each step is a transition with its history row, by the ``recovery`` channel.
+Each step is a transition or an edit with its history row, by the ``recovery``
+channel. Which messages are lost is decided above the domain, by the broker's
+epoch and publish receipts (``persistence.dispatch``); here are the writes it
+asks for: confirm publishes, and publish again one queued task.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import reduce
+from operator import or_
 
 from django.conf import settings
 from django.db import transaction
@@ -16,6 +24,9 @@ from tasks.audit import Channel, audited
 from tasks.models import Task
 from tasks.services.base import RECOVERY_ACTOR, apply_transition, locked_task, publish_on_commit
 from tasks.states import TaskState
+
+# Tasks per confirming UPDATE (each adds one OR term; SQLite caps an expression's depth at 1000).
+_CONFIRM_CHUNK = 200
 
 
 def recover_interrupted(task: Task, *, reason: str) -> str:
@@ -62,17 +73,96 @@ def recover_orphans(*, worker_prefix: str | None = None) -> dict[str, int]:
             if restarted:
                 reason = f"worker {task.worker_id} restarted while running attempt {task.attempt_count}"
             else:
-                reason = f"lease expired at {task.lease_expires_at:%Y-%m-%d %H:%M:%S}Z: worker {task.worker_id} lost"
+                reason = (
+                    f"lease expired at {task.lease_expires_at:%Y-%m-%d %H:%M:%S}Z: worker {task.worker_id} lost; "
+                    f"attempt {task.attempt_count} no longer holds the task and any late write of it is refused"
+                )
             counts[recover_interrupted(task, reason=reason)] += 1
             counts["interrupted"] += 1
     return counts
 
 
-def redispatch_stale(*, base_seconds: float | None = None) -> int:
-    """Publish again queued tasks that have not started: their message may be lost.
+@dataclass(frozen=True)
+class Dispatch:
+    """A queued task's last publish: when, how many so far, and the broker epoch that confirmed it ('' = none)."""
 
-    Waits ``REDISPATCH_AFTER_SECONDS`` after the last dispatch, doubling with each
-    re-dispatch (at most 8x), so a long backlog is not flooded with copies.
+    task_id: uuid.UUID
+    dispatched_at: datetime | None  # None: never dispatched
+    dispatch_count: int
+    epoch: str
+
+
+def unconfirmed_dispatches(epoch: str, *, batch_size: int = 1000) -> Iterator[list[Dispatch]]:
+    """Queued tasks whose publish the broker has not confirmed under ``epoch``, in batches (by id)."""
+    after: uuid.UUID | None = None
+    # Two ranges rather than "<>": both can be read from the partial index on queued tasks' epochs.
+    other_epoch = Q(dispatch_epoch__lt=epoch) | Q(dispatch_epoch__gt=epoch)
+    while True:
+        rows = Task.objects.filter(other_epoch, state=TaskState.QUEUED)
+        if after is not None:
+            rows = rows.filter(pk__gt=after)
+        batch = [
+            Dispatch(*row)
+            for row in rows.order_by("pk").values_list("pk", "dispatched_at", "dispatch_count", "dispatch_epoch")[
+                :batch_size
+            ]
+        ]
+        if not batch:
+            return
+        yield batch
+        after = batch[-1].task_id
+
+
+def confirm_dispatches(dispatches: Sequence[Dispatch], epoch: str) -> int:
+    """Record that the broker holds these publishes under ``epoch`` (bookkeeping: no history row).
+
+    Only a task still queued from that same publish is marked: one requeued or
+    re-published meanwhile keeps waiting for the receipt of its new publish.
+    """
+    confirmed = 0
+    for first in range(0, len(dispatches), _CONFIRM_CHUNK):
+        chunk = dispatches[first : first + _CONFIRM_CHUNK]
+        same_publish = reduce(or_, (Q(pk=d.task_id, dispatched_at=d.dispatched_at) for d in chunk))
+        confirmed += Task.objects.filter(same_publish, state=TaskState.QUEUED).update(dispatch_epoch=epoch)
+    return confirmed
+
+
+def redispatch(dispatch: Dispatch, *, reason: str) -> bool:
+    """Publish again a queued task whose message is lost; False if it moved on since ``dispatch`` was read.
+
+    A compare-and-set on the publish it replaces, so two sweeps never both
+    re-publish it; the history row (channel ``recovery``) says why.
+    """
+    with transaction.atomic():
+        task = locked_task(dispatch.task_id)
+        if task.state != TaskState.QUEUED or task.dispatched_at != dispatch.dispatched_at:
+            return False
+        task.dispatched_at, task.dispatch_count, task.dispatch_epoch = timezone.now(), task.dispatch_count + 1, ""
+        with audited(RECOVERY_ACTOR, channel=Channel.RECOVERY, reason=f"re-dispatched: {reason}"):
+            task.save()
+        publish_on_commit(task.pk)
+    return True
+
+
+def redispatch_due(dispatch: Dispatch, *, now: datetime, base_seconds: float) -> bool:
+    """Whether an unconfirmed publish has waited long enough to be presumed lost.
+
+    ``base_seconds`` after the last dispatch, doubling with each re-dispatch (at
+    most 8x), so a broker that keeps refusing publishes is not hammered.
+    """
+    if dispatch.dispatched_at is None:
+        return True
+    wait = timedelta(seconds=base_seconds * min(2 ** max(dispatch.dispatch_count - 1, 0), 8))
+    return dispatch.dispatched_at <= now - wait
+
+
+def redispatch_stale(*, base_seconds: float | None = None) -> int:
+    """The conservative rule for brokers without an epoch (not Redis): re-publish queued tasks not started
+    ``REDISPATCH_AFTER_SECONDS`` after their last dispatch (doubling per re-dispatch, at most 8x).
+
+    On a Redis broker ``persistence.dispatch.redispatch_lost`` re-publishes only
+    what is known lost instead: by age, every task of a long backlog would be
+    published again and again.
     """
     base = settings.REDISPATCH_AFTER_SECONDS if base_seconds is None else base_seconds
     now = timezone.now()
@@ -80,18 +170,10 @@ def redispatch_stale(*, base_seconds: float | None = None) -> int:
         Q(dispatched_at__lt=now - timedelta(seconds=base)) | Q(dispatched_at__isnull=True)
     )
     redispatched = 0
-    for pk, count, at in candidates.values_list("pk", "dispatch_count", "dispatched_at"):
-        wait = timedelta(seconds=base * min(2 ** max(count - 1, 0), 8))
-        if at is not None and at > now - wait:
+    for pk, at, count, epoch in candidates.values_list("pk", "dispatched_at", "dispatch_count", "dispatch_epoch"):
+        dispatch = Dispatch(pk, at, count, epoch)
+        if not redispatch_due(dispatch, now=now, base_seconds=base):
             continue
-        with transaction.atomic():
-            task = locked_task(pk)
-            if task.state != TaskState.QUEUED or task.dispatched_at != at:
-                continue
-            waited = "never dispatched" if at is None else f"queued since {at:%H:%M:%S}Z without starting"
-            task.dispatched_at, task.dispatch_count = now, task.dispatch_count + 1
-            with audited(RECOVERY_ACTOR, channel=Channel.RECOVERY, reason=f"re-dispatched: {waited}"):
-                task.save()
-            publish_on_commit(task.pk)
-            redispatched += 1
+        waited = "never dispatched" if at is None else f"queued since {at:%H:%M:%S}Z without starting"
+        redispatched += redispatch(dispatch, reason=waited)
     return redispatched

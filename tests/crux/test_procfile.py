@@ -1,4 +1,6 @@
-"""The Procfile's release and web lines really set up and serve the admin and the API."""
+"""The Procfile's release and web lines really set up and serve the admin and the API; its housekeeping line
+consumes the housekeeping queue. The processes use a Redis server of the test's own: a test never touches a
+running instance's keys."""
 
 import os
 import signal
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import RUN_PREFIX, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -25,18 +27,30 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_release_then_web_serve_admin_login_and_api(tmp_path):
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def test_release_then_web_serve_admin_login_and_api(tmp_path, private_redis):
     venv_bin = str(Path(sys.executable).parent)
     env = {
         **os.environ,
         "PATH": venv_bin + os.pathsep + os.environ["PATH"],
         "DATABASE_URL": f"sqlite:///{tmp_path / 'smoke.sqlite3'}",
+        "REDIS_URL": private_redis.url,
+        "CELERY_BROKER_URL": private_redis.url,
+        "REDIS_KEY_PREFIX": RUN_PREFIX,
         "WEB_CONCURRENCY": "1",
     }
     honcho = [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
     release = subprocess.run([*honcho, "start", "release"], env=env, capture_output=True, text=True, timeout=180)
     assert release.returncode == 0, release.stdout + release.stderr
     assert "recover: checked 0 active tasks" in release.stdout
+    # The release's recovery reached the test's own Redis (the broker epoch it starts), under this run's prefix only.
+    keys = sorted(k.decode() for k in private_redis.client.keys("*"))
+    assert f"{RUN_PREFIX}:broker:epoch" in keys
+    assert all(k.startswith(f"{RUN_PREFIX}:") for k in keys), keys
     port = free_port()
     web = subprocess.Popen(
         [*honcho, "start", "--port", str(port), "web"],
@@ -65,3 +79,27 @@ def test_release_then_web_serve_admin_login_and_api(tmp_path):
     finally:
         os.killpg(web.pid, signal.SIGTERM)
         web.wait(timeout=30)
+
+
+def test_the_housekeeping_process_consumes_the_housekeeping_queue_and_make_run_starts_it(settings):
+    lines = procfile()
+    assert {"release", "web", "worker", "housekeeping", "beat"} <= set(lines)
+    assert "-Q ${CELERY_HOUSEKEEPING_QUEUE:-" + settings.CELERY_HOUSEKEEPING_QUEUE + "}" in lines["housekeeping"]
+    assert "-Q" not in lines["worker"], "the task worker consumes the default queue only"
+    run_line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "honcho start --port" in line)
+    assert run_line.split("honcho start --port $(PORT) ")[1].split() == ["web", "worker", "housekeeping", "beat"]
+
+
+def test_every_celery_task_but_task_execution_goes_to_the_housekeeping_queue(settings):
+    from crux.celery import app
+    from tasks.dispatch import EXECUTE_TASK
+
+    app.loader.import_default_modules()
+    names = {name for name in app.tasks if not name.startswith("celery.")}
+    assert {EXECUTE_TASK, "crux.recovery_sweep", "crux.reconcile_mirror", "crux.backup", "crux.auto_purge"} <= names
+    for name in names:
+        queue = app.amqp.router.route({}, name)["queue"].name
+        expected = app.conf.task_default_queue if name == EXECUTE_TASK else settings.CELERY_HOUSEKEEPING_QUEUE
+        assert queue == expected, name
+    for job in settings.CELERY_BEAT_SCHEDULE.values():
+        assert job["task"] in names and job["task"] != EXECUTE_TASK

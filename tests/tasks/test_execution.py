@@ -7,9 +7,9 @@ from django.utils import timezone
 
 from tasks import services
 from tasks.audit import Channel
-from tasks.exceptions import IllegalTransition, InvalidTaskData
+from tasks.exceptions import ClaimLost, IllegalTransition, InvalidTaskData
 from tasks.execution import execute
-from tasks.models import Task, TaskMetrics
+from tasks.models import Task, TaskMetrics, TaskOutput
 
 pytestmark = pytest.mark.usefixtures("live_db")
 
@@ -21,6 +21,7 @@ def test_handlers(settings):
     settings.TASK_HANDLERS = {
         **settings.TASK_HANDLERS,
         "cancel_myself": "tests.handlers.cancel_myself",
+        "taken_over_midway": "tests.handlers.taken_over_midway",
     }
 
 
@@ -108,6 +109,85 @@ def test_the_heartbeat_renews_the_lease(user, settings):
     assert execute(str(task.pk), worker_id=WORKER, on_lease_lost=lambda: lost.append(True)) == "completed"
     assert lost == []
     assert Task.objects.get(pk=task.pk).history.count() == 3
+
+
+SUCCESSOR = "celery@other:2"
+
+
+def take_over(task):
+    """What happens to an attempt whose worker stalls past its lease: the sweep recovers it, another worker claims."""
+    Task.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.recover_orphans()["requeued"] == 1
+    return services.claim(task.pk, worker_id=SUCCESSOR)
+
+
+def written_by_attempts(task):
+    """Everything an attempt can write, as the database holds it."""
+    fields = ("state", "attempt_count", "worker_id", "progress", "current_phase", "lease_expires_at", "history_count")
+    return (
+        Task.objects.filter(pk=task.pk).values(*fields).get(),
+        list(TaskOutput.objects.filter(task=task).values_list("content", flat=True)),
+        list(TaskMetrics.objects.filter(task=task).values()),
+    )
+
+
+STALE_WRITES = {
+    "output": lambda pk: services.record_output(pk, "stdout", "late", attempt=1, worker_id=WORKER),
+    "metrics": lambda pk: services.record_metrics(pk, attempt=1, worker_id=WORKER, iterations=99),
+    "progress": lambda pk: services.report_progress(pk, attempt=1, worker_id=WORKER, progress=0.9, phase="late"),
+}
+
+
+@pytest.mark.parametrize("write", list(STALE_WRITES))
+@pytest.mark.parametrize("lost_by", ["takeover", "cancel"])
+def test_a_write_of_an_attempt_that_lost_its_claim_is_refused_and_writes_nothing(user, write, lost_by):
+    task = submit(user)
+    services.claim(task.pk, worker_id=WORKER)
+    if lost_by == "takeover":
+        take_over(task)
+    else:
+        services.cancel(task.pk, actor=user, channel=Channel.API, reason="stop")
+    before = written_by_attempts(task)
+    with pytest.raises(ClaimLost, match="no longer holds its claim"):
+        STALE_WRITES[write](task.pk)
+    assert written_by_attempts(task) == before
+
+
+def test_a_stale_heartbeat_and_outcome_change_nothing(user):
+    task = submit(user)
+    services.claim(task.pk, worker_id=WORKER)
+    take_over(task)
+    before = written_by_attempts(task)
+    assert services.renew_lease(task.pk, attempt=1, worker_id=WORKER) is False
+    outcome = services.finish_attempt(
+        task.pk, attempt=1, worker_id=WORKER, result={"late": 1}, metrics={"iterations": 9}
+    )
+    assert outcome is None
+    assert written_by_attempts(task) == before
+    # The current attempt still writes.
+    services.record_output(task.pk, "stdout", "current", attempt=2, worker_id=SUCCESSOR)
+    assert TaskOutput.objects.filter(task=task).count() == 1
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["stops", "catches-and-carries-on"])
+def test_a_handler_taken_over_midway_stops_and_leaves_nothing_after_the_takeover(user, tmp_path, swallow):
+    log = tmp_path / "writes.log"
+    task = submit(
+        user, handler="taken_over_midway", request_payload={"log": str(log), "successor": SUCCESSOR, "swallow": swallow}
+    )
+    assert execute(str(task.pk), worker_id=WORKER, on_lease_lost=lambda: None) == "discarded"
+    # Stopped at its first write after the takeover; one that swallows the refusal is refused every time.
+    assert log.read_text().split("\n")[:-1] == (
+        ["refused output", "refused progress", "refused metrics"] if swallow else ["refused output"]
+    )
+    task.refresh_from_db()
+    assert (task.state, task.attempt_count, task.worker_id) == ("running", 2, SUCCESSOR)
+    assert (task.progress, task.current_phase) == (0.0, ""), "the successor's claim reset them; nothing since"
+    assert list(task.outputs.values_list("content", flat=True)) == ["before the takeover"]
+    assert not TaskMetrics.objects.filter(task=task).exists()
+    assert [e[2] for e in events(task)] == ["queued", "running", "interrupted", "queued", "running"]
+    lost = task.history.get(state_to="interrupted")
+    assert "attempt 1 no longer holds the task" in lost.reason and "refused" in lost.reason
 
 
 def claim_and_expire(task, worker=WORKER):

@@ -1,4 +1,5 @@
-"""Real Celery workers on a real Redis broker: kills, flushes and lost publishes lose no task."""
+"""Real Celery workers on a real Redis broker: kills, pauses, flushes and lost publishes lose no task, a stale
+attempt writes nothing, and housekeeping (on its own queue and worker) is never held up by a backlog."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tasks.states import TERMINAL_STATES
 from tests.conftest import RUN_PREFIX, child_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
+HOUSEKEEPING_QUEUE = "crux.housekeeping"
 pytestmark = pytest.mark.slow
 
 SUBMIT = """
@@ -71,7 +73,10 @@ class Cluster:
             "TASK_LEASE_SECONDS": "2",
             "RECOVERY_SWEEP_SECONDS": "0.5",
             "REDISPATCH_AFTER_SECONDS": "2",
-            "TASK_HANDLERS_EXTRA": "record=tests.handlers.record_execution,crash=tests.handlers.crash_worker",
+            "TASK_HANDLERS_EXTRA": (
+                "record=tests.handlers.record_execution,crash=tests.handlers.crash_worker,"
+                "stall=tests.handlers.stall_once"
+            ),
         }
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
@@ -87,8 +92,9 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def worker(self, concurrency: int = 2) -> subprocess.Popen:
+    def worker(self, concurrency: int = 2, *queues: str) -> subprocess.Popen:
         name = f"w{len(self.processes)}"
+        options = ["-Q", ",".join(queues)] if queues else []
         return self._spawn(
             name,
             [
@@ -101,11 +107,14 @@ class Cluster:
                 "--without-mingle",
                 "-l",
                 "INFO",
+                *options,
             ],
         )
 
-    def beat(self) -> subprocess.Popen:
-        return self._spawn("beat", ["beat", "-s", str(self.tmp_path / "beat-schedule"), "-l", "INFO"])
+    def housekeeping(self) -> None:
+        """Beat, and the worker of the housekeeping queue (as the Procfile runs them): the sweeps run."""
+        self.worker(1, HOUSEKEEPING_QUEUE)
+        self._spawn("beat", ["beat", "-s", str(self.tmp_path / "beat-schedule"), "-l", "INFO"])
 
     def run_script(self, script: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -125,6 +134,9 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp_path.glob("*.log")))
+
+    def logs_in_full(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("*.log")))
 
 
 @pytest.fixture
@@ -158,7 +170,7 @@ def transitions(task_id: str) -> list[str]:
 def test_sigkilling_worker_children_loses_nothing_and_runs_nothing_twice(cluster, tmp_path):
     log = tmp_path / "executions.log"
     worker = cluster.worker(concurrency=2)
-    cluster.beat()
+    cluster.housekeeping()
     ids = cluster.submit(200, "record", payload={"log": str(log), "duration": 0.1})
     kills = []
     rng = random.Random(7)
@@ -203,7 +215,7 @@ def test_sigkilling_worker_children_loses_nothing_and_runs_nothing_twice(cluster
 
 def test_a_poison_pill_fails_after_its_limit_while_other_tasks_flow(cluster, tmp_path):
     cluster.worker(concurrency=2)
-    cluster.beat()
+    cluster.housekeeping()
     (poison,) = cluster.submit(1, "crash", max_attempts=3)
     healthy = cluster.submit(30, "echo", payload={"message": "fine"})
     wait_until_finished([poison, *healthy], cluster)
@@ -223,7 +235,7 @@ def test_flushall_with_tasks_queued_still_completes_them(cluster, private_redis,
     assert private_redis.client.llen("celery") == 20
     private_redis.client.flushall()
     cluster.worker(concurrency=2)
-    cluster.beat()
+    cluster.housekeeping()
     wait_until_finished(ids, cluster)
     for task in Task.objects.filter(pk__in=ids):
         assert task.state == "completed"
@@ -240,7 +252,7 @@ def test_a_crash_between_commit_and_publish_is_healed_by_the_sweep(cluster, priv
     assert (task.state, task.dispatch_count) == ("queued", 1)
     assert private_redis.client.llen("celery") == 0, "nothing was published"
     cluster.worker(concurrency=1)
-    cluster.beat()
+    cluster.housekeeping()
     wait_until_finished([str(task.pk)], cluster)
     task.refresh_from_db()
     assert task.state == "completed"
@@ -282,3 +294,144 @@ def test_a_restarted_worker_recovers_its_own_tasks_at_once(cluster, tmp_path):
     assert (task.state, task.attempt_count) == ("completed", 2)
     assert transitions(task_id) == ["queued", "running", "interrupted", "queued", "running", "completed"]
     assert "restarted" in task.history.get(seq=3).reason
+
+
+def wait_for(condition, cluster: Cluster, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout}s\n{cluster.logs()}")
+        time.sleep(0.05)
+    return value
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_a_worker_paused_past_its_lease_writes_nothing_after_the_takeover(cluster, tmp_path):
+    log, resume = tmp_path / "stall.log", tmp_path / "resume"
+    cluster.housekeeping()
+    first = cluster.worker(concurrency=1)
+    payload = {"log": str(log), "resume": str(resume), "steps": 40, "pause_at": 3, "interval": 0.05}
+    (task_id,) = cluster.submit(1, "stall", payload=payload)
+    line = wait_for(
+        lambda: [ln for ln in log.read_text().splitlines() if ln.startswith("pausing")] if log.exists() else [],
+        cluster,
+        "attempt 1 reaches its pause",
+    )
+    stale_pid = int(line[0].split()[2])
+    os.killpg(first.pid, signal.SIGSTOP)  # the whole worker, main process and pool, as a paused VM
+    try:
+        cluster.worker(concurrency=1)
+        wait_for(
+            lambda: Task.objects.filter(pk=task_id, state="running", attempt_count=2).exists(),
+            cluster,
+            "the sweep recovers the paused attempt and a second worker claims the task",
+        )
+        takeover = TaskHistory.objects.filter(task_id=task_id, state_to="running").order_by("seq").last().created_at
+        resume.touch()
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    wait_for(
+        lambda: f"stopped 1 {stale_pid}" in log.read_text() or not alive(stale_pid),
+        cluster,
+        "the resumed stale attempt stops",
+    )
+    wait_until_finished([task_id], cluster, timeout=60)
+
+    lines = log.read_text().splitlines()
+    assert [ln for ln in lines if ln.startswith("wrote 1 ")] == ["wrote 1 0", "wrote 1 1", "wrote 1 2"]
+    task = Task.objects.get(pk=task_id)
+    assert (task.state, task.attempt_count, task.result) == ("completed", 2, {"attempt": 2})
+    stale_outputs = task.outputs.filter(content__startswith="attempt 1 ")
+    assert sorted(stale_outputs.values_list("content", flat=True)) == [f"attempt 1 step {i}" for i in range(3)]
+    assert not stale_outputs.filter(created_at__gte=takeover).exists()
+    assert task.outputs.filter(content__startswith="attempt 2 ").count() == 40
+    assert (task.metrics.iterations, task.metrics.stop_reason) == (39, "attempt 2")
+    assert task.current_phase == "attempt 2 step 39"
+    assert transitions(task_id) == ["queued", "running", "interrupted", "queued", "running", "completed"]
+    lost = task.history.get(state_to="interrupted")
+    assert "lease expired" in lost.reason and "attempt 1 no longer holds the task" in lost.reason
+
+
+def test_worker_loss_is_detected_within_lease_and_sweep_behind_a_backlog(cluster, tmp_path):
+    lease, sweep = float(cluster.env["TASK_LEASE_SECONDS"]), float(cluster.env["RECOVERY_SWEEP_SECONDS"])
+    log = tmp_path / "executions.log"
+    cluster.housekeeping()
+    cluster.worker(concurrency=1)
+    doomed = cluster.worker(concurrency=1)
+    ids = cluster.submit(40, "record", payload={"log": str(log), "duration": 1.0})
+    lost_id = wait_for(
+        lambda: (
+            Task.objects.filter(pk__in=ids, state="running", worker_id__startswith="w3@")
+            .values_list("pk", flat=True)
+            .first()
+        ),
+        cluster,
+        "the second worker runs a task",
+    )
+    os.killpg(doomed.pid, signal.SIGKILL)
+    killed_at = time.time()
+    detected = wait_for(
+        lambda: TaskHistory.objects.filter(task_id=lost_id, state_to="interrupted").first(),
+        cluster,
+        "the lost attempt is detected",
+        timeout=lease + sweep + 30,
+    )
+    backlog = Task.objects.filter(pk__in=ids, state="queued").count()
+    assert detected.created_at.timestamp() - killed_at <= lease + sweep + 10  # generous: two cores, busy
+    assert backlog >= 20, "detected while the backlog was still long, not after it"
+    assert "lease expired" in detected.reason
+
+
+def test_a_backlog_drained_by_one_slow_worker_is_published_once_per_task(cluster, tmp_path):
+    log = tmp_path / "executions.log"
+    ids = cluster.submit(1000, "record", payload={"log": str(log), "duration": 0})
+    cluster.env["REDISPATCH_AFTER_SECONDS"] = "0.5"  # by age, the whole backlog would be re-published every sweep
+    cluster.housekeeping()
+    cluster.worker(concurrency=1)
+    wait_until_finished(ids, cluster, timeout=300)
+    counts = Counter(Task.objects.filter(pk__in=ids).values_list("dispatch_count", flat=True))
+    assert counts == {1: 1000}, "a task waiting in the backlog was published again"
+    assert not TaskHistory.objects.filter(task_id__in=ids, reason__startswith="re-dispatched").exists()
+    assert set(Task.objects.filter(pk__in=ids).values_list("attempt_count", flat=True)) == {1}
+    starts = Counter(line.split()[1] for line in log.read_text().splitlines() if line.startswith("start "))
+    assert len(starts) == 1000 and set(starts.values()) == {1}
+    logs = cluster.logs_in_full()
+    assert "duplicate delivery" not in logs, "a task's message was delivered twice"
+    assert logs.count("crux.recovery_sweep") >= 10, "the sweep ran often while the backlog drained"
+
+
+def test_flushall_of_the_broker_republishes_every_queued_task_exactly_once(cluster, private_redis):
+    cluster.housekeeping()
+    ids = cluster.submit(50, "echo", payload={"message": "x"})
+    wait_for(
+        lambda: not Task.objects.filter(pk__in=ids, dispatch_epoch="").exists(),
+        cluster,
+        "the sweep confirms every publish under the broker's epoch",
+    )
+    (epoch,) = set(Task.objects.filter(pk__in=ids).values_list("dispatch_epoch", flat=True))
+    assert private_redis.client.llen("celery") == 50
+    private_redis.client.flushall()
+    wait_for(
+        lambda: (
+            not Task.objects.filter(pk__in=ids).exclude(dispatch_count=2).exclude(dispatch_epoch="").exists()
+            and not Task.objects.filter(pk__in=ids, dispatch_epoch__in=["", epoch]).exists()
+        ),
+        cluster,
+        "every queued task is re-published under a new epoch",
+    )
+    sweeps = cluster.logs_in_full().count("crux.recovery_sweep")
+    wait_for(lambda: cluster.logs_in_full().count("crux.recovery_sweep") >= sweeps + 6, cluster, "more sweeps run")
+    assert private_redis.client.llen("celery") == 50, "one message per task, not one per sweep"
+    cluster.worker(concurrency=2)
+    wait_until_finished(ids, cluster)
+    for task in Task.objects.filter(pk__in=ids):
+        assert (task.state, task.dispatch_count, task.attempt_count) == ("completed", 2, 1)
+        (reason,) = task.history.filter(reason__startswith="re-dispatched").values_list("reason", flat=True)
+        assert f"epoch {epoch} is gone" in reason

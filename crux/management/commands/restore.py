@@ -4,12 +4,20 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db.migrations.executor import MigrationExecutor
 
 from persistence.backup import BackupError, load_backup
 from retention.archive import ArchiveError
 from retention.services import unarchive_task
 from tasks.audit import Channel
 from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
+
+
+def pending_migrations() -> int:
+    """How many migrations this database still lacks (all of them in a fresh, empty one)."""
+    executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+    return len(executor.migration_plan(executor.loader.graph.leaf_nodes()))
 
 
 class Command(BaseCommand):
@@ -30,6 +38,17 @@ class Command(BaseCommand):
         if bool(backup_file) == bool(task):
             self.stderr.write("give either a backup file or --task ID")
             raise SystemExit(2)
+        try:
+            pending = pending_migrations()
+        except DatabaseError as exc:
+            self.stderr.write(f"restore refused: the database cannot be read ({str(exc).strip().splitlines()[0]})")
+            raise SystemExit(1) from None
+        if pending:
+            self.stderr.write(
+                f"restore refused: the database is not migrated ({pending} migrations pending); "
+                "run `python manage.py migrate` first, then restore"
+            )
+            raise SystemExit(1)
         if task:
             try:
                 result = unarchive_task(task, actor=actor, channel=Channel.COMMAND, force=force)

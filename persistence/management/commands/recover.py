@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from redis.exceptions import RedisError
 
+from persistence.dispatch import redispatch_lost
 from persistence.services import reconcile_mirror
 from tasks import selectors, services
 from tasks.states import TaskState
@@ -24,7 +25,8 @@ class Command(BaseCommand):
             "--redispatch-after",
             type=float,
             default=None,
-            help="re-publish queued tasks not started for this many seconds (default REDISPATCH_AFTER_SECONDS)",
+            help="re-publish queued tasks whose publish the broker has not confirmed for this many seconds "
+            "(default REDISPATCH_AFTER_SECONDS); those whose broker epoch is gone are re-published at once",
         )
         parser.add_argument("--skip-mirror", action="store_true", help="do not rebuild the Redis mirror")
 
@@ -36,8 +38,11 @@ class Command(BaseCommand):
         by_state = selectors.count_by_state(include_deleted=True)
         checked = by_state[TaskState.RUNNING] + by_state[TaskState.QUEUED]
         counts = services.recover_orphans()
-        redispatched = services.redispatch_stale(base_seconds=redispatch_after)
         mirror_note, failed_part = "skipped", False
+        try:
+            redispatched: int | str = redispatch_lost(base_seconds=redispatch_after)
+        except RedisError as exc:
+            redispatched, failed_part = f"none (the broker's Redis is unreachable: {exc})", True
         if not skip_mirror:
             try:
                 report = reconcile_mirror()
