@@ -23,11 +23,15 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+HOUSEKEEPING_PREFIX = "crux."
+
+
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict[str, str] | None:
-    """Celery's router (``CELERY_TASK_ROUTES``): task work keeps the default queue, all else is housekeeping."""
+    """Celery's router (``CELERY_TASK_ROUTES``): Crux's own jobs (named ``crux.*``) but task execution go to the
+    housekeeping queue; task work and any other application's Celery tasks keep the default queue."""
     from tasks.dispatch import EXECUTE_TASK  # imported late: this module loads before Django's apps
 
-    if name == EXECUTE_TASK:
+    if name == EXECUTE_TASK or not name.startswith(HOUSEKEEPING_PREFIX):
         return None
     return {"queue": settings.CELERY_HOUSEKEEPING_QUEUE}
 

@@ -173,7 +173,8 @@ CELERY_TASK_SERIALIZER = "json"
 # Celery's defaults, set here because Celery reads them on every publish: an unset one is looked up under
 # several names through Django's lazy settings, raising and catching AttributeError each time (~20 us).
 CELERY_TASK_ALWAYS_EAGER = False
-CELERY_TASK_DEFAULT_QUEUE = "celery"
+# The queue task work is published to and the task worker consumes (a test run uses one of its own).
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_TASK_REPR_MAXLEVELS = 3
 CELERY_BROKER_POOL_ACQUIRE_TIMEOUT = CELERY_PUBLISH_TIMEOUT

@@ -19,6 +19,8 @@ RUN_PREFIX = os.environ["REDIS_KEY_PREFIX"] = f"crux-test-{uuid.uuid4().hex[:8]}
 # Messages this process publishes go to a queue of this run's own, which no
 # developer's worker consumes; the queue is deleted when the run ends.
 TEST_QUEUE = f"{RUN_PREFIX}.celery"
+# Processes the tests start (web servers, workers, commands) inherit it through the environment.
+os.environ["CELERY_TASK_DEFAULT_QUEUE"] = TEST_QUEUE
 
 
 def free_port() -> int:

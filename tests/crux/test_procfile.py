@@ -90,9 +90,11 @@ def test_the_housekeeping_process_consumes_the_housekeeping_queue_and_make_run_s
     assert run_line.split("honcho start --port $(PORT) ")[1].split() == ["web", "worker", "housekeeping", "beat"]
 
 
-def test_every_celery_task_but_task_execution_goes_to_the_housekeeping_queue(settings):
-    from crux.celery import app
+def test_every_crux_job_but_task_execution_goes_to_the_housekeeping_queue(settings):
+    from crux.celery import app, route_task
     from tasks.dispatch import EXECUTE_TASK
+
+    assert route_task("myapp.send_email", (), {}, {}) is None, "another application's tasks keep the default queue"
 
     app.loader.import_default_modules()
     names = {name for name in app.tasks if not name.startswith("celery.")}
