@@ -12,16 +12,23 @@ Logs: the access log writes paths without query strings, and every line of the
 error and access logs passes ``tasks.redaction.RedactingFilter``.
 """
 
+import html
+import json
 import os
-from typing import Any
+import re
+import socket
+from typing import Any, cast
 
 from gunicorn.glogging import Logger
+from gunicorn.workers.sync import SyncWorker
 
 from tasks.redaction import RedactingFilter
 
 bind = f"{os.environ.get('WEB_BIND', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", str((os.cpu_count() or 1) + 1)))
-worker_class = "sync"
+worker_class = "crux.gunicorn_conf.JsonErrorSyncWorker"
+# The longest request line gunicorn reads (its maximum): a long query reaches Django, which names the parameter.
+limit_request_line = 8190
 graceful_timeout = 20
 accesslog = os.environ.get("WEB_ACCESS_LOG", "-") or None
 # The request's path without its query string (%(U)s, not the request line %(r)s), and no Referer: a URL that
@@ -41,3 +48,35 @@ class RedactingLogger(Logger):
 
 
 logger_class = RedactingLogger
+
+
+class JsonErrorSocket:
+    """The client socket while gunicorn writes an error of its own (a request it cannot parse, a request line or
+    header beyond its limits): the same status, answered as JSON ``{"detail": ...}`` instead of an HTML page."""
+
+    _PAGE_MESSAGE = re.compile(rb"</h1>\s*(.*?)\s*</body>", re.S)
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def sendall(self, data: bytes) -> None:
+        status_line = data.partition(b"\r\n")[0].decode("latin1")
+        _, status, reason = status_line.split(" ", 2)
+        found = self._PAGE_MESSAGE.search(data)
+        message = html.unescape(found.group(1).decode("latin1")) if found and found.group(1) else ""
+        body = json.dumps({"detail": f"{reason}: {message}" if message else f"{reason}."}).encode()
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self._sock.sendall(head.encode("latin1") + body)
+
+
+class JsonErrorSyncWorker(SyncWorker):
+    """gunicorn's sync worker, whose own error answers are JSON like every other error of the API."""
+
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        super().handle_error(req, cast(socket.socket, JsonErrorSocket(client)), addr, exc)

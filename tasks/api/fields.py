@@ -44,6 +44,16 @@ def unstorable_text(text: str) -> str | None:
     return f"Lone surrogate characters are not allowed (U+{ord(found.group()):04X}): send valid Unicode text."
 
 
+def repeated_parameter(query: Any, name: str) -> bool:
+    """True if the query string gives ``name`` more than once (``?limit=5&limit=500``): a scalar parameter is
+    refused then, never reduced to one of its values; a list parameter merges them (tasks.api.filters)."""
+    return hasattr(query, "getlist") and len(query.getlist(name)) > 1
+
+
+def repeated_parameter_message(name: str) -> str:
+    return f"Give {name} once; this parameter takes one value."
+
+
 def parse_query_integer(raw: str, *, minimum: int = BIGINT_MIN, maximum: int = BIGINT_MAX) -> int:
     """A whole number from a query string, in ASCII digits and within [minimum, maximum] (ValidationError if not)."""
     if not ASCII_INTEGER.fullmatch(raw):
@@ -104,11 +114,21 @@ class StrictIntegerField(Int64Mixin):
         return super().to_internal_value(data)
 
 
+_REPEATED = object()
+
+
 class QueryFieldMixin(serializers.Field):
     """A query parameter given empty (``?limit=``) is a value to validate, not "left out" as in an HTML form."""
 
     def get_value(self, dictionary: Any) -> Any:
+        if repeated_parameter(dictionary, str(self.field_name)):
+            return _REPEATED
         return dictionary.get(self.field_name, empty)
+
+    def run_validation(self, data: Any = empty) -> Any:
+        if data is _REPEATED:
+            raise serializers.ValidationError(repeated_parameter_message(str(self.field_name)))
+        return super().run_validation(data)
 
 
 class QueryIntegerField(QueryFieldMixin, Int64Mixin):

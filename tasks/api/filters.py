@@ -12,10 +12,11 @@ from typing import Any
 from django import forms
 from django.db.models import QuerySet
 from django_filters import rest_framework as filters
-from django_filters.fields import IsoDateTimeField
+from django_filters.fields import BaseCSVField, IsoDateTimeField
+from django_filters.widgets import BaseCSVWidget
 from rest_framework.exceptions import PermissionDenied
 
-from tasks.api.fields import RFC3339_DATETIME
+from tasks.api.fields import RFC3339_DATETIME, repeated_parameter, repeated_parameter_message
 from tasks.models import Task, TaskQuerySet
 from tasks.selectors import may_see_deleted, search_tasks
 from tasks.states import TaskState
@@ -42,12 +43,40 @@ class DateTimeFilter(filters.IsoDateTimeFilter):
     field_class = RFC3339DateTimeField
 
 
+class RepeatableCSVWidget(BaseCSVWidget):
+    """``?states=a,b`` and ``?states=a&states=b`` (how generated clients send an array) are the same list:
+    every value given counts, none is dropped."""
+
+    def value_from_datadict(self, data: Any, files: Any, name: str) -> Any:
+        if repeated_parameter(data, name):
+            return [item for value in data.getlist(name) for item in value.split(",")]
+        return super().value_from_datadict(data, files, name)
+
+
+class RepeatableCSVField(BaseCSVField):
+    base_widget_class = RepeatableCSVWidget
+
+
 class ChoiceInFilter(filters.BaseInFilter, filters.ChoiceFilter):
-    """Comma-separated values, each one of the choices."""
+    """Comma-separated values, each one of the choices; the parameter may repeat."""
+
+    base_field_class = RepeatableCSVField
 
 
 class CharInFilter(filters.BaseInFilter, filters.CharFilter):
-    """Comma-separated free values."""
+    """Comma-separated free values; the parameter may repeat."""
+
+    base_field_class = RepeatableCSVField
+
+
+class OrderingFilter(filters.OrderingFilter):
+    """Sort keys, comma-separated; the parameter may repeat."""
+
+    base_field_class = RepeatableCSVField
+
+
+# The list parameters; every other parameter is given once.
+LIST_PARAMETERS = ("states", "roles", "providers", "ordering")
 
 
 # Parameters whose empty value is refused rather than ignored (a client bug, not "no filter").
@@ -62,9 +91,12 @@ class TaskFilterForm(forms.Form):
             if self.data.get(name) == "":
                 self.add_error(name, "Give a value, or leave the parameter out.")
         for name in NO_EMPTY_ITEM:
-            raw = self.data.get(name)
-            if raw is not None and "" in raw.split(","):
+            raws = self.data.getlist(name) if hasattr(self.data, "getlist") else [self.data.get(name)]
+            if any(raw is not None and "" in raw.split(",") for raw in raws):
                 self.add_error(name, "Remove the empty item from the comma-separated list (or the parameter).")
+        for name in self.fields:
+            if name not in LIST_PARAMETERS and repeated_parameter(self.data, name):
+                self.add_error(name, repeated_parameter_message(name))
         return cleaned
 
 
@@ -93,7 +125,7 @@ class TaskFilter(filters.FilterSet):
         empty_label=None,
         help_text="`true` also lists soft-deleted tasks (staff, or holders of tasks.restore_task).",
     )
-    ordering = filters.OrderingFilter(
+    ordering = OrderingFilter(
         fields=("created_at", "updated_at", "completed_at", "title", "state", "role", "provider"),
         help_text="Sort keys, comma-separated, `-` for descending; default `-created_at`.",
     )

@@ -16,11 +16,13 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tasks.api.fields import BIGINT_MAX, parse_query_integer
+from tasks.api.fields import BIGINT_MAX, parse_query_integer, repeated_parameter, repeated_parameter_message
 
 
 def _bounded_int(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
     """The query parameter ``name`` as parse_query_integer reads it; a refusal is a 400 naming ``name``."""
+    if repeated_parameter(request.query_params, name):
+        raise ValidationError({name: [repeated_parameter_message(name)]})
     raw = request.query_params.get(name)
     if raw is None:
         return default

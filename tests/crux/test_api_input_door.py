@@ -30,6 +30,7 @@ from tests.crux.openapi_walk import (
     required_query,
     resolve,
     valid_body,
+    valid_value,
 )
 
 pytest_plugins = ["tests.api_support"]
@@ -281,6 +282,39 @@ def test_hostile_query_values_answer_4xx_json_by_name(
             problems += check(response, key=name, label=label)
             if typed(schema) and response.status_code != 400:
                 problems.append(f"{label}: a number, date, boolean or choice accepted ({response.status_code})")
+    assert not problems, problems
+    assert rows() == before
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "operation"), QUERY_OPERATIONS, ids=[f"{m} {p}" for p, m, _ in QUERY_OPERATIONS]
+)
+def test_a_repeated_parameter_is_refused_by_name_or_merged_if_a_list(
+    door: Any, path: str, method: str, operation: dict[str, Any]
+) -> None:
+    """``?limit=5&limit=500`` is never read as one of its values; ``?states=a&states=b`` means ``states=a,b``."""
+    params = {p["name"]: resolve(p["schema"]) for p in operation["parameters"] if p["in"] == "query"}
+    before = rows()
+    problems = []
+    for name, schema in params.items():
+        query = required_query(operation)
+        if schema.get("type") == "array":
+            values = [str(v) for v in resolve(schema["items"]).get("enum", ["x", "y"]) if v is not None][:2]
+            repeated = door.send(method, door.url(path, query=query) + ("&" if query else "?") + urlencode(
+                [(name, value) for value in values]
+            ))  # fmt: skip
+            joined = door.send(method, door.url(path, query={**query, name: ",".join(values)}))
+            problems += check(repeated, key=name, label=f"{name} repeated")
+            if (repeated.status_code, repeated.content) != (joined.status_code, joined.content):
+                problems.append(f"{name}: repeated keys answered differently from the comma-separated list")
+            continue
+        value = str(valid_value(schema)).lower()
+        query = {key: item for key, item in query.items() if key != name}
+        url = door.url(path, query=query) + ("&" if query else "?") + urlencode([(name, value), (name, value)])
+        response = door.send(method, url)
+        problems += check(response, key=name, label=f"{name} twice")
+        if response.status_code != 400 or name not in response.json():
+            problems.append(f"{name} given twice: answered {response.status_code} {response.content[:200]!r}")
     assert not problems, problems
     assert rows() == before
 
