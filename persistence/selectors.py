@@ -93,6 +93,7 @@ def mirror_consistency() -> dict[str, Any]:
         "missing": report.missing,
         "stale": report.stale,
         "orphan": report.orphan,
+        "vanished": report.vanished,
         "consistency": round(matching / report.checked, 6) if report.checked else 1.0,
     }
 

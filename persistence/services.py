@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,11 +14,13 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from persistence import mirror
-from tasks import services
+from tasks import hooks, services
 from tasks.audit import Actor
 from tasks.ids import TaskId, uuid_or_none
 from tasks.models import Task
 from tasks.states import ACTIVE_STATES
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +29,7 @@ class ReconcileReport:
     missing: int = 0
     stale: int = 0
     orphan: int = 0
+    vanished: int = 0
     repaired: int = 0
     duration: float = 0.0
     examples: list[str] = field(default_factory=list)
@@ -53,13 +57,28 @@ def _in_window(values: Mapping[str, Any], since: datetime) -> bool:
     return values["state"] in ACTIVE_STATES or completed is None or completed >= since
 
 
+def _purged(task_ids: list[str]) -> set[str]:
+    """Those of ``task_ids`` that a purge removed (a validly signed tombstone says so), or that name no task."""
+    uuids = {task_id: uuid_or_none(task_id) for task_id in task_ids}
+    ledger = hooks.purge_ledger()
+    tombstoned = ledger.tombstones([u for u in uuids.values() if u is not None]) if ledger else {}
+    return {task_id for task_id, u in uuids.items() if u is None or u in tombstoned}
+
+
 def reconcile_mirror(
-    *, check_only: bool = False, batch_size: int = 2000, progress: Callable[[int], object] | None = None
+    *,
+    check_only: bool = False,
+    batch_size: int = 2000,
+    progress: Callable[[int], object] | None = None,
+    forget_vanished: bool = False,
 ) -> ReconcileReport:
     """Compare every mirror entry with SQL; unless ``check_only``, rewrite the drifted ones.
 
     Missing: a task that should be mirrored has no entry. Stale: the entry differs
-    from SQL. Orphan: an entry whose task is not in SQL. Raises RedisError if
+    from SQL. Orphan: an entry whose task a purge removed from SQL (dropped).
+    Vanished: an entry whose task is gone from SQL without a tombstone: evidence
+    that ``verify_audit`` and ``locate`` use, so it is kept (and logged at ERROR)
+    unless ``forget_vanished``. Raises RedisError if
     Redis cannot be reached (there is nothing to reconcile against).
     """
     started = time.perf_counter()
@@ -105,12 +124,23 @@ def reconcile_mirror(
             )
         }
         orphans = [i for i in ids if i not in found]
-        report.orphan += len(orphans)
+        purged = _purged(orphans) if orphans else set()
+        vanished = [i for i in orphans if i not in purged]
+        report.orphan += len(purged)
+        report.vanished += len(vanished)
         for task_id in orphans:
-            report.note("orphan", task_id)
-        if orphans and not check_only:
-            conn.delete(*[mirror.task_key(i) for i in orphans])
-            report.repaired += len(orphans)
+            report.note("orphan" if task_id in purged else "vanished", task_id)
+        if vanished:
+            logger.error(
+                "reconcile: %d task(s) are in the Redis mirror but gone from SQL without a purge tombstone "
+                "(e.g. %s): possible tampering; their entries are kept as evidence (run verify_audit)",
+                len(vanished),
+                ", ".join(vanished[:5]),
+            )
+        dropped = [i for i in orphans if i in purged or forget_vanished]
+        if dropped and not check_only:
+            conn.delete(*[mirror.task_key(i) for i in dropped])
+            report.repaired += len(dropped)
         outside = [v["id"] for v in found.values() if not _in_window(v, since)]
         if outside:
             compare_rows(Task.objects.filter(pk__in=outside))

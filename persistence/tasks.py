@@ -33,7 +33,13 @@ def reconcile_mirror_task() -> dict[str, int]:
         logger.warning(
             "mirror drift repaired: missing %s, stale %s, orphan %s", report.missing, report.stale, report.orphan
         )
-    return {"checked": report.checked, "missing": report.missing, "stale": report.stale, "orphan": report.orphan}
+    return {
+        "checked": report.checked,
+        "missing": report.missing,
+        "stale": report.stale,
+        "orphan": report.orphan,
+        "vanished": report.vanished,
+    }
 
 
 @shared_task(name="crux.backup")

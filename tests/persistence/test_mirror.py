@@ -132,12 +132,16 @@ def test_reconcile_repairs_stale_and_orphan_entries(make_task):
     conn.set(mirror.task_key(ghost), json.dumps({"id": str(ghost), "state": "running", "version": 1}))
     conn.set(mirror.task_key("not-a-uuid"), "{}")
     code, out = reconcile_cmd("--check")
-    assert code == 1 and "stale 1, orphan 2" in out
+    # The ghost names a task SQL never held and no purge tombstone accounts for: evidence, not drift.
+    assert code == 3 and "stale 1, orphan 1, vanished 1" in out
     assert entry(tasks[0].pk)["state"] == "completed"  # --check repaired nothing
     code, out = reconcile_cmd()
-    assert code == 0 and "repaired 3" in out
+    assert code == 3 and "repaired 2" in out
     assert entry(tasks[0].pk)["state"] == "pending"
-    assert conn.get(mirror.task_key(ghost)) is None and conn.get(mirror.task_key("not-a-uuid")) is None
+    assert conn.get(mirror.task_key("not-a-uuid")) is None
+    assert conn.get(mirror.task_key(ghost)) is not None, "the entry of a vanished task is kept as evidence"
+    code, out = reconcile_cmd("--forget-vanished")
+    assert code == 0 and conn.get(mirror.task_key(ghost)) is None
 
 
 def test_reconcile_checks_old_finished_entries_that_are_still_present(make_task, commit, settings):

@@ -1,5 +1,7 @@
 """Retention: purge only by policy, archive first, ledger always; breaker; restore; locate."""
 
+import json
+import uuid
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -300,3 +302,22 @@ def test_a_spike_posts_the_webhook(make_task, user, settings, django_capture_on_
         services.soft_delete(task.pk, user=user, channel=Channel.API, reason="x")
     server.server_close()
     assert received and received[0]["event"] == "deletion_spike" and "deletion spike" in received[0]["text"]
+
+
+def test_reconcile_drops_a_purged_tasks_entry_and_keeps_a_vanished_ones_as_evidence(make_task, caplog):
+    """An orphan entry is dropped only when a signed tombstone says a purge removed its task."""
+    from persistence import mirror
+    from persistence.services import reconcile_mirror
+
+    old = finished(make_task, title="to purge")
+    assert purge(actor="ops:test", channel=Channel.COMMAND, confirm=True).purged == 1
+    vanished = uuid.uuid4()  # gone from SQL, and no tombstone says a purge took it
+    conn = mirror.client()
+    for task_id in (old.pk, vanished):
+        conn.set(mirror.task_key(task_id), json.dumps({"id": str(task_id), "state": "completed", "version": 1}))
+    with caplog.at_level("ERROR", logger="persistence.services"):
+        report = reconcile_mirror()
+    assert (report.orphan, report.vanished) == (1, 1)
+    assert conn.get(mirror.task_key(old.pk)) is None
+    assert conn.get(mirror.task_key(vanished)) is not None
+    assert str(vanished) in caplog.text and "without a purge tombstone" in caplog.text
