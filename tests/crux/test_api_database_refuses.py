@@ -2,15 +2,21 @@
 
 Real faults, no mocks: SQLite's own "database or disk is full" (PRAGMA max_page_count on the request's
 connection) and "database is locked" (another connection holding BEGIN EXCLUSIVE); PostgreSQL's lock timeout
-(another connection holding a table lock while the submit's transaction needs it); and, on both engines, a
+(another connection holding a table lock while the submit's transaction needs it) and a full disk (the tables on
+a tablespace of a 256 KB tmpfs: "No space left on device"); and, on both engines, a
 database that cannot be reached at all. Requests run in autocommit, as in production (``live_db``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -100,6 +106,52 @@ def test_a_lock_timeout_mid_transaction_answers_503_and_writes_nothing(api: Any)
         holder.rollback()
     assert rows() == before
     assert api.post("/api/tasks/", {"title": "after the lock"}, format="json").status_code == 201
+
+
+@pytest.fixture
+def tiny_tablespace(api: Any) -> Iterator[None]:
+    """PostgreSQL's tables of tasks and history moved onto a 256 KB file system: a disk that really fills up."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mountpoint = Path(tempfile.mkdtemp(prefix="crux-tiny-", dir="/tmp"))  # a path the postgres user can reach
+    mountpoint.chmod(0o755)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)], check=False)
+    if mounted.returncode != 0:
+        mountpoint.rmdir()
+        pytest.skip("this machine cannot mount a tmpfs")
+    tables = ("tasks_task", "tasks_taskhistory")
+    try:
+        shutil.chown(mountpoint, "postgres", "postgres")
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE TABLESPACE crux_test_tiny LOCATION '{mountpoint}'")
+            for table in tables:
+                cursor.execute(f"ALTER TABLE {table} SET TABLESPACE crux_test_tiny")
+        yield
+    finally:
+        connection.close()
+        with connection.cursor() as cursor:
+            for table in tables:
+                cursor.execute(f"ALTER TABLE {table} SET TABLESPACE pg_default")
+            cursor.execute("DROP TABLESPACE IF EXISTS crux_test_tiny")
+        subprocess.run(["umount", str(mountpoint)], check=True)
+        mountpoint.rmdir()
+
+
+@postgres_only
+def test_a_full_disk_on_postgresql_answers_503_and_writes_nothing(api: Any, tiny_tablespace: None) -> None:
+    before = rows()
+    answers = []
+    for i in range(20):  # each payload is incompressible and about 150 KB: the file system fills within a few
+        blob = os.urandom(75_000).hex()
+        response = api.post("/api/tasks/", {"title": f"fills the disk {i}", "payload": {"blob": blob}}, format="json")
+        answers.append(response.status_code)
+        if response.status_code != 201:
+            break
+    assert answers[0] == 201 and answers[-1] == 503, answers  # it wrote until the file system was full
+    assert_unavailable(response)
+    written = answers.count(201)
+    assert rows() == (before[0] + written, before[1] + written), "a refused submit left no task and no history row"
+    assert Task.objects.filter(title=f"fills the disk {len(answers) - 1}").count() == 0
 
 
 @pytest.fixture
