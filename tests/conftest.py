@@ -43,7 +43,7 @@ def isolated_celery_queue() -> Iterator[None]:
 
     from crux.celery import app
 
-    app.conf.task_default_queue = TEST_QUEUE
+    app.conf.task_default_queue = settings.CELERY_TASK_DEFAULT_QUEUE = TEST_QUEUE
     yield
     conn = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     keys = list(conn.scan_iter(match=f"*{TEST_QUEUE}*", count=1000))

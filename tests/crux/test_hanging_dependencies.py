@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import OperationalError, connection, connections
 from rest_framework.authtoken.models import Token
 
 from tasks.models import Task
 from tasks.states import TaskState
-from tests.conftest import PrivateRedis
+from tests.conftest import TEST_QUEUE, PrivateRedis
 from tests.processes import Processes
 
 pytestmark = pytest.mark.slow
@@ -124,7 +123,7 @@ def sweep(web: Web, broker_url: str) -> str:
 
 def queued_messages(broker: PrivateRedis) -> list[str]:
     """Ids of the tasks whose messages wait in the broker's default queue, oldest first."""
-    waiting = broker.client.lrange(settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1)
+    waiting = broker.client.lrange(TEST_QUEUE, 0, -1)
     return [json.loads(raw)["headers"]["id"] for raw in reversed(waiting)]
 
 
