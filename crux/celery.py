@@ -29,11 +29,32 @@ HOUSEKEEPING_PREFIX = "crux."
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict[str, str] | None:
     """Celery's router (``CELERY_TASK_ROUTES``): Crux's own jobs (named ``crux.*``) but task execution go to the
     housekeeping queue; task work and any other application's Celery tasks keep the default queue."""
-    from tasks.dispatch import EXECUTE_TASK  # imported late: this module loads before Django's apps
-
-    if name == EXECUTE_TASK or not name.startswith(HOUSEKEEPING_PREFIX):
+    if not is_housekeeping(name):
         return None
     return {"queue": settings.CELERY_HOUSEKEEPING_QUEUE}
+
+
+def is_housekeeping(name: object) -> bool:
+    """A Celery task name of Crux's own jobs (the sweeps, reconcile, backup, purge, checkpoints), not task work."""
+    from tasks.dispatch import EXECUTE_TASK  # imported late: this module loads before Django's apps
+
+    return isinstance(name, str) and name.startswith(HOUSEKEEPING_PREFIX) and name != EXECUTE_TASK
+
+
+class QuietHousekeeping(logging.Filter):
+    """Drop Celery's own INFO lines about housekeeping jobs (sent by beat, received, succeeded): a 5-second sweep
+    would print three lines every 5 seconds. The jobs log themselves when they act; their failures still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        args = record.args
+        names = [args.get("name")] if isinstance(args, dict) else args or ()
+        return not any(is_housekeeping(name) for name in names)
+
+
+# The loggers of beat's "Sending due task", the worker's "received" and the tracer's "succeeded" lines.
+CELERY_TASK_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
 
 
 @setup_logging.connect
@@ -44,6 +65,8 @@ def log_through_django(loglevel: int | None = None, **kwargs: Any) -> None:
     reach the redacting handler); ``-l LEVEL`` still sets the level, and what handlers print still goes to the log.
     """
     logging.config.dictConfig(settings.LOGGING)
+    for name in CELERY_TASK_LOGGERS:
+        logging.getLogger(name).addFilter(QuietHousekeeping())
     if loglevel:
         logging.getLogger().setLevel(loglevel)
     if app.conf.worker_redirect_stdouts:

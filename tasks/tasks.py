@@ -1,7 +1,8 @@
 """Celery tasks of the domain: the execution of Crux tasks, the audit checkpoint, and the recovery of a restarted
 worker's own tasks.
 
-Every task but the execution runs on the housekeeping queue (``crux.celery.route_task``); the periodic sweep
+Every task but the execution runs on the housekeeping queue (``crux.celery.route_task``), stores no result row
+(``ignore_result``: the Task table and its history are the ledger) and logs only when it acted; the periodic sweep
 that heals lost work is ``persistence.tasks.recovery_sweep``: it needs the broker's epoch.
 """
 
@@ -23,7 +24,7 @@ def execute_task(self: Any, task_id: str) -> str:
     return execution.execute(task_id, worker_id=f"{self.request.hostname}:{os.getpid()}")
 
 
-@shared_task(name="crux.audit_checkpoint")
+@shared_task(name="crux.audit_checkpoint", ignore_result=True)
 def audit_checkpoint() -> str:
     """Write a signed checkpoint of every chain head outside the database (verify_audit compares against it)."""
     written = checkpoints.write_checkpoint()
@@ -35,4 +36,5 @@ def audit_checkpoint() -> str:
 def recover_on_worker_start(sender: Any, **kwargs: Any) -> None:
     """Tasks this worker held before it restarted cannot be running any more."""
     counts = services.recover_orphans(worker_prefix=f"{sender.hostname}:")
-    logger.info("startup recovery of %s: %s", sender.hostname, counts)
+    if any(counts.values()):
+        logger.warning("startup recovery of %s: %s", sender.hostname, counts)

@@ -13,6 +13,7 @@ urlpatterns = [
     path("tasks/<str:task_id>", views.TaskDetailView.as_view(), name="task-detail"),
     path("tasks/<str:task_id>/cancel", views.TaskCancelView.as_view(), name="task-cancel"),
     path("tasks/<str:task_id>/restore", views.TaskRestoreView.as_view(), name="task-restore"),
+    path("handlers", views.HandlerListView.as_view(), name="handlers"),
     path("v1/solve", legacy.LegacySolveView.as_view(), name="legacy-solve"),
     path("v1/jobs/<str:job_id>", legacy.LegacyJobView.as_view(), name="legacy-job"),
 ]

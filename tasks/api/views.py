@@ -29,9 +29,10 @@ from tasks.api.permissions import (
     OwnerOrCanAddOutput,
     OwnerOrCanCancel,
 )
-from tasks.api.schema import TASK_ID
+from tasks.api.schema import TASK_ID, payload_json_schema
 from tasks.api.serializers import (
     DeleteSerializer,
+    HandlerSerializer,
     TaskHistorySerializer,
     TaskOutputSerializer,
     TaskSerializer,
@@ -40,6 +41,7 @@ from tasks.api.serializers import (
 from tasks.api.throttling import ReadThrottle, SubmitThrottle
 from tasks.audit import Channel, signed_in
 from tasks.models import Task, TaskHistory, TaskOutput
+from tasks.registry import get_handler, payload_serializer, registered_names
 from tasks.selectors import find_visible_task
 
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -282,3 +284,26 @@ class TaskRestoreView(APIView):
         reason = body.validated_data.get("reason") or "restored through the API"
         task = services.restore(task.pk, user=user, channel=Channel.API, reason=reason)
         return Response(TaskSerializer(task).data)
+
+
+class HandlerListView(APIView):
+    """``GET /api/handlers``: what a submission may name as ``handler``, and the payload each one accepts."""
+
+    @extend_schema(
+        summary="List handlers",
+        description="Every registered handler (settings TASK_HANDLERS) with the JSON Schema of its payload. A "
+        "submission whose payload does not fit answers 400 keyed by field, e.g. "
+        '{"payload": {"seconds": ["A valid number is required."]}}; keys a schema does not name are passed '
+        "through, and a handler without a declaration accepts any JSON object.",
+        responses={200: HandlerSerializer(many=True), **error_responses()},
+    )
+    def get(self, request: Request) -> Response:
+        handlers = [
+            {
+                "name": name,
+                "description": (get_handler(name).__doc__ or "").strip().split("\n")[0],
+                "payload_schema": payload_json_schema(payload_serializer(name), self),
+            }
+            for name in registered_names()
+        ]
+        return Response(HandlerSerializer(handlers, many=True).data)
