@@ -203,8 +203,15 @@ RECOVERY_SWEEP_SECONDS = env.float("RECOVERY_SWEEP_SECONDS", default=5.0)
 # (doubling per retry) if the broker never confirmed the publish.
 REDISPATCH_AFTER_SECONDS = env.float("REDISPATCH_AFTER_SECONDS", default=30.0)
 MIRROR_RECONCILE_SECONDS = env.float("MIRROR_RECONCILE_SECONDS", default=300.0)
+# A failed attempt is retried (while attempts are left) after this many seconds, doubling per attempt up to the
+# maximum, with jitter; a handler (attribute ``retry_backoff``) or a task (field ``retry_backoff``) may set its own.
+TASK_RETRY_BACKOFF_SECONDS = env.float("TASK_RETRY_BACKOFF_SECONDS", default=10.0)
+TASK_RETRY_BACKOFF_MAX_SECONDS = env.float("TASK_RETRY_BACKOFF_MAX_SECONDS", default=3600.0)
+# Tasks waiting in SQL for their time (run_at, a retry's backoff) are published this often once due.
+DISPATCH_DUE_SECONDS = env.float("DISPATCH_DUE_SECONDS", default=1.0)
 CELERY_BEAT_SCHEDULE = {
     "recovery-sweep": {"task": "crux.recovery_sweep", "schedule": RECOVERY_SWEEP_SECONDS},
+    "dispatch-due": {"task": "crux.dispatch_due", "schedule": DISPATCH_DUE_SECONDS},
     "reconcile-mirror": {"task": "crux.reconcile_mirror", "schedule": MIRROR_RECONCILE_SECONDS},
 }
 

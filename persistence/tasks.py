@@ -1,4 +1,5 @@
-"""Housekeeping jobs (beat, on the housekeeping queue): the recovery sweep, the mirror reconcile, the daily backup."""
+"""Housekeeping jobs (beat, on the housekeeping queue): the recovery sweep, due tasks, the mirror reconcile, the daily
+backup."""
 
 import logging
 
@@ -13,7 +14,7 @@ from tasks import services
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="crux.recovery_sweep")
+@shared_task(name="crux.recovery_sweep", ignore_result=True)
 def recovery_sweep() -> dict[str, int]:
     """Interrupt tasks whose worker is gone (lease expired) and re-publish queued tasks whose message is lost."""
     counts = services.recover_orphans()
@@ -26,7 +27,17 @@ def recovery_sweep() -> dict[str, int]:
     return counts
 
 
-@shared_task(name="crux.reconcile_mirror")
+@shared_task(name="crux.dispatch_due", ignore_result=True)
+def dispatch_due() -> int:
+    """Publish the queued tasks whose start time (run_at, a retry's wait) has come: the waits live in SQL, never
+    in a broker ETA (which Redis redelivers after its visibility timeout and loses on some shutdowns)."""
+    published = services.publish_due()
+    if published:
+        logger.info("published %s tasks whose start time has come", published)
+    return published
+
+
+@shared_task(name="crux.reconcile_mirror", ignore_result=True)
 def reconcile_mirror_task() -> dict[str, int]:
     report = reconcile_mirror()
     if report.drift:
@@ -42,7 +53,7 @@ def reconcile_mirror_task() -> dict[str, int]:
     }
 
 
-@shared_task(name="crux.backup")
+@shared_task(name="crux.backup", ignore_result=True)
 def daily_backup() -> str:
     result = backup()
     logger.info("backup written: %s (%s)", result.path, result.checksum)

@@ -1,6 +1,10 @@
 """Typed errors of the task domain: callers (API, admin, commands) map them to 4xx."""
 
 from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
 
 
 class TaskError(Exception):
@@ -61,11 +65,18 @@ class AttemptLimitReached(Conflict):
     field = "max_attempts"
 
 
+def _messages(value: Any) -> str:
+    """A field's messages in one line; a nested field (a payload's) names its own fields."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_messages(v)}" for k, v in value.items())
+    return " ".join(str(message) for message in value)
+
+
 class InvalidTaskData(TaskError):
     """Input that fails validation; ``errors`` maps field names to messages."""
 
-    def __init__(self, errors: dict[str, list[str]]):
-        super().__init__("invalid task data: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+    def __init__(self, errors: dict[str, Any]):
+        super().__init__("invalid task data: " + "; ".join(f"{k}: {_messages(v)}" for k, v in errors.items()))
         self.errors = errors
 
 
@@ -87,3 +98,23 @@ class AppendOnlyViolation(AuditError):
 
 class HardDeleteRefused(AuditError):
     pass
+
+
+class PermanentFailure(Exception):
+    """Raised by a handler: the task fails now, whatever attempts it has left (bad input, a refused request)."""
+
+
+class Retry(Exception):
+    """Raised by a handler: try again later, ``after`` seconds from now or ``at`` a time (it uses an attempt).
+
+    For a provider that says when to come back (a rate limit's Retry-After); other errors get the
+    task's exponential backoff.
+    """
+
+    def __init__(self, message: str = "", *, after: float | None = None, at: datetime | None = None):
+        if (after is None) == (at is None):
+            raise ValueError("Retry needs exactly one of after= (seconds) or at= (a timezone-aware datetime)")
+        if at is not None and timezone.is_naive(at):
+            raise ValueError("Retry(at=...) needs a timezone-aware datetime")
+        super().__init__(message or "retry requested by the handler")
+        self.at: datetime = at if at is not None else timezone.now() + timedelta(seconds=float(after or 0))

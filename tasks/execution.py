@@ -20,13 +20,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 
 from tasks import services
-from tasks.exceptions import ClaimLost
+from tasks.exceptions import ClaimLost, PermanentFailure, Retry
 from tasks.models import Task, TaskOutput
 from tasks.registry import get_handler
 
@@ -125,7 +126,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] = end_process) -> str:
-    """Run one delivery of a task; returns what happened (skipped, completed, failed, discarded).
+    """Run one delivery of a task; returns what happened (skipped, completed, failed, queued for a retry, discarded).
+
+    A handler error is retried by the task's rules (``services.finish_attempt``); a handler raises
+    ``PermanentFailure`` to fail at once, or ``Retry`` to come back at a time of its choosing.
 
     A handler that lost its claim (``ClaimLost`` from the context, or the heartbeat
     saw it) is discarded: no outcome and no figures are written for it.
@@ -139,6 +143,8 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
     started = time.perf_counter()
     result: Any = None
     error = ""
+    retry_at: datetime | None = None
+    permanent = False
     try:
         handler = get_handler(task.handler)
         result = handler(ctx, dict(task.request_payload))
@@ -146,6 +152,12 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
     except ClaimLost as exc:
         ctx.claim_lost.set()
         logger.warning("task %s attempt %s stopped: %s", task.pk, task.attempt_count, exc)
+    except Retry as exc:
+        error, retry_at = _describe(exc), exc.at
+        logger.info("task %s attempt %s asks for a retry at %s: %s", task.pk, task.attempt_count, exc.at, error)
+    except PermanentFailure as exc:
+        error, permanent = _describe(exc), True
+        logger.warning("task %s attempt %s failed permanently: %s", task.pk, task.attempt_count, error)
     except Exception as exc:
         error = _describe(exc)
         logger.warning("task %s attempt %s failed: %s", task.pk, task.attempt_count, error)
@@ -160,6 +172,8 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
         worker_id=worker_id,
         result=result,
         error=error,
+        retry_at=retry_at,
+        permanent=permanent,
         metrics={"processing_time_seconds": round(elapsed, 6)},
     )
     if outcome is None:

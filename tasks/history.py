@@ -97,7 +97,11 @@ def prepare_row(instance: Task, *, raw: bool, update_fields: Any, using: str) ->
     seq = 1 if before is None else before["history_count"] + 1
     prev_hash = GENESIS_HASH if before is None else before["history_head"]
     event = ctx.event or _event(before, instance)
-    failed = event == HistoryEvent.TRANSITION and instance.state == TaskState.FAILED
+    # A failed attempt: the task failed, or went back to queued to wait for its retry.
+    failed = event == HistoryEvent.TRANSITION and (
+        instance.state == TaskState.FAILED
+        or (before is not None and (before["state"], instance.state) == (TaskState.RUNNING, TaskState.QUEUED))
+    )
     row = {
         "task_id": instance.pk,
         "seq": seq,

@@ -8,10 +8,12 @@ append-only here and, below the ORM, by database triggers.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connections, models, router, transaction
 from django.db.models.sql import InsertQuery
@@ -42,6 +44,12 @@ DIGESTED_FIELDS = frozenset({"result", "request_payload"})
 
 def _field_name(model: type[models.Model], name: str) -> str:
     return model._meta.get_field(name).name
+
+
+def finite_number(value: float) -> None:
+    """Refuse NaN and infinities, which a float field and the range validators let through."""
+    if not math.isfinite(value):
+        raise ValidationError("Enter a finite number.", code="not_finite")
 
 
 class TaskQuerySet(models.QuerySet):
@@ -137,6 +145,15 @@ class Task(models.Model):
     # The broker epoch under which the broker confirmed its last publish ('' = not confirmed yet). A flush or
     # restart of the broker's Redis starts a new epoch: the sweep re-publishes what it lost, and only that.
     dispatch_epoch = models.CharField(max_length=32, blank=True, editable=False)
+    # Not started before this time: a scheduled start (``run_at``) or a failed attempt's wait for its retry. A
+    # queued task waiting for it is not published (dispatched_at is None) until it is due (crux.dispatch_due).
+    run_after = models.DateTimeField(null=True, blank=True, help_text="Not started before this time.")
+    retry_backoff = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(86400.0), finite_number],
+        help_text="Seconds before the first retry, doubling per attempt (empty: the handler's default).",
+    )
     worker_id = models.CharField(max_length=255, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -170,6 +187,12 @@ class Task(models.Model):
             models.Index(fields=["lease_expires_at"], name="task_running_lease", condition=models.Q(state="running")),
             models.Index(fields=["dispatched_at"], name="task_queued_dispatch", condition=models.Q(state="queued")),
             models.Index(fields=["dispatch_epoch"], name="task_queued_epoch", condition=models.Q(state="queued")),
+            # Queued tasks waiting for their time and not yet published: what crux.dispatch_due reads.
+            models.Index(
+                fields=["run_after"],
+                name="task_queued_due",
+                condition=models.Q(state="queued", dispatched_at__isnull=True),
+            ),
             models.Index(fields=["deleted_at"], name="task_deleted", condition=models.Q(deleted_at__isnull=False)),
         ]
         permissions = [

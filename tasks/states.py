@@ -21,7 +21,10 @@ ACTIVE_STATES = frozenset(set(TaskState) - TERMINAL_STATES)
 TRANSITIONS: dict[str, frozenset[str]] = {
     TaskState.PENDING: frozenset({TaskState.QUEUED, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.QUEUED: frozenset({TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED, TaskState.PENDING}),
-    TaskState.RUNNING: frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.INTERRUPTED}),
+    # running -> queued: a failed attempt waits for its retry (Task.run_after), in one step with its history row.
+    TaskState.RUNNING: frozenset(
+        {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.INTERRUPTED, TaskState.QUEUED}
+    ),
     TaskState.INTERRUPTED: frozenset({TaskState.QUEUED, TaskState.FAILED, TaskState.CANCELLED}),
     # Operators may requeue a failed or cancelled task (recover); completed is final.
     TaskState.FAILED: frozenset({TaskState.QUEUED}),

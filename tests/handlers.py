@@ -9,6 +9,7 @@ from typing import Any
 
 from tasks import services
 from tasks.audit import Channel
+from tasks.exceptions import PermanentFailure, Retry
 
 
 def _append(path: str, line: str) -> None:
@@ -132,5 +133,27 @@ def leak_secrets(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     logging.getLogger("tests.handlers").warning("handler log: %s", "\n".join(texts))
     print("handler stdout:", "\n".join(texts), flush=True)
     if payload.get("fail"):
-        raise RuntimeError("\n".join(texts)[:3000])
+        raise PermanentFailure("\n".join(texts)[:3000])
     return {"leaked": texts, "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+
+
+def flaky(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Fails until its attempt ``succeed_on`` (default 3; the attempt is counted in SQL), then succeeds."""
+    if ctx.attempt < int(payload.get("succeed_on", 3)):
+        raise RuntimeError(f"flaky: attempt {ctx.attempt} fails")
+    return {"succeeded_on": ctx.attempt}
+
+
+flaky.retry_backoff = 0.2  # type: ignore[attr-defined]  # a handler's own default backoff, in seconds
+
+
+def give_up(ctx: Any, payload: dict[str, Any]) -> None:
+    """Refuses for good: the task fails at once, whatever attempts it has left."""
+    raise PermanentFailure(payload.get("message", "the provider refused this request"))
+
+
+def come_back_later(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Asks to be retried ``after`` seconds from now on each attempt before ``succeed_on`` (default 2)."""
+    if ctx.attempt < int(payload.get("succeed_on", 2)):
+        raise Retry("rate limited", after=float(payload.get("after", 30)))
+    return {"attempt": ctx.attempt}

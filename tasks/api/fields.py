@@ -3,8 +3,10 @@ by the serializers, the query parameters (filters, paging) and the JSON parser; 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from django.core.signals import setting_changed
@@ -114,6 +116,39 @@ class StrictIntegerField(Int64Mixin):
         return super().to_internal_value(data)
 
 
+class StrictFloatField(serializers.FloatField):
+    """JSON numbers only (not "1.5" or true), and finite."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        try:
+            value = float(data)
+        except OverflowError:  # an integer beyond any float
+            self.fail("invalid")
+        if not math.isfinite(value):
+            self.fail("invalid")
+        return value
+
+
+class StrictDateTimeField(serializers.DateTimeField):
+    """An RFC 3339 date-time with its time zone, as OpenAPI's ``date-time`` states (no date-only, no naive time),
+    returned in UTC."""
+
+    default_error_messages = {
+        "rfc3339": "Enter an RFC 3339 date-time with a time zone, e.g. 2030-01-01T09:00:00Z.",
+        "range": "The date-time is out of range in UTC.",
+    }
+
+    def to_internal_value(self, value: Any) -> datetime:
+        if not isinstance(value, str) or not RFC3339_DATETIME.fullmatch(value):
+            self.fail("rfc3339")
+        try:
+            return super().to_internal_value(value).astimezone(UTC)
+        except OverflowError:
+            self.fail("range")
+
+
 _REPEATED = object()
 
 
@@ -171,6 +206,7 @@ _STRICT = {
     serializers.BooleanField: StrictBooleanField,
     serializers.IntegerField: StrictIntegerField,
     serializers.BigIntegerField: StrictIntegerField,
+    serializers.FloatField: StrictFloatField,
 }
 
 

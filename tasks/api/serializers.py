@@ -12,6 +12,7 @@ from tasks.api.fields import (
     RejectUnknownFieldsMixin,
     SharedFieldsMixin,
     StrictCharField,
+    StrictDateTimeField,
     StrictModelSerializer,
     handler_field,
     json_object,
@@ -67,6 +68,8 @@ class TaskSerializer(SharedFieldsMixin, serializers.ModelSerializer):
             "error_count",
             "attempt_count",
             "max_attempts",
+            "retry_backoff",
+            "run_after",
             "created_at",
             "updated_at",
             "started_at",
@@ -84,19 +87,35 @@ class TaskSubmitSerializer(StrictModelSerializer):
     """What a client may set when submitting: tasks.services.CREATE_FIELDS (``payload`` is request_payload)."""
 
     payload = json_object(
-        source="request_payload", required=False, help_text="Input of the handler; credentials are redacted."
+        source="request_payload",
+        required=False,
+        help_text="Input of the handler, checked against its declaration (GET /api/handlers); credentials are "
+        "redacted.",
     )
     metadata = json_object(required=False, help_text="Free-form; credentials are redacted.")
     acceptance_criteria = json_object(required=False)
+    run_at = StrictDateTimeField(
+        required=False, help_text="Start no earlier than this (RFC 3339 with a time zone); a past time means now."
+    )
 
     class Meta:
         model = Task
-        fields = [*sorted(EDITABLE_FIELDS), "payload"]
+        fields = [*sorted(EDITABLE_FIELDS), "payload", "run_at"]
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
         fields["handler"] = handler_field(required=False, default=Task._meta.get_field("handler").default)
         return fields
+
+
+class HandlerSerializer(serializers.Serializer):
+    """A registered handler and the JSON Schema of the payload it accepts (``GET /api/handlers``)."""
+
+    name = serializers.CharField(help_text="The value of a task's ``handler``.")
+    description = serializers.CharField(help_text="What the handler does (its docstring's first line).")
+    payload_schema = serializers.DictField(
+        help_text="JSON Schema of ``payload``; a submission that does not fit answers 400 naming the field."
+    )
 
 
 class TaskOutputSerializer(StrictModelSerializer):

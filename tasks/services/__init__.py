@@ -23,6 +23,8 @@ from tasks.services.attempts import (
     record_output,
     renew_lease,
     report_progress,
+    retry_backoff,
+    retry_delay,
 )
 from tasks.services.base import CREATE_FIELDS, EDITABLE_FIELDS, RECOVERY_ACTOR, TRANSITION_FIELDS, WORKER_ACTOR
 from tasks.services.lifecycle import (
@@ -38,6 +40,7 @@ from tasks.services.lifecycle import (
 from tasks.services.recovery import (
     Dispatch,
     confirm_dispatches,
+    publish_due,
     recover_interrupted,
     recover_orphans,
     redispatch,
@@ -77,6 +80,7 @@ __all__ = [
     "import_task",
     "lease_deadline",
     "load_rows",
+    "publish_due",
     "record_metrics",
     "record_output",
     "recover",
@@ -90,6 +94,8 @@ __all__ = [
     "report_progress",
     "requeue_refusal",
     "restore",
+    "retry_backoff",
+    "retry_delay",
     "soft_delete",
     "submit_task",
     "submit_task_once",

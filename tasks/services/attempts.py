@@ -12,6 +12,7 @@ and was recovered writes nothing more, and gets ``ClaimLost``.
 from __future__ import annotations
 
 import logging
+import random
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,15 +23,19 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from tasks import hooks
-from tasks.audit import Channel
+from tasks.audit import Channel, audited, format_timestamp
 from tasks.exceptions import ClaimLost, InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId
 from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
 from tasks.redaction import redact_text
-from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown
+from tasks.registry import get_handler
+from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown, start_ahead
 from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)
+
+# A handler's own default backoff (seconds before its first retry): an attribute of the handler function.
+RETRY_BACKOFF_ATTRIBUTE = "retry_backoff"
 
 OUTPUT_FIELDS = frozenset({"output_type", "content", "file_path", "file_size", "mime_type", "commit_hash", "branch"})
 # A task's execution figures, in the order pages show them.
@@ -64,6 +69,10 @@ def claim(task_id: TaskId, *, worker_id: str) -> Task | None:
         if task.state != TaskState.QUEUED:
             logger.info("duplicate delivery of task %s ignored: it is %s", task.pk, task.state)
             return None
+        start = start_ahead(task, timezone.now())
+        if start is not None:
+            _hold_back(task, start)
+            return None
         if task.is_deleted:
             apply_transition(
                 task,
@@ -88,6 +97,80 @@ def claim(task_id: TaskId, *, worker_id: str) -> Task | None:
         )
 
 
+def _hold_back(task: Task, start: datetime) -> None:
+    """A delivery before the task's start time (a stray or duplicate message, clock skew) does not start it: the
+    task waits unpublished again, and crux.dispatch_due publishes it when it is due."""
+    logger.warning("delivery of task %s before its start time %s ignored", task.pk, start)
+    if task.dispatched_at is None:
+        return
+    task.dispatched_at, task.dispatch_epoch = None, ""
+    with audited(
+        WORKER_ACTOR,
+        channel=Channel.WORKER,
+        reason=f"delivered before its start time {format_timestamp(start)}: not started, published again when due",
+    ):
+        task.save()
+
+
+def retry_delay(base: float, attempt: int, *, cap: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed ``attempt`` (1-based): ``base`` doubling per attempt, at most ``cap``, then a
+    random 50-100% of that ("equal jitter"), so tasks that failed together (a provider outage) do not all come
+    back at the same instant, yet each still waits at least half its backoff."""
+    delay = min(cap, base * 2 ** max(attempt - 1, 0))
+    return delay * (rng or random).uniform(0.5, 1.0)
+
+
+def retry_backoff(task: Task) -> float:
+    """The task's base backoff: its own ``retry_backoff``, else its handler's (an attribute ``retry_backoff`` of
+    the handler function), else TASK_RETRY_BACKOFF_SECONDS."""
+    if task.retry_backoff is not None:
+        return task.retry_backoff
+    try:
+        handler_default = getattr(get_handler(task.handler), RETRY_BACKOFF_ATTRIBUTE, None)
+    except KeyError:  # a handler no longer registered: the setting's default
+        handler_default = None
+    return float(settings.TASK_RETRY_BACKOFF_SECONDS if handler_default is None else handler_default)
+
+
+def _fail_or_retry(task: Task, attempt: int, error: str, *, retry_at: datetime | None, permanent: bool) -> Task:
+    """A failed attempt: queued again to wait for its retry while attempts are left, else failed.
+
+    The wait lives in SQL (``run_after``, published when due by crux.dispatch_due), never in a broker ETA; the
+    history row records the error and the time of the next attempt.
+    """
+    if permanent or attempt >= task.max_attempts:
+        why = "a permanent failure" if permanent else f"attempt limit reached ({attempt} of {task.max_attempts})"
+        return apply_transition(
+            task,
+            TaskState.FAILED,
+            actor=WORKER_ACTOR,
+            channel=Channel.WORKER,
+            reason=f"handler raised on attempt {attempt}: {why}",
+            details={"error": error},
+            last_error=error,
+        )
+    now = timezone.now()
+    if retry_at is not None:
+        next_at, how = max(retry_at, now), "as the handler asked"
+    else:
+        next_at = now + timedelta(
+            seconds=retry_delay(retry_backoff(task), attempt, cap=settings.TASK_RETRY_BACKOFF_MAX_SECONDS)
+        )
+        how = "after backoff"
+    at = format_timestamp(next_at)
+    return apply_transition(
+        task,
+        TaskState.QUEUED,
+        actor=WORKER_ACTOR,
+        channel=Channel.WORKER,
+        reason=f"handler raised on attempt {attempt} of {task.max_attempts}: next attempt at {at} ({how})",
+        details={"error": error, "next_attempt_at": at},
+        last_error=error,
+        error_count=task.error_count + 1,
+        run_after=next_at,
+    )
+
+
 def finish_attempt(
     task_id: TaskId,
     *,
@@ -95,10 +178,14 @@ def finish_attempt(
     worker_id: str,
     result: Any = None,
     error: str = "",
+    retry_at: datetime | None = None,
+    permanent: bool = False,
     metrics: dict[str, Any] | None = None,
 ) -> Task | None:
-    """Record the outcome of an attempt: completed with ``result``, or failed with ``error``.
+    """Record the outcome of an attempt: completed with ``result``, or ``error`` (retried or failed).
 
+    An error is retried while attempts are left: after the task's backoff, or at ``retry_at`` (the handler raised
+    ``Retry``); ``permanent`` (the handler raised ``PermanentFailure``) fails it at once.
     Compare-and-set on (running, attempt, worker): if the task was cancelled or
     recovered meanwhile, the outcome is discarded (and logged), never applied twice.
     ``metrics`` (TaskMetrics fields) are written in the same transaction, so an
@@ -118,14 +205,7 @@ def finish_attempt(
         if metrics:
             _write_metrics(task.pk, metrics)
         if error:
-            return apply_transition(
-                task,
-                TaskState.FAILED,
-                actor=WORKER_ACTOR,
-                channel=Channel.WORKER,
-                reason=f"handler raised on attempt {attempt}",
-                last_error=error,
-            )
+            return _fail_or_retry(task, attempt, error, retry_at=retry_at, permanent=permanent)
         return apply_transition(
             task,
             TaskState.COMPLETED,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -16,6 +17,7 @@ from tasks.audit import Actor, audited
 from tasks.exceptions import InvalidTaskData, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
+from tasks.registry import payload_errors, registered_names
 from tasks.states import TERMINAL_STATES, TaskState, check_transition
 
 WORKER_ACTOR = "system:worker"
@@ -41,6 +43,7 @@ EDITABLE_FIELDS = frozenset(
         "acceptance_criteria",
         "metadata",
         "max_attempts",
+        "retry_backoff",
     }
 )
 CREATE_FIELDS = EDITABLE_FIELDS | {"request_payload"}
@@ -77,11 +80,24 @@ def refuse_unknown(fields: dict[str, Any], allowed: Collection[str]) -> None:
 _UNCHECKED_RELATIONS = tuple(f.name for f in Task._meta.concrete_fields if f.is_relation)
 
 
-def validate_task(task: Task) -> None:
+def validate_task(task: Task, *, payload: bool = False) -> None:
+    """Check the task's fields (and with ``payload``, its payload against its handler's declaration) before a write.
+
+    Every door that sets a payload or a handler (API, admin, commands) reaches it through a service that passes
+    ``payload=True``, so a bad payload is refused with field-level messages (``{"payload": {field: [...]}}``) before
+    anything is written, never discovered at run time. An unregistered handler is the caller's refusal, not this one.
+    """
+    errors: dict[str, Any] = {}
     try:
         task.full_clean(exclude=_UNCHECKED_RELATIONS, validate_unique=False)
     except ValidationError as exc:
-        raise InvalidTaskData(exc.message_dict) from None
+        errors.update(exc.message_dict)
+    if payload and task.handler in registered_names():
+        payload_problems = payload_errors(task.handler, task.request_payload)
+        if payload_problems:
+            errors["payload"] = payload_problems
+    if errors:
+        raise InvalidTaskData(errors)
 
 
 def publish_on_commit(task_id: uuid.UUID) -> None:
@@ -120,12 +136,20 @@ def apply_transition(
         task.completed_at = None
     if target == TaskState.FAILED:
         task.error_count += 1
+    # A task whose start time has not come waits unpublished; crux.dispatch_due publishes it when it is due.
+    publish = target == TaskState.QUEUED and start_ahead(task, now) is None
     if target == TaskState.QUEUED:
-        task.dispatched_at, task.dispatch_count, task.dispatch_epoch = now, task.dispatch_count + 1, ""
-        task.worker_id, task.lease_expires_at = "", None
+        task.dispatched_at = now if publish else None
+        task.dispatch_count += 1 if publish else 0
+        task.dispatch_epoch, task.worker_id, task.lease_expires_at = "", "", None
     validate_task(task)
     with audited(actor, channel=channel, reason=reason, details=details):
         task.save()
-    if target == TaskState.QUEUED:
+    if publish:
         publish_on_commit(task.pk)
     return task
+
+
+def start_ahead(task: Task, now: datetime) -> datetime | None:
+    """The task's start time (``run_at``, or a retry's wait) if it is still ahead: it must not start yet."""
+    return task.run_after if task.run_after is not None and task.run_after > now else None

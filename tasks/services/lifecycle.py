@@ -96,7 +96,7 @@ def update_task(task_id: TaskId, *, actor: Actor, channel: str, reason: str, **c
         task = locked_task(task_id)
         for name, value in changes.items():
             setattr(task, name, value)
-        validate_task(task)
+        validate_task(task, payload="handler" in changes)
         with audited(actor, channel=channel, reason=reason):
             task.save()
     return task

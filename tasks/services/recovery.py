@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import reduce
 from operator import or_
+from typing import cast
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from tasks.audit import Channel, audited
+from tasks.audit import Channel, audited, format_timestamp
 from tasks.models import Task
-from tasks.services.base import RECOVERY_ACTOR, apply_transition, locked_task, publish_on_commit
+from tasks.services.base import RECOVERY_ACTOR, apply_transition, locked_task, publish_on_commit, start_ahead
 from tasks.states import TaskState
 
 # Tasks per confirming UPDATE (each adds one OR term; SQLite caps an expression's depth at 1000).
@@ -97,8 +98,10 @@ def unconfirmed_dispatches(epoch: str, *, batch_size: int = 1000) -> Iterator[li
     after: uuid.UUID | None = None
     # Two ranges rather than "<>": both can be read from the partial index on queued tasks' epochs.
     other_epoch = Q(dispatch_epoch__lt=epoch) | Q(dispatch_epoch__gt=epoch)
+    now = timezone.now()
     while True:
-        rows = Task.objects.filter(other_epoch, state=TaskState.QUEUED)
+        # A task waiting for its start time is not lost: crux.dispatch_due publishes it when it is due.
+        rows = Task.objects.filter(other_epoch, state=TaskState.QUEUED).exclude(run_after__gt=now)
         if after is not None:
             rows = rows.filter(pk__gt=after)
         batch = [
@@ -127,21 +130,44 @@ def confirm_dispatches(dispatches: Sequence[Dispatch], epoch: str) -> int:
     return confirmed
 
 
-def redispatch(dispatch: Dispatch, *, reason: str) -> bool:
-    """Publish again a queued task whose message is lost; False if it moved on since ``dispatch`` was read.
+def _publish(dispatch: Dispatch, *, reason: str) -> bool:
+    """Publish a queued task that is due, in place of the publish ``dispatch`` read; False if it moved on since.
 
-    A compare-and-set on the publish it replaces, so two sweeps never both
-    re-publish it; the history row (channel ``recovery``) says why.
+    A compare-and-set on that publish, so two sweeps never both publish it, and never before its start time;
+    the history row (channel ``recovery``) says why.
     """
     with transaction.atomic():
         task = locked_task(dispatch.task_id)
-        if task.state != TaskState.QUEUED or task.dispatched_at != dispatch.dispatched_at:
+        now = timezone.now()
+        moved_on = task.state != TaskState.QUEUED or task.dispatched_at != dispatch.dispatched_at
+        if moved_on or start_ahead(task, now) is not None:
             return False
-        task.dispatched_at, task.dispatch_count, task.dispatch_epoch = timezone.now(), task.dispatch_count + 1, ""
-        with audited(RECOVERY_ACTOR, channel=Channel.RECOVERY, reason=f"re-dispatched: {reason}"):
+        task.dispatched_at, task.dispatch_count, task.dispatch_epoch = now, task.dispatch_count + 1, ""
+        with audited(RECOVERY_ACTOR, channel=Channel.RECOVERY, reason=reason):
             task.save()
         publish_on_commit(task.pk)
     return True
+
+
+def redispatch(dispatch: Dispatch, *, reason: str) -> bool:
+    """Publish again a queued task whose message is lost; False if it moved on since ``dispatch`` was read."""
+    return _publish(dispatch, reason=f"re-dispatched: {reason}")
+
+
+def publish_due(*, limit: int = 1000) -> int:
+    """Publish the queued tasks whose start time has come (a scheduled ``run_at``, a retry's wait) and that
+    were not published for it yet, at most ``limit``, earliest first; returns how many.
+
+    Each is marked published (``dispatched_at``) with its history row in the transaction that publishes it on
+    commit, so it is published once; a lost message is then the re-dispatch sweep's, as for any publish.
+    """
+    now = timezone.now()
+    due = Task.objects.filter(state=TaskState.QUEUED, dispatched_at__isnull=True, run_after__lte=now)
+    published = 0
+    for pk, count, run_after in due.order_by("run_after").values_list("pk", "dispatch_count", "run_after")[:limit]:
+        reason = f"published: its start time {format_timestamp(cast(datetime, run_after))} has come"
+        published += _publish(Dispatch(pk, None, count, ""), reason=reason)
+    return published
 
 
 def redispatch_due(dispatch: Dispatch, *, now: datetime, base_seconds: float) -> bool:
@@ -166,8 +192,10 @@ def redispatch_stale(*, base_seconds: float | None = None) -> int:
     """
     base = settings.REDISPATCH_AFTER_SECONDS if base_seconds is None else base_seconds
     now = timezone.now()
-    candidates = Task.objects.filter(state=TaskState.QUEUED).filter(
-        Q(dispatched_at__lt=now - timedelta(seconds=base)) | Q(dispatched_at__isnull=True)
+    candidates = (
+        Task.objects.filter(state=TaskState.QUEUED)
+        .filter(Q(dispatched_at__lt=now - timedelta(seconds=base)) | Q(dispatched_at__isnull=True))
+        .exclude(run_after__gt=now)
     )
     redispatched = 0
     for pk, at, count, epoch in candidates.values_list("pk", "dispatched_at", "dispatch_count", "dispatch_epoch"):

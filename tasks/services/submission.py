@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from tasks.audit import Actor, audited, canonical_json
+from tasks.audit import Actor, audited, canonical_json, format_timestamp
 from tasks.exceptions import InvalidTaskData, StaleState
 from tasks.models import IdempotencyKey, Task
 from tasks.redaction import redact_submission, redact_text
@@ -48,7 +49,7 @@ def create_task(
     """Create a pending task (not yet dispatched) and its first history row; credentials are redacted on save."""
     refuse_unknown(fields, CREATE_FIELDS)
     task = Task(owner=owner, **fields)
-    validate_task(task)
+    validate_task(task, payload=True)
     with audited(actor, channel=channel, reason=reason):
         task.save()
     return task
@@ -60,6 +61,7 @@ def submit_task(
     actor: Actor,
     channel: str,
     reason: str = "submitted",
+    run_at: datetime | None = None,
     **fields: Any,
 ) -> Task:
     """Create a queued task and publish it to Celery once the creation has committed.
@@ -67,17 +69,29 @@ def submit_task(
     SQL is the outbox: if the publish is lost (crash after commit, broker down or
     flushed), the re-dispatch sweep publishes the task again. Credentials in the
     submitted values are redacted when the task is saved, before anything is written
-    (``tasks.redaction``, every channel).
+    (``tasks.redaction``, every channel). With a ``run_at`` ahead (timezone-aware;
+    one in the past means now), the task waits queued and unpublished, durably in SQL
+    (``run_after``), until crux.dispatch_due publishes it at its time; until it starts
+    it can be cancelled or deleted like any queued task.
     """
     refuse_unknown(fields, CREATE_FIELDS)
     _check_handler(fields)
     now = timezone.now()
-    task = Task(owner=owner, state=TaskState.QUEUED, dispatched_at=now, dispatch_count=1, **fields)
-    validate_task(task)
+    if run_at is not None and timezone.is_naive(run_at):
+        raise InvalidTaskData({"run_at": ["Give a time zone, e.g. 2030-01-01T09:00:00Z."]})
+    later = run_at if run_at is not None and run_at > now else None
+    if later is not None:
+        reason = f"{reason}; starts at {format_timestamp(later)}"
+        dispatch: dict[str, Any] = {"run_after": later, "dispatched_at": None, "dispatch_count": 0}
+    else:
+        dispatch = {"dispatched_at": now, "dispatch_count": 1}
+    task = Task(owner=owner, state=TaskState.QUEUED, **dispatch, **fields)
+    validate_task(task, payload=True)
     with transaction.atomic():
         with audited(actor, channel=channel, reason=reason):
             task.save()
-        publish_on_commit(task.pk)
+        if later is None:
+            publish_on_commit(task.pk)
     return task
 
 

@@ -98,6 +98,10 @@ def hostile_values(schema: dict[str, Any]) -> list[Any]:
             True,
             *NON_FINITE,
         ]
+    if kind == "number":
+        bounds = [schema["maximum"] + 1] if "maximum" in schema else []
+        bounds += [schema["minimum"] - 1] if "minimum" in schema else []
+        return [*bounds, Raw("9" * 5000), "5", "\u0663", True, [], *NON_FINITE]
     if kind == "boolean":
         return ["true", 1, "yes", *NON_FINITE]
     if kind == "object":

@@ -99,7 +99,7 @@ def test_an_old_receipt_does_not_confirm_a_later_publish(submit, sweep, django_c
     (task,) = submit()
     assert sweep() == 0
     services.claim(task.pk, worker_id="w:1")
-    services.finish_attempt(task.pk, attempt=1, worker_id="w:1", error="boom")
+    services.finish_attempt(task.pk, attempt=1, worker_id="w:1", error="boom", permanent=True)
     with django_capture_on_commit_callbacks(execute=False):  # the requeue's publish is lost
         services.recover(task.pk, actor="ops", channel=Channel.COMMAND, reason="again")
     task.refresh_from_db()

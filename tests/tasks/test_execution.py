@@ -68,7 +68,7 @@ def test_a_duplicate_delivery_does_nothing(user):
 
 
 def test_a_handler_exception_records_the_failure(user):
-    task = submit(user, handler="fail", request_payload={"message": "no luck"})
+    task = submit(user, handler="fail", request_payload={"message": "no luck"}, max_attempts=1)
     assert execute(str(task.pk), worker_id=WORKER) == "failed"
     task.refresh_from_db()
     assert task.state == "failed" and "RuntimeError: no luck" in task.last_error
