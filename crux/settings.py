@@ -17,18 +17,37 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
+
+
 # Django's signing key: SECRET_KEY, else the file SECRET_KEY_FILE (`make keys` writes it). Never invented outside
 # DEBUG: a public default key would let anyone forge sessions and password-reset links.
-SECRET_KEY_FILE = Path(env("SECRET_KEY_FILE", default=str(VAR_DIR / "secret_key")))
-SECRET_KEY = env("SECRET_KEY", default="").strip() or (
-    SECRET_KEY_FILE.read_text().strip() if SECRET_KEY_FILE.is_file() else ""
-)
-if not SECRET_KEY:
+def _key_file_lines(path: Path) -> list[str]:
+    """The non-empty lines of a key file kept outside the database and the repository."""
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _keys(label: str, variable: str, from_env: list[str], file_variable: str, debug_key: str) -> tuple[Path, list[str]]:
+    """The key file named by ``file_variable`` and the keys: from the environment, else that file's lines.
+    Outside DEBUG a key is never invented (ImproperlyConfigured)."""
+    key_file = Path(env(file_variable, default=str(VAR_DIR / file_variable.removesuffix("_FILE").lower())))
+    keys = from_env or _key_file_lines(key_file)
+    if keys:
+        return key_file, keys
     if not DEBUG:
         raise ImproperlyConfigured(
-            f"no SECRET_KEY: set SECRET_KEY or write SECRET_KEY_FILE ({SECRET_KEY_FILE}); `make keys` creates one"
+            f"no {label}: set {variable} or write {file_variable} ({key_file}); `make keys` creates one"
         )
-    SECRET_KEY = "django-insecure-debug-only-key"
+    return key_file, [debug_key]
+
+
+_secret_from_env = env("SECRET_KEY", default="").strip()
+SECRET_KEY_FILE, (SECRET_KEY, *_) = _keys(
+    "SECRET_KEY", "SECRET_KEY", [_secret_from_env] if _secret_from_env else [], "SECRET_KEY_FILE",
+    "django-insecure-debug-only-key",
+)  # fmt: skip
 # Former keys, still accepted for signatures made before a rotation (comma-separated, newest first).
 SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
@@ -371,22 +390,9 @@ CELERY_BEAT_SCHEDULE["daily-backup"] = {"task": "crux.backup", "schedule": BACKU
 # --- Audit keys and checkpoints: history, purge grants and tombstones are signed (HMAC-SHA256) with a key kept
 # outside the database. AUDIT_KEYS: "id:secret" items, newest first (new signatures use the first; each names its
 # key id, so older rows keep verifying); else the lines of AUDIT_KEY_FILE (`make keys` writes a bare secret there).
-def _key_file_lines(path: Path) -> list[str]:
-    """The non-empty lines of a key file kept outside the database and the repository."""
-    try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        return []
-
-
-AUDIT_KEY_FILE = Path(env("AUDIT_KEY_FILE", default=str(VAR_DIR / "audit_key")))
-AUDIT_KEYS = env.list("AUDIT_KEYS", default=[]) or _key_file_lines(AUDIT_KEY_FILE)
-if not AUDIT_KEYS:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            f"no audit key: set AUDIT_KEYS or write AUDIT_KEY_FILE ({AUDIT_KEY_FILE}); `make keys` creates one"
-        )
-    AUDIT_KEYS = ["debug:insecure-debug-audit-key"]
+AUDIT_KEY_FILE, AUDIT_KEYS = _keys(
+    "audit key", "AUDIT_KEYS", env.list("AUDIT_KEYS", default=[]), "AUDIT_KEY_FILE", "debug:insecure-debug-audit-key"
+)
 # Signed checkpoints of every task's chain head and the purge ledger's, written outside the database.
 AUDIT_CHECKPOINT_DIR = Path(env("AUDIT_CHECKPOINT_DIR", default=str(BACKUP_DIR / "checkpoints")))
 AUDIT_CHECKPOINT_SECONDS = env.float("AUDIT_CHECKPOINT_SECONDS", default=3600.0)
