@@ -45,6 +45,8 @@ class Channel(models.TextChoices):
     RETENTION = "retention", "Retention"
     SYSTEM = "system", "System"
     SHELL = "shell", "Shell"
+    SCHEDULE = "schedule", "Periodic schedule"
+    CELERY = "celery", "Celery control (revoke, terminate)"
 
 
 class HistoryEvent(models.TextChoices):

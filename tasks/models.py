@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import connections, models, router, transaction
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
@@ -38,6 +38,10 @@ UNTRACKED_FIELDS = frozenset(
         "dispatch_epoch",
     }
 )
+# Priorities within a queue: higher runs first.
+MIN_PRIORITY, DEFAULT_PRIORITY, MAX_PRIORITY = 0, 5, 9
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9._:-]+\Z"
+MAX_TIME_LIMIT_SECONDS = 7 * 86400.0
 # Large values whose history records a digest instead of the value itself.
 DIGESTED_FIELDS = frozenset({"result", "request_payload"})
 
@@ -154,6 +158,32 @@ class Task(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(86400.0), finite_number],
         help_text="Seconds before the first retry, doubling per attempt (empty: the handler's default).",
     )
+    # Where and in which order it runs: the Celery queue it is published to ('' = the default queue) and its
+    # priority within that queue (0-9, higher first). Set at submit from the task, else its handler's options.
+    queue = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[RegexValidator(QUEUE_NAME_PATTERN, "Use letters, digits, '.', '_', ':' or '-'.")],
+        help_text="Celery queue it is published to (empty: the default queue).",
+    )
+    priority = models.PositiveSmallIntegerField(
+        default=DEFAULT_PRIORITY,
+        validators=[MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)],
+        help_text="0 (last) to 9 (first) within its queue.",
+    )
+    # Time limits of each attempt in seconds (empty: the handler's, else the TASK_*_TIME_LIMIT_SECONDS settings).
+    soft_time_limit = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.001), MaxValueValidator(MAX_TIME_LIMIT_SECONDS), finite_number],
+        help_text="Seconds after which the handler is told to wrap up (SoftTimeLimitExceeded).",
+    )
+    time_limit = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.001), MaxValueValidator(MAX_TIME_LIMIT_SECONDS), finite_number],
+        help_text="Seconds after which the attempt is terminated and recorded as failed (then retried or failed).",
+    )
     worker_id = models.CharField(max_length=255, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -232,6 +262,11 @@ class Task(models.Model):
                 super().save(*args, **kwargs)
             finally:
                 del self._audit_before
+
+    def clean(self) -> None:
+        soft, hard = self.soft_time_limit, self.time_limit
+        if soft is not None and hard is not None and soft >= hard:
+            raise ValidationError({"soft_time_limit": ["Must be less than time_limit, which ends the attempt."]})
 
     def _locked_before(self, using: str) -> dict[str, Any] | None:
         """The committed values of tracked fields, with the row locked for this transaction."""

@@ -3,11 +3,13 @@
 A handler is ``handler(ctx: TaskContext, payload: dict) -> JSON-able result``;
 raising records a failure with the error. A handler declares the shape of its payload with
 ``@accepts(SomeSerializer)`` (a DRF serializer class); the submission services check every payload against it
-before anything is written. A handler without a declaration accepts any JSON object.
+before anything is written. A handler without a declaration accepts any JSON object. ``@options(...)`` sets a
+handler's defaults (queue, priority, time limits, attempts, backoff), which a submission may override per task.
 """
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -17,6 +19,19 @@ from django.utils.module_loading import import_string
 Handler = Callable[[Any, dict[str, Any]], Any]
 # The declaration lives on the handler itself, so handlers added by TASK_HANDLERS_EXTRA declare theirs the same way.
 PAYLOAD_ATTRIBUTE = "payload_serializer"
+OPTIONS_ATTRIBUTE = "crux_options"
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """A handler's defaults for the tasks it runs; None leaves the setting's (or the model's) default."""
+
+    queue: str | None = None
+    priority: int | None = None
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
+    max_attempts: int | None = None
+    retry_backoff: float | None = None
 
 
 def registered_names() -> list[str]:
@@ -41,6 +56,23 @@ def accepts(serializer_class: type) -> Callable[[Handler], Handler]:
         return handler
 
     return declare
+
+
+def options(**defaults: Any) -> Callable[[Handler], Handler]:
+    """Declare a handler's defaults, e.g. ``@options(queue="agents", priority=7, time_limit=600, max_attempts=5)``."""
+    declared = HandlerOptions(**defaults)
+
+    def declare(handler: Handler) -> Handler:
+        setattr(handler, OPTIONS_ATTRIBUTE, declared)
+        return handler
+
+    return declare
+
+
+def handler_options(name: str) -> HandlerOptions:
+    """The defaults the handler ``name`` declared (all None if it declared none); KeyError if unregistered."""
+    declared: HandlerOptions = getattr(get_handler(name), OPTIONS_ATTRIBUTE, HandlerOptions())
+    return declared
 
 
 def payload_serializer(name: str) -> type | None:

@@ -10,6 +10,7 @@ from typing import Any
 from tasks import services
 from tasks.audit import Channel
 from tasks.exceptions import PermanentFailure, Retry
+from tasks.registry import options
 
 
 def _append(path: str, line: str) -> None:
@@ -137,14 +138,12 @@ def leak_secrets(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     return {"leaked": texts, "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
 
 
+@options(retry_backoff=0.2)  # a handler's own default backoff, in seconds
 def flaky(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """Fails until its attempt ``succeed_on`` (default 3; the attempt is counted in SQL), then succeeds."""
     if ctx.attempt < int(payload.get("succeed_on", 3)):
         raise RuntimeError(f"flaky: attempt {ctx.attempt} fails")
     return {"succeeded_on": ctx.attempt}
-
-
-flaky.retry_backoff = 0.2  # type: ignore[attr-defined]  # a handler's own default backoff, in seconds
 
 
 def give_up(ctx: Any, payload: dict[str, Any]) -> None:

@@ -28,14 +28,11 @@ from tasks.exceptions import ClaimLost, InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId
 from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
 from tasks.redaction import redact_text
-from tasks.registry import get_handler
+from tasks.registry import handler_options
 from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown, start_ahead
 from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)
-
-# A handler's own default backoff (seconds before its first retry): an attribute of the handler function.
-RETRY_BACKOFF_ATTRIBUTE = "retry_backoff"
 
 OUTPUT_FIELDS = frozenset({"output_type", "content", "file_path", "file_size", "mime_type", "commit_hash", "branch"})
 # A task's execution figures, in the order pages show them.
@@ -121,12 +118,12 @@ def retry_delay(base: float, attempt: int, *, cap: float, rng: random.Random | N
 
 
 def retry_backoff(task: Task) -> float:
-    """The task's base backoff: its own ``retry_backoff``, else its handler's (an attribute ``retry_backoff`` of
-    the handler function), else TASK_RETRY_BACKOFF_SECONDS."""
+    """The task's base backoff: its own ``retry_backoff``, else its handler's (``@options(retry_backoff=...)``),
+    else TASK_RETRY_BACKOFF_SECONDS."""
     if task.retry_backoff is not None:
         return task.retry_backoff
     try:
-        handler_default = getattr(get_handler(task.handler), RETRY_BACKOFF_ATTRIBUTE, None)
+        handler_default = handler_options(task.handler).retry_backoff
     except KeyError:  # a handler no longer registered: the setting's default
         handler_default = None
     return float(settings.TASK_RETRY_BACKOFF_SECONDS if handler_default is None else handler_default)

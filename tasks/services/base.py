@@ -17,7 +17,7 @@ from tasks.audit import Actor, audited
 from tasks.exceptions import InvalidTaskData, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
-from tasks.registry import payload_errors, registered_names
+from tasks.registry import handler_options, payload_errors, registered_names
 from tasks.states import TERMINAL_STATES, TaskState, check_transition
 
 WORKER_ACTOR = "system:worker"
@@ -44,9 +44,14 @@ EDITABLE_FIELDS = frozenset(
         "metadata",
         "max_attempts",
         "retry_backoff",
+        "soft_time_limit",
+        "time_limit",
     }
 )
-CREATE_FIELDS = EDITABLE_FIELDS | {"request_payload"}
+# Where a task is published is decided once, when it is created.
+CREATE_FIELDS = EDITABLE_FIELDS | {"request_payload", "queue", "priority"}
+# What a handler's ``@options`` supplies when the submission does not say (limits and backoff are read at run time).
+HANDLER_DEFAULT_FIELDS = ("queue", "priority", "max_attempts")
 # What an execution step may set together with a state transition.
 TRANSITION_FIELDS = frozenset(
     {
@@ -98,6 +103,16 @@ def validate_task(task: Task, *, payload: bool = False) -> None:
             errors["payload"] = payload_problems
     if errors:
         raise InvalidTaskData(errors)
+
+
+def with_handler_defaults(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` completed with its handler's declared defaults (``@options``) for what the submission left out."""
+    handler = fields.get("handler", Task._meta.get_field("handler").default)
+    if handler not in registered_names():
+        return fields
+    declared = handler_options(handler)
+    defaults = {name: getattr(declared, name) for name in HANDLER_DEFAULT_FIELDS}
+    return {**{name: value for name, value in defaults.items() if value is not None}, **fields}
 
 
 def publish_on_commit(task_id: uuid.UUID) -> None:

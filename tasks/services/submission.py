@@ -15,7 +15,13 @@ from tasks.exceptions import InvalidTaskData, StaleState
 from tasks.models import IdempotencyKey, Task
 from tasks.redaction import redact_submission, redact_text
 from tasks.registry import registered_names
-from tasks.services.base import CREATE_FIELDS, publish_on_commit, refuse_unknown, validate_task
+from tasks.services.base import (
+    CREATE_FIELDS,
+    publish_on_commit,
+    refuse_unknown,
+    validate_task,
+    with_handler_defaults,
+)
 from tasks.states import TaskState
 
 if TYPE_CHECKING:
@@ -48,7 +54,7 @@ def create_task(
 ) -> Task:
     """Create a pending task (not yet dispatched) and its first history row; credentials are redacted on save."""
     refuse_unknown(fields, CREATE_FIELDS)
-    task = Task(owner=owner, **fields)
+    task = Task(owner=owner, **with_handler_defaults(fields))
     validate_task(task, payload=True)
     with audited(actor, channel=channel, reason=reason):
         task.save()
@@ -85,7 +91,7 @@ def submit_task(
         dispatch: dict[str, Any] = {"run_after": later, "dispatched_at": None, "dispatch_count": 0}
     else:
         dispatch = {"dispatched_at": now, "dispatch_count": 1}
-    task = Task(owner=owner, state=TaskState.QUEUED, **dispatch, **fields)
+    task = Task(owner=owner, state=TaskState.QUEUED, **dispatch, **with_handler_defaults(fields))
     validate_task(task, payload=True)
     with transaction.atomic():
         with audited(actor, channel=channel, reason=reason):
