@@ -33,8 +33,17 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
             ["bench.http", "--engine", engine, "--rounds", "3"],
             ["bench.recovery", "--tasks", str(recovery_tasks), "--engine", engine],
             # Bytes per 1,000 tasks hardly depend on N: 10,000 completed tasks measure it in seconds.
-            ["bench.scale", "--engine", engine, "--sizes", ",".join(map(str, sizes)), "--runs", "30",
-             "--storage-tasks", "10000"],
+            [
+                "bench.scale",
+                "--engine",
+                engine,
+                "--sizes",
+                ",".join(map(str, sizes)),
+                "--runs",
+                "30",
+                "--storage-tasks",
+                "10000",
+            ],
             ["bench.locate", "--tasks", str(largest), "--engine", engine, "--lookups", "100"],
             ["bench.admin", "--tasks", str(largest), "--engine", engine, "--runs", "10"],
         ]

@@ -70,5 +70,6 @@ def main() -> None:
     report_timings("admin", rows, engine=args.engine, size=args.tasks,
                    baseline="baseline: retention policy list (5 rows)", judge=judge)  # fmt: skip
 
+
 if __name__ == "__main__":
     main()

@@ -86,5 +86,6 @@ def main() -> None:
     report_timings("locate", rows, engine=args.engine, size=args.tasks,
                    baseline="baseline: Task.objects.filter(pk=…).first()", judge=judge)  # fmt: skip
 
+
 if __name__ == "__main__":
     main()

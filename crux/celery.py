@@ -1,19 +1,20 @@
 """The Celery application; its configuration lives in Django settings (CELERY_*).
 
-Two queues: task work (``crux.execute_task``) on the default queue, and every
-other Celery task (the recovery sweep, re-dispatch, mirror reconcile, backup,
-auto-purge, audit checkpoints) on ``CELERY_HOUSEKEEPING_QUEUE``, which a worker
-of its own consumes (Procfile ``housekeeping``): a backlog of task work never
-delays the detection of a lost worker or a lost message.
+Task work (``crux.execute_task``) goes to the task's queue: the default queue, a queue its handler declares or
+one of ``TASK_QUEUES`` (``tasks.services.task_queues``); a worker started without ``-Q`` consumes all of them.
+Every other Celery task (the recovery sweep, re-dispatch, mirror reconcile, backup, auto-purge, audit checkpoints)
+goes to ``CELERY_HOUSEKEEPING_QUEUE``, which a worker of its own consumes (Procfile ``housekeeping``): a backlog of
+task work never delays the detection of a lost worker or a lost message.
 """
 
 import logging.config
 import os
 from typing import Any
 
-from celery import Celery
-from celery.signals import setup_logging
+from celery import Celery, bootsteps
+from celery.signals import celeryd_init, setup_logging
 from django.conf import settings
+from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crux.settings")
 
@@ -39,6 +40,32 @@ def is_housekeeping(name: object) -> bool:
     from tasks.dispatch import EXECUTE_TASK  # imported late: this module loads before Django's apps
 
     return isinstance(name, str) and name.startswith(HOUSEKEEPING_PREFIX) and name != EXECUTE_TASK
+
+
+@celeryd_init.connect
+def declare_task_queues(sender: Any = None, **kwargs: Any) -> None:
+    """Make every task queue one a worker consumes unless told otherwise (``-Q`` selects, ``-X`` excludes).
+
+    Run when a worker starts, once Django (and so the handlers' declarations) is loaded and before the worker
+    selects its queues; the housekeeping queue is not among them."""
+    from tasks.services import task_queues  # imported late: this module loads before Django's apps
+
+    for name in task_queues():
+        app.amqp.queues.select_add(Queue(name, routing_key=name))
+
+
+class RequeueOnShutdown(bootsteps.StartStopStep):
+    """A consumer step whose ``shutdown`` runs once the worker's pool has stopped, on a warm shutdown and on the
+    cold one SIGTERM starts with REMAP_SIGTERM=SIGQUIT (which sends no ``worker_shutdown`` signal): the tasks
+    still running under this worker are requeued (``tasks.tasks.requeue_on_worker_shutdown``)."""
+
+    def shutdown(self, c: Any) -> None:
+        from tasks.tasks import requeue_on_worker_shutdown  # imported late: this module loads before Django's apps
+
+        requeue_on_worker_shutdown(c.hostname)
+
+
+app.steps["consumer"].add(RequeueOnShutdown)
 
 
 class QuietHousekeeping(logging.Filter):

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.db.models import Q
 from django_celery_results.models import TaskResult
 from redis.exceptions import RedisError
 
@@ -102,7 +103,9 @@ def locate(task_id: Any) -> Location:
     values = Task.objects.filter(pk=pk).values(*mirror.MIRRORED_FIELDS, "deleted_by__username", "delete_reason").first()
     history = list(TaskHistory.objects.filter(task_id=pk).order_by("-seq").values(*_HISTORY_FIELDS)[:5])
     ledger = [_ledger(e) for e in PurgeLedger.objects.filter(task_id=pk).order_by("-purged_at")]
-    result = TaskResult.objects.filter(task_id=str(pk)).values("status", "date_done", "worker").first()
+    # Celery keeps a result per publish, under "<task id>.<publish count>" (a bare task id before publishes had one).
+    publishes = TaskResult.objects.filter(Q(task_id=str(pk)) | Q(task_id__startswith=f"{pk}."))
+    result = publishes.order_by("-date_done").values("status", "date_done", "worker").first()
     gone = values is None and not _tombstones(ledger)
     location = Location(
         task_id=str(pk),

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "django_celery_results",
+    "django_celery_beat",
     "axes",
     "csp",
     "tasks",
@@ -185,6 +186,13 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": CELERY_PUBLISH_TIMEOUT,
     "max_retries": 0,
 }
+# Priorities (tasks.dispatch.broker_priority maps Crux's 0-9, higher first, to each broker): on Redis one list per
+# level, popped lowest number first (publishers and workers must agree on the steps); on RabbitMQ queues are
+# declared with x-max-priority 9 (a queue declared before without it must be deleted first: RabbitMQ refuses a
+# declaration whose arguments differ).
+if BROKER_IS_REDIS:
+    CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"] = list(range(10))
+CELERY_TASK_QUEUE_MAX_PRIORITY = 9
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 0}
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=CELERY_PUBLISH_TIMEOUT)
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -204,6 +212,10 @@ CELERY_TIMEZONE = "UTC"
 # task work never delays the detection of lost work. The router is crux.celery.route_task.
 CELERY_HOUSEKEEPING_QUEUE = env("CELERY_HOUSEKEEPING_QUEUE", default="crux.housekeeping")
 CELERY_TASK_ROUTES = ("crux.celery.route_task",)
+# Named task queues besides the default one and those handlers declare (@options(queue=...)): a task may name any
+# of them, and a worker started without -Q consumes them all (crux.celery.declare_task_queues). Give a queue its
+# own workers and concurrency with: celery -A crux worker -Q <queue> --concurrency N.
+TASK_QUEUES = env.list("TASK_QUEUES", default=[])
 
 # --- Execution: handlers, leases and the sweeps that heal lost work.
 TASK_HANDLERS = {
@@ -226,13 +238,30 @@ MIRROR_RECONCILE_SECONDS = env.float("MIRROR_RECONCILE_SECONDS", default=300.0)
 # maximum, with jitter; a handler (attribute ``retry_backoff``) or a task (field ``retry_backoff``) may set its own.
 TASK_RETRY_BACKOFF_SECONDS = env.float("TASK_RETRY_BACKOFF_SECONDS", default=10.0)
 TASK_RETRY_BACKOFF_MAX_SECONDS = env.float("TASK_RETRY_BACKOFF_MAX_SECONDS", default=3600.0)
+# Time limits of an attempt when neither the task nor its handler (@options) sets them (unset: unlimited). Past the
+# soft limit the handler is told (SoftTimeLimitExceeded, ctx.soft_limit_reached); past the hard limit the attempt is
+# terminated and recorded as a failed attempt, retried or failed by the retry rules.
+TASK_SOFT_TIME_LIMIT_SECONDS = env.float("TASK_SOFT_TIME_LIMIT_SECONDS", default=None)
+TASK_TIME_LIMIT_SECONDS = env.float("TASK_TIME_LIMIT_SECONDS", default=None)
+# On SIGTERM (with REMAP_SIGTERM=SIGQUIT in the worker's environment, as the Procfile sets it) a worker stops taking
+# tasks, lets the running ones finish for this many seconds, then stops them; those are recorded interrupted and
+# requeued at once (tasks.tasks.requeue_on_worker_shutdown). The default fits honcho's 5 s before SIGKILL (make run);
+# in production give it the time your attempts need and the process manager a stop timeout a few seconds above it.
+WORKER_SHUTDOWN_GRACE_SECONDS = env.float("WORKER_SHUTDOWN_GRACE_SECONDS", default=3.0)
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = WORKER_SHUTDOWN_GRACE_SECONDS
 # Tasks waiting in SQL for their time (run_at, a retry's backoff) are published this often once due.
-DISPATCH_DUE_SECONDS = env.float("DISPATCH_DUE_SECONDS", default=1.0)
+DISPATCH_DUE_SECONDS = env.float("DISPATCH_DUE_SECONDS", default=0.5)
 CELERY_BEAT_SCHEDULE = {
     "recovery-sweep": {"task": "crux.recovery_sweep", "schedule": RECOVERY_SWEEP_SECONDS},
     "dispatch-due": {"task": "crux.dispatch_due", "schedule": DISPATCH_DUE_SECONDS},
     "reconcile-mirror": {"task": "crux.reconcile_mirror", "schedule": MIRROR_RECONCILE_SECONDS},
 }
+# Beat keeps its schedule in SQL (django-celery-beat): these entries and the periodic schedules staff define in the
+# admin (tasks.TaskSchedule). Only the beat holding the scheduler lease (a row in SQL, renewed every quarter of it,
+# taken over once it expires) sends anything, so a second beat started by mistake stands by instead of running every
+# job twice.
+CELERY_BEAT_SCHEDULER = "crux.scheduler:GuardedScheduler"
+SCHEDULER_LEASE_SECONDS = env.float("SCHEDULER_LEASE_SECONDS", default=10.0)
 
 # --- Auth, i18n, static files.
 AUTH_PASSWORD_VALIDATORS = [

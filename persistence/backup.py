@@ -28,11 +28,12 @@ from django.utils import timezone
 
 from tasks import services
 from tasks.checkpoints import write_checkpoint
-from tasks.models import HistoryPurgeGrant, Task
+from tasks.models import HistoryPurgeGrant, SchedulerLease, Task
 from tasks.records import checksum, encode, serialize_queryset
 
 FORMAT = "crux-backup/1"
-BACKUP_APPS = ("auth", "authtoken", "tasks", "retention", "django_celery_results")
+# django_celery_beat: the timings and beat entries of the periodic schedules (tasks.TaskSchedule) refer to.
+BACKUP_APPS = ("auth", "authtoken", "tasks", "retention", "django_celery_results", "django_celery_beat")
 NATURAL_KEY_MODELS = ("auth.group", "auth.user")
 
 
@@ -69,9 +70,9 @@ def _fsync(path: Path) -> None:
 
 def _models() -> list:
     """Every model worth backing up, parents first. Permissions are left out: ``migrate`` recreates
-    them (with new ids), and users and groups name theirs by natural key."""
+    them (with new ids), and users and groups name theirs by natural key. So is the scheduler lease: a beat's."""
     app_list = [(apps.get_app_config(label), None) for label in BACKUP_APPS]
-    skip = {HistoryPurgeGrant, Permission}
+    skip = {HistoryPurgeGrant, Permission, SchedulerLease}
     return [m for m in serializers.sort_dependencies(app_list, allow_cycles=True) if m not in skip]
 
 

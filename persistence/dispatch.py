@@ -10,8 +10,9 @@ them together with the messages:
   confirmed its publish (``Task.dispatch_epoch``); a task confirmed under an
   epoch that is gone lost its message, and is re-published once, at once;
 - the **receipts** (``{REDIS_KEY_PREFIX}:broker:receipts``), a sorted set of
-  task id -> publish time, added after each successful publish (Celery's
-  ``after_task_publish``, in whichever process published). The sweep moves
+  task id (the Crux task's, not the Celery id of the publish) -> publish time,
+  added after each successful publish (Celery's ``after_task_publish``, in
+  whichever process published). The sweep moves
   them into SQL in bulk (no extra write per submit). A queued task without a
   receipt newer than its dispatch was never published (the publish failed, or
   its process died between commit and publish): it is re-published after
@@ -36,7 +37,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from tasks import services
-from tasks.dispatch import EXECUTE_TASK
+from tasks.dispatch import EXECUTE_TASK, task_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def record_receipt(sender: Any = None, headers: dict[str, Any] | None = None, **
     if sender != EXECUTE_TASK or not headers or not settings.BROKER_IS_REDIS:
         return
     try:
-        client().zadd(receipts_key(), {str(headers["id"]): time.time()})
+        client().zadd(receipts_key(), {task_id_of(str(headers["id"])): time.time()})
     except RedisError as exc:
         logger.warning("receipt of the publish of task %s not recorded: %s", headers.get("id"), exc)
 
@@ -105,7 +106,8 @@ def redispatch_lost(*, base_seconds: float | None = None) -> int:
             if score is not None and d.dispatched_at is not None and score >= d.dispatched_at.timestamp()
         ]
         services.confirm_dispatches(received, epoch)
-        for dispatch in (d for d in batch if d not in received):
+        lost = sorted((d for d in batch if d not in received), key=lambda d: -d.priority)
+        for dispatch in lost:
             if dispatch.epoch:
                 reason = f"the broker lost its message (its epoch {dispatch.epoch} is gone: Redis flushed or restarted)"
             elif dispatch.dispatched_at is None:

@@ -4,6 +4,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded as CelerySoftTimeLimitExceeded
 from django.utils import timezone
 
 
@@ -102,6 +103,15 @@ class HardDeleteRefused(AuditError):
 
 class PermanentFailure(Exception):
     """Raised by a handler: the task fails now, whatever attempts it has left (bad input, a refused request)."""
+
+
+class SoftTimeLimitExceeded(CelerySoftTimeLimitExceeded):
+    """Raised in a handler when its attempt passes its soft time limit: time to clean up and stop.
+
+    A subclass of Celery's, so a handler written for Celery (``except SoftTimeLimitExceeded``) catches it.
+    """
+
+    __str__ = Exception.__str__  # the message itself (billiard's repr-like text would end up in last_error)
 
 
 class Retry(Exception):

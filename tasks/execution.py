@@ -9,6 +9,12 @@ into the context raises ``ClaimLost`` and the handler stops, having written
 nothing after the takeover. While the handler runs, a heartbeat thread renews
 the lease; if the claim is lost or cannot be renewed in time, the process ends
 itself so the same task never runs in two places at once.
+
+Time limits (``services.time_limits``: the task's, else its handler's, else the settings'): past the soft
+limit the handler is told (``SoftTimeLimitExceeded`` raised in it when it runs in the main thread, as in
+Celery's prefork and solo pools; ``ctx.soft_limit_reached`` everywhere); past the hard limit the heartbeat
+thread records the attempt as failed (retried or failed by the retry rules), takes the claim away, and ends
+the process: Celery's prefork parent starts a new child, and the redelivered message is a duplicate.
 """
 
 from __future__ import annotations
@@ -16,18 +22,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 
 from tasks import services
-from tasks.exceptions import ClaimLost, PermanentFailure, Retry
+from tasks.exceptions import ClaimLost, PermanentFailure, Retry, SoftTimeLimitExceeded
 from tasks.models import Task, TaskOutput
 from tasks.registry import get_handler
 
@@ -35,7 +44,9 @@ logger = logging.getLogger(__name__)
 
 
 def end_process() -> None:
-    """Leave at once: Celery's parent sees a lost worker and the message is redelivered (and ignored)."""
+    """Leave at once: Celery's parent sees a lost worker and the message is redelivered (and ignored).
+
+    Called when the attempt lost its claim or passed its hard time limit (the outcome is recorded by then)."""
     logging.shutdown()
     os._exit(70)
 
@@ -45,14 +56,22 @@ class TaskContext:
 
     Each call writes only while the attempt holds its claim; after the claim is
     lost (seen by a write or by the heartbeat) every call raises ``ClaimLost``.
+    A long handler polls ``soft_limit_reached`` to wind down before its hard limit.
     """
 
-    def __init__(self, task: Task, worker_id: str):
+    def __init__(self, task: Task, worker_id: str, limits: services.TimeLimits | None = None):
         self.task_id = task.pk
         self.attempt = task.attempt_count
         self.worker_id = worker_id
         self.title = task.title
+        self.limits = limits or services.TimeLimits()
+        self.started = time.monotonic()
         self.claim_lost = threading.Event()
+
+    @property
+    def soft_limit_reached(self) -> bool:
+        """Whether the attempt has run past its soft time limit: clean up and return (or raise)."""
+        return self.limits.soft is not None and time.monotonic() - self.started >= self.limits.soft
 
     def _guarded(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.claim_lost.is_set():
@@ -75,7 +94,8 @@ class TaskContext:
 
 
 class Heartbeat(threading.Thread):
-    """Renews the lease every quarter lease; calls ``on_lost`` when the claim is gone or too stale."""
+    """Renews the lease every quarter lease; calls ``on_lost`` when the claim is gone or too stale, or once the
+    attempt passed its hard time limit (recorded first: ``terminated`` holds the outcome)."""
 
     def __init__(self, ctx: TaskContext, on_lost: Callable[[], None]):
         super().__init__(name=f"heartbeat-{ctx.task_id}", daemon=True)
@@ -83,11 +103,53 @@ class Heartbeat(threading.Thread):
         self.on_lost = on_lost
         self.stopped = threading.Event()
         self.interval = settings.TASK_LEASE_SECONDS / 4
+        self.terminated: Task | None = None
+
+    def _next_wait(self) -> float:
+        if self.ctx.limits.hard is None:
+            return self.interval
+        left = self.ctx.started + self.ctx.limits.hard - time.monotonic()
+        return max(0.0, min(self.interval, left))
+
+    def _past_hard_limit(self) -> bool:
+        hard = self.ctx.limits.hard
+        return hard is not None and time.monotonic() - self.ctx.started >= hard
+
+    def _terminate(self) -> None:
+        """Record the attempt as failed by its hard limit, take its claim away, end it (unless it finished first:
+        the outcome is a compare-and-set, and a finished attempt has stopped this thread before writing its own)."""
+        hard = self.ctx.limits.hard
+        elapsed = time.monotonic() - self.ctx.started
+        try:
+            self.terminated = services.finish_attempt(
+                self.ctx.task_id,
+                attempt=self.ctx.attempt,
+                worker_id=self.ctx.worker_id,
+                error=f"hard time limit of {hard:g}s exceeded: attempt terminated",
+                metrics={"processing_time_seconds": round(elapsed, 6)},
+            )
+        except Exception:
+            logger.exception("recording the hard time limit of task %s failed", self.ctx.task_id)
+            close_old_connections()
+        if self.terminated is None and self.stopped.is_set():
+            return
+        logger.error(
+            "task %s attempt %s passed its hard time limit of %gs: terminated (%s)",
+            self.ctx.task_id,
+            self.ctx.attempt,
+            hard,
+            self.terminated.state if self.terminated else "outcome not recorded",
+        )
+        self.ctx.claim_lost.set()
+        self.on_lost()
 
     def run(self) -> None:
         last_renewal = time.monotonic()
         try:
-            while not self.stopped.wait(self.interval):
+            while not self.stopped.wait(self._next_wait()):
+                if self._past_hard_limit():
+                    self._terminate()
+                    return
                 try:
                     renewed = services.renew_lease(
                         self.ctx.task_id, attempt=self.ctx.attempt, worker_id=self.ctx.worker_id
@@ -120,6 +182,27 @@ class Heartbeat(threading.Thread):
         self.join(timeout=self.interval + 5)
 
 
+@contextmanager
+def soft_time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``SoftTimeLimitExceeded`` in the handler ``seconds`` from now (a SIGALRM timer, as Celery's pools do),
+    when it runs in the main thread (signals reach no other); the timer and the previous handler of SIGALRM are
+    restored on the way out, whatever happens."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: FrameType | None) -> None:
+        raise SoftTimeLimitExceeded(f"soft time limit of {seconds:g}s exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+
+
 def _describe(exc: BaseException) -> str:
     lines = traceback.format_exception_only(type(exc), exc)
     return "".join(lines).strip()[:4000]
@@ -127,6 +210,9 @@ def _describe(exc: BaseException) -> str:
 
 def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] = end_process) -> str:
     """Run one delivery of a task; returns what happened (skipped, completed, failed, queued for a retry, discarded).
+
+    ``on_lease_lost`` ends the execution when its claim is lost or its hard time limit passed (the process, in a
+    worker; tests pass their own).
 
     A handler error is retried by the task's rules (``services.finish_attempt``); a handler raises
     ``PermanentFailure`` to fail at once, or ``Retry`` to come back at a time of its choosing.
@@ -137,7 +223,8 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
     task = services.claim(task_id, worker_id=worker_id)
     if task is None:
         return "skipped"
-    ctx = TaskContext(task, worker_id)
+    limits = services.time_limits(task)
+    ctx = TaskContext(task, worker_id, limits)
     heartbeat = Heartbeat(ctx, on_lease_lost)
     heartbeat.start()
     started = time.perf_counter()
@@ -147,7 +234,8 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
     permanent = False
     try:
         handler = get_handler(task.handler)
-        result = handler(ctx, dict(task.request_payload))
+        with soft_time_limit(limits.soft):
+            result = handler(ctx, dict(task.request_payload))
         json.dumps(result)
     except ClaimLost as exc:
         ctx.claim_lost.set()
@@ -163,6 +251,8 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
         logger.warning("task %s attempt %s failed: %s", task.pk, task.attempt_count, error)
     finally:
         heartbeat.stop()
+    if heartbeat.terminated is not None:
+        return heartbeat.terminated.state
     if ctx.claim_lost.is_set():
         return "discarded"
     elapsed = time.perf_counter() - started

@@ -502,3 +502,100 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} -> {self.task_id}"
+
+
+class TaskSchedule(models.Model):
+    """A periodic task defined by staff: each firing submits a normal Crux task with these values, owned by ``owner``.
+
+    Beat reads ``periodic_task`` (django-celery-beat), which ``tasks.services.schedules`` derives from this row on
+    every save: staff never point beat at an arbitrary Celery task, and the payload is checked against the
+    handler's declaration when the schedule is saved, not when it fires.
+    """
+
+    name = models.SlugField(max_length=100, unique=True, help_text="Names the schedule in the tasks' history.")
+    title = models.CharField(max_length=200, help_text="Title of each task it submits.")
+    handler = models.CharField(max_length=100, help_text="Registered handler that runs each task.")
+    payload = models.JSONField(default=dict, blank=True)
+    interval = models.ForeignKey(
+        "django_celery_beat.IntervalSchedule", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    crontab = models.ForeignKey(
+        "django_celery_beat.CrontabSchedule", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    enabled = models.BooleanField(default=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="task_schedules",
+        help_text="Owner of the tasks it submits.",
+    )
+    queue = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[RegexValidator(QUEUE_NAME_PATTERN, "Use letters, digits, '.', '_', ':' or '-'.")],
+        help_text="Empty: the handler's queue, else the default queue.",
+    )
+    priority = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)],
+        help_text="0 (last) to 9 (first); empty: the handler's.",
+    )
+    max_attempts = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Empty: the handler's.",
+    )
+    soft_time_limit = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.001), MaxValueValidator(MAX_TIME_LIMIT_SECONDS), finite_number],
+        help_text="Seconds; empty: the handler's.",
+    )
+    time_limit = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.001), MaxValueValidator(MAX_TIME_LIMIT_SECONDS), finite_number],
+        help_text="Seconds; empty: the handler's.",
+    )
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="crux_schedule",
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(interval__isnull=True, crontab__isnull=False)
+                | models.Q(interval__isnull=False, crontab__isnull=True),
+                name="taskschedule_one_timing",
+                violation_error_message="Choose an interval or a crontab, not both.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SchedulerLease(models.Model):
+    """The one row naming the beat allowed to send periodic work, until ``expires_at`` (``crux.scheduler``).
+
+    Taken and renewed by compare-and-set in SQL, so two beats started by mistake never both send, and a flush of
+    Redis changes nothing.
+    """
+
+    name = models.CharField(max_length=32, primary_key=True)
+    holder = models.CharField(max_length=255)
+    expires_at = models.DateTimeField()
+    acquired_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder} until {self.expires_at}"

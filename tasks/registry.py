@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
@@ -79,6 +80,27 @@ def payload_serializer(name: str) -> type | None:
     """The serializer class the handler ``name`` declared, or None (any JSON object); KeyError if unregistered."""
     declared: type | None = getattr(get_handler(name), PAYLOAD_ATTRIBUTE, None)
     return declared
+
+
+def payload_json_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of handler ``name``'s payload (``GET /api/handlers``, the admin's payload help).
+
+    Mapped by drf-spectacular as /api/schema maps request bodies; no declaration is any JSON object, and keys a
+    declaration does not name pass through to the handler (``payload_errors``). KeyError if unregistered.
+    """
+    # Imported here: drf-spectacular imports DRF's views, whose parsers (settings) import this module.
+    from drf_spectacular.openapi import AutoSchema
+    from drf_spectacular.plumbing import ComponentRegistry
+
+    declared = payload_serializer(name)
+    if declared is None:
+        return {"type": "object", "additionalProperties": True}
+    inspector = AutoSchema()
+    inspector.view = SimpleNamespace(request=None)  # type: ignore[assignment]  # the mapping reads only the request
+    inspector.registry = ComponentRegistry()
+    inspector.method, inspector.path = "POST", ""
+    schema: dict[str, Any] = inspector._map_serializer(declared(), "request")
+    return {**schema, "additionalProperties": True}
 
 
 def payload_errors(name: str, payload: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Celery tasks of the domain: the execution of Crux tasks, the audit checkpoint, and the recovery of a restarted
-worker's own tasks.
+"""Celery tasks of the domain: the execution of Crux tasks, the firing of periodic schedules, the audit checkpoint,
+and the recovery of a restarted worker's own tasks.
 
 Every task but the execution runs on the housekeeping queue (``crux.celery.route_task``), stores no result row
 (``ignore_result``: the Task table and its history are the ledger) and logs only when it acted; the periodic sweep
@@ -8,20 +8,70 @@ that heals lost work is ``persistence.tasks.recovery_sweep``: it needs the broke
 
 import logging
 import os
+import signal
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.exceptions import Retry
+from celery.signals import task_revoked, worker_ready
+from django.conf import settings
+from django.db import close_old_connections
 
-from tasks import checkpoints, execution, services
+from tasks import checkpoints, execution, selectors, services
 from tasks.dispatch import EXECUTE_TASK
+from tasks.exceptions import InvalidTaskData
+from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name=EXECUTE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+class AttemptFailed(Exception):
+    """A Crux attempt ended in an error: raised so that Celery's own view (its result row, Flower) shows the task
+    failed (FAILURE) or waiting for its retry (RETRY), carrying the error as Crux stored it (redacted)."""
+
+
+# What Celery records (SUCCESS, with this result) for a delivery that ran no attempt to its end.
+NOT_RUN = {
+    "skipped": "skipped: the task was not queued when this message arrived (a duplicate or stale delivery)",
+    "discarded": "discarded: the attempt lost its claim (cancelled or recovered meanwhile); nothing was recorded",
+}
+
+
+@shared_task(name=EXECUTE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(AttemptFailed,))
 def execute_task(self: Any, task_id: str) -> str:
-    return execution.execute(task_id, worker_id=f"{self.request.hostname}:{os.getpid()}")
+    """Run one delivery of a task, and tell Celery honestly how it ended: completed is a SUCCESS, failed a FAILURE,
+    a retry wait a RETRY (raised, never a message re-sent by Celery: Crux's ``run_after`` is the only wait).
+
+    ``throws``: an attempt's failure is the handler's, logged by Crux; Celery logs it without a traceback.
+    """
+    outcome = execution.execute(task_id, worker_id=f"{self.request.hostname}:{os.getpid()}")
+    if outcome == TaskState.FAILED:
+        raise AttemptFailed(selectors.attempt_end(task_id).error) from None
+    if outcome == TaskState.QUEUED:
+        end = selectors.attempt_end(task_id)
+        raise Retry(f"Crux retries it at {end.retry_at}", exc=AttemptFailed(end.error), when=end.retry_at) from None
+    return NOT_RUN.get(outcome, outcome)
+
+
+@task_revoked.connect
+def record_revoke(
+    sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None, **kwargs: Any
+) -> None:
+    """In the worker's main process: a revoke sent with Celery's own tools is recorded as a cancel (the service
+    decides whether there is anything to record: Crux's own cancels revoke too)."""
+    if getattr(sender, "name", None) != EXECUTE_TASK or request is None or kwargs.get("expired"):
+        return
+    signal_name = signal.Signals(signum).name if isinstance(signum, int) else str(signum or "")
+    close_old_connections()
+    try:
+        task = services.cancel_revoked(
+            str(request.id), hostname=request.hostname or "", terminated=bool(terminated), signal=signal_name
+        )
+    except Exception:  # the worker goes on; the task's lease (if it ran) or a later cancel settles it
+        logger.exception("revoke of Celery task %s not recorded", request.id)
+        return
+    if task is not None:
+        logger.warning("task %s cancelled: Celery task %s revoked on %s", task.pk, request.id, request.hostname)
 
 
 @shared_task(name="crux.audit_checkpoint", ignore_result=True)
@@ -32,9 +82,34 @@ def audit_checkpoint() -> str:
     return str(written.path)
 
 
+@shared_task(name=services.FIRE_SCHEDULE, bind=True, ignore_result=True)
+def fire_schedule(self: Any, schedule_id: int) -> str | None:
+    """One firing of a periodic schedule (sent by beat): submit its task, unless it was disabled or deleted since."""
+    try:
+        task, created = services.fire_schedule(schedule_id, firing_id=self.request.id)
+    except InvalidTaskData as exc:
+        logger.error("schedule #%s submitted nothing: %s", schedule_id, exc)
+        return None
+    if task is None:
+        return None
+    if created:
+        logger.info("schedule #%s submitted task %s", schedule_id, task.pk)
+    return str(task.pk)
+
+
 @worker_ready.connect
 def recover_on_worker_start(sender: Any, **kwargs: Any) -> None:
     """Tasks this worker held before it restarted cannot be running any more."""
     counts = services.recover_orphans(worker_prefix=f"{sender.hostname}:")
     if any(counts.values()):
         logger.warning("startup recovery of %s: %s", sender.hostname, counts)
+
+
+def requeue_on_worker_shutdown(hostname: str) -> None:
+    """In the worker's main process once its pool has stopped (``crux.celery.RequeueOnShutdown``, on a warm or a
+    cold shutdown): what the worker still ran (attempts past the shutdown grace period) is recorded interrupted and
+    requeued at once, instead of staying ``running`` until its lease expires."""
+    close_old_connections()
+    requeued = services.requeue_after_shutdown(f"{hostname}:", grace_seconds=settings.WORKER_SHUTDOWN_GRACE_SECONDS)
+    if requeued:
+        logger.warning("shutdown of %s: %s running task(s) interrupted and requeued", hostname, requeued)

@@ -23,6 +23,20 @@ TEST_QUEUE = f"{RUN_PREFIX}.celery"
 os.environ["CELERY_TASK_DEFAULT_QUEUE"] = TEST_QUEUE
 
 
+def queue_keys(queue: str = TEST_QUEUE) -> list[str]:
+    """The broker's Redis lists of a Celery queue, served first to last: one per priority step (kombu's)."""
+    from django.conf import settings
+    from kombu.transport.redis import Channel
+
+    steps = settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"]
+    return [queue] + [f"{queue}{Channel.sep}{step}" for step in steps if step]
+
+
+def queued_count(client: redis.Redis, queue: str = TEST_QUEUE) -> int:
+    """Messages waiting in a Celery queue on a Redis broker, whatever their priority."""
+    return sum(int(client.llen(key)) for key in queue_keys(queue))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,14 +99,18 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed")
+        self.binary = binary
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis.from_url(self.url)
+        self._start()
+
+    def _start(self) -> None:
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -108,6 +126,11 @@ class PrivateRedis:
         """SIGKILL the server: the crash of the Redis machine, not a polite shutdown."""
         self.process.kill()
         self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """SIGKILL the server and start a new, empty one on the same port: clients reconnect to the same URL."""
+        self.kill()
+        self._start()
 
     def pause(self) -> None:
         """SIGSTOP the server: it still accepts connections (the kernel does) but answers nothing, a hang."""

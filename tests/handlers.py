@@ -156,3 +156,48 @@ def come_back_later(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     if ctx.attempt < int(payload.get("succeed_on", 2)):
         raise Retry("rate limited", after=float(payload.get("after", 30)))
     return {"attempt": ctx.attempt}
+
+
+@options(time_limit=1.5, retry_backoff=0.2)  # a handler's own hard time limit, in seconds
+def stuck(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Never finishes in time: reports progress every 50 ms for ``for`` seconds (default 60), logging each write
+    (and the pid) to ``payload["log"]`` when given, so a test sees that nothing is written after its hard limit."""
+    deadline = time.monotonic() + float(payload.get("for", 60))
+    while time.monotonic() < deadline:
+        ctx.progress(0.5, phase=f"attempt {ctx.attempt} stuck")
+        if payload.get("log"):
+            _append(payload["log"], f"wrote {ctx.attempt} {os.getpid()} {time.time():.3f}")
+        time.sleep(0.05)
+    return {"finished": ctx.attempt}
+
+
+def wind_down(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Works until told its soft time limit passed, the way a handler written for Celery is told (Celery's own
+    ``SoftTimeLimitExceeded``), then cleans up: an output, then returns, or re-raises with ``reraise``.
+
+    With ``poll``, it never catches anything: it checks ``ctx.soft_limit_reached`` between steps instead."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    deadline = time.monotonic() + float(payload.get("for", 30))
+    try:
+        while time.monotonic() < deadline:
+            if payload.get("poll") and ctx.soft_limit_reached:
+                ctx.output("log", "cleanup after polling the soft limit")
+                return {"stopped": "polled"}
+            time.sleep(0.02)
+    except SoftTimeLimitExceeded:
+        ctx.output("log", f"cleanup after the soft limit (reached: {ctx.soft_limit_reached})")
+        if payload.get("reraise"):
+            raise
+        return {"stopped": "soft limit"}
+    return {"stopped": "never"}
+
+
+# A queue of this run's own (tests/conftest.py names RUN_PREFIX, which every process a test starts inherits).
+SPECIAL_QUEUE = f"{os.environ.get('REDIS_KEY_PREFIX', 'crux-test')}.special"
+
+
+@options(queue=SPECIAL_QUEUE, priority=7)
+def on_special_queue(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Declares a queue of its own: only a worker consuming it runs it. Says which worker did."""
+    return {"worker": ctx.worker_id}

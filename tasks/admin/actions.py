@@ -73,6 +73,16 @@ def _note_requeue(task: Task) -> str:
     return f"attempt {task.attempt_count + 1} (limit {task.max_attempts}) after {task.state}"
 
 
+def _skip_queue(task: Task) -> str | None:
+    if task.is_deleted:
+        return "in the trash"
+    return None if task.state == TaskState.PENDING else f"not pending ({task.state})"
+
+
+def _note_queue(task: Task) -> str:
+    return "waits for its start time" if task.run_after is not None else ""
+
+
 def _skip_cancel(task: Task) -> str | None:
     return f"already {task.state}" if task.state in TERMINAL_STATES else None
 
@@ -92,6 +102,13 @@ def _restore(task: Task, user: User, reason: str) -> Task:
 def _requeue(task: Task, user: User, reason: str) -> Task:
     # The API's recover service; compare-and-set on the state the operator confirmed (moved meanwhile: StaleState).
     return services.recover(task.pk, actor=user, channel=Channel.ADMIN, reason=reason, expected_state=task.state)[0]
+
+
+def _queue(task: Task, user: User, reason: str) -> Task:
+    # Compare-and-set on pending: a task queued or cancelled meanwhile is refused (StaleState), not queued twice.
+    return services.transition(
+        task.pk, TaskState.QUEUED, actor=user, channel=Channel.ADMIN, reason=reason, expected_state=TaskState.PENDING
+    )
 
 
 def _cancel(task: Task, user: User, reason: str) -> Task:
@@ -139,6 +156,20 @@ ACTIONS: dict[str, ActionSpec] = {
             skip_reason=_skip_requeue,
             perform=_requeue,
             note=_note_requeue,
+        ),
+        ActionSpec(
+            name="queue",
+            permission="add_task",  # what submitting a task in the admin needs: this submits a pending one
+            title="Queue selected pending tasks",
+            verb="queue",
+            past="queued",
+            explanation=(
+                "Pending tasks (created without being submitted) go to their queue and run on a worker. "
+                "Tasks that are not pending are skipped."
+            ),
+            skip_reason=_skip_queue,
+            perform=_queue,
+            note=_note_queue,
         ),
         ActionSpec(
             name="cancel",

@@ -45,6 +45,9 @@ class ConfirmedActionsMixin(admin.ModelAdmin):
     def has_requeue_permission(self, request: HttpRequest) -> bool:
         return self.has_action_permission(request, ACTIONS["requeue"])
 
+    def has_queue_permission(self, request: HttpRequest) -> bool:
+        return self.has_action_permission(request, ACTIONS["queue"])
+
     def has_cancel_permission(self, request: HttpRequest) -> bool:
         return self.has_action_permission(request, ACTIONS["cancel"])
 

@@ -39,7 +39,14 @@ from tasks.admin.base import (
 )
 from tasks.admin.confirmation import ConfirmedActionsMixin, admin_action
 from tasks.admin.lists import CachedValuesFilter, CappedCountPaginator
-from tasks.admin.task_page import HistoryInline, MetricsInline, OutputInline, TaskAdminForm, collapsed_if_default
+from tasks.admin.task_page import (
+    HistoryInline,
+    MetricsInline,
+    OutputInline,
+    TaskAdminForm,
+    TaskSubmitForm,
+    collapsed_if_default,
+)
 from tasks.admin.timeline import build_timeline, format_duration
 from tasks.audit import Channel, signed_in
 from tasks.exceptions import TaskError
@@ -53,6 +60,26 @@ if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
 
 TRASH_URL_NAME = "tasks_task_trash"
+
+# The add page: a submission, as the API makes one (the task is queued and runs).
+SUBMIT_FIELDSETS: _FieldsetSpec = [
+    (None, {"fields": ("title", "description", "handler", "payload", "run_at", "owner")}),
+    (
+        "Queue, retries and limits (blank: the handler's)",
+        {"fields": ("queue", "priority", "max_attempts", "retry_backoff", "soft_time_limit", "time_limit")},
+    ),
+    (
+        "Details",
+        {
+            "fields": sorted(
+                services.EDITABLE_FIELDS
+                - {"title", "description", "handler", "max_attempts", "retry_backoff", "soft_time_limit", "time_limit"}
+            ),
+            "classes": ("collapse",),
+        },
+    ),
+    ("Why", {"fields": ("change_reason",)}),
+]
 
 
 def in_trash(request: HttpRequest) -> bool:
@@ -298,7 +325,7 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
         editable = self.has_change_permission(request, obj) if obj is not None else True
         reason: _FieldsetSpec = [("Why", {"fields": ("change_reason",)})] if editable else []
         if obj is None:
-            return [(None, {"fields": sorted(services.EDITABLE_FIELDS)}), *reason]
+            return SUBMIT_FIELDSETS
         repository = (
             "repository_url",
             "target_dir",
@@ -336,6 +363,11 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
             *reason,
         ]
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = TaskSubmitForm
+        return super().get_form(request, obj, change, **kwargs)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return () if obj is None else self.readonly_fields
 
@@ -368,13 +400,21 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
             return HttpResponseRedirect(request.get_full_path())
 
     def save_model(self, request: HttpRequest, obj: Task, form: forms.ModelForm, change: bool) -> None:
-        fields = {name: form.cleaned_data[name] for name in form.changed_data if name in services.EDITABLE_FIELDS}
         reason = form.cleaned_data["change_reason"]
         user = signed_in(request.user)
         if change:
+            fields = {name: form.cleaned_data[name] for name in form.changed_data if name in services.EDITABLE_FIELDS}
             saved = services.update_task(obj.pk, actor=user, channel=Channel.ADMIN, reason=reason, **fields)
         else:
-            saved = services.create_task(owner=user, actor=user, channel=Channel.ADMIN, reason=reason, **fields)
+            assert isinstance(form, TaskSubmitForm)  # get_form's add form
+            saved = services.submit_task(
+                owner=form.cleaned_data.get("owner") or user,
+                actor=user,
+                channel=Channel.ADMIN,
+                reason=reason or "submitted through the admin",
+                run_at=form.cleaned_data.get("run_at"),
+                **form.submission(),
+            )
         obj.pk = saved.pk
         obj.refresh_from_db()
 

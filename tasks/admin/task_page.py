@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin
 from django.db.models import Field, QuerySet
@@ -13,12 +15,16 @@ from tasks.admin.base import (
     ReadOnlyInline,
     transition_html,
 )
+from tasks.admin.forms import HandlerField, PayloadField, PayloadFormMixin
+from tasks.exceptions import InvalidTaskData
 from tasks.models import (
     Task,
     TaskHistory,
     TaskMetrics,
     TaskOutput,
 )
+from tasks.services.base import HANDLER_DEFAULT_FIELDS, check_queue, validate_task, with_handler_defaults
+from tasks.states import TaskState
 
 
 def collapsed_if_default(obj: Task, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -88,3 +94,60 @@ class TaskAdminForm(forms.ModelForm):
     class Meta:
         model = Task
         fields = sorted(services.EDITABLE_FIELDS)
+
+
+class TaskSubmitForm(PayloadFormMixin, forms.ModelForm):
+    """The add form: a task submitted as the API submits it (``services.submit_task``), so it is queued and runs.
+
+    Checked as the service checks it (the handler's payload declaration, its defaults, the known queues) before
+    anything is written; each refusal is a message on its field. Blank queue, priority and max attempts take the
+    handler's defaults; blank limits and backoff, the handler's (else the settings') at run time.
+    """
+
+    handler = HandlerField()
+    payload = PayloadField()
+    run_at = forms.DateTimeField(
+        required=False,
+        help_text="Start no earlier than this (e.g. 2030-01-01 09:00:00, in the server's time zone, or ISO 8601 "
+        "with an offset). Blank or past: now.",
+    )
+    priority = forms.IntegerField(
+        required=False, min_value=0, max_value=9, help_text="0 (last) to 9 (first) within its queue (blank: handler's)."
+    )
+    max_attempts = forms.IntegerField(
+        required=False, min_value=1, max_value=100, help_text="Attempts before it fails (blank: handler's)."
+    )
+    change_reason = forms.CharField(
+        required=False, max_length=500, help_text="Why you submit it; recorded in the task's history."
+    )
+
+    class Meta:
+        model = Task
+        fields = sorted(services.EDITABLE_FIELDS | {"queue", "priority", "owner"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "owner" in self.fields:
+            self.fields["owner"].required = False
+            self.fields["owner"].help_text = "Whose task it is (blank: you)."
+
+    def submission(self) -> dict[str, object]:
+        """The fields ``services.submit_task`` takes; blanks left out take the handler's defaults."""
+        data = self.cleaned_data
+        fields = {name: data[name] for name in services.CREATE_FIELDS if name in data}
+        fields["request_payload"] = data.get("payload", {})
+        for name in HANDLER_DEFAULT_FIELDS:
+            if fields.get(name) in (None, ""):
+                fields.pop(name, None)
+        return fields
+
+    def _post_clean(self) -> None:
+        """The service's checks in place of the model form's: the task it would submit, nothing written."""
+        if self.errors:
+            return
+        self.instance = Task(state=TaskState.QUEUED, **with_handler_defaults(self.submission()))
+        try:
+            validate_task(self.instance, payload=True)
+            check_queue(self.instance)
+        except InvalidTaskData as exc:
+            self.add_service_errors(exc, aliases={"request_payload": "payload"})

@@ -241,9 +241,10 @@ class SharedFieldsMixin(serializers.Serializer):
         shared = _SHARED_FIELDS.get(cls)
         if shared is None:
             prototype = cls()
-            shared = _SHARED_FIELDS[cls] = BindingDict(prototype)
+            shared = BindingDict(prototype)
             for name, field in prototype.get_fields().items():
                 shared[name] = field
+            _SHARED_FIELDS[cls] = shared  # shared once complete: a concurrent request never sees half of them
         return shared
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.plumbing import ComponentRegistry
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 
@@ -31,22 +30,6 @@ class CruxAutoSchema(AutoSchema):
             return super()._get_request_body(direction)
         finally:
             self.method = "DELETE"
-
-
-def payload_json_schema(serializer_class: type | None, view: Any) -> dict[str, Any]:
-    """The JSON Schema of a handler's payload declaration, mapped by drf-spectacular as /api/schema maps bodies.
-
-    ``view`` is the answering view (drf-spectacular reads its request); no declaration is any JSON object, and keys
-    a declaration does not name pass through to the handler (``tasks.registry.payload_errors``).
-    """
-    if serializer_class is None:
-        return {"type": "object", "additionalProperties": True}
-    inspector = CruxAutoSchema()
-    inspector.view = view
-    inspector.registry = ComponentRegistry()
-    inspector.method, inspector.path = "POST", view.request.path
-    schema: dict[str, Any] = inspector._map_serializer(serializer_class(), "request")
-    return {**schema, "additionalProperties": True}
 
 
 def closed_request_bodies(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:

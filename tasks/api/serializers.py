@@ -18,7 +18,7 @@ from tasks.api.fields import (
     json_object,
 )
 from tasks.models import OutputType, Task, TaskHistory, TaskOutput
-from tasks.services import EDITABLE_FIELDS
+from tasks.services import EDITABLE_FIELDS, task_queues
 from tasks.states import TaskState
 
 if TYPE_CHECKING:
@@ -69,6 +69,11 @@ class TaskSerializer(SharedFieldsMixin, serializers.ModelSerializer):
             "attempt_count",
             "max_attempts",
             "retry_backoff",
+            "queue",
+            "priority",
+            "soft_time_limit",
+            "time_limit",
+            "celery_task_id",
             "run_after",
             "created_at",
             "updated_at",
@@ -100,11 +105,26 @@ class TaskSubmitSerializer(StrictModelSerializer):
 
     class Meta:
         model = Task
-        fields = [*sorted(EDITABLE_FIELDS), "payload", "run_at"]
+        fields = [*sorted(EDITABLE_FIELDS), "queue", "priority", "payload", "run_at"]
+        extra_kwargs = {
+            "priority": {"help_text": "0 (last) to 9 (first) within its queue; absent: the handler's, else 5."},
+        }
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
         fields["handler"] = handler_field(required=False, default=Task._meta.get_field("handler").default)
+        queues = task_queues()
+        fields["queue"] = serializers.ChoiceField(
+            choices=queues,
+            required=False,
+            allow_blank=True,
+            help_text="Task queue to run on: the default queue, a handler's or one of TASK_QUEUES. Absent: the "
+            "handler's queue, else the default; blank: the default queue.",
+            error_messages={
+                "invalid_choice": f'Unknown queue "{{input}}"; known: {", ".join(queues)} (or blank: the default '
+                "queue). The housekeeping queue is Crux's own."
+            },
+        )
         return fields
 
 

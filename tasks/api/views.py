@@ -29,7 +29,7 @@ from tasks.api.permissions import (
     OwnerOrCanAddOutput,
     OwnerOrCanCancel,
 )
-from tasks.api.schema import TASK_ID, payload_json_schema
+from tasks.api.schema import TASK_ID
 from tasks.api.serializers import (
     DeleteSerializer,
     HandlerSerializer,
@@ -41,7 +41,7 @@ from tasks.api.serializers import (
 from tasks.api.throttling import ReadThrottle, SubmitThrottle
 from tasks.audit import Channel, signed_in
 from tasks.models import Task, TaskHistory, TaskOutput
-from tasks.registry import get_handler, payload_serializer, registered_names
+from tasks.registry import get_handler, payload_json_schema, registered_names
 from tasks.selectors import find_visible_task
 
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -302,7 +302,7 @@ class HandlerListView(APIView):
             {
                 "name": name,
                 "description": (get_handler(name).__doc__ or "").strip().split("\n")[0],
-                "payload_schema": payload_json_schema(payload_serializer(name), self),
+                "payload_schema": payload_json_schema(name),
             }
             for name in registered_names()
         ]

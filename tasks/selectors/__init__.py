@@ -4,8 +4,10 @@
 - ``search``: words in titles and descriptions, through the search index.
 - ``figures``: counts by state, role, provider, event; activity per hour.
 - ``history``: a task's latest rows; verification of the whole audit trail (``verify_audit``).
+- ``attempts``: what a task's last attempt left behind (its error, its retry time), for Celery's view of it.
 """
 
+from tasks.selectors.attempts import AttemptEnd, attempt_end
 from tasks.selectors.figures import (
     activity_per_hour,
     count_alive_by,
@@ -29,8 +31,10 @@ from tasks.selectors.visibility import (
 )
 
 __all__ = [
+    "AttemptEnd",
     "ChainProblem",
     "activity_per_hour",
+    "attempt_end",
     "count_alive_by",
     "count_by_state",
     "count_events_since",

@@ -10,11 +10,13 @@ the Redis mirror follows after commit. By owner:
 - ``attempts``: what a worker writes (claim, lease, progress, outputs, metrics, outcome).
 - ``recovery``: lost attempts and lost messages.
 - ``removal``: erase for a purge, reinstate from an archive, load a backup's rows.
+- ``schedules``: periodic schedules (save, delete, fire) and the lease that lets one beat send.
 """
 
 from tasks.services.attempts import (
     METRIC_FIELDS,
     OUTPUT_FIELDS,
+    TimeLimits,
     add_output,
     claim,
     finish_attempt,
@@ -25,11 +27,21 @@ from tasks.services.attempts import (
     report_progress,
     retry_backoff,
     retry_delay,
+    time_limits,
 )
-from tasks.services.base import CREATE_FIELDS, EDITABLE_FIELDS, RECOVERY_ACTOR, TRANSITION_FIELDS, WORKER_ACTOR
+from tasks.services.base import (
+    CREATE_FIELDS,
+    EDITABLE_FIELDS,
+    RECOVERY_ACTOR,
+    TRANSITION_FIELDS,
+    WORKER_ACTOR,
+    check_queue,
+    task_queues,
+)
 from tasks.services.lifecycle import (
     REQUEUE_ON_RECOVER,
     cancel,
+    cancel_revoked,
     recover,
     requeue_refusal,
     restore,
@@ -46,9 +58,20 @@ from tasks.services.recovery import (
     redispatch,
     redispatch_due,
     redispatch_stale,
+    requeue_after_shutdown,
     unconfirmed_dispatches,
 )
 from tasks.services.removal import erase_tasks, load_rows, reinstate
+from tasks.services.schedules import (
+    FIRE_SCHEDULE,
+    SCHEDULER_LEASE,
+    delete_schedule,
+    fire_schedule,
+    hold_scheduler_lease,
+    release_scheduler_lease,
+    save_schedule,
+    validate_schedule,
+)
 from tasks.services.submission import (
     IDEMPOTENCY_KEY_MAX_LENGTH,
     IdempotencyKeyReused,
@@ -61,22 +84,30 @@ from tasks.services.submission import (
 __all__ = [
     "CREATE_FIELDS",
     "EDITABLE_FIELDS",
+    "FIRE_SCHEDULE",
     "IDEMPOTENCY_KEY_MAX_LENGTH",
     "METRIC_FIELDS",
     "OUTPUT_FIELDS",
     "RECOVERY_ACTOR",
     "REQUEUE_ON_RECOVER",
+    "SCHEDULER_LEASE",
     "TRANSITION_FIELDS",
     "WORKER_ACTOR",
     "Dispatch",
     "IdempotencyKeyReused",
+    "TimeLimits",
     "add_output",
     "cancel",
+    "cancel_revoked",
+    "check_queue",
     "claim",
     "confirm_dispatches",
     "create_task",
+    "delete_schedule",
     "erase_tasks",
     "finish_attempt",
+    "fire_schedule",
+    "hold_scheduler_lease",
     "import_task",
     "lease_deadline",
     "load_rows",
@@ -90,16 +121,22 @@ __all__ = [
     "redispatch_due",
     "redispatch_stale",
     "reinstate",
+    "release_scheduler_lease",
     "renew_lease",
     "report_progress",
+    "requeue_after_shutdown",
     "requeue_refusal",
     "restore",
     "retry_backoff",
     "retry_delay",
+    "save_schedule",
     "soft_delete",
     "submit_task",
     "submit_task_once",
+    "task_queues",
+    "time_limits",
     "transition",
     "unconfirmed_dispatches",
     "update_task",
+    "validate_schedule",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ from tasks.exceptions import ClaimLost, InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId
 from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
 from tasks.redaction import redact_text
-from tasks.registry import handler_options
+from tasks.registry import HandlerOptions, handler_options
 from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown, start_ahead
 from tasks.states import TaskState
 
@@ -49,6 +50,40 @@ METRIC_FIELDS = (
 
 def lease_deadline() -> datetime:
     return timezone.now() + timedelta(seconds=settings.TASK_LEASE_SECONDS)
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """Seconds an attempt may run: past ``soft`` the handler is told, past ``hard`` it is terminated (None: none)."""
+
+    soft: float | None = None
+    hard: float | None = None
+
+    def describe(self) -> str:
+        def seconds(value: float | None) -> str:
+            return "none" if value is None else f"{value:g}s"
+
+        return f"soft time limit {seconds(self.soft)}, hard time limit {seconds(self.hard)}"
+
+
+def time_limits(task: Task) -> TimeLimits:
+    """The limits in force for the task's attempts, each its own: the task's, else its handler's
+    (``@options(soft_time_limit=..., time_limit=...)``), else TASK_SOFT_TIME_LIMIT_SECONDS / TASK_TIME_LIMIT_SECONDS."""
+    try:
+        declared = handler_options(task.handler)
+    except KeyError:  # a handler no longer registered: the settings' defaults
+        declared = HandlerOptions()
+
+    def resolve(own: float | None, handler_default: float | None, setting: float | None) -> float | None:
+        for value in (own, handler_default, setting):
+            if value is not None:
+                return float(value)
+        return None
+
+    return TimeLimits(
+        soft=resolve(task.soft_time_limit, declared.soft_time_limit, settings.TASK_SOFT_TIME_LIMIT_SECONDS),
+        hard=resolve(task.time_limit, declared.time_limit, settings.TASK_TIME_LIMIT_SECONDS),
+    )
 
 
 def claim(task_id: TaskId, *, worker_id: str) -> Task | None:
@@ -84,7 +119,10 @@ def claim(task_id: TaskId, *, worker_id: str) -> Task | None:
             TaskState.RUNNING,
             actor=WORKER_ACTOR,
             channel=Channel.WORKER,
-            reason=f"claimed by {worker_id} for attempt {task.attempt_count + 1} of {task.max_attempts}",
+            reason=(
+                f"claimed by {worker_id} for attempt {task.attempt_count + 1} of {task.max_attempts} "
+                f"({time_limits(task).describe()})"
+            ),
             attempt_count=task.attempt_count + 1,
             worker_id=worker_id,
             lease_expires_at=lease_deadline(),

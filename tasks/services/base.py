@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection
 from datetime import datetime
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -115,9 +115,43 @@ def with_handler_defaults(fields: dict[str, Any]) -> dict[str, Any]:
     return {**{name: value for name, value in defaults.items() if value is not None}, **fields}
 
 
-def publish_on_commit(task_id: uuid.UUID) -> None:
-    """Publish the task to a worker once the transaction commits: SQL is the outbox, the sweep re-publishes."""
-    transaction.on_commit(partial(dispatch.publish, task_id))
+def task_queues() -> list[str]:
+    """The queues tasks may name: the default queue, those handlers declare (``@options(queue=...)``) and
+    ``TASK_QUEUES``; never the housekeeping queue. A worker started without ``-Q`` consumes them all."""
+    declared = {handler_options(name).queue for name in registered_names()}
+    names = {settings.CELERY_TASK_DEFAULT_QUEUE, *settings.TASK_QUEUES, *declared} - {None, ""}
+    return sorted(names - {settings.CELERY_HOUSEKEEPING_QUEUE})
+
+
+def check_queue(task: Task) -> None:
+    """Refuse a task bound for a queue no worker is meant to consume: the one rule of every door (API, admin)."""
+    if task.queue and task.queue not in task_queues():
+        if task.queue == settings.CELERY_HOUSEKEEPING_QUEUE:
+            message = f"{task.queue!r} is Crux's housekeeping queue, not for tasks."
+        else:
+            message = f"Unknown queue {task.queue!r}; known: {', '.join(task_queues())} (or blank: the default)."
+        raise InvalidTaskData({"queue": [message]})
+
+
+def mark_published(task: Task, now: datetime) -> None:
+    """Record a new publish of the task on the instance, saved with the change that publishes it: when, how many
+    so far, and the Celery task id of this publish (a confirmation by the broker is awaited anew)."""
+    task.dispatched_at, task.dispatch_count, task.dispatch_epoch = now, task.dispatch_count + 1, ""
+    task.celery_task_id = dispatch.celery_id(task.pk, task.dispatch_count)
+
+
+def publish_on_commit(task: Task) -> None:
+    """Publish the task (as marked by ``mark_published``) to its queue with its priority once the transaction
+    commits: SQL is the outbox, the sweep re-publishes."""
+    transaction.on_commit(
+        partial(
+            dispatch.publish,
+            task.pk,
+            celery_task_id=task.celery_task_id,
+            queue=task.queue,
+            priority=task.priority,
+        )
+    )
 
 
 def apply_transition(
@@ -154,14 +188,14 @@ def apply_transition(
     # A task whose start time has not come waits unpublished; crux.dispatch_due publishes it when it is due.
     publish = target == TaskState.QUEUED and start_ahead(task, now) is None
     if target == TaskState.QUEUED:
-        task.dispatched_at = now if publish else None
-        task.dispatch_count += 1 if publish else 0
-        task.dispatch_epoch, task.worker_id, task.lease_expires_at = "", "", None
+        task.dispatched_at, task.dispatch_epoch, task.worker_id, task.lease_expires_at = None, "", "", None
+        if publish:
+            mark_published(task, now)
     validate_task(task)
     with audited(actor, channel=channel, reason=reason, details=details):
         task.save()
     if publish:
-        publish_on_commit(task.pk)
+        publish_on_commit(task)
     return task
 
 

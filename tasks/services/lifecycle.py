@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tasks import dispatch, hooks
-from tasks.audit import Actor, actor_label, audited
+from tasks.audit import Actor, Channel, actor_label, audited
 from tasks.exceptions import AttemptLimitReached, StaleState, TaskError, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
@@ -21,7 +21,7 @@ from tasks.services.base import (
     refuse_unknown,
     validate_task,
 )
-from tasks.states import TaskState, check_state
+from tasks.states import TERMINAL_STATES, TaskState, check_state
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -85,8 +85,45 @@ def cancel(task_id: TaskId, *, actor: Actor, channel: str, reason: str) -> Task:
         was = task.state
         apply_transition(task, TaskState.CANCELLED, actor=actor, channel=channel, reason=reason)
         if was in (TaskState.QUEUED, TaskState.RUNNING):
-            transaction.on_commit(partial(dispatch.revoke, task.pk, terminate=was == TaskState.RUNNING))
+            # The current publish (a bare task id: published before each publish had an id of its own).
+            publish = task.celery_task_id or str(task.pk)
+            transaction.on_commit(partial(dispatch.revoke, publish, terminate=was == TaskState.RUNNING))
     return task
+
+
+CELERY_REVOKE_ACTOR = "celery:revoke"
+
+
+def cancel_revoked(celery_task_id: str, *, hostname: str, terminated: bool, signal: str = "") -> Task | None:
+    """Record as a cancel a revoke sent with Celery's own tools (``celery control revoke``, Flower), as the worker
+    ``hostname`` saw it: it terminated the running attempt, or discarded the queued message. None: nothing to record.
+
+    A compare-and-set on the publish: only the task's current publish is cancelled (a revoke of an older one is
+    stale), and a task already ended (Crux's own cancel sent this revoke) writes nothing. When the attempt was
+    terminated, the attempt's own end may have requeued it first (a new publish): the revoke still wins.
+    """
+    pk = dispatch.task_id_of(celery_task_id)
+    with transaction.atomic():
+        try:
+            task = locked_task(pk)
+        except TaskError:  # not a task id, or the task is gone
+            return None
+        current = task.celery_task_id or str(task.pk)
+        requeued_since = (
+            terminated
+            and task.state == TaskState.QUEUED
+            and dispatch.celery_id(task.pk, task.dispatch_count - 1) == celery_task_id
+        )
+        if task.state in TERMINAL_STATES or (current != celery_task_id and not requeued_since):
+            return None
+        if terminated:
+            reason = "revoked with Celery's control: the running attempt was terminated"
+        else:
+            reason = "revoked with Celery's control: its message was discarded"
+        details = {"hostname": hostname, "terminated": terminated, "signal": signal, "celery_task_id": celery_task_id}
+        return apply_transition(
+            task, TaskState.CANCELLED, actor=CELERY_REVOKE_ACTOR, channel=Channel.CELERY, reason=reason, details=details
+        )
 
 
 def update_task(task_id: TaskId, *, actor: Actor, channel: str, reason: str, **changes: Any) -> Task:

@@ -23,23 +23,38 @@ from django.utils import timezone
 
 from tasks.audit import Channel, audited, format_timestamp
 from tasks.models import Task
-from tasks.services.base import RECOVERY_ACTOR, apply_transition, locked_task, publish_on_commit, start_ahead
+from tasks.services.base import (
+    RECOVERY_ACTOR,
+    apply_transition,
+    locked_task,
+    mark_published,
+    publish_on_commit,
+    start_ahead,
+)
 from tasks.states import TaskState
 
+# A task waiting for its start time (``run_at``, a retry's wait) is not lost: its publish, when it is due, is
+# crux.dispatch_due's (``publish_due``), never the re-dispatch sweep's, so it is published once and for that reason.
+WAITING_FOR_DISPATCH_DUE = {"dispatched_at__isnull": True, "run_after__isnull": False}
 # Tasks per confirming UPDATE (each adds one OR term; SQLite caps an expression's depth at 1000).
 _CONFIRM_CHUNK = 200
 
 
-def recover_interrupted(task: Task, *, reason: str) -> str:
-    """Interrupt a locked running task whose worker is gone; requeue or fail it. Returns the outcome."""
+def recover_interrupted(task: Task, *, reason: str, shutdown: bool = False) -> str:
+    """Interrupt a locked running task whose worker is gone; requeue or fail it. Returns the outcome.
+
+    An attempt cut short by its worker's ``shutdown`` is not the task's fault: it is requeued whatever attempts
+    are left, published at once, with no backoff and no error counted.
+    """
     apply_transition(task, TaskState.INTERRUPTED, actor=RECOVERY_ACTOR, channel=Channel.RECOVERY, reason=reason)
-    if task.attempt_count < task.max_attempts:
+    if shutdown or task.attempt_count < task.max_attempts:
+        lost = "cut short by the worker's shutdown" if shutdown else f"of {task.max_attempts} was lost"
         apply_transition(
             task,
             TaskState.QUEUED,
             actor=RECOVERY_ACTOR,
             channel=Channel.RECOVERY,
-            reason=f"requeued after interruption: attempt {task.attempt_count} of {task.max_attempts} was lost",
+            reason=f"requeued after interruption: attempt {task.attempt_count} {lost}",
         )
         return "requeued"
     apply_transition(
@@ -83,14 +98,35 @@ def recover_orphans(*, worker_prefix: str | None = None) -> dict[str, int]:
     return counts
 
 
+def requeue_after_shutdown(worker_prefix: str, *, grace_seconds: float) -> int:
+    """Requeue at once the tasks still running under a worker that is shutting down (its pool has stopped: none
+    of them can still write); returns how many. Each gets an ``interrupted`` row naming the shutdown."""
+    requeued = 0
+    running = Task.objects.filter(state=TaskState.RUNNING, worker_id__startswith=worker_prefix)
+    for pk in running.values_list("pk", flat=True):
+        with transaction.atomic():
+            task = locked_task(pk)
+            if task.state != TaskState.RUNNING or not task.worker_id.startswith(worker_prefix):
+                continue
+            reason = (
+                f"interrupted: worker {task.worker_id} shut down before attempt {task.attempt_count} finished "
+                f"(shutdown grace period {grace_seconds:g}s)"
+            )
+            recover_interrupted(task, reason=reason, shutdown=True)
+            requeued += 1
+    return requeued
+
+
 @dataclass(frozen=True)
 class Dispatch:
-    """A queued task's last publish: when, how many so far, and the broker epoch that confirmed it ('' = none)."""
+    """A queued task's last publish: when, how many so far, the broker epoch that confirmed it ('' = none), and
+    the task's priority (lost publishes are published again highest first)."""
 
     task_id: uuid.UUID
     dispatched_at: datetime | None  # None: never dispatched
     dispatch_count: int
     epoch: str
+    priority: int = 0
 
 
 def unconfirmed_dispatches(epoch: str, *, batch_size: int = 1000) -> Iterator[list[Dispatch]]:
@@ -98,17 +134,15 @@ def unconfirmed_dispatches(epoch: str, *, batch_size: int = 1000) -> Iterator[li
     after: uuid.UUID | None = None
     # Two ranges rather than "<>": both can be read from the partial index on queued tasks' epochs.
     other_epoch = Q(dispatch_epoch__lt=epoch) | Q(dispatch_epoch__gt=epoch)
-    now = timezone.now()
     while True:
-        # A task waiting for its start time is not lost: crux.dispatch_due publishes it when it is due.
-        rows = Task.objects.filter(other_epoch, state=TaskState.QUEUED).exclude(run_after__gt=now)
+        rows = Task.objects.filter(other_epoch, state=TaskState.QUEUED).exclude(**WAITING_FOR_DISPATCH_DUE)
         if after is not None:
             rows = rows.filter(pk__gt=after)
         batch = [
             Dispatch(*row)
-            for row in rows.order_by("pk").values_list("pk", "dispatched_at", "dispatch_count", "dispatch_epoch")[
-                :batch_size
-            ]
+            for row in rows.order_by("pk").values_list(
+                "pk", "dispatched_at", "dispatch_count", "dispatch_epoch", "priority"
+            )[:batch_size]
         ]
         if not batch:
             return
@@ -142,10 +176,10 @@ def _publish(dispatch: Dispatch, *, reason: str) -> bool:
         moved_on = task.state != TaskState.QUEUED or task.dispatched_at != dispatch.dispatched_at
         if moved_on or start_ahead(task, now) is not None:
             return False
-        task.dispatched_at, task.dispatch_count, task.dispatch_epoch = now, task.dispatch_count + 1, ""
+        mark_published(task, now)
         with audited(RECOVERY_ACTOR, channel=Channel.RECOVERY, reason=reason):
             task.save()
-        publish_on_commit(task.pk)
+        publish_on_commit(task)
     return True
 
 
@@ -156,7 +190,8 @@ def redispatch(dispatch: Dispatch, *, reason: str) -> bool:
 
 def publish_due(*, limit: int = 1000) -> int:
     """Publish the queued tasks whose start time has come (a scheduled ``run_at``, a retry's wait) and that
-    were not published for it yet, at most ``limit``, earliest first; returns how many.
+    were not published for it yet, at most ``limit``, the highest priority first (then the earliest); returns how
+    many. In that order their messages reach the broker, which serves each queue by priority.
 
     Each is marked published (``dispatched_at``) with its history row in the transaction that publishes it on
     commit, so it is published once; a lost message is then the re-dispatch sweep's, as for any publish.
@@ -164,7 +199,8 @@ def publish_due(*, limit: int = 1000) -> int:
     now = timezone.now()
     due = Task.objects.filter(state=TaskState.QUEUED, dispatched_at__isnull=True, run_after__lte=now)
     published = 0
-    for pk, count, run_after in due.order_by("run_after").values_list("pk", "dispatch_count", "run_after")[:limit]:
+    by_priority = due.order_by("-priority", "run_after")
+    for pk, count, run_after in by_priority.values_list("pk", "dispatch_count", "run_after")[:limit]:
         reason = f"published: its start time {format_timestamp(cast(datetime, run_after))} has come"
         published += _publish(Dispatch(pk, None, count, ""), reason=reason)
     return published
@@ -195,10 +231,11 @@ def redispatch_stale(*, base_seconds: float | None = None) -> int:
     candidates = (
         Task.objects.filter(state=TaskState.QUEUED)
         .filter(Q(dispatched_at__lt=now - timedelta(seconds=base)) | Q(dispatched_at__isnull=True))
-        .exclude(run_after__gt=now)
+        .exclude(**WAITING_FOR_DISPATCH_DUE)
     )
     redispatched = 0
-    for pk, at, count, epoch in candidates.values_list("pk", "dispatched_at", "dispatch_count", "dispatch_epoch"):
+    by_priority = candidates.order_by("-priority", "created_at")
+    for pk, at, count, epoch in by_priority.values_list("pk", "dispatched_at", "dispatch_count", "dispatch_epoch"):
         dispatch = Dispatch(pk, at, count, epoch)
         if not redispatch_due(dispatch, now=now, base_seconds=base):
             continue

@@ -17,6 +17,8 @@ from tasks.redaction import redact_submission, redact_text
 from tasks.registry import registered_names
 from tasks.services.base import (
     CREATE_FIELDS,
+    check_queue,
+    mark_published,
     publish_on_commit,
     refuse_unknown,
     validate_task,
@@ -56,6 +58,7 @@ def create_task(
     refuse_unknown(fields, CREATE_FIELDS)
     task = Task(owner=owner, **with_handler_defaults(fields))
     validate_task(task, payload=True)
+    check_queue(task)
     with audited(actor, channel=channel, reason=reason):
         task.save()
     return task
@@ -88,16 +91,16 @@ def submit_task(
     later = run_at if run_at is not None and run_at > now else None
     if later is not None:
         reason = f"{reason}; starts at {format_timestamp(later)}"
-        dispatch: dict[str, Any] = {"run_after": later, "dispatched_at": None, "dispatch_count": 0}
-    else:
-        dispatch = {"dispatched_at": now, "dispatch_count": 1}
-    task = Task(owner=owner, state=TaskState.QUEUED, **dispatch, **with_handler_defaults(fields))
+    task = Task(owner=owner, state=TaskState.QUEUED, run_after=later, **with_handler_defaults(fields))
+    if later is None:
+        mark_published(task, now)
     validate_task(task, payload=True)
+    check_queue(task)
     with transaction.atomic():
         with audited(actor, channel=channel, reason=reason):
             task.save()
         if later is None:
-            publish_on_commit(task.pk)
+            publish_on_commit(task)
     return task
 
 

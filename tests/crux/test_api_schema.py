@@ -16,7 +16,7 @@ from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.validation import validate_schema
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, positive_data_acceptance
 
 from tests.api_support import client_for
 
@@ -150,6 +150,7 @@ def test_schema_and_docs_are_served(db: Any) -> None:
 # state for free-form JSON objects, so generation leaves it out.
 schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", get_wsgi_application())
 schema.config.generation.update(allow_x00=False, database="none")
+SCHEMA_QUEUES = schema.raw_schema["components"]["schemas"]["QueueEnum"]["enum"]
 
 
 @pytest.fixture
@@ -166,6 +167,9 @@ def api_env(db: Any, settings: Any) -> Iterator[None]:
     }
     settings.HEALTH_TIMEOUT = 0.05
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # no broker: health must answer 503, documented
+    # The schema (its enum of queues) was loaded at collection, before this run's own default queue replaced
+    # the configured one: that queue stays a known one here (nothing is published: nothing commits).
+    settings.TASK_QUEUES = [*settings.TASK_QUEUES, *SCHEMA_QUEUES]
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     try:
@@ -198,4 +202,9 @@ def auth_headers(api_env: None, superuser: Any, task_in: Any) -> dict[str, str]:
 def test_api_keeps_to_its_schema(case: Any, auth_headers: dict[str, str]) -> None:
     # Health answers a documented 503 here (no broker, no worker); everything else must never be 5xx.
     excluded = [not_a_server_error] if case.operation.path in ("/api/health/", "/api/health/ready") else []
-    case.call_and_validate(headers=auth_headers, excluded_checks=excluded)
+    response = case.call(headers=auth_headers)
+    if response.status_code == 400 and set(response.json()) == {"soft_time_limit"}:
+        # The one rule across fields that OpenAPI 3.0 cannot state (a soft time limit below the hard one): a
+        # schema-valid body may break it, and a 400 naming the field is the right answer.
+        excluded.append(positive_data_acceptance)
+    case.validate_response(response, headers=auth_headers, excluded_checks=excluded)

@@ -24,9 +24,10 @@ import pytest
 from django.db import OperationalError, connection, connections
 from rest_framework.authtoken.models import Token
 
+from tasks.dispatch import task_id_of
 from tasks.models import Task
 from tasks.states import TaskState
-from tests.conftest import TEST_QUEUE, PrivateRedis
+from tests.conftest import PrivateRedis, queue_keys
 from tests.processes import Processes
 
 pytestmark = pytest.mark.slow
@@ -122,9 +123,9 @@ def sweep(web: Web, broker_url: str) -> str:
 
 
 def queued_messages(broker: PrivateRedis) -> list[str]:
-    """Ids of the tasks whose messages wait in the broker's default queue, oldest first."""
-    waiting = broker.client.lrange(TEST_QUEUE, 0, -1)
-    return [json.loads(raw)["headers"]["id"] for raw in reversed(waiting)]
+    """Ids of the tasks whose messages wait in the broker's default queue, by priority then oldest first."""
+    waiting = [raw for key in queue_keys() for raw in reversed(broker.client.lrange(key, 0, -1))]
+    return [task_id_of(json.loads(raw)["headers"]["id"]) for raw in waiting]
 
 
 def test_a_broker_that_never_answers_holds_no_request(

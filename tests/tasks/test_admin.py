@@ -83,14 +83,21 @@ def _queued(make_task):
     return move(make_task(title="queued one"), "queued")
 
 
-SETUP = {"soft_delete": _alive, "restore": _deleted, "requeue": _failed, "cancel": _queued}
+SETUP = {"soft_delete": _alive, "restore": _deleted, "requeue": _failed, "cancel": _queued, "queue": _alive}
 EXPECTED = {
     "soft_delete": ("soft_delete", lambda t: t.deleted_at is not None),
     "restore": ("restore", lambda t: t.deleted_at is None),
     "requeue": ("transition", lambda t: t.state == "queued"),
     "cancel": ("transition", lambda t: t.state == "cancelled"),
+    "queue": ("transition", lambda t: t.state == "queued"),
 }
-INELIGIBLE = {"soft_delete": _deleted, "restore": _alive, "requeue": _alive, "cancel": lambda mk: _cancelled(mk)}
+INELIGIBLE = {
+    "soft_delete": _deleted,
+    "restore": _alive,
+    "requeue": _alive,
+    "cancel": lambda mk: _cancelled(mk),
+    "queue": _queued,
+}
 
 
 def _cancelled(make_task):
@@ -494,7 +501,7 @@ def test_edit_through_the_admin_needs_a_reason_and_writes_history(client, superu
     assert last.details["changes"]["title"] == ["old title", "new title"]
 
 
-def test_adding_a_task_in_the_admin_needs_a_reason_and_records_it(client, superuser):
+def test_adding_a_task_in_the_admin_submits_it_and_records_the_reason(client, superuser):
     client.force_login(superuser)
     url = reverse("admin:tasks_task_add")
     page = client.get(url)
@@ -511,7 +518,7 @@ def test_adding_a_task_in_the_admin_needs_a_reason_and_records_it(client, superu
     response = client.post(url, data)
     assert response.status_code == 302
     task = Task.objects.get(title="made by staff")
-    assert (task.owner, task.state) == (superuser, "pending")
+    assert (task.owner, task.state) == (superuser, "queued")
     row = TaskHistory.objects.get(task=task)
     assert (row.event, row.actor, row.channel, row.reason) == ("created", "root", "admin", data["change_reason"])
 

@@ -18,7 +18,7 @@ from celery import Celery
 
 from tasks.models import Task, TaskHistory
 from tasks.states import TERMINAL_STATES
-from tests.conftest import RUN_PREFIX, TEST_QUEUE, child_database_url
+from tests.conftest import RUN_PREFIX, child_database_url, queued_count
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUSEKEEPING_QUEUE = "crux.housekeeping"
@@ -239,7 +239,7 @@ def test_a_poison_pill_fails_after_its_limit_while_other_tasks_flow(cluster, tmp
 
 def test_flushall_with_tasks_queued_still_completes_them(cluster, private_redis, tmp_path):
     ids = cluster.submit(20, "record", payload={"log": str(tmp_path / "x.log"), "duration": 0.01})
-    assert private_redis.client.llen(TEST_QUEUE) == 20
+    assert queued_count(private_redis.client) == 20
     private_redis.client.flushall()
     cluster.worker(concurrency=2)
     cluster.housekeeping()
@@ -257,7 +257,7 @@ def test_a_crash_between_commit_and_publish_is_healed_by_the_sweep(cluster, priv
     assert crashed.returncode == -signal.SIGKILL
     task = Task.objects.get()
     assert (task.state, task.dispatch_count) == ("queued", 1)
-    assert private_redis.client.llen(TEST_QUEUE) == 0, "nothing was published"
+    assert queued_count(private_redis.client) == 0, "nothing was published"
     cluster.worker(concurrency=1)
     cluster.housekeeping()
     wait_until_finished([str(task.pk)], cluster)
@@ -423,7 +423,7 @@ def test_flushall_of_the_broker_republishes_every_queued_task_exactly_once(clust
         "the sweep confirms every publish under the broker's epoch",
     )
     (epoch,) = set(Task.objects.filter(pk__in=ids).values_list("dispatch_epoch", flat=True))
-    assert private_redis.client.llen(TEST_QUEUE) == 50
+    assert queued_count(private_redis.client) == 50
     private_redis.client.flushall()
     wait_for(
         lambda: (
@@ -435,7 +435,7 @@ def test_flushall_of_the_broker_republishes_every_queued_task_exactly_once(clust
     )
     sweeps = cluster.sweeps()
     wait_for(lambda: cluster.sweeps() >= sweeps + 6, cluster, "more sweeps run")
-    assert private_redis.client.llen(TEST_QUEUE) == 50, "one message per task, not one per sweep"
+    assert queued_count(private_redis.client) == 50, "one message per task, not one per sweep"
     cluster.worker(concurrency=2)
     wait_until_finished(ids, cluster)
     for task in Task.objects.filter(pk__in=ids):
