@@ -24,6 +24,11 @@ from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)
 
+# This worker instance: its main process's pid, fixed when the worker loads its tasks, before the pool's children
+# are forked (they inherit it). Attempts are claimed as "<node name>:<instance>:<child pid>", so a worker stopping
+# requeues only its own attempts, never those of another worker that shares its node name.
+WORKER_INSTANCE = str(os.getpid())
+
 
 class AttemptFailed(Exception):
     """A Crux attempt ended in an error: raised so that Celery's own view (its result row, Flower) shows the task
@@ -44,7 +49,7 @@ def execute_task(self: Any, task_id: str) -> str:
 
     ``throws``: an attempt's failure is the handler's, logged by Crux; Celery logs it without a traceback.
     """
-    outcome = execution.execute(task_id, worker_id=f"{self.request.hostname}:{os.getpid()}")
+    outcome = execution.execute(task_id, worker_id=f"{self.request.hostname}:{WORKER_INSTANCE}:{os.getpid()}")
     if outcome == TaskState.FAILED:
         raise AttemptFailed(selectors.attempt_end(task_id).error) from None
     if outcome == TaskState.QUEUED:
@@ -99,10 +104,28 @@ def fire_schedule(self: Any, schedule_id: int) -> str | None:
 
 @worker_ready.connect
 def recover_on_worker_start(sender: Any, **kwargs: Any) -> None:
-    """Tasks this worker held before it restarted cannot be running any more."""
-    counts = services.recover_orphans(worker_prefix=f"{sender.hostname}:")
-    if any(counts.values()):
-        logger.warning("startup recovery of %s: %s", sender.hostname, counts)
+    """Tasks this worker held before it restarted cannot be running any more: those of earlier instances of its
+    node name whose main process is gone. A live namesake (two workers started with one name) keeps its own."""
+    for instance in selectors.running_instances(sender.hostname) - {WORKER_INSTANCE}:
+        if _alive(instance):
+            logger.warning(
+                "worker %s shares its name with live process %s: its tasks are left alone", sender.hostname, instance
+            )
+            continue
+        counts = services.recover_orphans(worker_prefix=f"{sender.hostname}:{instance}:")
+        if any(counts.values()):
+            logger.warning("startup recovery of %s (instance %s): %s", sender.hostname, instance, counts)
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` of this machine still runs (a node name's ``%h`` is this machine's)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def requeue_on_worker_shutdown(hostname: str) -> None:
@@ -110,6 +133,8 @@ def requeue_on_worker_shutdown(hostname: str) -> None:
     cold shutdown): what the worker still ran (attempts past the shutdown grace period) is recorded interrupted and
     requeued at once, instead of staying ``running`` until its lease expires."""
     close_old_connections()
-    requeued = services.requeue_after_shutdown(f"{hostname}:", grace_seconds=settings.WORKER_SHUTDOWN_GRACE_SECONDS)
+    requeued = services.requeue_after_shutdown(
+        f"{hostname}:{WORKER_INSTANCE}:", grace_seconds=settings.WORKER_SHUTDOWN_GRACE_SECONDS
+    )
     if requeued:
         logger.warning("shutdown of %s: %s running task(s) interrupted and requeued", hostname, requeued)

@@ -4,10 +4,11 @@
 - ``search``: words in titles and descriptions, through the search index.
 - ``figures``: counts by state, role, provider, event; activity per hour.
 - ``history``: a task's latest rows; verification of the whole audit trail (``verify_audit``).
-- ``attempts``: what a task's last attempt left behind (its error, its retry time), for Celery's view of it.
+- ``attempts``: what a task's last attempt left behind (its error, its retry time), for Celery's view of it;
+  which worker instances hold running attempts.
 """
 
-from tasks.selectors.attempts import AttemptEnd, attempt_end
+from tasks.selectors.attempts import AttemptEnd, attempt_end, running_instances
 from tasks.selectors.figures import (
     activity_per_hour,
     count_alive_by,
@@ -48,6 +49,7 @@ __all__ = [
     "may_change",
     "may_see",
     "may_see_deleted",
+    "running_instances",
     "search_tasks",
     "task_list",
     "verify_audit_chains",

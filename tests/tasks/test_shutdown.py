@@ -97,6 +97,37 @@ def test_an_attempt_that_ends_within_the_grace_period_completes(graceful, tmp_pa
     assert "Traceback" not in (tmp_path / "w0.log").read_text()
 
 
+def test_workers_sharing_a_node_name_leave_each_others_attempts_alone(graceful, tmp_path):
+    """Two workers started with one name (Celery only warns): the second's start-up recovery and the first's
+    shutdown requeue act on their own instance's attempts, never on the live namesake's."""
+    log = tmp_path / "executions.log"
+    first = graceful.worker(1, node_name="twin@%h")
+    [first_task] = graceful.submit(1, "record", payload={"log": str(log), "duration": 8})
+    wait_for(lambda: running(first_task), 30, "the first worker's task running", graceful)
+    graceful.worker(1, node_name="twin@%h")
+    wait_for(
+        lambda: (tmp_path / "w1.log").exists() and " ready." in (tmp_path / "w1.log").read_text(),
+        60,
+        "the namesake ready",
+        graceful,
+    )
+    [second_task] = graceful.submit(1, "record", payload={"log": str(log), "duration": 8})
+    wait_for(lambda: running(second_task), 30, "the namesake's task running", graceful)
+    assert f":{first.pid}:" in Task.objects.get(pk=first_task).worker_id
+    assert not Task.objects.get(pk=first_task).history.filter(state_to="interrupted").exists(), (
+        "the namesake's start-up recovery interrupted a live worker's attempt"
+    )
+
+    stop(first, signal.SIGTERM, GRACE + 15, graceful)
+    first_row, second_row = Task.objects.get(pk=first_task), Task.objects.get(pk=second_task)
+    assert first_row.state == "queued" and first_row.history.filter(state_to="interrupted").count() == 1
+    assert second_row.state == "running" and second_row.attempt_count == 1
+    assert not second_row.history.filter(state_to="interrupted").exists(), "the namesake's attempt was interrupted"
+    wait_until_finished([second_task, first_task], graceful, timeout=60)
+    second_row.refresh_from_db()
+    assert (second_row.state, second_row.attempt_count) == ("completed", 1)
+
+
 def test_stopping_honcho_with_the_procfile_worker_leaves_nothing_running(graceful, tmp_path):
     """``make run`` stopped with Ctrl-C: honcho SIGTERMs the worker and SIGKILLs it 5 s later if it is still alive;
     the Procfile's worker line, with the default grace period, is done before that."""

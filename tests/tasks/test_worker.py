@@ -93,7 +93,7 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def worker(self, concurrency: int = 2, *queues: str) -> subprocess.Popen:
+    def worker(self, concurrency: int = 2, *queues: str, node_name: str | None = None) -> subprocess.Popen:
         name = f"w{len(self.processes)}"
         options = ["-Q", ",".join(queues)] if queues else []
         return self._spawn(
@@ -103,7 +103,7 @@ class Cluster:
                 "-c",
                 str(concurrency),
                 "-n",
-                f"{name}@%h",
+                node_name or f"{name}@%h",
                 "--without-gossip",
                 "--without-mingle",
                 "-l",
