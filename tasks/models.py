@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -54,6 +55,16 @@ def finite_number(value: float) -> None:
     """Refuse NaN and infinities, which a float field and the range validators let through."""
     if not math.isfinite(value):
         raise ValidationError("Enter a finite number.", code="not_finite")
+
+
+# The validators of a task's options, shared by the options a periodic schedule sets for the tasks it submits.
+QUEUE_NAME_VALIDATORS = [RegexValidator(QUEUE_NAME_PATTERN, "Use letters, digits, '.', '_', ':' or '-'.")]
+PRIORITY_VALIDATORS = [MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)]
+TIME_LIMIT_VALIDATORS: list[Callable[[Any], None]] = [
+    MinValueValidator(0.001),
+    MaxValueValidator(MAX_TIME_LIMIT_SECONDS),
+    finite_number,
+]
 
 
 class TaskQuerySet(models.QuerySet):
@@ -163,25 +174,25 @@ class Task(models.Model):
     queue = models.CharField(
         max_length=100,
         blank=True,
-        validators=[RegexValidator(QUEUE_NAME_PATTERN, "Use letters, digits, '.', '_', ':' or '-'.")],
+        validators=QUEUE_NAME_VALIDATORS,
         help_text="Celery queue it is published to (empty: the default queue).",
     )
     priority = models.PositiveSmallIntegerField(
         default=DEFAULT_PRIORITY,
-        validators=[MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)],
+        validators=PRIORITY_VALIDATORS,
         help_text="0 (last) to 9 (first) within its queue.",
     )
     # Time limits of each attempt in seconds (empty: the handler's, else the TASK_*_TIME_LIMIT_SECONDS settings).
     soft_time_limit = models.FloatField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(0.001), MaxValueValidator(MAX_TIME_LIMIT_SECONDS), finite_number],
+        validators=TIME_LIMIT_VALIDATORS,
         help_text="Seconds after which the handler is told to wrap up (SoftTimeLimitExceeded).",
     )
     time_limit = models.FloatField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(0.001), MaxValueValidator(MAX_TIME_LIMIT_SECONDS), finite_number],
+        validators=TIME_LIMIT_VALIDATORS,
         help_text="Seconds after which the attempt is terminated and recorded as failed (then retried or failed).",
     )
     worker_id = models.CharField(max_length=255, blank=True)
@@ -532,13 +543,13 @@ class TaskSchedule(models.Model):
     queue = models.CharField(
         max_length=100,
         blank=True,
-        validators=[RegexValidator(QUEUE_NAME_PATTERN, "Use letters, digits, '.', '_', ':' or '-'.")],
+        validators=QUEUE_NAME_VALIDATORS,
         help_text="Empty: the handler's queue, else the default queue.",
     )
     priority = models.PositiveSmallIntegerField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)],
+        validators=PRIORITY_VALIDATORS,
         help_text="0 (last) to 9 (first); empty: the handler's.",
     )
     max_attempts = models.PositiveSmallIntegerField(
@@ -550,13 +561,13 @@ class TaskSchedule(models.Model):
     soft_time_limit = models.FloatField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(0.001), MaxValueValidator(MAX_TIME_LIMIT_SECONDS), finite_number],
+        validators=TIME_LIMIT_VALIDATORS,
         help_text="Seconds; empty: the handler's.",
     )
     time_limit = models.FloatField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(0.001), MaxValueValidator(MAX_TIME_LIMIT_SECONDS), finite_number],
+        validators=TIME_LIMIT_VALIDATORS,
         help_text="Seconds; empty: the handler's.",
     )
     periodic_task = models.OneToOneField(

@@ -15,25 +15,11 @@ from django_celery_results.models import TaskResult
 from tasks.models import Task, TaskHistory
 from tests.credentials import leaks
 from tests.tasks import test_worker
+from tests.tasks.test_queues import submit
 from tests.tasks.test_worker import ROOT, transitions, wait_for, wait_until_finished
 
 cluster = test_worker.cluster  # the real workers and private broker of tests/tasks/test_worker.py
 pytestmark = pytest.mark.slow
-
-SUBMIT = """
-import json, sys
-import django
-django.setup()
-from django.contrib.auth import get_user_model
-from tasks import services
-from tasks.audit import Channel
-owner = get_user_model().objects.get(username="alice")
-ids = []
-for fields in json.loads(sys.argv[1]):
-    task = services.submit_task(owner=owner, actor=owner, channel=Channel.API, title=fields["handler"], **fields)
-    ids.append(str(task.pk))
-print(json.dumps(ids), flush=True)
-"""
 
 REQUEUE = """
 import sys
@@ -50,12 +36,6 @@ def crux(cluster: test_worker.Cluster) -> test_worker.Cluster:
     """The cluster, its processes knowing the handlers these tests use."""
     cluster.env["TASK_HANDLERS_EXTRA"] += ",leak=tests.handlers.leak_secrets,flaky=tests.handlers.flaky"
     return cluster
-
-
-def submit(cluster: test_worker.Cluster, *specs: dict) -> list[str]:
-    done = cluster.run_script(SUBMIT, json.dumps(list(specs)))
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def celery_control(cluster: test_worker.Cluster, *args: str) -> str:

@@ -139,11 +139,14 @@ class Cluster:
     def logs_in_full(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("*.log")))
 
-    def sweeps(self) -> int:
-        """Recovery sweeps the workers ran, by their own counters: an idle sweep logs nothing."""
-        probe = Celery("sweeps", set_as_current=False, broker=self.env["CELERY_BROKER_URL"])
+    def runs(self) -> Counter:
+        """Celery tasks the workers ran, by name, by their own counters: an idle housekeeping job logs nothing."""
+        probe = Celery("runs", set_as_current=False, broker=self.env["CELERY_BROKER_URL"])
         replies = probe.control.inspect(timeout=1).stats() or {}
-        return sum(reply.get("total", {}).get("crux.recovery_sweep", 0) for reply in replies.values())
+        return sum((Counter(reply.get("total", {})) for reply in replies.values()), Counter())
+
+    def sweeps(self) -> int:
+        return self.runs()["crux.recovery_sweep"]
 
 
 @pytest.fixture
@@ -412,6 +415,28 @@ def test_a_backlog_drained_by_one_slow_worker_is_published_once_per_task(cluster
     logs = cluster.logs_in_full()
     assert "duplicate delivery" not in logs, "a task's message was delivered twice"
     assert cluster.sweeps() >= 10, "the sweep ran often while the backlog drained"
+
+
+def test_housekeeping_keeps_its_period_behind_a_backlog_of_1000_slow_tasks(cluster, tmp_path):
+    """Task work and housekeeping have queues and workers of their own: 1,000 slow tasks waiting for the one task
+    worker do not slow the recovery sweep or the publishing of due tasks (each every 0.5 s here)."""
+    period = float(cluster.env["RECOVERY_SWEEP_SECONDS"])
+    cluster.env["DISPATCH_DUE_SECONDS"] = str(period)
+    log = tmp_path / "executions.log"
+    ids = cluster.submit(1000, "record", payload={"log": str(log), "duration": 60})
+    cluster.worker(concurrency=1)
+    cluster.housekeeping()
+    wait_for(lambda: Task.objects.filter(pk__in=ids, state="running").exists(), cluster, "the backlog draining")
+    wait_for(lambda: cluster.sweeps() > 0, cluster, "the first sweep")
+
+    before, started = cluster.runs(), time.monotonic()
+    time.sleep(6)
+    after, elapsed = cluster.runs(), time.monotonic() - started
+    assert Task.objects.filter(pk__in=ids, state="queued").count() >= 990, "the backlog was not there all along"
+    for job in ("crux.recovery_sweep", "crux.dispatch_due"):
+        done = after[job] - before[job]
+        print(f"{job}: {done} runs in {elapsed:.1f} s behind the backlog (period {period} s)")
+        assert done >= 0.6 * elapsed / period, (job, done, elapsed)
 
 
 def test_flushall_of_the_broker_republishes_every_queued_task_exactly_once(cluster, private_redis):
