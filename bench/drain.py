@@ -114,7 +114,7 @@ def main() -> None:
     from bench.celery_noop import app as bare_app
     from bench.celery_noop import noop
     from crux.celery import app as crux_app
-    from persistence import mirror
+    from persistence import dispatch, mirror
     from tasks import services
     from tasks.audit import Channel
     from tasks.models import Task
@@ -127,8 +127,9 @@ def main() -> None:
 
     def check_backlog(queue: str, count: int) -> None:
         """Every message is waiting in the queue the worker is about to consume (none lost or misrouted)."""
-        if broker.llen(queue) != count:
-            raise SystemExit(f"{broker.llen(queue)} messages in {queue}, not {count}")
+        waiting = dispatch.queued_count(broker, queue)
+        if waiting != count:
+            raise SystemExit(f"{waiting} messages in {queue}, not {count}")
 
     def crux_drain(worker: Worker, count: int) -> tuple[float, list[float]]:
         """Submit ``count`` tasks, let the worker drain them; (tasks/s, per-task claim-to-completion seconds)."""

@@ -191,7 +191,7 @@ def main() -> None:
     from django.db import connection
 
     from crux.celery import app
-    from persistence import mirror
+    from persistence import dispatch, mirror
     from tasks import services
     from tasks.audit import Channel
     from tasks.models import Task, TaskHistory
@@ -246,7 +246,7 @@ def main() -> None:
         if args.profile:
             profiler = cProfile.Profile()
             profiler.runcall(lambda: [durable(i) for i in range(args.count)])
-        published = broker.llen(queue)
+        published = dispatch.queued_count(broker, queue)
 
     expected = 2 * (args.warmup + args.runs * args.count) + (args.count if args.profile else 0)
     if published != expected:

@@ -64,6 +64,23 @@ def receipts_key() -> str:
     return f"{settings.REDIS_KEY_PREFIX}:broker:receipts"
 
 
+def queue_keys(queue: str) -> list[str]:
+    """The broker's Redis lists of a Celery queue, served first to last: one per priority step (kombu's
+    ``priority_steps``; the first step's list is named after the queue itself)."""
+    from kombu.transport.redis import Channel
+
+    steps = settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"]
+    return [queue] + [f"{queue}{Channel.sep}{step}" for step in steps if step]
+
+
+def queued_count(conn: Redis, queue: str) -> int:
+    """Messages waiting in a Celery queue on a Redis broker, whatever their priority."""
+    pipe = conn.pipeline(transaction=False)
+    for key in queue_keys(queue):
+        pipe.llen(key)
+    return sum(int(n) for n in pipe.execute())
+
+
 def current_epoch(conn: Redis) -> str:
     """The broker's epoch, started now if the broker has none (first use, or after a flush or restart)."""
     pipe = conn.pipeline(transaction=False)

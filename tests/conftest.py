@@ -24,17 +24,17 @@ os.environ["CELERY_TASK_DEFAULT_QUEUE"] = TEST_QUEUE
 
 
 def queue_keys(queue: str = TEST_QUEUE) -> list[str]:
-    """The broker's Redis lists of a Celery queue, served first to last: one per priority step (kombu's)."""
-    from django.conf import settings
-    from kombu.transport.redis import Channel
+    """The broker's Redis lists of this run's queue (or ``queue``), one per priority step."""
+    from persistence import dispatch
 
-    steps = settings.CELERY_BROKER_TRANSPORT_OPTIONS["priority_steps"]
-    return [queue] + [f"{queue}{Channel.sep}{step}" for step in steps if step]
+    return dispatch.queue_keys(queue)
 
 
 def queued_count(client: redis.Redis, queue: str = TEST_QUEUE) -> int:
-    """Messages waiting in a Celery queue on a Redis broker, whatever their priority."""
-    return sum(int(client.llen(key)) for key in queue_keys(queue))
+    """Messages waiting in this run's queue (or ``queue``) on a Redis broker, whatever their priority."""
+    from persistence import dispatch
+
+    return dispatch.queued_count(client, queue)
 
 
 def free_port() -> int:
