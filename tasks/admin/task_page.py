@@ -23,7 +23,7 @@ from tasks.models import (
     TaskMetrics,
     TaskOutput,
 )
-from tasks.services.base import HANDLER_DEFAULT_FIELDS, check_queue, validate_task, with_handler_defaults
+from tasks.services.base import HANDLER_DEFAULT_FIELDS
 from tasks.states import TaskState
 
 
@@ -145,9 +145,9 @@ class TaskSubmitForm(PayloadFormMixin, forms.ModelForm):
         """The service's checks in place of the model form's: the task it would submit, nothing written."""
         if self.errors:
             return
-        self.instance = Task(state=TaskState.QUEUED, **with_handler_defaults(self.submission()))
         try:
-            validate_task(self.instance, payload=True)
-            check_queue(self.instance)
+            self.instance = services.checked_submission(
+                self.cleaned_data.get("owner"), self.submission(), state=TaskState.QUEUED
+            )
         except InvalidTaskData as exc:
             self.add_service_errors(exc, aliases={"request_payload": "payload"})

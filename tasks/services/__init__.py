@@ -75,6 +75,7 @@ from tasks.services.schedules import (
 from tasks.services.submission import (
     IDEMPOTENCY_KEY_MAX_LENGTH,
     IdempotencyKeyReused,
+    checked_submission,
     create_task,
     import_task,
     submit_task,
@@ -100,6 +101,7 @@ __all__ = [
     "cancel",
     "cancel_revoked",
     "check_queue",
+    "checked_submission",
     "claim",
     "confirm_dispatches",
     "create_task",

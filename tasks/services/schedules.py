@@ -23,9 +23,7 @@ from django_celery_beat.models import PeriodicTask
 from tasks.audit import Channel
 from tasks.exceptions import InvalidTaskData
 from tasks.models import SchedulerLease, Task, TaskSchedule
-from tasks.registry import registered_names
-from tasks.services.base import validate_task, with_handler_defaults
-from tasks.services.submission import submit_task_once
+from tasks.services.submission import checked_submission, submit_task_once
 
 FIRE_SCHEDULE = "crux.fire_schedule"
 # The beat entry of schedule 7 is "crux.schedule:7": beside the housekeeping entries of CELERY_BEAT_SCHEDULE.
@@ -57,19 +55,17 @@ def task_fields(schedule: TaskSchedule) -> dict[str, Any]:
 def validate_schedule(schedule: TaskSchedule) -> None:
     """Refuse (InvalidTaskData, messages by field) a schedule whose firings would be refused, before it is saved.
 
-    The task a firing would submit is checked like a submission (``validate_task(..., payload=True)``): the handler
-    registered, the payload against its declaration, the options in range.
+    The task a firing would submit is checked as a submission is (``checked_submission``): the handler
+    registered, the payload against its declaration, the options in range, the queue known.
     """
     errors: dict[str, Any] = {}
     try:
         schedule.full_clean(exclude=["owner", "periodic_task"])
     except ValidationError as exc:
         errors.update(exc.message_dict)
-    if schedule.handler not in registered_names():
-        errors["handler"] = [f"Unknown handler {schedule.handler!r}; registered: {', '.join(registered_names())}."]
-    elif not errors:
+    if not errors:
         try:
-            validate_task(Task(**with_handler_defaults(task_fields(schedule))), payload=True)
+            checked_submission(None, task_fields(schedule))
         except InvalidTaskData as exc:
             errors.update({"payload" if name == "request_payload" else name: v for name, v in exc.errors.items()})
     if errors:

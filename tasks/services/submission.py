@@ -46,6 +46,20 @@ def _check_handler(fields: dict[str, Any]) -> None:
         )
 
 
+def checked_submission(owner: User | None, fields: dict[str, Any], **preset: Any) -> Task:
+    """The unsaved task a submission of ``fields`` makes, checked as every door checks one (the API, the admin's
+    add form, a schedule when it is saved, ``create_task`` and ``submit_task``): settable fields only, a registered
+    handler, its ``@options`` for what the fields leave out, the model's rules, the payload against the handler's
+    declaration, a known queue. InvalidTaskData, by field, otherwise; nothing is written. ``preset``: what the
+    caller decides itself (the state, the start time)."""
+    refuse_unknown(fields, CREATE_FIELDS)
+    _check_handler(fields)
+    task = Task(owner=owner, **preset, **with_handler_defaults(fields))
+    validate_task(task, payload=True)
+    check_queue(task)
+    return task
+
+
 def create_task(
     *,
     owner: User | None,
@@ -55,10 +69,7 @@ def create_task(
     **fields: Any,
 ) -> Task:
     """Create a pending task (not yet dispatched) and its first history row; credentials are redacted on save."""
-    refuse_unknown(fields, CREATE_FIELDS)
-    task = Task(owner=owner, **with_handler_defaults(fields))
-    validate_task(task, payload=True)
-    check_queue(task)
+    task = checked_submission(owner, fields)
     with audited(actor, channel=channel, reason=reason):
         task.save()
     return task
@@ -83,19 +94,15 @@ def submit_task(
     (``run_after``), until crux.dispatch_due publishes it at its time; until it starts
     it can be cancelled or deleted like any queued task.
     """
-    refuse_unknown(fields, CREATE_FIELDS)
-    _check_handler(fields)
     now = timezone.now()
     if run_at is not None and timezone.is_naive(run_at):
         raise InvalidTaskData({"run_at": ["Give a time zone, e.g. 2030-01-01T09:00:00Z."]})
     later = run_at if run_at is not None and run_at > now else None
     if later is not None:
         reason = f"{reason}; starts at {format_timestamp(later)}"
-    task = Task(owner=owner, state=TaskState.QUEUED, run_after=later, **with_handler_defaults(fields))
+    task = checked_submission(owner, fields, state=TaskState.QUEUED, run_after=later)
     if later is None:
         mark_published(task, now)
-    validate_task(task, payload=True)
-    check_queue(task)
     with transaction.atomic():
         with audited(actor, channel=channel, reason=reason):
             task.save()

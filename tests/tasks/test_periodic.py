@@ -132,6 +132,11 @@ def test_the_service_refuses_a_bad_payload_and_a_schedule_with_two_timings(staff
     with pytest.raises(InvalidTaskData) as info:
         make_schedule(staff, handler="nope")
     assert "handler" in info.value.errors
+    # A queue no worker is meant to consume would refuse every firing: refused when the schedule is saved.
+    for queue in ("no-such-queue", HOUSEKEEPING_QUEUE):
+        with pytest.raises(InvalidTaskData) as info:
+            make_schedule(staff, queue=queue)
+        assert "queue" in info.value.errors
     assert not TaskSchedule.objects.exists() and not PeriodicTask.objects.exists()
 
 
