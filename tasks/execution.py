@@ -68,10 +68,14 @@ class TaskContext:
         self.started = time.monotonic()
         self.claim_lost = threading.Event()
 
+    def elapsed(self) -> float:
+        """Seconds since the attempt started."""
+        return time.monotonic() - self.started
+
     @property
     def soft_limit_reached(self) -> bool:
         """Whether the attempt has run past its soft time limit: clean up and return (or raise)."""
-        return self.limits.soft is not None and time.monotonic() - self.started >= self.limits.soft
+        return self.limits.soft is not None and self.elapsed() >= self.limits.soft
 
     def _guarded(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.claim_lost.is_set():
@@ -108,18 +112,17 @@ class Heartbeat(threading.Thread):
     def _next_wait(self) -> float:
         if self.ctx.limits.hard is None:
             return self.interval
-        left = self.ctx.started + self.ctx.limits.hard - time.monotonic()
-        return max(0.0, min(self.interval, left))
+        return max(0.0, min(self.interval, self.ctx.limits.hard - self.ctx.elapsed()))
 
     def _past_hard_limit(self) -> bool:
         hard = self.ctx.limits.hard
-        return hard is not None and time.monotonic() - self.ctx.started >= hard
+        return hard is not None and self.ctx.elapsed() >= hard
 
     def _terminate(self) -> None:
         """Record the attempt as failed by its hard limit, take its claim away, end it (unless it finished first:
         the outcome is a compare-and-set, and a finished attempt has stopped this thread before writing its own)."""
         hard = self.ctx.limits.hard
-        elapsed = time.monotonic() - self.ctx.started
+        elapsed = self.ctx.elapsed()
         try:
             self.terminated = services.finish_attempt(
                 self.ctx.task_id,

@@ -15,7 +15,7 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -66,23 +66,26 @@ class TimeLimits:
         return f"soft time limit {seconds(self.soft)}, hard time limit {seconds(self.hard)}"
 
 
+def _declared(task: Task) -> HandlerOptions:
+    """The task's handler's ``@options``; none for a handler no longer registered (the settings' defaults apply)."""
+    try:
+        return handler_options(task.handler)
+    except KeyError:
+        return HandlerOptions()
+
+
+def _first_set(*values: float | None) -> float | None:
+    """A run-time option: the first of (the task's, its handler's, the setting's) that is set."""
+    return next((float(value) for value in values if value is not None), None)
+
+
 def time_limits(task: Task) -> TimeLimits:
     """The limits in force for the task's attempts, each its own: the task's, else its handler's
     (``@options(soft_time_limit=..., time_limit=...)``), else TASK_SOFT_TIME_LIMIT_SECONDS / TASK_TIME_LIMIT_SECONDS."""
-    try:
-        declared = handler_options(task.handler)
-    except KeyError:  # a handler no longer registered: the settings' defaults
-        declared = HandlerOptions()
-
-    def resolve(own: float | None, handler_default: float | None, setting: float | None) -> float | None:
-        for value in (own, handler_default, setting):
-            if value is not None:
-                return float(value)
-        return None
-
+    declared = _declared(task)
     return TimeLimits(
-        soft=resolve(task.soft_time_limit, declared.soft_time_limit, settings.TASK_SOFT_TIME_LIMIT_SECONDS),
-        hard=resolve(task.time_limit, declared.time_limit, settings.TASK_TIME_LIMIT_SECONDS),
+        soft=_first_set(task.soft_time_limit, declared.soft_time_limit, settings.TASK_SOFT_TIME_LIMIT_SECONDS),
+        hard=_first_set(task.time_limit, declared.time_limit, settings.TASK_TIME_LIMIT_SECONDS),
     )
 
 
@@ -158,13 +161,8 @@ def retry_delay(base: float, attempt: int, *, cap: float, rng: random.Random | N
 def retry_backoff(task: Task) -> float:
     """The task's base backoff: its own ``retry_backoff``, else its handler's (``@options(retry_backoff=...)``),
     else TASK_RETRY_BACKOFF_SECONDS."""
-    if task.retry_backoff is not None:
-        return task.retry_backoff
-    try:
-        handler_default = handler_options(task.handler).retry_backoff
-    except KeyError:  # a handler no longer registered: the setting's default
-        handler_default = None
-    return float(settings.TASK_RETRY_BACKOFF_SECONDS if handler_default is None else handler_default)
+    backoff = _first_set(task.retry_backoff, _declared(task).retry_backoff, settings.TASK_RETRY_BACKOFF_SECONDS)
+    return cast(float, backoff)  # the setting always has a value
 
 
 def _fail_or_retry(task: Task, attempt: int, error: str, *, retry_at: datetime | None, permanent: bool) -> Task:
