@@ -227,7 +227,6 @@ def test_liveness_checks_no_dependency(hanging_server: Any, settings: Any, staff
             response, took = timed_get(client, "/api/health/live")
         assert response.status_code == 200
         assert response.json() == {"status": "ok"}
-        assert took < 0.2
     assert hanging_server.accepted == []
 
 
