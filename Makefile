@@ -1,5 +1,5 @@
 # Crux: two commands do all set-up on a fresh machine.
-#   make run   - virtualenv, install, migrate, then web + worker + housekeeping + beat (SQLite, local Redis)
+#   make run   - virtualenv, install, migrate, then web + stream + worker + housekeeping + beat (SQLite, local Redis)
 #   make test  - virtualenv, install, lint (ruff, import layers, mypy), migration check, the suite on SQLite and on PostgreSQL
 #   make bench - every benchmark of BENCHMARKS.md and one table (BENCH_ENGINES=sqlite,postgres BENCH_SIZES=10000,100000,1000000)
 
@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+STREAM_PORT ?= 8001
 ADMIN_USER ?= admin
 ADMIN_PASSWORD ?= crux-admin
 SQLITE_URL := sqlite:///$(CURDIR)/var/crux.sqlite3
@@ -53,9 +54,10 @@ run: venv keys
 	@echo
 	@echo "  Crux is starting:  admin  http://127.0.0.1:$(PORT)/admin/   (log in as $(ADMIN_USER) / $(ADMIN_PASSWORD))"
 	@echo "                     API    http://127.0.0.1:$(PORT)/api/     docs http://127.0.0.1:$(PORT)/api/docs/"
+	@echo "                     events http://127.0.0.1:$(STREAM_PORT)/api/tasks/ID/events   (Server-Sent Events)"
 	@echo "  Stop with Ctrl-C."
 	@echo
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start --port $(PORT) web worker housekeeping beat
+	STREAM_PORT=$(STREAM_PORT) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start --port $(PORT) web stream worker housekeeping beat
 
 lint: venv keys
 	mkdir -p var

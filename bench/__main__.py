@@ -31,6 +31,7 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
         steps += [
             ["bench.submit", "--engine", engine],
             ["bench.http", "--engine", engine, "--rounds", "3"],
+            ["bench.stream", "--engine", engine, "--rounds", "3"],
             ["bench.recovery", "--tasks", str(recovery_tasks), "--engine", engine],
             # Bytes per 1,000 tasks hardly depend on N: 10,000 completed tasks measure it in seconds.
             [

@@ -9,6 +9,7 @@ task work never delays the detection of a lost worker or a lost message.
 
 import logging.config
 import os
+import socket
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -17,6 +18,7 @@ from django.conf import settings
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crux.settings")
+logger = logging.getLogger(__name__)
 
 # Broker connections whose retry loops end (crux/broker.py): no publish or control broadcast outlives its timeouts.
 app = Celery("crux", amqp="crux.broker:AMQP")
@@ -66,6 +68,73 @@ class RequeueOnShutdown(bootsteps.StartStopStep):
 
 
 app.steps["consumer"].add(RequeueOnShutdown)
+
+
+class WorkerRegistry(bootsteps.StartStopStep):
+    """A consumer step of the worker's main process: every ``WORKER_HEARTBEAT_SECONDS`` it reports this instance to
+    the worker registry in SQL (``tasks.services.report_worker``: node name, main pid, queues, concurrency, the pids
+    of its pool's processes), one UPDATE per period from the worker's timer, not per task. A clean shutdown marks it
+    stopped; a killed worker just stops reporting and the Workers page drops it once its heartbeat is stale. A
+    database error is logged and the next period tries again: the registry never stops a worker."""
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.tref: Any = None
+        self.failing = False
+
+    def start(self, c: Any) -> None:
+        from tasks import services  # imported late: this module loads before Django's apps
+
+        self._guarded(services.forget_workers, settings.WORKER_FORGET_SECONDS)
+        self.beat(c)
+        self.tref = c.timer.call_repeatedly(settings.WORKER_HEARTBEAT_SECONDS, self.beat, (c,))
+
+    def stop(self, c: Any) -> None:
+        """The consumer stops (its broker connection is restarted, or the worker shuts down): no more beats."""
+        if self.tref is not None:
+            c.timer.cancel(self.tref)
+            self.tref = None
+
+    def shutdown(self, c: Any) -> None:
+        from tasks import services
+        from tasks.tasks import WORKER_INSTANCE
+
+        self.stop(c)
+        self._guarded(services.stop_worker, c.hostname, int(WORKER_INSTANCE))
+
+    def beat(self, c: Any) -> None:
+        from tasks import services
+        from tasks.tasks import WORKER_INSTANCE
+
+        info = c.pool.info if c.pool is not None else {}
+        report = services.WorkerReport(
+            name=c.hostname,
+            pid=int(WORKER_INSTANCE),
+            hostname=socket.gethostname(),
+            queues=list(c.app.amqp.queues.consume_from),
+            concurrency=int(info.get("max-concurrency") or 0),
+            pool_pids=[int(pid) for pid in info.get("processes", ())],
+        )
+        self._guarded(services.report_worker, report)
+
+    def _guarded(self, write: Any, *args: Any) -> None:
+        """Run one registry write; on failure log it once (until a write succeeds again) and carry on."""
+        from django.db import close_old_connections
+
+        try:
+            write(*args)
+        except Exception:
+            close_old_connections()  # a broken connection is replaced at the next write
+            if not self.failing:
+                logger.exception("worker registry: %s failed; retrying every period", write.__name__)
+            self.failing = True
+            return
+        if self.failing:
+            logger.warning("worker registry: %s works again", write.__name__)
+        self.failing = False
+
+
+app.steps["consumer"].add(WorkerRegistry)
 
 
 class QuietHousekeeping(logging.Filter):

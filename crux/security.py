@@ -1,4 +1,5 @@
-"""Security at the edges: the login lockout (django-axes) and the Content-Security-Policy (django-csp).
+"""Security at the edges: the login lockout (django-axes), the Content-Security-Policy (django-csp), and the
+login redirect of an htmx request.
 
 Every door that checks a password over HTTP (the admin login, the API's session login) calls authenticate() with
 the request; the lockout backend refuses a locked-out username and address there, even with the right password,
@@ -14,6 +15,7 @@ from axes.helpers import get_cool_off, get_lockout_message
 from csp.middleware import CSPMiddleware
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.template.response import TemplateResponse
+from django_htmx.http import HttpResponseClientRedirect
 
 API_PREFIX = "/api/"
 
@@ -61,3 +63,18 @@ class DocumentCSPMiddleware(CSPMiddleware):
         if not response.get("Content-Type", "").startswith("text/html"):
             return response
         return super().process_response(request, response)
+
+
+class HtmxFullPageRedirect:
+    """A redirect answered to an htmx request (a live admin panel whose session expired, sent to the login page)
+    moves the whole page there (``HX-Redirect``), instead of htmx following it and pasting the login form into
+    the panel it refreshes. After django-htmx's middleware, which sets ``request.htmx``."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if getattr(request, "htmx", False) and 300 <= response.status_code < 400 and response.has_header("Location"):
+            return HttpResponseClientRedirect(response["Location"])
+        return response

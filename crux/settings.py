@@ -89,6 +89,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # An htmx request answered by a redirect (an expired session) moves the whole page, not the refreshed panel.
+    "crux.security.HtmxFullPageRedirect",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a login refused for lockout into crux.security's 429.
     "axes.middleware.AxesMiddleware",
@@ -251,6 +253,12 @@ TASK_TIME_LIMIT_SECONDS = env.float("TASK_TIME_LIMIT_SECONDS", default=None)
 # in production give it the time your attempts need and the process manager a stop timeout a few seconds above it.
 WORKER_SHUTDOWN_GRACE_SECONDS = env.float("WORKER_SHUTDOWN_GRACE_SECONDS", default=3.0)
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = WORKER_SHUTDOWN_GRACE_SECONDS
+# Each worker's main process reports itself (node, pool processes, queues) to the worker registry in SQL this often
+# (crux.celery.WorkerRegistry); the Workers page counts one silent for WORKER_STALE_SECONDS as gone (a killed worker
+# just stops reporting), and a worker starting forgets the instances silent for WORKER_FORGET_SECONDS.
+WORKER_HEARTBEAT_SECONDS = env.float("WORKER_HEARTBEAT_SECONDS", default=2.0)
+WORKER_STALE_SECONDS = env.float("WORKER_STALE_SECONDS", default=10.0)
+WORKER_FORGET_SECONDS = env.float("WORKER_FORGET_SECONDS", default=7 * 86400.0)
 # Tasks waiting in SQL for their time (run_at, a retry's backoff) are published this often once due.
 DISPATCH_DUE_SECONDS = env.float("DISPATCH_DUE_SECONDS", default=0.5)
 CELERY_BEAT_SCHEDULE = {
@@ -329,6 +337,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Dates and times with seconds in every page (crux/formats/en/formats.py: Y-m-d H:i:s), the admin's included.
+FORMAT_MODULE_PATH = ["crux.formats"]
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STORAGES = {
@@ -348,6 +358,14 @@ API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=32)
 API_RETRY_AFTER_SECONDS = env.int("API_RETRY_AFTER_SECONDS", default=5)
 # Seconds an API token's user is served from Redis (dropped at once when the token or user changes; 0 = off).
 API_TOKEN_CACHE_SECONDS = env.int("API_TOKEN_CACHE_SECONDS", default=60)
+# Live event streams (crux.streams), served by the ASGI `stream` process: where the web process redirects them
+# ("" = a proxy routes them), how often its one poller reads new rows, the keep-alive, how long a hole in the
+# ids is waited for (a transaction committing late), and how many events a slow client may lag before it is closed.
+STREAM_PUBLIC_URL = env("STREAM_PUBLIC_URL", default="http://127.0.0.1:8001")
+STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.2)
+STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15.0)
+STREAM_HOLE_GRACE_SECONDS = env.float("STREAM_HOLE_GRACE_SECONDS", default=1.5)
+STREAM_QUEUE_SIZE = env.int("STREAM_QUEUE_SIZE", default=1000)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tasks.api.authentication.CachedTokenAuthentication",
@@ -411,6 +429,11 @@ ENABLE_AUTO_PURGE = env.bool("ENABLE_AUTO_PURGE", default=False)
 AUTO_PURGE_SECONDS = env.float("AUTO_PURGE_SECONDS", default=3600.0)
 MAX_TASKS_PER_PURGE = env.int("MAX_TASKS_PER_PURGE", default=100)
 DELETE_SPIKE_THRESHOLD_PER_MINUTE = env.int("DELETE_SPIKE_THRESHOLD_PER_MINUTE", default=5)
+# A confirmed bulk soft delete by staff holding the permission is one deletion operation of up to this many tasks;
+# besides the operations per minute above, non-superusers may soft-delete at most DELETE_TASKS_PER_MINUTE tasks a
+# minute (never less than one whole bulk).
+DELETE_BULK_MAX = env.int("DELETE_BULK_MAX", default=500)
+DELETE_TASKS_PER_MINUTE = env.int("DELETE_TASKS_PER_MINUTE", default=1000)
 DELETE_SPIKE_WEBHOOK_URL = env("DELETE_SPIKE_WEBHOOK_URL", default="")
 BACKUP_DIR = Path(env("BACKUP_DIR", default=str(VAR_DIR / "backups")))
 BACKUP_RETENTION_DAYS = env.int("BACKUP_RETENTION_DAYS", default=30)

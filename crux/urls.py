@@ -5,7 +5,9 @@ from django.urls import Resolver404, URLPattern, URLResolver, include, path
 from django.urls.resolvers import ResolverMatch, RoutePattern
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from crux.dashboard import dashboard_view
 from crux.metrics import MetricsView
+from crux.streams.views import TaskEventsRedirectView, TasksEventsRedirectView
 
 admin.site.site_header = "Crux administration"
 admin.site.site_title = "Crux"
@@ -13,6 +15,9 @@ admin.site.index_title = "Tasks, history and retention"
 
 api: list[URLPattern | URLResolver] = [
     path("", include("crux.api.urls")),
+    # Served by the stream process (crux.asgi); here, a redirect to it. Before tasks/<task_id>, which "events" fits.
+    path("tasks/events", TasksEventsRedirectView.as_view(), name="tasks-events"),
+    path("tasks/<str:task_id>/events", TaskEventsRedirectView.as_view(), name="task-events"),
     path("", include("tasks.api.urls")),
     path("", include("persistence.api.urls")),
     path("", include("retention.api.urls")),
@@ -42,6 +47,8 @@ class EitherSlash(URLResolver):
 
 
 urlpatterns = [
+    # The admin index's dashboard alone, which the index fetches to refresh it in place.
+    path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="crux_dashboard"),
     path("admin/", admin.site.urls),
     path("metrics", MetricsView.as_view(), name="metrics"),
     EitherSlash(RoutePattern(""), [path("api/", include(api))]),

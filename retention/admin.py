@@ -1,4 +1,5 @@
-"""Admin for retention: editable policies, a read-only ledger and deletion log, the breaker with its acknowledgement."""
+"""Admin for retention: editable policies, a read-only ledger (each purged task restorable from its archive) and
+deletion log, the breaker with its acknowledgement button."""
 
 from typing import Any
 
@@ -6,14 +7,18 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 
 from retention.archive import ArchiveError
-from retention.breaker import acknowledge
+from retention.breaker import acknowledge, breaker
 from retention.models import DeletionBreaker, DeletionEvent, PurgeLedger, RetentionPolicy
-from retention.services import policies, purge
+from retention.services import policies, purge, unarchive_task
 from tasks.admin import ReadOnlyAdmin
+from tasks.admin.actions import ConfirmActionForm
 from tasks.audit import Channel, signed_in
 from tasks.exceptions import TaskError
 
@@ -82,11 +87,77 @@ class RetentionPolicyAdmin(admin.ModelAdmin):
 
 @admin.register(PurgeLedger)
 class PurgeLedgerAdmin(ReadOnlyAdmin):
-    list_display = ("task_id", "title", "state", "owner_username", "purged_at", "policy", "actor", "restored_at")
+    list_display = (
+        "task_id", "title", "state", "owner_username", "purged_at", "policy", "actor", "restored_at", "restore_link",
+    )  # fmt: skip
     list_filter = ("policy", "state")
     search_fields = ("=task_id", "title")
     date_hierarchy = "purged_at"
     show_full_result_count = False
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "<int:pk>/restore/",
+                self.admin_site.admin_view(self.restore_view),
+                name="retention_purgeledger_restore",
+            ),
+            *super().get_urls(),
+        ]
+
+    def has_restore_permission(self, request: HttpRequest) -> bool:
+        user = request.user
+        return user.is_active and user.is_staff and user.has_perm("retention.restore_purgeledger")
+
+    @admin.display(description="restore")
+    def restore_link(self, entry: PurgeLedger) -> str:
+        if entry.restored_at is not None:
+            return "restored"
+        url = reverse("admin:retention_purgeledger_restore", args=[entry.pk])
+        return format_html('<a href="{}">Restore from archive…</a>', url)
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        shown = super().get_list_display(request)
+        return shown if self.has_restore_permission(request) else [n for n in shown if n != "restore_link"]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        extra = dict(extra_context or {})
+        if self.has_restore_permission(request) and str(object_id).isdigit():
+            extra["restore_url"] = reverse("admin:retention_purgeledger_restore", args=[object_id])
+        return super().change_view(request, object_id, form_url, extra)
+
+    def restore_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Staff with ``retention.restore_purgeledger`` (superusers): a confirmation page with a reason, then the
+        restore the ``restore --task`` command does; the task's history row names the user and ``admin``."""
+        if not self.has_restore_permission(request):
+            raise PermissionDenied
+        entry = get_object_or_404(PurgeLedger, pk=pk)
+        form = ConfirmActionForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and request.POST.get("confirm") == "yes" and form.is_valid():
+            try:
+                result = unarchive_task(
+                    entry.task_id,
+                    actor=signed_in(request.user),
+                    channel=Channel.ADMIN,
+                    note=form.cleaned_data["reason"],
+                )
+            except (TaskError, ArchiveError) as exc:
+                self.message_user(request, f"Restore refused, nothing changed: {exc}", messages.ERROR)
+            else:
+                self.message_user(
+                    request, f"Task {result.task_id} {result.outcome} from {entry.archive_file}.", messages.SUCCESS
+                )
+                return HttpResponseRedirect(reverse("admin:tasks_task_change", args=[result.task_id]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Restore a purged task from its archive",
+            "entry": entry,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/retention/purgeledger/restore.html", context)
 
 
 @admin.register(DeletionEvent)
@@ -99,15 +170,43 @@ class DeletionEventAdmin(ReadOnlyAdmin):
 
 @admin.register(DeletionBreaker)
 class DeletionBreakerAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "tripped_at", "tripped_reason", "acknowledged_at", "acknowledged_by")
-    actions = ["acknowledge_spike"]
+    """The breaker's page (the banner's link target): its state, and a button that acknowledges a spike."""
 
-    @admin.action(description="Acknowledge the deletion spike (allow deletions again)", permissions=["acknowledge"])
-    def acknowledge_spike(self, request: HttpRequest, queryset: Any) -> None:
-        if acknowledge(request.user.get_username()):
+    list_display = ("__str__", "tripped_at", "tripped_reason", "acknowledged_at", "acknowledged_by")
+    actions = None
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "acknowledge/",
+                self.admin_site.admin_view(require_POST(self.acknowledge_view)),
+                name="retention_deletionbreaker_acknowledge",
+            ),
+            *super().get_urls(),
+        ]
+
+    def has_acknowledge_permission(self, request: HttpRequest) -> bool:
+        return (
+            request.user.is_active
+            and request.user.is_staff
+            and request.user.has_perm("retention.acknowledge_deletionbreaker")
+        )
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> Any:
+        state = breaker()
+        extra = {
+            **(extra_context or {}),
+            "title": "Deletion breaker",
+            "breaker_state": state,
+            "can_acknowledge": state.is_tripped and self.has_acknowledge_permission(request),
+        }
+        return super().changelist_view(request, extra)
+
+    def acknowledge_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_acknowledge_permission(request):
+            raise PermissionDenied
+        if acknowledge(signed_in(request.user).get_username()):
             self.message_user(request, "Deletion spike acknowledged: deletions are allowed again.", messages.SUCCESS)
         else:
             self.message_user(request, "The breaker was not tripped.", messages.INFO)
-
-    def has_acknowledge_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("retention.acknowledge_deletionbreaker")
+        return HttpResponseRedirect(reverse("admin:retention_deletionbreaker_changelist"))

@@ -91,6 +91,7 @@ class PurgeLedger(models.Model):
         ordering = ["-purged_at"]
         verbose_name = "purge ledger entry"
         verbose_name_plural = "purge ledger"
+        permissions = [("restore_purgeledger", "Can restore a purged task from its archive")]
 
     def __str__(self) -> str:
         return f"{self.task_id} purged {self.purged_at:%Y-%m-%d} by {self.policy}"

@@ -156,12 +156,15 @@ class UnarchiveResult:
     ledger: PurgeLedger
 
 
-def unarchive_task(task_id: TaskId, *, actor: Actor, channel: str, force: bool = False) -> UnarchiveResult:
+def unarchive_task(
+    task_id: TaskId, *, actor: Actor, channel: str, force: bool = False, note: str = ""
+) -> UnarchiveResult:
     """Bring a purged task back from its archive: task, history (chain intact), outputs and metrics.
 
     Idempotent: a task already brought back is reported, not written again. A
     live task with that id is not overwritten unless ``force``; then it is
     purged first (archived, with its own ledger row), so nothing is lost.
+    ``note``: the operator's reason, added to the history row's.
     """
     pk = parse_task_id(task_id)
     ledger = PurgeLedger.objects.filter(task_id=pk).order_by("-purged_at").first()
@@ -185,7 +188,7 @@ def unarchive_task(task_id: TaskId, *, actor: Actor, channel: str, force: bool =
             actor=actor,
             channel=channel,
             reason=f"restored from purge archive {ledger.archive_file} (purged {ledger.purged_at:%Y-%m-%d} "
-            f"by {ledger.policy})",
+            f"by {ledger.policy})" + (f": {note}" if note else ""),
         )
         PurgeLedger.objects.filter(pk=ledger.pk).update(restored_at=timezone.now(), restored_by=label)
     ledger.refresh_from_db()

@@ -19,23 +19,70 @@ from django.dispatch import Signal
 
 class DeletionGuard(Protocol):
     def __call__(
-        self, *, kind: str, actor: str, channel: str, task_id: UUID | None = None, task_count: int = 1
+        self,
+        *,
+        kind: str,
+        actor: str,
+        channel: str,
+        task_id: UUID | None = None,
+        task_count: int = 1,
+        deliberate: bool = False,
+        unlimited: bool = False,
     ) -> None: ...
 
 
+class DeletionPreview(Protocol):
+    def __call__(self, *, kind: str, task_count: int, deliberate: bool, unlimited: bool) -> str | None: ...
+
+
 _deletion_guards: list[DeletionGuard] = []
+_deletion_previews: list[DeletionPreview] = []
 
 
-def add_deletion_guard(guard: DeletionGuard) -> None:
-    """Have ``guard`` admit every deletion before it is written; it refuses one by raising a TaskError."""
+def add_deletion_guard(guard: DeletionGuard, preview: DeletionPreview | None = None) -> None:
+    """Have ``guard`` admit every deletion before it is written; it refuses one by raising a TaskError.
+
+    ``preview`` answers beforehand, writing nothing, why the guard would refuse a deletion (None: it would not).
+    """
     if guard not in _deletion_guards:
         _deletion_guards.append(guard)
+    if preview is not None and preview not in _deletion_previews:
+        _deletion_previews.append(preview)
 
 
-def admit_deletion(*, kind: str, actor: str, channel: str, task_id: UUID | None = None, task_count: int = 1) -> None:
-    """Ask every registered guard to admit a deletion (a soft delete, or a purge of ``task_count`` tasks)."""
+def admit_deletion(
+    *,
+    kind: str,
+    actor: str,
+    channel: str,
+    task_id: UUID | None = None,
+    task_count: int = 1,
+    deliberate: bool = False,
+    unlimited: bool = False,
+) -> None:
+    """Ask every registered guard to admit one deletion operation of ``task_count`` tasks.
+
+    ``deliberate``: a bulk confirmed by staff holding the permission; ``unlimited``: by a superuser.
+    """
     for guard in _deletion_guards:
-        guard(kind=kind, actor=actor, channel=channel, task_id=task_id, task_count=task_count)
+        guard(
+            kind=kind,
+            actor=actor,
+            channel=channel,
+            task_id=task_id,
+            task_count=task_count,
+            deliberate=deliberate,
+            unlimited=unlimited,
+        )
+
+
+def deletion_refusal(*, kind: str, task_count: int, deliberate: bool, unlimited: bool) -> str | None:
+    """Why the guards would refuse this deletion now (for a confirmation page), or None; writes nothing."""
+    for preview in _deletion_previews:
+        refusal = preview(kind=kind, task_count=task_count, deliberate=deliberate, unlimited=unlimited)
+        if refusal:
+            return refusal
+    return None
 
 
 # Sent with ``task_id`` after a running attempt's progress or phase was written.

@@ -610,3 +610,30 @@ class SchedulerLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.holder} until {self.expires_at}"
+
+
+class Worker(models.Model):
+    """One worker instance (a ``celery worker`` main process) as it last reported itself: telemetry, not task state.
+
+    Its main process upserts the row every ``WORKER_HEARTBEAT_SECONDS`` (``crux.celery.WorkerRegistry``) and marks
+    it stopped on a clean shutdown; a killed worker simply stops reporting, so a row is live only while its heartbeat
+    is recent (``tasks.selectors.live_workers``). No history rows: nothing here is a task's state.
+    """
+
+    name = models.CharField(max_length=255, help_text="Celery node name (-n), as in a running task's worker id.")
+    pid = models.PositiveIntegerField(help_text="The main process's pid: the instance part of a task's worker id.")
+    hostname = models.CharField(max_length=255)
+    queues = models.JSONField(default=list, help_text="Queues it consumes.")
+    concurrency = models.PositiveIntegerField(default=0)
+    pool_pids = models.JSONField(default=list, help_text="Pids of the pool's processes that run tasks.")
+    started_at = models.DateTimeField()
+    last_heartbeat = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name", "pid"]
+        constraints = [models.UniqueConstraint(fields=["name", "pid"], name="worker_instance")]
+        indexes = [models.Index(fields=["last_heartbeat"], name="worker_last_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.name} (pid {self.pid})"

@@ -119,6 +119,19 @@ def stall_once(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     return {"attempt": ctx.attempt}
 
 
+def ticker(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """A task to watch live: each of its ``steps`` (default 10) writes an output line and its progress, then waits
+    ``interval`` seconds (default 0.3). With ``gate``, it holds after its first step until that file exists."""
+    steps = int(payload.get("steps", 10))
+    for step in range(1, steps + 1):
+        ctx.output("stdout", f"tick {step} of {steps}")
+        ctx.progress(step / steps, phase=f"step {step} of {steps}")
+        while step == 1 and payload.get("gate") and not os.path.exists(payload["gate"]):
+            time.sleep(0.05)
+        time.sleep(float(payload.get("interval", 0.3)))
+    return {"ticks": steps}
+
+
 def leak_secrets(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """Sends every credential shape through each channel a handler has: progress, outputs, metrics, logs, stdout,
     its result, and (with ``fail``) its error. None of it may be stored or logged as sent."""

@@ -14,7 +14,6 @@ register = template.Library()
 @register.simple_tag
 def crux_dashboard(request: Any) -> dict[str, Any] | None:
     """The dashboard figures for a user who may see tasks, else None."""
-    user = getattr(request, "user", None)
-    if user is None or not (user.has_perm("tasks.view_task") or user.has_perm("tasks.change_task")):
+    if not dashboard.may_see(getattr(request, "user", None)):
         return None
     return dashboard.dashboard()

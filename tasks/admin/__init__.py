@@ -1,10 +1,10 @@
 """The task app's admin: tasks (with actions, trash and timeline), their history, CLI sessions, preferences,
-periodic schedules.
+periodic schedules, the Workers page.
 
 Importing the package registers every model admin (Django's admin autodiscovery imports it).
 """
 
-from tasks.admin import history_admin, schedule_admin, session_admin, task_admin
+from tasks.admin import history_admin, schedule_admin, session_admin, task_admin, workers
 from tasks.admin.base import ReadOnlyAdmin
 
-__all__ = ["ReadOnlyAdmin", "history_admin", "schedule_admin", "session_admin", "task_admin"]
+__all__ = ["ReadOnlyAdmin", "history_admin", "schedule_admin", "session_admin", "task_admin", "workers"]

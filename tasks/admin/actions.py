@@ -4,7 +4,8 @@ An action is declared once here (``ACTIONS``): the permission it needs, which
 tasks it applies to (and why others are skipped), and the ``tasks.services``
 call that performs it with the staff user as actor and ``admin`` as channel, so
 the service writes the history row. ``TaskAdmin`` turns each into a changelist
-action, a button on the task page and a confirmation view.
+action, a button on the task page and a confirmation view. A confirmed action
+applies to every selected task or to none (``tasks.services.apply_to_all``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django import forms
 
-from tasks import services
+from tasks import hooks, services
 from tasks.audit import Channel
-from tasks.exceptions import TaskError
 from tasks.models import Task
 from tasks.states import TERMINAL_STATES, TaskState
 
@@ -41,6 +41,7 @@ class ActionSpec:
     perform: Callable[[Task, User, str], Task]
     note: Callable[[Task], str] = field(default=lambda task: "")
     danger: bool = False
+    deletion: bool = False  # admitted by the deletion guards as one bulk soft delete
 
     @property
     def perm(self) -> str:
@@ -92,7 +93,8 @@ def _note_cancel(task: Task) -> str:
 
 
 def _soft_delete(task: Task, user: User, reason: str) -> Task:
-    return services.soft_delete(task.pk, user=user, channel=Channel.ADMIN, reason=reason)
+    # Admitted beforehand with the whole bulk (``perform``), as one deliberate deletion operation.
+    return services.mark_deleted(task.pk, user=user, channel=Channel.ADMIN, reason=reason)
 
 
 def _restore(task: Task, user: User, reason: str) -> Task:
@@ -132,6 +134,7 @@ ACTIONS: dict[str, ActionSpec] = {
             perform=_soft_delete,
             note=_note_soft_delete,
             danger=True,
+            deletion=True,
         ),
         ActionSpec(
             name="restore",
@@ -214,28 +217,28 @@ def parse_ids(values: list[str]) -> tuple[list[uuid.UUID], list[str]]:
     return ids, invalid
 
 
-@dataclass
-class Outcome:
-    done: list[Task] = field(default_factory=list)
-    skipped: list[tuple[Task, str]] = field(default_factory=list)
-    failed: list[tuple[Any, str]] = field(default_factory=list)
+def _bulk_deletion(spec: ActionSpec, user: User) -> services.BulkDeletion | None:
+    if not spec.deletion:
+        return None
+    return services.BulkDeletion(actor=user.get_username(), channel=Channel.ADMIN, unlimited=user.is_superuser)
 
 
-def perform(spec: ActionSpec, ids: list[uuid.UUID], *, user: User, reason: str) -> Outcome:
-    """Apply ``spec`` to each task, one transaction each; refusals (TaskError) are collected, never raised."""
-    outcome = Outcome()
-    tasks = Task.objects.in_bulk(ids)
-    for pk in ids:
-        task = tasks.get(pk)
-        if task is None:
-            outcome.failed.append((pk, "no such task"))
-            continue
-        skip = spec.skip_reason(task)
-        if skip:
-            outcome.skipped.append((task, skip))
-            continue
-        try:
-            outcome.done.append(spec.perform(task, user, reason))
-        except TaskError as exc:
-            outcome.failed.append((task, str(exc)))
-    return outcome
+def refusal_beforehand(spec: ActionSpec, task_count: int, *, user: User) -> str | None:
+    """Why confirming would be refused now (the deletion breaker's rule), for the confirmation page; None: it
+    would not. Checked again, atomically, when confirmed."""
+    deletion = _bulk_deletion(spec, user)
+    if deletion is None or not task_count:
+        return None
+    return hooks.deletion_refusal(
+        kind=deletion.kind, task_count=task_count, deliberate=True, unlimited=deletion.unlimited
+    )
+
+
+def perform(spec: ActionSpec, ids: list[uuid.UUID], *, user: User, reason: str) -> list[Task]:
+    """Apply ``spec`` to every task of ``ids`` in one transaction, or to none (``services.BulkRefused`` says why)."""
+    return services.apply_to_all(
+        ids,
+        lambda task: spec.perform(task, user, reason),
+        refusal=spec.skip_reason,
+        deletion=_bulk_deletion(spec, user),
+    )

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import Q
 from django.http import HttpRequest
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.html import format_html
 from django.utils.text import smart_split, unescape_string_literal
 
@@ -25,7 +25,8 @@ def state_badge_html(state: str) -> str:
 
 
 def short_datetime(value: Any) -> str:
-    return "-" if value is None else timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S")
+    """A timestamp as every admin page shows one (DATETIME_FORMAT: to the second)."""
+    return "-" if value is None else formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
 
 
 def transition_html(row: TaskHistory) -> str:

@@ -1,8 +1,10 @@
 """The task admin's confirmation pages: every action lists the tasks it changes, asks for a reason, then acts.
 
 A mixin of ``TaskAdmin``: the buttons of a task page, the confirmation view
-(also reached from changelist actions), and the report of what was done,
-skipped or refused.
+(also reached from changelist actions), and the report of what was done. A
+confirmed action applies to all the listed tasks or to none: the page says
+beforehand when it would be refused (the deletion breaker), and a refusal when
+confirmed (checked again) shows the page again with the reason.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 
 from tasks.admin.actions import (
@@ -25,9 +26,11 @@ from tasks.admin.actions import (
     ConfirmActionForm,
     parse_ids,
     perform,
+    refusal_beforehand,
 )
 from tasks.audit import signed_in
 from tasks.models import Task
+from tasks.services import BulkRefused
 
 
 class ConfirmedActionsMixin(admin.ModelAdmin):
@@ -94,9 +97,14 @@ class ConfirmedActionsMixin(admin.ModelAdmin):
 
         form = ConfirmActionForm(request.POST if "confirm" in request.POST else None)
         if request.POST.get("confirm") == "yes" and form.is_valid():
-            outcome = perform(spec, ids, user=signed_in(request.user), reason=form.cleaned_data["reason"])
-            self._report(request, spec, outcome, form.cleaned_data["reason"])
-            return HttpResponseRedirect(next_url)
+            reason = form.cleaned_data["reason"]
+            try:
+                done = perform(spec, ids, user=signed_in(request.user), reason=reason)
+            except BulkRefused as exc:
+                self.message_user(request, f"Nothing was changed: {exc}", messages.ERROR)
+            else:
+                self._report(request, spec, done, reason)
+                return HttpResponseRedirect(next_url)
 
         found = Task.objects.select_related("owner", "deleted_by").in_bulk(ids)
         rows, skipped = [], []
@@ -113,6 +121,7 @@ class ConfirmedActionsMixin(admin.ModelAdmin):
             "opts": self.opts,
             "title": spec.title,
             "spec": spec,
+            "refusal": refusal_beforehand(spec, len(rows), user=signed_in(request.user)),
             "rows": rows,
             "skipped": skipped,
             "invalid": invalid,
@@ -131,36 +140,14 @@ class ConfirmedActionsMixin(admin.ModelAdmin):
             return next_url
         return reverse("admin:tasks_task_changelist")
 
-    def _report(self, request: HttpRequest, spec: ActionSpec, outcome: Any, reason: str) -> None:
-        for task in outcome.done:
+    def _report(self, request: HttpRequest, spec: ActionSpec, done: list[Task], reason: str) -> None:
+        for task in done:
             self.log_change(request, task, f"{spec.past.capitalize()} through the admin: {reason}")
-        if outcome.done:
-            ids = ", ".join(str(t.pk)[:8] for t in outcome.done[:20]) + ("…" if len(outcome.done) > 20 else "")
-            count = len(outcome.done)
-            self.message_user(
-                request, f"{spec.past.capitalize()} {count} task{'s' if count != 1 else ''}: {ids}.", messages.SUCCESS
-            )
-        if outcome.skipped:
-            lines = format_html_join(
-                "", "<li><code>{}</code>: {}</li>", ((str(t.pk)[:8], why) for t, why in outcome.skipped[:20])
-            )
-            self.message_user(
-                request,
-                format_html("Skipped {} task(s) that changed meanwhile:<ul>{}</ul>", len(outcome.skipped), lines),
-                messages.WARNING,
-            )
-        if outcome.failed:
-            lines = format_html_join(
-                "",
-                "<li><code>{}</code>: {}</li>",
-                ((str(getattr(t, "pk", t))[:8], error) for t, error in outcome.failed[:20]),
-            )
-            more = f" (and {len(outcome.failed) - 20} more)" if len(outcome.failed) > 20 else ""
-            self.message_user(
-                request,
-                format_html("Could not {} {} task(s){}:<ul>{}</ul>", spec.verb, len(outcome.failed), more, lines),
-                messages.ERROR,
-            )
+        ids = ", ".join(str(t.pk)[:8] for t in done[:20]) + ("…" if len(done) > 20 else "")
+        count = len(done)
+        self.message_user(
+            request, f"{spec.past.capitalize()} {count} task{'s' if count != 1 else ''}: {ids}.", messages.SUCCESS
+        )
 
 
 def admin_action(spec: ActionSpec) -> Any:

@@ -22,10 +22,9 @@ from django.contrib.admin.options import ShowFacets
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
@@ -38,16 +37,20 @@ from tasks.admin.base import (
     task_search_q,
 )
 from tasks.admin.confirmation import ConfirmedActionsMixin, admin_action
+from tasks.admin.exports import export_csv, export_json
 from tasks.admin.lists import CachedValuesFilter, CappedCountPaginator
 from tasks.admin.task_page import (
     HistoryInline,
+    LivePanel,
     MetricsInline,
-    OutputInline,
     TaskAdminForm,
     TaskSubmitForm,
     collapsed_if_default,
+    duration_label,
+    output_page,
+    output_text,
 )
-from tasks.admin.timeline import build_timeline, format_duration
+from tasks.admin.timeline import build_timeline
 from tasks.audit import Channel, signed_in
 from tasks.exceptions import TaskError
 from tasks.ids import uuid_or_none
@@ -55,6 +58,7 @@ from tasks.models import (
     Task,
     TaskQuerySet,
 )
+from tasks.selectors import task_outputs
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -116,17 +120,17 @@ class TaskChangeList(ChangeList):
 class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
     form = TaskAdminForm
     change_list_template = "admin/tasks/task/change_list.html"
+    # Fits a 1440 px screen beside the navigation and the filters: role and provider share a column, the trash
+    # mark sits by the state.
     list_display = (
         "short_id",
         "title",
-        "state_badge",
-        "role",
-        "provider",
+        "status",
+        "role_provider",
         "owner",
         "created",
         "duration",
         "attempts",
-        "deleted",
     )
     trash_list_display = (
         "short_id",
@@ -152,13 +156,13 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
     search_help_text = "Search by task id (full, or its first 4+ characters, e.g. the short id), title or description."
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    sortable_by = ("created", "state_badge")
+    sortable_by = ("created", "status")
     list_select_related = ("owner",)
     list_per_page = 50
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = ShowFacets.NEVER
-    inlines = [MetricsInline, OutputInline, HistoryInline]
+    inlines = [MetricsInline, HistoryInline]
     readonly_fields = (
         "id",
         "state_badge",
@@ -168,8 +172,6 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
         "started_at",
         "completed_at",
         "duration",
-        "progress",
-        "current_phase",
         "attempt_count",
         "celery_task_id",
         "worker_id",
@@ -189,7 +191,7 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
         "history_head",
         "audit_links",
     )
-    actions = [admin_action(spec) for spec in ACTIONS.values()]
+    actions = [*(admin_action(spec) for spec in ACTIONS.values()), export_csv, export_json]
 
     # --- Permissions: one per action (the Task model's custom permissions).
 
@@ -215,6 +217,9 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
             path("trash/", wrap(self.trash_view), name=TRASH_URL_NAME),
             path("confirm/<slug:action>/", wrap(self.confirm_view), name="tasks_task_confirm"),
             path("<path:object_id>/timeline/", wrap(self.timeline_view), name="tasks_task_timeline"),
+            path("<path:object_id>/live/", wrap(self.live_view), name="tasks_task_live"),
+            path("<path:object_id>/outputs/", wrap(self.outputs_view), name="tasks_task_outputs"),
+            path("<path:object_id>/outputs.txt", wrap(self.outputs_text_view), name="tasks_task_outputs_text"),
             *super().get_urls(),
         ]
 
@@ -285,24 +290,25 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="duration")
     def duration(self, obj: Task) -> str:
-        if obj.started_at is None:
-            return "-"
-        end = obj.completed_at or (timezone.now() if obj.state == "running" else None)
-        if end is None:
-            return "-"
-        return format_duration(end - obj.started_at) + ("…" if obj.completed_at is None else "")
+        return duration_label(obj)
 
     @admin.display(description="attempts")
     def attempts(self, obj: Task) -> str:
         return f"{obj.attempt_count}/{obj.max_attempts}"
 
-    @admin.display(description="deleted")
-    def deleted(self, obj: Task) -> str:
+    @admin.display(description="state", ordering="state")
+    def status(self, obj: Task) -> str:
+        """The state, and the trash mark (with when and why) on a soft-deleted task."""
         if obj.deleted_at is None:
-            return "-"
-        when = timezone.localtime(obj.deleted_at).strftime("%Y-%m-%d %H:%M")
-        title = f"{when}: {Truncator(obj.delete_reason).chars(200)}"
-        return format_html('<span class="crux-deleted" title="{}">in trash</span>', title)
+            return state_badge_html(obj.state)
+        title = f"{short_datetime(obj.deleted_at)}: {Truncator(obj.delete_reason).chars(200)}"
+        return format_html(
+            '{} <span class="crux-deleted" title="{}">in trash</span>', state_badge_html(obj.state), title
+        )
+
+    @admin.display(description="role / provider")
+    def role_provider(self, obj: Task) -> str:
+        return format_html('{}<br><span class="crux-quiet">{}</span>', obj.role or "-", obj.provider or "-")
 
     @admin.display(description="why deleted")
     def delete_reason_short(self, obj: Task) -> str:
@@ -335,9 +341,8 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
             "worktree_path",
             "commit_hash",
         )
+        # Progress and phase are in the live panel above the groups, which follows them.
         execution = (
-            "progress",
-            "current_phase",
             "attempt_count",
             "max_attempts",
             "celery_task_id",
@@ -383,7 +388,15 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
             here = reverse("admin:tasks_task_change", args=[obj.pk])
             extra["timeline_url"] = reverse("admin:tasks_task_timeline", args=[obj.pk])
             extra["task_actions"] = self.available_actions(request, obj, next_url=here)
+            extra["live"] = LivePanel.of(obj)
+            restore = reverse("admin:tasks_task_confirm", args=["restore"])
+            extra["restore_url"] = next((a["url"] for a in extra["task_actions"] if a["url"].startswith(restore)), "")
         return super().change_view(request, object_id, form_url, extra_context=extra)
+
+    def history_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
+        """The "History" button opens the task's timeline, built from its own history rows (Django's page lists
+        admin LogEntry rows, which the services do not write)."""
+        return HttpResponseRedirect(reverse("admin:tasks_task_timeline", args=[object_id]))
 
     def changeform_view(
         self,
@@ -418,15 +431,51 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
         obj.pk = saved.pk
         obj.refresh_from_db()
 
-    # --- The timeline.
+    # --- The timeline, the live panel and the outputs: pages of one task, for whoever may view it.
 
-    def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+    def viewable_task(self, request: HttpRequest, object_id: str) -> Task:
+        """The task named in the URL: 404 for an unknown or malformed id, 403 without the view permission."""
         pk = uuid_or_none(object_id)
         task = Task.objects.select_related("owner", "deleted_by").filter(pk=pk).first() if pk else None
         if task is None:
             raise Http404("no such task")
         if not self.has_view_or_change_permission(request, task):
             raise PermissionDenied
+        return task
+
+    def live_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The live panel alone, for the task page to refresh itself in place (htmx) while the task runs."""
+        task = self.viewable_task(request, object_id)
+        return TemplateResponse(request, "admin/tasks/task/_live.html", {"task": task, "live": LivePanel.of(task)})
+
+    def outputs_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Every output of the task, oldest first, a page at a time."""
+        task = self.viewable_task(request, object_id)
+        page = output_page(task, request.GET.get("page"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Output of {task.title}",
+            "subtitle": str(task.pk),
+            "task": task,
+            "page": page,
+            "page_range": list(page.paginator.get_elided_page_range(page.number)),
+            "change_url": reverse("admin:tasks_task_change", args=[task.pk]),
+            "text_url": reverse("admin:tasks_task_outputs_text", args=[task.pk]),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/tasks/task/outputs.html", context)
+
+    def outputs_text_view(self, request: HttpRequest, object_id: str) -> StreamingHttpResponse:
+        """Every output of the task as a text file, streamed in chunks (a task may have millions of lines)."""
+        task = self.viewable_task(request, object_id)
+        lines = output_text(task_outputs(task.pk).iterator(chunk_size=2000))
+        response = StreamingHttpResponse(lines, content_type="text/plain; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="task-{task.pk}-outputs.txt"'
+        return response
+
+    def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        task = self.viewable_task(request, object_id)
         timeline = build_timeline(task)
         context = {
             **self.admin_site.each_context(request),

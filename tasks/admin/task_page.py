@@ -1,21 +1,27 @@
-"""The parts of a task's admin page: its latest history and outputs, its metrics, and the edit form."""
+"""The parts of a task's admin page: the live panel (state, progress, output tail), its latest history, its
+metrics, and the edit form."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.core.paginator import Page, Paginator
 from django.db.models import Field, QuerySet
-from django.utils.html import format_html
-from django.utils.text import Truncator
+from django.utils import timezone
 
 from tasks import services
 from tasks.admin.base import (
     ReadOnlyInline,
+    short_datetime,
     transition_html,
 )
 from tasks.admin.forms import HandlerField, PayloadField, PayloadFormMixin
+from tasks.admin.timeline import format_duration
 from tasks.exceptions import InvalidTaskData
 from tasks.models import (
     Task,
@@ -23,8 +29,16 @@ from tasks.models import (
     TaskMetrics,
     TaskOutput,
 )
+from tasks.selectors import OutputTail, output_tail, task_outputs
 from tasks.services.base import HANDLER_DEFAULT_FIELDS
-from tasks.states import TaskState
+from tasks.states import TaskState, is_terminal
+
+# The live panel: refreshed in place (htmx) this often while the task is not finished; its tail shows the
+# latest lines, each cut at a length a page can hold (the pages and the download have every line whole).
+LIVE_REFRESH = "1500ms"
+TAIL_LINES = 100
+TAIL_LINE_CHARS = 2000
+OUTPUT_PAGE_SIZE = 200
 
 
 def collapsed_if_default(obj: Task, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -35,6 +49,85 @@ def collapsed_if_default(obj: Task, names: tuple[str, ...]) -> tuple[str, ...]:
         if getattr(obj, field.attname) != field.get_default():
             return ()
     return ("collapse",)
+
+
+def duration_label(task: Task, now: datetime | None = None) -> str:
+    """How long the task ran: start to end, or to now while it runs (marked "…"); "-" before it starts."""
+    if task.started_at is None:
+        return "-"
+    end = task.completed_at or ((now or timezone.now()) if task.state == TaskState.RUNNING else None)
+    if end is None:
+        return "-"
+    return format_duration(end - task.started_at) + ("…" if task.completed_at is None else "")
+
+
+@dataclass(frozen=True)
+class LivePanel:
+    """What the live panel shows of a task: state, progress and phase, attempt, timings, the output tail."""
+
+    task: Task
+    tail: OutputTail
+    now: datetime
+
+    @classmethod
+    def of(cls, task: Task) -> LivePanel:
+        return cls(task=task, tail=output_tail(task.pk, TAIL_LINES), now=timezone.now())
+
+    @property
+    def polling(self) -> bool:
+        """Refresh until the task finishes; the last refresh drops the trigger, so polling stops."""
+        return not is_terminal(self.task.state)
+
+    @property
+    def refresh(self) -> str:
+        return LIVE_REFRESH
+
+    @property
+    def line_chars(self) -> int:
+        return TAIL_LINE_CHARS
+
+    @property
+    def percent(self) -> str:
+        """The progress (a fraction, 0..1) as a percentage with one decimal: "41.7"."""
+        return f"{min(max(self.task.progress or 0.0, 0.0), 1.0) * 100:.1f}"
+
+    @property
+    def duration(self) -> str:
+        return duration_label(self.task, self.now)
+
+    @property
+    def heartbeat_age(self) -> str:
+        """Time since the running attempt's last heartbeat ("" unless it runs)."""
+        if self.task.state != TaskState.RUNNING or self.task.heartbeat_at is None:
+            return ""
+        return format_duration(self.now - self.task.heartbeat_at)
+
+    @property
+    def earlier_lines(self) -> int:
+        return self.tail.total - len(self.tail.lines)
+
+    @property
+    def last_page(self) -> int:
+        return max(1, -(-self.tail.total // OUTPUT_PAGE_SIZE))
+
+
+def output_page(task: Task, number: Any) -> Page:
+    """A page of the task's outputs, oldest first; a malformed or out-of-range number gives the nearest page."""
+    return Paginator(task_outputs(task.pk), OUTPUT_PAGE_SIZE).get_page(number)
+
+
+def output_text(outputs: Iterable[TaskOutput], batch: int = 1000) -> Iterator[str]:
+    """Outputs as lines of a text log (time, type, file of an artifact, content as stored: redacted), yielded
+    ``batch`` lines at a time so that a long log streams in a few large writes."""
+    lines = []
+    for output in outputs:
+        file = f" ({output.file_path})" if output.file_path else ""
+        lines.append(f"{short_datetime(output.created_at)} [{output.output_type}]{file} {output.content}\n")
+        if len(lines) == batch:
+            yield "".join(lines)
+            lines = []
+    if lines:
+        yield "".join(lines)
 
 
 INLINE_ROWS = 100
@@ -58,26 +151,6 @@ class HistoryInline(ReadOnlyInline):
     @admin.display(description="state")
     def transition(self, obj: TaskHistory) -> str:
         return transition_html(obj)
-
-
-class LatestOutputsFormSet(forms.BaseInlineFormSet):
-    def get_queryset(self) -> QuerySet:
-        queryset = super().get_queryset()
-        latest = TaskOutput.objects.filter(task=self.instance).order_by("-created_at", "-id").values("id")
-        return queryset.filter(id__in=latest[:INLINE_ROWS])
-
-
-class OutputInline(ReadOnlyInline):
-    model = TaskOutput
-    formset = LatestOutputsFormSet
-    verbose_name_plural = f"outputs (the latest {INLINE_ROWS})"
-    fields = ("created_at", "output_type", "preview", "file_path", "file_size", "commit_hash", "branch")
-    readonly_fields = fields
-    ordering = ("-created_at", "-id")
-
-    @admin.display(description="content")
-    def preview(self, obj: TaskOutput) -> str:
-        return format_html("<pre class='crux-pre'>{}</pre>", Truncator(obj.content).chars(2000))
 
 
 class MetricsInline(ReadOnlyInline):

@@ -2,14 +2,18 @@
 
 - ``visibility``: which tasks a user may see, and finding one by id.
 - ``search``: words in titles and descriptions, through the search index.
-- ``figures``: counts by state, role, provider, event; activity per hour.
+- ``figures``: counts by state, role, provider, event; activity per hour and per minute; queue depths; run-time
+  percentiles.
+- ``workers``: the worker registry: live instances with the tasks their processes run, recently gone ones.
 - ``history``: a task's latest rows; verification of the whole audit trail (``verify_audit``).
+- ``outputs``: a task's outputs oldest first, all of them or the latest (the admin's live tail, its download).
 - ``attempts``: what a task's last attempt left behind (its error, its retry time), for Celery's view of it;
   which worker instances hold running attempts.
 """
 
 from tasks.selectors.attempts import AttemptEnd, attempt_end, running_instances
 from tasks.selectors.figures import (
+    QueueDepth,
     activity_per_hour,
     count_alive_by,
     count_by_state,
@@ -18,9 +22,13 @@ from tasks.selectors.figures import (
     count_history_rows,
     count_in_trash,
     count_outputs,
+    duration_percentiles,
+    finished_per_minute,
     last_recovery_at,
+    queue_depths,
 )
 from tasks.selectors.history import ChainProblem, latest_history, verify_audit_chains
+from tasks.selectors.outputs import OutputTail, output_tail, task_outputs
 from tasks.selectors.search import search_tasks
 from tasks.selectors.visibility import (
     find_visible_task,
@@ -30,10 +38,14 @@ from tasks.selectors.visibility import (
     task_list,
     visible_tasks,
 )
+from tasks.selectors.workers import LiveWorker, count_live_workers, gone_workers, live_workers
 
 __all__ = [
     "AttemptEnd",
     "ChainProblem",
+    "LiveWorker",
+    "OutputTail",
+    "QueueDepth",
     "activity_per_hour",
     "attempt_end",
     "count_alive_by",
@@ -42,16 +54,24 @@ __all__ = [
     "count_history_by_kind",
     "count_history_rows",
     "count_in_trash",
+    "count_live_workers",
     "count_outputs",
+    "duration_percentiles",
     "find_visible_task",
+    "finished_per_minute",
+    "gone_workers",
     "last_recovery_at",
     "latest_history",
+    "live_workers",
     "may_change",
     "may_see",
     "may_see_deleted",
+    "output_tail",
+    "queue_depths",
     "running_instances",
     "search_tasks",
     "task_list",
+    "task_outputs",
     "verify_audit_chains",
     "visible_tasks",
 ]

@@ -1,17 +1,20 @@
 """Counts of tasks and of their history: one function per figure, read by the stats, the dashboard and /metrics.
 
 Every query is a GROUP BY or a COUNT on an indexed column (state, created_at,
-the history's created_at, the partial index on deleted tasks).
+the history's created_at, the partial index on deleted tasks), or reads a capped
+sample through one (the durations of the latest completed tasks).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Max
-from django.db.models.functions import TruncHour
+from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models.functions import TruncHour, TruncMinute
 
 from tasks.audit import Channel, HistoryEvent
 from tasks.models import Task, TaskHistory, TaskOutput
@@ -75,9 +78,7 @@ def activity_per_hour(now: datetime, hours: int) -> list[dict[str, Any]]:
     }
     finished = {
         row["hour"]: row["n"]
-        for row in TaskHistory.objects.filter(
-            created_at__gte=start, event=HistoryEvent.TRANSITION, state_to__in=sorted(TERMINAL_STATES)
-        )
+        for row in _finished_since(start)
         .annotate(hour=TruncHour("created_at"))
         .values("hour")
         .annotate(n=Count("pk"))
@@ -87,3 +88,73 @@ def activity_per_hour(now: datetime, hours: int) -> list[dict[str, Any]]:
         {"hour": hour, "created": created.get(hour, 0), "finished": finished.get(hour, 0)}
         for hour in (start + timedelta(hours=i) for i in range(hours))
     ]
+
+
+def _finished_since(start: datetime) -> QuerySet[TaskHistory]:
+    """The history rows of tasks finishing (completed, failed, cancelled) since ``start``."""
+    return TaskHistory.objects.filter(
+        created_at__gte=start, event=HistoryEvent.TRANSITION, state_to__in=sorted(TERMINAL_STATES)
+    )
+
+
+def finished_per_minute(now: datetime, minutes: int) -> list[dict[str, Any]]:
+    """Tasks finished (completed, failed, cancelled) in each of the last ``minutes`` minutes, the current one last
+    (it is still filling)."""
+    current = now.replace(second=0, microsecond=0)
+    start = current - timedelta(minutes=minutes - 1)
+    counts = {
+        row["minute"]: row["n"]
+        for row in _finished_since(start)
+        .annotate(minute=TruncMinute("created_at"))
+        .values("minute")
+        .annotate(n=Count("pk"))
+        .order_by("minute")
+    }
+    return [
+        {"minute": minute, "finished": counts.get(minute, 0)}
+        for minute in (start + timedelta(minutes=i) for i in range(minutes))
+    ]
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Queued tasks of one queue in SQL: published and waiting for a worker, or waiting for their start time (not
+    published yet); when the longest-waiting published one was published (None if none is)."""
+
+    queue: str
+    waiting: int
+    scheduled: int
+    oldest_published_at: datetime | None
+
+
+def queue_depths() -> list[QueueDepth]:
+    """Queued tasks per queue ('' is the default queue), read through the state index."""
+    rows = (
+        Task.objects.filter(state=TaskState.QUEUED)
+        .order_by()
+        .values("queue")
+        .annotate(
+            waiting=Count("pk", filter=Q(dispatched_at__isnull=False)),
+            scheduled=Count("pk", filter=Q(dispatched_at__isnull=True)),
+            oldest=Min("dispatched_at"),
+        )
+    )
+    return [QueueDepth(row["queue"], row["waiting"], row["scheduled"], row["oldest"]) for row in rows]
+
+
+def duration_percentiles(sample: int, percentiles: tuple[int, ...] = (50, 95, 99)) -> dict[str, Any]:
+    """Run-time percentiles (seconds, nearest rank) of the ``sample`` latest completed tasks (latest by creation:
+    the state index's order), each from its last attempt's start to its completion; ``count`` is the sample's size."""
+    rows = (
+        Task.objects.filter(state=TaskState.COMPLETED, started_at__isnull=False, completed_at__isnull=False)
+        .order_by("-created_at")
+        .values_list("started_at", "completed_at")[:sample]
+    )
+    durations = sorted((completed - started).total_seconds() for started, completed in rows if started and completed)
+    return {
+        "count": len(durations),
+        **{
+            f"p{p}": durations[max(0, math.ceil(p / 100 * len(durations)) - 1)] if durations else None
+            for p in percentiles
+        },
+    }

@@ -11,6 +11,8 @@ the Redis mirror follows after commit. By owner:
 - ``recovery``: lost attempts and lost messages.
 - ``removal``: erase for a purge, reinstate from an archive, load a backup's rows.
 - ``schedules``: periodic schedules (save, delete, fire) and the lease that lets one beat send.
+- ``bulk``: one change to many tasks, all in one transaction or none.
+- ``workers``: the worker registry (a worker instance's heartbeat, its stop; forgetting long-gone ones).
 """
 
 from tasks.services.attempts import (
@@ -38,10 +40,12 @@ from tasks.services.base import (
     check_queue,
     task_queues,
 )
+from tasks.services.bulk import BulkDeletion, BulkRefused, apply_to_all
 from tasks.services.lifecycle import (
     REQUEUE_ON_RECOVER,
     cancel,
     cancel_revoked,
+    mark_deleted,
     recover,
     requeue_refusal,
     restore,
@@ -81,6 +85,7 @@ from tasks.services.submission import (
     submit_task,
     submit_task_once,
 )
+from tasks.services.workers import WorkerReport, forget_workers, report_worker, stop_worker
 
 __all__ = [
     "CREATE_FIELDS",
@@ -94,10 +99,14 @@ __all__ = [
     "SCHEDULER_LEASE",
     "TRANSITION_FIELDS",
     "WORKER_ACTOR",
+    "BulkDeletion",
+    "BulkRefused",
     "Dispatch",
     "IdempotencyKeyReused",
     "TimeLimits",
+    "WorkerReport",
     "add_output",
+    "apply_to_all",
     "cancel",
     "cancel_revoked",
     "check_queue",
@@ -109,10 +118,12 @@ __all__ = [
     "erase_tasks",
     "finish_attempt",
     "fire_schedule",
+    "forget_workers",
     "hold_scheduler_lease",
     "import_task",
     "lease_deadline",
     "load_rows",
+    "mark_deleted",
     "publish_due",
     "record_metrics",
     "record_output",
@@ -126,6 +137,7 @@ __all__ = [
     "release_scheduler_lease",
     "renew_lease",
     "report_progress",
+    "report_worker",
     "requeue_after_shutdown",
     "requeue_refusal",
     "restore",
@@ -133,6 +145,7 @@ __all__ = [
     "retry_delay",
     "save_schedule",
     "soft_delete",
+    "stop_worker",
     "submit_task",
     "submit_task_once",
     "task_queues",

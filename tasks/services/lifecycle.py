@@ -152,8 +152,14 @@ def soft_delete(task_id: TaskId, *, user: User, channel: str, reason: str) -> Ta
     if current["deleted_at"] is not None:
         raise TaskError(f"task {pk} is already deleted", field="task_id")
     hooks.admit_deletion(kind="soft_delete", actor=actor_label(user)[0], channel=channel, task_id=pk)
+    return mark_deleted(pk, user=user, channel=channel, reason=reason)
+
+
+def mark_deleted(task_id: TaskId, *, user: User, channel: str, reason: str) -> Task:
+    """The write of a soft delete already admitted by the deletion guards: by ``soft_delete``, or by
+    ``apply_to_all`` for a whole bulk at once."""
     with transaction.atomic():
-        task = locked_task(pk)
+        task = locked_task(task_id)
         if task.is_deleted:
             raise TaskError(f"task {task.pk} is already deleted", field="task_id")
         task.deleted_at = timezone.now()

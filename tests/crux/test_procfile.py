@@ -83,11 +83,17 @@ def test_release_then_web_serve_admin_login_and_api(tmp_path, private_redis):
 
 def test_the_housekeeping_process_consumes_the_housekeeping_queue_and_make_run_starts_it(settings):
     lines = procfile()
-    assert {"release", "web", "worker", "housekeeping", "beat"} <= set(lines)
+    assert {"release", "web", "stream", "worker", "housekeeping", "beat"} <= set(lines)
     assert "-Q ${CELERY_HOUSEKEEPING_QUEUE:-" + settings.CELERY_HOUSEKEEPING_QUEUE + "}" in lines["housekeeping"]
     assert "-Q" not in lines["worker"], "the task worker consumes the default queue only"
     run_line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "honcho start --port" in line)
-    assert run_line.split("honcho start --port $(PORT) ")[1].split() == ["web", "worker", "housekeeping", "beat"]
+    assert run_line.split("honcho start --port $(PORT) ")[1].split() == [
+        "web",
+        "stream",
+        "worker",
+        "housekeeping",
+        "beat",
+    ]
 
 
 def test_every_crux_job_but_task_execution_goes_to_the_housekeeping_queue(settings):

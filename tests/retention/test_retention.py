@@ -211,11 +211,8 @@ def test_the_admin_shows_the_breaker_and_acknowledges_it(admin_client, make_task
         services.soft_delete(task.pk, user=user, channel=Channel.API, reason="x")
     page = admin_client.get("/admin/retention/deletionbreaker/")
     assert page.status_code == 200 and "deletion spike" in page.content.decode()
-    response = admin_client.post(
-        "/admin/retention/deletionbreaker/",
-        {"action": "acknowledge_spike", "_selected_action": [DeletionBreaker.objects.get().pk]},
-        follow=True,
-    )
+    assert 'id="crux-acknowledge"' in page.content.decode()
+    response = admin_client.post("/admin/retention/deletionbreaker/acknowledge/", follow=True)
     assert "acknowledged" in response.content.decode()
     assert not DeletionBreaker.objects.get().is_tripped
 

@@ -187,7 +187,7 @@ def test_the_change_form_of_an_existing_task_still_edits_it(client, superuser, m
 # --- Queuing pending tasks.
 
 
-def test_the_queue_action_queues_pending_tasks_and_skips_the_others(
+def test_the_queue_action_queues_pending_tasks_and_refuses_a_selection_with_others(
     client, django_user_model, make_task, django_capture_on_commit_callbacks
 ):
     take_messages()
@@ -201,10 +201,11 @@ def test_the_queue_action_queues_pending_tasks_and_skips_the_others(
     assert [row["task"].pk for row in page.context["rows"]] == [pending.pk]
     assert [row["why"] for row in page.context["skipped"]] == ["not pending (cancelled)"]
 
+    refused = client.post(CONFIRM, {"ids": [pending.pk, cancelled.pk], "confirm": "yes", "reason": "forced"})
+    assert any("Nothing was changed" in m for m in messages_of(refused))  # all or nothing
+    assert Task.objects.get(pk=pending.pk).state == "pending"
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(
-            CONFIRM, {"ids": [pending.pk, cancelled.pk], "confirm": "yes", "reason": "forgotten at creation"}
-        )
+        response = client.post(CONFIRM, {"ids": [pending.pk], "confirm": "yes", "reason": "forgotten at creation"})
     assert response.status_code == 302
     pending.refresh_from_db()
     assert pending.state == "queued" and pending.dispatch_count == 1
@@ -217,7 +218,6 @@ def test_the_queue_action_queues_pending_tasks_and_skips_the_others(
         "forgotten at creation",
     )
     assert Task.objects.get(pk=cancelled.pk).state == "cancelled"
-    assert any("Skipped 1 task" in m for m in messages_of(response))
     assert take_messages() == [pending.celery_task_id]
 
 

@@ -12,14 +12,7 @@ from tqdm import tqdm
 from persistence.mirror import batched
 from tasks import selectors
 from tasks.api.filters import TaskFilter
-from tasks.models import Task
-from tasks.records import encode, task_entries
-
-CSV_FIELDS = (
-    "id", "title", "description", "role", "state", "handler", "provider", "model", "owner", "created_at",
-    "updated_at", "started_at", "completed_at", "attempt_count", "max_attempts", "error_count", "last_error",
-    "progress", "current_phase", "deleted_at", "deleted_by", "delete_reason",
-)  # fmt: skip
+from tasks.records import CSV_FIELDS, csv_row, encode, task_entries
 
 
 class Command(BaseCommand):
@@ -78,19 +71,10 @@ class Command(BaseCommand):
                     writer.writerow(CSV_FIELDS)
                     rows = queryset.select_related("owner", "deleted_by")
                     for task in rows.iterator(chunk_size=1000):
-                        writer.writerow([_cell(task, name) for name in CSV_FIELDS])
+                        writer.writerow(csv_row(task))
                         count += 1
                         bar.update(1)
         finally:
             if out is not self.stdout:
                 out.close()
         self.stderr.write(f"export: {count} task(s) written as {fmt} to {output}")
-
-
-def _cell(task: Task, name: str) -> Any:
-    value = getattr(task, name)
-    if name in ("owner", "deleted_by"):
-        return value.get_username() if value else ""
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return "" if value is None else value
