@@ -225,10 +225,10 @@ def test_the_web_process_redirects_streams_to_the_stream_process(db, user, setti
 
 
 def test_follow_refuses_an_unknown_or_malformed_id(db):
-    for task_id, message in ((str(uuid.uuid4()), "no task with id"), ("nope", "is not a valid UUID")):
+    for task_id, status, message in ((str(uuid.uuid4()), 1, "no task with id"), ("nope", 2, "is not a valid UUID")):
         with pytest.raises(SystemExit) as exited:
             call_command("follow", task_id, stderr=(err := io.StringIO()))
-        assert exited.value.code == 1 and message in err.getvalue()
+        assert exited.value.code == status and message in err.getvalue()
 
 
 def test_the_frontier_holds_rows_after_a_hole_for_the_grace_then_moves_on():

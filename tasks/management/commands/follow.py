@@ -41,7 +41,8 @@ class Command(BaseCommand):
         "Print a task's events live, read from SQL: each history row (state changes, edits, deletes), each output "
         "and each change of progress or phase, one log line each, until the task is finished. By default it "
         "prints the task's current state, then what happens next; --from-start prints its whole history first. "
-        "Exit status: 0 the task finished, 1 unknown or malformed id, 130 interrupted (Ctrl-C)."
+        "Exit status: 0 the task finished, 1 no such task (or it was purged meanwhile), 2 malformed id, 130 "
+        "interrupted (Ctrl-C)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -58,7 +59,7 @@ class Command(BaseCommand):
             task_id = parse_task_id(options["task_id"])
         except InvalidTaskData as exc:
             self.stderr.write(f"follow: {'; '.join(exc.errors['task_id'])}")
-            raise SystemExit(1) from None
+            raise SystemExit(2) from None
         task = Task.objects.filter(pk=task_id).values("title", "state").first()
         if task is None:
             self.stderr.write(f"follow: no task with id {task_id}")
