@@ -361,7 +361,7 @@ API_TOKEN_CACHE_SECONDS = env.int("API_TOKEN_CACHE_SECONDS", default=60)
 # Live event streams (crux.streams), served by the ASGI `stream` process: where the web process redirects them
 # ("" = a proxy routes them), how often its one poller reads new rows, the keep-alive, how long a hole in the
 # ids is waited for (a transaction committing late), and how many events a slow client may lag before it is closed.
-STREAM_PUBLIC_URL = env("STREAM_PUBLIC_URL", default="http://127.0.0.1:8001")
+STREAM_PUBLIC_URL = env("STREAM_PUBLIC_URL", default=f"http://127.0.0.1:{env.int('STREAM_PORT', default=8001)}")
 STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.2)
 STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15.0)
 STREAM_HOLE_GRACE_SECONDS = env.float("STREAM_HOLE_GRACE_SECONDS", default=1.5)

@@ -143,6 +143,7 @@ async def _events(subscriber: Subscriber, opening: Opening) -> AsyncIterator[byt
     """The backlog, then the hub's events, each once (a row at or before the cursor was sent already)."""
     cursor = opening.cursor
     finished = opening.finished_state
+    progress_sent: dict[uuid.UUID, bytes] = {}
 
     def once(event: Event) -> bytes | None:
         nonlocal cursor, finished
@@ -152,6 +153,10 @@ async def _events(subscriber: Subscriber, opening: Opening) -> AsyncIterator[byt
             cursor = cursor.after(event.row)
             if subscriber.task_id is not None and event.state:
                 finished = event.state if is_terminal(event.state) else ""
+        elif progress_sent.get(event.task_id) == event.body:
+            return None  # the opening's figures, read again by the hub's next poll
+        else:
+            progress_sent[event.task_id] = event.body
         return _sse(event, cursor)
 
     try:

@@ -139,6 +139,9 @@ def test_a_follower_cut_mid_stream_resumes_with_last_event_id_and_gets_every_eve
     assert all(a.history <= b.history and a.output <= b.output and a != b for a, b in itertools.pairwise(cursors))
     progress = [e["data"]["progress"] for e in received if e["event"] == "progress"]
     assert progress and progress == sorted(progress)
+    for one_connection in (received[:cut], received[cut:]):
+        figures = [e["data"] for e in one_connection if e["event"] == "progress"]
+        assert all(a != b for a, b in itertools.pairwise(figures)), "a connection never repeats the same figures"
     assert all(e["data"]["task"] == str(task.pk) for e in received)
 
     out, err = follow.communicate(timeout=60)
