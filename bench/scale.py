@@ -22,7 +22,10 @@ Storage is measured on a separate database of completed tasks only
 metrics row, as the realistic set has them): the whole SQLite file (every page,
 free ones included) or, on PostgreSQL, every table of the schema with its TOAST
 data, free-space and visibility maps and indexes, after a VACUUM; divided by N
-and multiplied by 1,000. MB are 10^6 bytes.
+and multiplied by 1,000. MB are 10^6 bytes. It is also printed in bytes per task
+by component: each table (on PostgreSQL its TOAST apart), each index and the
+search index (SQLite's FTS5 tables; PostgreSQL's trigram indexes). An empty
+``--sizes ''`` measures storage only.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -132,8 +136,8 @@ def _random_task_ids(task_model: Any, owner: Any, count: int) -> list[str]:
 
 
 def measure_storage(engine: str, count: int, fresh: bool) -> dict[str, Any]:
-    """In this process: bytes of every b-tree (SQLite) or relation (PostgreSQL) of a data set of
-    ``count`` completed tasks, split into table data and indexes per table."""
+    """In this process: the bytes of every b-tree (SQLite) or relation (PostgreSQL) of a data set of ``count``
+    completed tasks, as components ``[table, name, kind, bytes]``; kinds ending in "index" make the index share."""
     configure(engine, f"crux_bench_storage_{count}", fresh=fresh)
     from django.db import connection
 
@@ -145,27 +149,47 @@ def measure_storage(engine: str, count: int, fresh: bool) -> dict[str, Any]:
         "history rows": TaskHistory.objects.count(),
         "outputs": TaskOutput.objects.count(),
     }
+    components: list[list[Any]] = []
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # A virtual table (the FTS5 search index) has no b-tree: its shadow tables <name>_data, ... hold it.
+            cursor.execute("SELECT name, sql FROM sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL TABLE%'")
+            virtual = {name: re.search(r"USING\s+(\w+)", sql, re.IGNORECASE)[1] for name, sql in cursor.fetchall()}
             cursor.execute(
                 "SELECT s.name, COALESCE(m.tbl_name, s.name), m.type = 'index', s.pgsize "
                 "FROM dbstat AS s LEFT JOIN sqlite_schema AS m ON m.name = s.name WHERE s.aggregate = 1"
             )
-            btrees = cursor.fetchall()
+            btrees: dict[tuple[str, str, str], int] = {}
+            for name, table, is_index, size in cursor.fetchall():
+                owner = next((v for v in virtual if table.startswith(f"{v}_")), None)
+                key = (
+                    (owner, owner, f"{virtual[owner]} tables")
+                    if owner
+                    else (table, name, "index" if is_index else "table")
+                )
+                btrees[key] = btrees.get(key, 0) + size
+            components = [[*key, size] for key, size in btrees.items()]
             total = cursor.execute("PRAGMA page_count").fetchone()[0] * cursor.execute("PRAGMA page_size").fetchone()[0]
-            tables: dict[str, list[int]] = {}
-            for _name, table, is_index, size in btrees:
-                tables.setdefault(table, [0, 0])[1 if is_index else 0] += size
         else:
             cursor.execute("VACUUM")
             cursor.execute(
-                "SELECT c.relname, pg_table_size(c.oid), pg_indexes_size(c.oid) FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'"
+                "SELECT c.relname, pg_table_size(c.oid), "
+                "COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0) "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind = 'r'"
             )
-            tables = {name: [data, index] for name, data, index in cursor.fetchall()}
-            total = sum(data + index for data, index in tables.values())
-    return {"rows": rows, "total": total, "tables": tables}
+            for table, size, toast in cursor.fetchall():
+                components += [[table, table, "table", size - toast], [table, f"{table} TOAST", "TOAST", toast]]
+            cursor.execute(
+                "SELECT t.relname, c.relname, a.amname || ' index', pg_total_relation_size(c.oid) "
+                "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+                "JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = t.relnamespace "
+                "WHERE n.nspname = 'public' AND t.relkind = 'r'"
+            )
+            components += [list(row) for row in cursor.fetchall()]
+            total = sum(size for *_names, size in components)
+    return {"rows": rows, "total": total, "components": components}
 
 
 def run_child(args: argparse.Namespace, *flags: str) -> dict[str, Any]:
@@ -228,28 +252,37 @@ def report_timings(engine: str, runs: int, warmups: int, by_size: dict[int, dict
 
 
 def report_storage(engine: str, storage: dict[str, Any]) -> None:
-    """Print and record bytes per 1,000 completed tasks, the index share and the breakdown per table."""
+    """Print bytes per completed task by component (each table, its TOAST, each index, the search index) of the
+    tables that weigh, the rest summed; record the size per 1,000 completed tasks and the index share."""
     tasks = storage["rows"]["tasks"]
     total = storage["total"]
-    index = sum(idx for _data, idx in storage["tables"].values())
+    components = storage["components"]
+    index = sum(size for *_names, kind, size in components if kind.endswith("index"))
     per_1000 = total / tasks * 1000 / MB
     share = index / total
-    shown = {name: sizes for name, sizes in storage["tables"].items() if sum(sizes) >= 0.01 * total}
-    other_index = index - sum(idx for _data, idx in shown.values())
-    other_total = total - sum(sum(sizes) for sizes in shown.values())
-    rest = [other_total - other_index, other_index]
-    lines = [
-        *sorted(shown.items(), key=lambda item: -sum(item[1])),
-        ("everything else", rest),
-        ("total", [total - index, index]),
-    ]
+    by_table: dict[str, list[list[Any]]] = {}
+    for component in components:
+        by_table.setdefault(component[0], []).append(component)
+    # Tables of at least 1 % of the total, and of them what weighs at least a byte per task.
+    by_table = {
+        table: [member for member in members if member[3] >= tasks]
+        for table, members in by_table.items()
+        if sum(size for *_names, size in members) >= 0.01 * total
+    }
+    shown = [member for members in by_table.values() for member in members]
     counts = ", ".join(f"{count:,} {what}" for what, count in storage["rows"].items())
     print(f"\nstorage — engine {engine}, {counts}, revision {git_revision()}")
-    print(f"{'table (with its indexes)':<28} {'data MB':>9} {'index MB':>9} {'bytes/task':>11} {'share':>7}")
-    for name, (data, idx) in lines:
-        print(
-            f"{name:<28} {data / MB:>9.2f} {idx / MB:>9.2f} {(data + idx) / tasks:>11.0f} {(data + idx) / total:>7.1%}"
-        )
+    print(f"{'component (bytes per completed task)':<46} {'kind':<12} {'bytes':>7} {'share':>7} {'with indexes':>13}")
+    for table, members in sorted(by_table.items(), key=lambda item: -sum(size for *_names, size in item[1])):
+        members.sort(key=lambda component: (component[2].endswith("index"), -component[3]))
+        group = f"{sum(size for *_names, size in members) / tasks:,.0f}"
+        for position, (_table, name, kind, size) in enumerate(members):
+            label = name if name == table else f"  {name}"
+            print(f"{label:<46} {kind:<12} {size / tasks:>7,.0f} {size / total:>7.1%} {'' if position else group:>13}")
+    rest = total - sum(size for *_names, size in shown)
+    print(f"{f'everything else ({len(components) - len(shown)} smaller components)':<59} "
+          f"{rest / tasks:>7,.0f} {rest / total:>7.1%}")  # fmt: skip
+    print(f"{'total':<59} {total / tasks:>7,.0f} {1:>7.1%}")
     limit, goal = STORAGE_GOALS[engine]
     met = per_1000 <= limit if engine == "sqlite" else per_1000 < limit
     print(
@@ -269,7 +302,9 @@ def report_storage(engine: str, storage: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated task counts")
+    parser.add_argument(
+        "--sizes", default="10000,100000,1000000", help="comma-separated task counts (empty: storage only)"
+    )
     parser.add_argument("--runs", type=int, default=50, help="timed rounds per size (default 50)")
     parser.add_argument("--warmups", type=int, default=5, help="rounds not counted (default 5)")
     parser.add_argument(
@@ -289,8 +324,9 @@ def main() -> None:
         return
     sizes = sorted({int(size) for size in args.sizes.split(",") if size.strip()})
     rounds = ["--runs", str(args.runs), "--warmups", str(args.warmups)]
-    by_size = {size: run_child(args, "--child-size", str(size), *rounds) for size in sizes}
-    report_timings(args.engine, args.runs, args.warmups, by_size)
+    if sizes:
+        by_size = {size: run_child(args, "--child-size", str(size), *rounds) for size in sizes}
+        report_timings(args.engine, args.runs, args.warmups, by_size)
     if args.storage_tasks:
         report_storage(args.engine, run_child(args, "--child-storage", str(args.storage_tasks)))
 
