@@ -13,8 +13,9 @@ import socket
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import celeryd_init, setup_logging
+from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun
 from django.conf import settings
+from django.db import close_old_connections
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crux.settings")
@@ -24,6 +25,16 @@ logger = logging.getLogger(__name__)
 app = Celery("crux", amqp="crux.broker:AMQP")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def retire_old_connections(sender: Any = None, **kwargs: Any) -> None:
+    """Around each task, as around a web request: a connection past CONN_MAX_AGE, or broken, is closed (the next
+    query opens a new one, health-checked); the others are kept (``CELERY_DB_REUSE_MAX``). Not for a task run
+    eagerly, inside its caller's transaction."""
+    if not getattr(getattr(sender, "request", None), "is_eager", False):
+        close_old_connections()
 
 
 HOUSEKEEPING_PREFIX = "crux."
@@ -119,8 +130,6 @@ class WorkerRegistry(bootsteps.StartStopStep):
 
     def _guarded(self, write: Any, *args: Any) -> None:
         """Run one registry write; on failure log it once (until a write succeeds again) and carry on."""
-        from django.db import close_old_connections
-
         try:
             write(*args)
         except Exception:

@@ -178,6 +178,10 @@ CELERY_RESULT_EXPIRES = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_TRACK_STARTED = True
+# Celery's Django fixup closes every database connection before and after each task unless this is set: a new
+# connection per task, a third of an echo task's time on PostgreSQL (BENCHMARKS.md). Workers keep theirs instead,
+# retired around each task by Django's own rules (CONN_MAX_AGE, the health check, an error): crux.celery.
+CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A broker that accepts connections but never answers must not hold a request: each step of a publish (connect,
 # socket read/write, taking a pooled connection) gives up after CELERY_PUBLISH_TIMEOUT seconds and nothing retries

@@ -214,3 +214,20 @@ SPECIAL_QUEUE = f"{os.environ.get('REDIS_KEY_PREFIX', 'crux-test')}.special"
 def on_special_queue(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """Declares a queue of its own: only a worker consuming it runs it. Says which worker did."""
     return {"worker": ctx.worker_id}
+
+
+def connection_marker(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """How many tasks this database connection has served (a TEMP table lives as long as the connection), and
+    its PostgreSQL server process."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS crux_connection_marker (n integer)")
+        cursor.execute("INSERT INTO crux_connection_marker VALUES (1)")
+        cursor.execute("SELECT count(*) FROM crux_connection_marker")
+        served = cursor.fetchone()[0]
+        backend = None
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+    return {"tasks_on_this_connection": served, "backend": backend}

@@ -306,6 +306,32 @@ def test_a_restarted_worker_recovers_its_own_tasks_at_once(cluster, tmp_path):
     assert "restarted" in task.history.get(seq=3).reason
 
 
+def test_a_worker_keeps_its_database_connection_across_tasks_and_replaces_a_broken_one(cluster):
+    """Celery's Django fixup would open a connection per task (``CELERY_DB_REUSE_MAX``): one connection serves
+    task after task, and one that broke (on PostgreSQL: its server process terminated) is replaced before the
+    next task uses it, which completes."""
+    from django.db import connection
+
+    cluster.env["TASK_HANDLERS_EXTRA"] += ",marker=tests.handlers.connection_marker"
+    cluster.worker(concurrency=1)
+
+    def run_one() -> dict:
+        (task_id,) = cluster.submit(1, "marker")
+        wait_until_finished([task_id], cluster, timeout=60)
+        task = Task.objects.get(pk=task_id)
+        assert task.state == "completed", cluster.logs()
+        return task.result
+
+    served = [run_one() for _ in range(3)]
+    assert [result["tasks_on_this_connection"] for result in served] == [1, 2, 3]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [served[-1]["backend"]])
+            assert cursor.fetchone()[0] is True
+        after = run_one()
+        assert after["tasks_on_this_connection"] == 1 and after["backend"] != served[-1]["backend"]
+
+
 def wait_for(condition, cluster: Cluster, what: str, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while not (value := condition()):
