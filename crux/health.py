@@ -43,9 +43,13 @@ def _write_probe() -> None:
 
 
 def _database(deadline: float) -> str:
-    """Open a transaction, write, roll back: a read-only, locked or unreachable database fails."""
-    budget_ms = max(int((deadline - time.monotonic()) * 1000), 1)
+    """Open a transaction, write, roll back: a read-only, locked or unreachable database fails.
+
+    The lock and statement timeouts are what is left of the budget once connected, so a
+    locked table fails the check by the deadline, not a connection's time after it."""
     try:
+        connection.ensure_connection()
+        budget_ms = max(int((deadline - time.monotonic()) * 1000), 1)
         with transaction.atomic():
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
