@@ -1,6 +1,6 @@
 """Durable submit vs a bare Celery publish vs a raw two-insert transaction.
 
-    python -m bench.submit --engine sqlite --count 200 --runs 3
+    python -m bench.submit --engine sqlite --count 200 --runs 3 --batch 100
     python -m bench.submit --engine postgres --count 200 --runs 3 --profile 25
 
 Times, call by call, in one process, the three loops interleaved run by run:
@@ -16,9 +16,15 @@ Times, call by call, in one process, the three loops interleaved run by run:
   with ``synchronous=FULL``, or with ``--engine postgres`` psycopg on tables
   created ``LIKE`` the real ones (the server's fsync and synchronous_commit on).
 
+- durable batch: ``tasks.services.submit_batch`` of ``--batch`` tasks per call
+  (the same submissions: one transaction with every task row and history row,
+  then the mirror writes and the publishes, each in one round trip); its rate
+  counts tasks, its latencies are per call.
+
 Goals, ratios of throughputs within the same run: durable / bare Celery >= 0.40,
-durable / raw SQL >= 0.30. The queue, its messages and the mirror keys carry a
-token of the run and are deleted afterwards.
+durable / raw SQL >= 0.30, durable batch (tasks/s) / bare Celery >= 1.0. The
+queue, its messages and the mirror keys carry a token of the run and are
+deleted afterwards.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from bench.report import record, summary
 BROKER_URL = "redis://127.0.0.1:6379/12"
 PAYLOAD = {"message": "hello from the submit benchmark", "max_iterations": 3}
 DURABLE = "durable: services.submit_task"
+BATCH = "durable batch: services.submit_batch"
 CELERY = "baseline: bare Celery .delay(), same payload"
 
 
@@ -53,15 +60,16 @@ class Series:
     rates: list[float] = field(default_factory=list)
 
 
-def timed_loop(call: Callable[[int], Any], count: int, series: Series) -> None:
-    """``count`` calls, each timed, and the loop's throughput over its wall time."""
+def timed_loop(call: Callable[[int], Any], count: int, series: Series, per_call: int = 1) -> None:
+    """``count`` tasks in calls of ``per_call`` tasks, each call timed, and the loop's throughput in tasks over its
+    wall time."""
     latencies = []
     started = time.perf_counter()
-    for i in range(count):
+    for i in range(count // per_call):
         begin = time.perf_counter()
         call(i)
         latencies.append(time.perf_counter() - begin)
-    series.rates.append(count / (time.perf_counter() - started))
+    series.rates.append(count // per_call * per_call / (time.perf_counter() - started))
     series.latencies.extend(latencies)
 
 
@@ -178,6 +186,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="calls per loop and run (default 200)")
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs; medians reported (default 3)")
     parser.add_argument("--warmup", type=int, default=30, help="untimed calls of each loop first (default 30)")
+    parser.add_argument("--batch", type=int, default=100, help="tasks per batch submit (default 100)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="then profile --count durable submits and print the top N entries")  # fmt: skip
     args = parser.parse_args()
@@ -211,6 +220,13 @@ def main() -> None:
             request_payload=PAYLOAD,
         )  # fmt: skip
 
+    def batch(i: int) -> None:
+        services.submit_batch(
+            owner=user, actor=user, channel=Channel.API,
+            items=[{"title": f"bench batch {i}.{j}", "handler": "echo", "request_payload": PAYLOAD}
+                   for j in range(args.batch)],
+        )  # fmt: skip
+
     def delay(i: int) -> None:
         bare.delay(title=f"bench submit {i}", handler="echo", request_payload=PAYLOAD)
 
@@ -232,23 +248,25 @@ def main() -> None:
             raw, close_raw = raw_postgres(url, tables, json_columns)
             raw_label = "baseline: raw psycopg, 2 INSERTs/commit"
         cleanup.callback(close_raw)
-        loops = {DURABLE: durable, CELERY: delay, raw_label: raw}
+        loops = {DURABLE: durable, BATCH: batch, CELERY: delay, raw_label: raw}
+        per_call = {BATCH: args.batch}
         goals = {CELERY: 0.40, raw_label: 0.30}
         for name, call in loops.items():
             if name != DURABLE:
-                for i in range(args.warmup):
+                for i in range(max(args.warmup // per_call.get(name, 1), 1)):
                     call(i)
         results = {name: Series() for name in loops}
         names = list(loops)
         for run in range(args.runs):  # rotate the order, so no loop always runs first or last
             for name in names[run % len(names) :] + names[: run % len(names)]:
-                timed_loop(loops[name], args.count, results[name])
+                timed_loop(loops[name], args.count, results[name], per_call.get(name, 1))
         if args.profile:
             profiler = cProfile.Profile()
             profiler.runcall(lambda: [durable(i) for i in range(args.count)])
         published = dispatch.queued_count(broker, queue)
 
-    expected = 2 * (args.warmup + args.runs * args.count) + (args.count if args.profile else 0)
+    batches = max(args.warmup // args.batch, 1) + args.runs * (args.count // args.batch)
+    expected = 2 * (args.warmup + args.runs * args.count) + batches * args.batch + (args.count if args.profile else 0)
     if published != expected:
         raise SystemExit(f"{published} messages were published, not {expected}: a publish failed")
 
@@ -267,6 +285,10 @@ def main() -> None:
         if name == DURABLE:
             record("submit", f"{name}: throughput", engine=args.engine, value=rate, unit="/s", size=args.count)
             continue
+        if name == BATCH:
+            record("submit", f"{name} of {args.batch}: throughput (tasks)", engine=args.engine, value=rate,
+                   unit="/s", size=args.count)  # fmt: skip
+            continue
         # One ratio per run (the loops of a run ran back to back), the median of them reported.
         ratios = [d / b for d, b in zip(results[DURABLE].rates, series.rates, strict=True)]
         ratio, goal = statistics.median(ratios), goals[name]
@@ -276,6 +298,16 @@ def main() -> None:
             f"{'  ratio durable / this (goal >= ' + f'{goal:.2f})':<56} {ratio:>8.2f} "
             f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>16}"
         )
+        if name == CELERY:
+            batch_ratios = [d / b for d, b in zip(results[BATCH].rates, series.rates, strict=True)]
+            batch_ratio = statistics.median(batch_ratios)
+            record("submit", f"{BATCH} of {args.batch}: tasks/s (ratio = batch / bare .delay())",
+                   engine=args.engine, value=statistics.median(results[BATCH].rates), unit="/s", ratio=batch_ratio,
+                   goal=">= 1.00", met=batch_ratio >= 1.0, size=args.count)  # fmt: skip
+            print(
+                f"{'  ratio batch (tasks/s) / this (goal >= 1.00)':<56} {batch_ratio:>8.2f} "
+                f"{f'{min(batch_ratios):.2f}-{max(batch_ratios):.2f}':>16}"
+            )
     if args.profile:
         print(f"\ncProfile of {args.count} durable submits (top {args.profile} by own time, then cumulative):")
         stats = pstats.Stats(profiler).strip_dirs()

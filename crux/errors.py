@@ -6,8 +6,9 @@ the limit, a database that refuses while a middleware (session, authentication)
 or a plain Django view uses it (500). Two pieces close that, for every route at
 once (the other slash form is routed by crux.urls.EitherSlash):
 
-- ``ApiEdgeMiddleware`` refuses a declared body over API_SUBMIT_MAX_BYTES
-  (413) before anything runs, and turns any error answer that is not JSON into
+- ``ApiEdgeMiddleware`` refuses a declared body over API_SUBMIT_MAX_BYTES (or
+  the larger limit its route's view names: the batch submit) (413) before
+  anything runs, and turns any error answer that is not JSON into
   ``{"detail": reason}`` with the same status and headers;
 - ``server_error``, Django's ``handler500``, answers an exception no one else
   handled: 503 with Retry-After when the database refused, else a 500 in JSON
@@ -22,10 +23,11 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve
 from django.views import defaults
 
 from tasks.api.errors import DATABASE_UNAVAILABLE, database_refused, retry_after
-from tasks.api.parsers import body_too_large_message
+from tasks.api.parsers import BODY_LIMIT, body_limit_of, body_too_large_message
 
 API_ROOT = "/api"
 
@@ -46,6 +48,15 @@ def _declared_length(request: HttpRequest) -> int:
         return 0
 
 
+def _body_limit(request: HttpRequest) -> str:
+    """The setting that bounds this route's request body (``tasks.api.parsers.body_limit_of`` its view)."""
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        return BODY_LIMIT
+    return body_limit_of(getattr(match.func, "view_class", None))
+
+
 def _as_json(response: HttpResponse) -> HttpResponse:
     """The error ``response`` with a JSON body, its status and headers (Allow, cookies, security headers) kept."""
     response.content = json.dumps({"detail": response.reason_phrase}).encode()
@@ -64,8 +75,11 @@ class ApiEdgeMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not is_api(request):
             return self.get_response(request)
-        if _declared_length(request) > settings.API_SUBMIT_MAX_BYTES:
-            return JsonResponse({"detail": body_too_large_message()}, status=413)
+        declared = _declared_length(request)
+        if declared > settings.API_SUBMIT_MAX_BYTES:
+            setting = _body_limit(request)
+            if declared > getattr(settings, setting):
+                return JsonResponse({"detail": body_too_large_message(setting)}, status=413)
         response = self.get_response(request)
         if response.status_code >= 400 and not response.streaming and not _is_json(response):
             return _as_json(response)

@@ -172,7 +172,8 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 BROKER_IS_REDIS = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
 if BROKER_IS_REDIS:
     CELERY_BROKER_TRANSPORT = "crux.broker:Transport"  # kombu's, minus a client built per publish
-CELERY_RESULT_BACKEND = "django-db"
+# django-celery-results' backend (django-db), minus the rows a task execution writes in its own transactions.
+CELERY_RESULT_BACKEND = "tasks.tasks:ResultBackend"
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = None
 CELERY_TASK_ACKS_LATE = True
@@ -357,6 +358,9 @@ API_MAX_LIMIT = env.int("API_MAX_LIMIT", default=200)
 API_EXACT_COUNT_LIMIT = env.int("API_EXACT_COUNT_LIMIT", default=1000)
 # The largest request body under /api/ (413 beyond), and the deepest nesting of a JSON body (400 beyond).
 API_SUBMIT_MAX_BYTES = env.int("API_SUBMIT_MAX_BYTES", default=256 * 1024)
+# POST /api/tasks/batch: at most this many tasks in one request, and a body of at most this many bytes.
+TASK_BATCH_MAX = env.int("TASK_BATCH_MAX", default=1000)
+API_BATCH_MAX_BYTES = env.int("API_BATCH_MAX_BYTES", default=8 * 1024 * 1024)
 API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=32)
 # Seconds a 503 (the database refused: down, full, locked) asks the client to wait before retrying.
 API_RETRY_AFTER_SECONDS = env.int("API_RETRY_AFTER_SECONDS", default=5)

@@ -11,8 +11,8 @@ them together with the messages:
   epoch that is gone lost its message, and is re-published once, at once;
 - the **receipts** (``{REDIS_KEY_PREFIX}:broker:receipts``), a sorted set of
   task id (the Crux task's, not the Celery id of the publish) -> publish time,
-  added after each successful publish (Celery's ``after_task_publish``, in
-  whichever process published). The sweep moves
+  added once the messages of a publish reached the broker (``tasks.dispatch.published``,
+  in whichever process published; one round trip per batch). The sweep moves
   them into SQL in bulk (no extra write per submit). A queued task without a
   receipt newer than its dispatch was never published (the publish failed, or
   its process died between commit and publish): it is re-published after
@@ -30,14 +30,13 @@ import uuid
 from functools import lru_cache
 from typing import Any
 
-from celery.signals import after_task_publish
 from django.conf import settings
 from django.utils import timezone
 from redis import Redis
 from redis.exceptions import RedisError
 
 from tasks import services
-from tasks.dispatch import EXECUTE_TASK, task_id_of
+from tasks.dispatch import published
 
 logger = logging.getLogger(__name__)
 
@@ -90,18 +89,19 @@ def current_epoch(conn: Redis) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def record_receipt(sender: Any = None, headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
-    """After a task's message reached the broker: note its receipt (a failure only costs a later re-publish)."""
-    if sender != EXECUTE_TASK or not headers or not settings.BROKER_IS_REDIS:
+def record_receipts(sender: Any = None, task_ids: list[Any] | None = None, **kwargs: Any) -> None:
+    """After tasks' messages reached the broker: note their receipts (a failure only costs a later re-publish)."""
+    if not task_ids or not settings.BROKER_IS_REDIS:
         return
+    now = time.time()
     try:
-        client().zadd(receipts_key(), {task_id_of(str(headers["id"])): time.time()})
+        client().zadd(receipts_key(), {str(task_id): now for task_id in task_ids})
     except RedisError as exc:
-        logger.warning("receipt of the publish of task %s not recorded: %s", headers.get("id"), exc)
+        logger.warning("receipts of the publish of %d task(s) not recorded: %s", len(task_ids), exc)
 
 
 def connect() -> None:
-    after_task_publish.connect(record_receipt, dispatch_uid="persistence.dispatch.receipt", weak=False)
+    published.connect(record_receipts, dispatch_uid="persistence.dispatch.receipts", weak=False)
 
 
 def redispatch_lost(*, base_seconds: float | None = None) -> int:

@@ -184,11 +184,17 @@ def encode(doc: dict[str, Any]) -> bytes:
 
 def refresh(doc: dict[str, Any]) -> bool:
     """Write one task's mirror entry unless a newer one is there; False on Redis failure."""
+    return refresh_all([doc])
+
+
+def refresh_all(docs: list[dict[str, Any]]) -> bool:
+    """Write the tasks' mirror entries (one round trip), each unless a newer one is there; False on Redis failure."""
     try:
-        sync(client(), [doc])
+        sync(client(), docs)
     except RedisError as exc:
         MIRROR_FAILURES.labels("write").inc()
-        logger.warning("mirror write of task %s failed (SQL stays authoritative): %s", doc["id"], exc)
+        names = docs[0]["id"] if len(docs) == 1 else f"{docs[0]['id']} and {len(docs) - 1} more"
+        logger.warning("mirror write of task %s failed (SQL stays authoritative): %s", names, exc)
         return False
     return True
 

@@ -1,6 +1,7 @@
 """Mirroring only: after a change commits, refresh or drop its copy in Redis. Nothing here decides anything.
 
-- A task saved: its entry is refreshed after commit (``mirror.refresh``).
+- A task saved: its entry is refreshed after commit (``mirror.refresh``); tasks created together (a batch
+  submit, ``tasks.hooks.tasks_created``): their entries in one round trip.
 - A task's live progress written (``tasks.hooks.progress_reported``): its entry is refreshed now.
 - A task removed by a purge: its entry is dropped after commit.
 - An API token deleted, or its user saved: the cached token identities are dropped
@@ -27,6 +28,11 @@ def refresh_after_commit(sender: type[Task], instance: Task, using: str, **kwarg
     transaction.on_commit(partial(mirror.refresh, mirror.snapshot_of(instance)), using=using)
 
 
+def refresh_created_after_commit(sender: type[Task], tasks: list[Task], using: str, **kwargs: Any) -> None:
+    docs = [mirror.snapshot_of(task) for task in tasks]
+    transaction.on_commit(partial(mirror.refresh_all, docs), using=using)
+
+
 def refresh_progress(sender: type[Task], task_id: Any, **kwargs: Any) -> None:
     values = Task.objects.filter(pk=task_id).values(*mirror.MIRRORED_FIELDS).first()
     if values is not None:
@@ -51,6 +57,7 @@ def forget_tokens_of_saved_user(sender: type[Any], instance: Any, created: bool,
 
 def connect() -> None:
     post_save.connect(refresh_after_commit, sender=Task, dispatch_uid="persistence.mirror.refresh")
+    hooks.tasks_created.connect(refresh_created_after_commit, sender=Task, dispatch_uid="persistence.mirror.created")
     hooks.progress_reported.connect(refresh_progress, sender=Task, dispatch_uid="persistence.mirror.progress")
     post_delete.connect(forget_after_commit, sender=Task, dispatch_uid="persistence.mirror.forget")
     post_delete.connect(forget_deleted_token, sender=Token, dispatch_uid="persistence.tokens.forget_deleted")

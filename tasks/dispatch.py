@@ -6,10 +6,12 @@ so the writes that publish do not import the worker code that runs them.
 """
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from celery import current_app
 from django.conf import settings
+from django.dispatch import Signal
 from kombu import Queue
 from prometheus_client import Counter
 
@@ -18,6 +20,9 @@ logger = logging.getLogger(__name__)
 EXECUTE_TASK = "crux.execute_task"
 PUBLISH_FAILURES = Counter("crux_publish_failures_total", "Celery publishes that failed (the sweep retries them)")
 PUBLISHED = Counter("crux_published_total", "Tasks published to Celery")
+# Sent with ``task_ids`` (the Crux ids) once their messages reached the broker: after a batch's pipeline was sent,
+# never when a message is only buffered (Celery's ``after_task_publish`` fires then).
+published = Signal()
 _DECLARE: list[Queue] | None = [] if settings.BROKER_IS_REDIS else None
 
 
@@ -41,27 +46,45 @@ def task_id_of(celery_task_id: str) -> str:
     return celery_task_id.partition(".")[0]
 
 
-def publish(task_id: Any, *, celery_task_id: str, queue: str, priority: int) -> bool:
-    """Send the task to a worker of ``queue`` ('' = the default queue) with its priority.
+class Publish(NamedTuple):
+    """One publish of a task: what ``mark_published`` recorded and where it goes."""
+
+    task_id: Any
+    celery_task_id: str
+    queue: str  # '' = the default queue
+    priority: int
+
+
+def publish_all(publishes: Sequence[Publish]) -> bool:
+    """Send each task to a worker of its queue with its priority, through one producer and, on Redis, in one
+    pipelined round trip (kombu's ``Producer.batch()``, flushed at its end). True if all were sent.
 
     On Redis, a message goes straight onto its queue's list for its priority,
     so the queue is not declared again on every publish (kombu would copy and
     re-bind its entities each time); other brokers declare it as usual.
     """
     try:
-        current_app.send_task(
-            EXECUTE_TASK,
-            args=[str(task_id)],
-            task_id=celery_task_id,
-            queue=queue or None,  # None: Celery's default queue (task_default_queue)
-            priority=broker_priority(priority),
-            declare=_DECLARE,
-        )
+        with current_app.producer_or_acquire() as producer, producer.batch():
+            for item in publishes:
+                task_id = str(item.task_id)
+                current_app.send_task(
+                    EXECUTE_TASK,
+                    args=[task_id],
+                    argsrepr=f"['{task_id}']",  # what Celery's saferepr would give, at a tenth of its cost
+                    kwargsrepr="{}",
+                    task_id=item.celery_task_id,
+                    queue=item.queue or None,  # None: Celery's default queue (task_default_queue)
+                    priority=broker_priority(item.priority),
+                    declare=_DECLARE,
+                    producer=producer,
+                )
     except Exception as exc:  # any broker error: SQL stays the outbox
-        PUBLISH_FAILURES.inc()
-        logger.warning("publish of task %s failed; the re-dispatch sweep will retry: %s", task_id, exc)
+        PUBLISH_FAILURES.inc(len(publishes))
+        names = publishes[0].task_id if len(publishes) == 1 else f"{publishes[0].task_id} and {len(publishes) - 1} more"
+        logger.warning("publish of task %s failed; the re-dispatch sweep will retry: %s", names, exc)
         return False
-    PUBLISHED.inc()
+    PUBLISHED.inc(len(publishes))
+    published.send(sender=EXECUTE_TASK, task_ids=[item.task_id for item in publishes])
     return True
 
 

@@ -19,11 +19,14 @@ rows append-only (``tasks.db_triggers``).
 """
 
 from collections.abc import Mapping, Sequence
+from itertools import zip_longest
 from typing import Any
 
+from django.db import models
 from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
 
+from tasks import hooks
 from tasks.audit import (
     GENESIS_HASH,
     AuditContext,
@@ -39,28 +42,42 @@ from tasks.audit import (
 from tasks.exceptions import MissingAuditContext
 from tasks.keys import current_key_id
 from tasks.models import DIGESTED_FIELDS, Task, TaskHistory
-from tasks.states import TaskState
+from tasks.redaction import redact_fields
+from tasks.states import TaskState, check_state
 
 _PENDING = "_pending_history"
 
 
 def _changes(instance: Task, before: dict[str, Any] | None, update_fields: Any) -> dict[str, Any]:
+    """The tracked fields a save changes, ``[old, new]`` each (digests for large values); a new task's values."""
+    if before is None:
+        return _created_values(instance, _defaults())
     changes: dict[str, Any] = {}
     for field in Task.tracked_fields():
         if update_fields is not None and field.name not in update_fields:
             continue
-        new = to_jsonable(getattr(instance, field.attname))
-        if before is None:
-            if field.name != "state" and new == to_jsonable(field.get_default()):
-                continue
-            changes[field.name] = digest(new) if field.name in DIGESTED_FIELDS else new
-            continue
-        old = to_jsonable(before[field.attname])
+        old, new = to_jsonable(before[field.attname]), to_jsonable(getattr(instance, field.attname))
         if old == new:
             continue
         if field.name in DIGESTED_FIELDS:
             old, new = (None if old is None else digest(old)), (None if new is None else digest(new))
         changes[field.name] = [old, new]
+    return changes
+
+
+def _defaults() -> dict[str, Any]:
+    """The tracked fields' defaults as JSON values, now: what a created row leaves out (the state aside)."""
+    return {field.name: to_jsonable(field.get_default()) for field in Task.tracked_fields()}
+
+
+def _created_values(instance: Task, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A new task's tracked values that are not their defaults (``_defaults()``, computed once for many tasks)."""
+    changes: dict[str, Any] = {}
+    for field in Task.tracked_fields():
+        new = to_jsonable(getattr(instance, field.attname))
+        if field.name != "state" and new == defaults[field.name]:
+            continue
+        changes[field.name] = digest(new) if field.name in DIGESTED_FIELDS else new
     return changes
 
 
@@ -94,6 +111,13 @@ def prepare_row(instance: Task, *, raw: bool, update_fields: Any, using: str) ->
         if ctx is None or ctx.event is None:
             setattr(instance, _PENDING, None)
             return
+    setattr(instance, _PENDING, _chained_row(instance, before, changes, ctx).compiled_insert(using))
+
+
+def _chained_row(
+    instance: Task, before: dict[str, Any] | None, changes: dict[str, Any], ctx: AuditContext, reason: str | None = None
+) -> TaskHistory:
+    """The row of one change, chained by HMAC to the task's previous row; the task's chain head follows it."""
     seq = 1 if before is None else before["history_count"] + 1
     prev_hash = GENESIS_HASH if before is None else before["history_head"]
     event = ctx.event or _event(before, instance)
@@ -111,7 +135,7 @@ def prepare_row(instance: Task, *, raw: bool, update_fields: Any, using: str) ->
         "actor": ctx.actor,
         "actor_user_id": ctx.user_id,
         "channel": ctx.channel,
-        "reason": ctx.reason,
+        "reason": ctx.reason if reason is None else reason,
         "error_message": instance.last_error if failed else "",
         "details": to_jsonable({**ctx.details, "changes": changes}),
         "created_at": timezone.now(),
@@ -120,7 +144,27 @@ def prepare_row(instance: Task, *, raw: bool, update_fields: Any, using: str) ->
     }
     row["hash"] = row_hash(prev_hash, row)
     instance.history_count, instance.history_head = seq, row["hash"]
-    setattr(instance, _PENDING, TaskHistory(**row).compiled_insert(using))
+    return TaskHistory(**row)
+
+
+def create_tasks(tasks: Sequence[Task], *, reasons: Sequence[str | None] = (), using: str = "default") -> None:
+    """Insert new tasks with their first history rows: two multi-row INSERTs, in the caller's transaction.
+
+    What ``Task.save()`` and its signals do for one new task (a declared state, an audit context, credentials
+    redacted, the created row chained from genesis), for many at once: a batch submit. ``reasons``, by position,
+    overrides the audited block's reason for a task (None: the block's). ``hooks.tasks_created`` then lets the
+    mirror copy them after commit, as ``post_save`` does for one.
+    """
+    ctx = current_context()
+    defaults = _defaults()
+    rows = []
+    for task, reason in zip_longest(tasks, reasons[: len(tasks)]):
+        check_state(task.state)
+        redact_fields(task)
+        rows.append(_chained_row(task, None, _created_values(task, defaults), ctx, reason))
+    models.QuerySet.bulk_create(Task._base_manager.using(using).all(), tasks)
+    TaskHistory.objects.using(using).bulk_create(rows)
+    hooks.tasks_created.send(sender=Task, tasks=tasks, using=using)
 
 
 def resign_legacy_chain(rows: Sequence[Mapping[str, Any]], head: tuple[int, str]) -> list[dict[str, Any]] | None:

@@ -78,6 +78,38 @@ _FIELD_ERRORS = {
         _DETAIL,
     ],
 }
+_MESSAGES = {"type": "array", "items": {"type": "string"}}
+_ITEM_FIELDS = {"type": "object", "additionalProperties": {"anyOf": [_MESSAGES, {"type": "object"}]}}
+# A batch's refusal names the item by its index, then its fields; a JSON field (payload) nests its own keys.
+_BATCH_ERRORS = {
+    "description": "As the field errors of a single submit, under ``tasks`` by the item's index (a string); "
+    "``tasks`` itself holds messages when the list is wrong as a whole (empty, too long, not a list).",
+    "example": {"tasks": {"2": {"payload": {"seconds": ["A valid number is required."]}}}},
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {
+                "tasks": {
+                    "anyOf": [
+                        _MESSAGES,
+                        {
+                            "type": "object",
+                            "additionalProperties": {
+                                "anyOf": [
+                                    _MESSAGES,  # the item as a whole (null, not an object)
+                                    _ITEM_FIELDS,
+                                ]
+                            },
+                        },
+                    ]
+                }
+            },
+            "additionalProperties": _MESSAGES,
+            "minProperties": 1,
+        },
+        _DETAIL,
+    ],
+}
 _DESCRIPTIONS = {
     400: "Invalid input: the body names each offending field or parameter. Nothing was written.",
     401: "Not authenticated: send `Authorization: Token <key>` or log in.",
@@ -92,12 +124,12 @@ _DESCRIPTIONS = {
 }
 
 
-def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
-    """OpenAPI responses for the given error status codes (401, 429 and 503 are always included)."""
+def error_responses(*codes: int, batch: bool = False) -> dict[int, OpenApiResponse]:
+    """OpenAPI responses for the given error status codes (401, 429 and 503 are always included); with ``batch``,
+    field errors by item (``POST /api/tasks/batch``)."""
     wanted = sorted({401, 429, 503, *codes})
+    fields = _BATCH_ERRORS if batch else _FIELD_ERRORS
     return {
-        code: OpenApiResponse(
-            response=_FIELD_ERRORS if code in (400, 409) else _DETAIL, description=_DESCRIPTIONS[code]
-        )
+        code: OpenApiResponse(response=fields if code in (400, 409) else _DETAIL, description=_DESCRIPTIONS[code])
         for code in wanted
     }

@@ -5,8 +5,9 @@ answered 500 later: ``1e309`` (infinity, refused by the database), ``\\ud800``
 (a lone surrogate, which no UTF-8 encoder writes) in a key or a value, NUL
 (which PostgreSQL does not store), and nesting deep enough that the C decoder
 itself raised RecursionError. Here the body is read up to API_SUBMIT_MAX_BYTES
-(413 beyond), its nesting measured by a linear scan before it is decoded (deeper
-than API_JSON_MAX_DEPTH: 400), numbers must be finite (and integers convertible:
+(a view's ``body_limit`` names a larger one: the batch submit; 413 beyond), its
+nesting measured by a linear scan before it is decoded (deeper than
+API_JSON_MAX_DEPTH: 400), numbers must be finite (and integers convertible:
 typed fields then bound them to their column), and every key and string must be
 storable text (tasks.api.fields.unstorable_text). Refusals name the top-level
 field they came in; a body that is not JSON at all, or not an object, answers
@@ -36,9 +37,18 @@ class PayloadTooLarge(APIException):
     default_code = "payload_too_large"
 
 
-def body_too_large_message() -> str:
-    limit = settings.API_SUBMIT_MAX_BYTES
-    return f"The request body is larger than {limit} bytes (API_SUBMIT_MAX_BYTES); send a smaller payload."
+BODY_LIMIT = "API_SUBMIT_MAX_BYTES"
+
+
+def body_limit_of(view: Any) -> str:
+    """The setting that bounds a view's request body: its ``body_limit`` (a batch takes more), else
+    API_SUBMIT_MAX_BYTES."""
+    return getattr(view, "body_limit", BODY_LIMIT)
+
+
+def body_too_large_message(setting: str = BODY_LIMIT) -> str:
+    limit = getattr(settings, setting)
+    return f"The request body is larger than {limit} bytes ({setting}); send a smaller payload."
 
 
 # The characters that open or close a nesting level, delimit a string, escape inside one or end an object's key.
@@ -144,10 +154,11 @@ class StrictJSONParser(JSONParser):
     """JSON bodies of bounded size and depth, with finite numbers and storable text only."""
 
     def parse(self, stream: IO[Any], media_type: str | None = None, parser_context: Any = None) -> Any:
-        limit = settings.API_SUBMIT_MAX_BYTES
+        setting = body_limit_of((parser_context or {}).get("view"))
+        limit = getattr(settings, setting)
         raw = stream.read(limit + 1)
         if len(raw) > limit:
-            raise PayloadTooLarge(body_too_large_message())
+            raise PayloadTooLarge(body_too_large_message(setting))
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             text = codecs.decode(raw, encoding)

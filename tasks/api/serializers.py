@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from tasks.api.fields import (
@@ -18,7 +20,7 @@ from tasks.api.fields import (
     json_object,
 )
 from tasks.models import OutputType, Task, TaskHistory, TaskOutput
-from tasks.services import EDITABLE_FIELDS, task_queues
+from tasks.services import EDITABLE_FIELDS, IDEMPOTENCY_KEY_MAX_LENGTH, task_queues
 from tasks.states import TaskState
 
 if TYPE_CHECKING:
@@ -126,6 +128,58 @@ class TaskSubmitSerializer(StrictModelSerializer):
             },
         )
         return fields
+
+
+class BatchItemSerializer(TaskSubmitSerializer):
+    """One task of a batch submit: what ``POST /api/tasks/`` takes, and its own optional idempotency key."""
+
+    idempotency_key = StrictCharField(
+        required=False,
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+        validators=[RegexValidator(r"^[ -~]+\Z", "Use printable ASCII characters, e.g. a UUID.")],
+        help_text="Optional, as the Idempotency-Key header of a single submit: an item whose key an earlier request "
+        "used with the same fields is that task (created false), never a second one.",
+    )
+
+    class Meta(TaskSubmitSerializer.Meta):
+        fields = [*TaskSubmitSerializer.Meta.fields, "idempotency_key"]
+
+
+class BatchListField(serializers.ListField):
+    """A non-empty list of at most TASK_BATCH_MAX items, counted before any item is validated."""
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        limit = settings.TASK_BATCH_MAX
+        if isinstance(data, list) and len(data) > limit:
+            raise serializers.ValidationError(
+                f"Send at most {limit} tasks (TASK_BATCH_MAX); this batch has {len(data)}."
+            )
+        return super().to_internal_value(data)
+
+
+class TaskBatchSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """``POST /api/tasks/batch``: the tasks to submit together."""
+
+    tasks = BatchListField(
+        child=BatchItemSerializer(),
+        min_length=1,
+        help_text="Up to TASK_BATCH_MAX tasks (default 1000). An error names the item's index and field: "
+        '{"tasks": {"3": {"payload": {"seconds": ["A valid number is required."]}}}}; nothing is written.',
+    )
+
+
+class BatchResultSerializer(serializers.Serializer):
+    """One submitted task of a batch, in the order of the request."""
+
+    id = serializers.UUIDField()
+    state = serializers.ChoiceField(choices=TaskState.choices)
+    created = serializers.BooleanField(help_text="False: the item's idempotency key replayed an earlier task.")
+    url = serializers.URLField()
+
+
+class TaskBatchResultSerializer(serializers.Serializer):
+    tasks = BatchResultSerializer(many=True)
 
 
 class HandlerSerializer(serializers.Serializer):

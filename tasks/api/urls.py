@@ -7,6 +7,7 @@ from tasks.api import legacy, views
 
 urlpatterns = [
     path("tasks/", views.TaskListView.as_view(), name="tasks"),
+    path("tasks/batch", views.TaskBatchView.as_view(), name="tasks-batch"),
     path("tasks/persistent", views.PersistentTaskListView.as_view(), name="tasks-persistent"),
     path("tasks/history/<str:task_id>", views.TaskHistoryView.as_view(), name="task-history"),
     path("tasks/outputs/<str:task_id>", views.TaskOutputsView.as_view(), name="task-outputs"),

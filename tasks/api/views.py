@@ -33,6 +33,8 @@ from tasks.api.schema import TASK_ID
 from tasks.api.serializers import (
     DeleteSerializer,
     HandlerSerializer,
+    TaskBatchResultSerializer,
+    TaskBatchSerializer,
     TaskHistorySerializer,
     TaskOutputSerializer,
     TaskSerializer,
@@ -146,6 +148,44 @@ class TaskListView(TaskListMixin, ListAPIView):
         serializer.is_valid(raise_exception=True)
         task, created = submit_once(request, **serializer.validated_data)
         return submitted(request, task, created, TaskSerializer(task).data)
+
+
+class TaskBatchView(APIView):
+    """``POST /api/tasks/batch`` submits up to TASK_BATCH_MAX tasks in one transaction."""
+
+    throttle_classes = [SubmitThrottle]
+    body_limit = "API_BATCH_MAX_BYTES"
+
+    @extend_schema(
+        summary="Submit tasks in a batch",
+        description="Creates every task of the batch, each queued with its first history row, in one transaction, "
+        "and publishes them after commit; all are checked first and one bad item refuses the batch (400 naming its "
+        "index and field), so nothing is half-written. A batch counts as one submission against API_THROTTLE_SUBMIT; "
+        "its body may be up to API_BATCH_MAX_BYTES. The answer lists each task in the order sent (201 if any was "
+        "created, 200 if every item replayed an earlier task by its idempotency key).",
+        request=TaskBatchSerializer,
+        responses={
+            201: OpenApiResponse(TaskBatchResultSerializer, description="Created (some items may be replays)."),
+            200: OpenApiResponse(TaskBatchResultSerializer, description="Every item replayed an earlier task."),
+            **error_responses(400, 409, 413, batch=True),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TaskBatchSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = signed_in(request.user)
+        results = services.submit_batch(
+            owner=user, actor=user, channel=Channel.API, items=serializer.validated_data["tasks"]
+        )
+        tasks_url = reverse("tasks", request=request)
+        body = {
+            "tasks": [
+                {"id": str(task.pk), "state": task.state, "created": created, "url": f"{tasks_url}{task.pk}"}
+                for task, created in results
+            ]
+        }
+        created = any(created for _, created in results)
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class PersistentTaskListView(TaskListMixin, ListAPIView):

@@ -78,10 +78,12 @@ from tasks.services.schedules import (
 )
 from tasks.services.submission import (
     IDEMPOTENCY_KEY_MAX_LENGTH,
+    BatchKeyReused,
     IdempotencyKeyReused,
     checked_submission,
     create_task,
     import_task,
+    submit_batch,
     submit_task,
     submit_task_once,
 )
@@ -99,6 +101,7 @@ __all__ = [
     "SCHEDULER_LEASE",
     "TRANSITION_FIELDS",
     "WORKER_ACTOR",
+    "BatchKeyReused",
     "BulkDeletion",
     "BulkRefused",
     "Dispatch",
@@ -146,6 +149,7 @@ __all__ = [
     "save_schedule",
     "soft_delete",
     "stop_worker",
+    "submit_batch",
     "submit_task",
     "submit_task_once",
     "task_queues",

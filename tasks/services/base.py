@@ -140,18 +140,11 @@ def mark_published(task: Task, now: datetime) -> None:
     task.celery_task_id = dispatch.celery_id(task.pk, task.dispatch_count)
 
 
-def publish_on_commit(task: Task) -> None:
-    """Publish the task (as marked by ``mark_published``) to its queue with its priority once the transaction
-    commits: SQL is the outbox, the sweep re-publishes."""
-    transaction.on_commit(
-        partial(
-            dispatch.publish,
-            task.pk,
-            celery_task_id=task.celery_task_id,
-            queue=task.queue,
-            priority=task.priority,
-        )
-    )
+def publish_on_commit(*tasks: Task) -> None:
+    """Publish the tasks (as marked by ``mark_published``), each to its queue with its priority, once the
+    transaction commits, together (``dispatch.publish_all``): SQL is the outbox, the sweep re-publishes."""
+    publishes = [dispatch.Publish(task.pk, task.celery_task_id, task.queue, task.priority) for task in tasks]
+    transaction.on_commit(partial(dispatch.publish_all, publishes))
 
 
 def apply_transition(

@@ -35,7 +35,11 @@ def valid_value(schema: dict[str, Any]) -> Any:
     schema = resolve(schema)
     if "enum" in schema:
         return next(v for v in schema["enum"] if v is not None)
-    return {"integer": max(schema.get("minimum", 1), 1), "boolean": True, "object": {}}.get(schema.get("type"), "x")
+    if schema.get("type") == "array":
+        return [valid_value(schema["items"])]
+    if schema.get("type") == "object":
+        return valid_body(schema) if "properties" in schema else {}
+    return {"integer": max(schema.get("minimum", 1), 1), "boolean": True}.get(schema.get("type"), "x")
 
 
 def request_schema(operation: dict[str, Any]) -> dict[str, Any] | None:

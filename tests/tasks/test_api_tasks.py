@@ -45,7 +45,7 @@ def test_submit_publishes_to_celery_only_after_commit(api: Any, django_capture_o
         response = api.post("/api/tasks/", {"title": "t"}, format="json")
     assert response.status_code == 201
     published = [c for c in callbacks if getattr(c, "func", None) and c.func.__module__ == "tasks.dispatch"]
-    assert [str(c.args[0]) for c in published] == [response.data["id"]]
+    assert [str(item.task_id) for c in published for item in c.args[0]] == [response.data["id"]]
 
 
 @pytest.mark.parametrize(
