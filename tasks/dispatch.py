@@ -59,24 +59,33 @@ def publish_all(publishes: Sequence[Publish]) -> bool:
     """Send each task to a worker of its queue with its priority, through one producer and, on Redis, in one
     pipelined round trip (kombu's ``Producer.batch()``, flushed at its end). True if all were sent.
 
-    On Redis, a message goes straight onto its queue's list for its priority,
-    so the queue is not declared again on every publish (kombu would copy and
-    re-bind its entities each time); other brokers declare it as usual.
+    Each message is what ``send_task`` would send (Celery's own ``create_task_message`` and
+    ``send_task_message``, whose publish signals fire as ever), with the route of each queue looked up once per
+    call instead of once per message: ``send_task``'s own bookkeeping (options merged from the task registry,
+    the current worker task as parent, the repr of the arguments) cost more than the message itself, and
+    none of it applies to a task id sent by name. On Redis, a message goes straight onto its queue's list for
+    its priority, so the queue is not declared again on every publish (kombu would copy and re-bind its
+    entities each time); other brokers declare it as usual.
     """
+    amqp = current_app.amqp
+    routes: dict[str, Any] = {}
     try:
         with current_app.producer_or_acquire() as producer, producer.batch():
             for item in publishes:
+                route = routes.get(item.queue)
+                if route is None:  # None: Celery's default queue (task_default_queue)
+                    route = routes[item.queue] = amqp.router.route({"queue": item.queue or None}, EXECUTE_TASK)
                 task_id = str(item.task_id)
-                current_app.send_task(
+                message = amqp.create_task_message(
+                    item.celery_task_id, EXECUTE_TASK, [task_id], {}, argsrepr=f"['{task_id}']", kwargsrepr="{}"
+                )
+                amqp.send_task_message(
+                    producer,
                     EXECUTE_TASK,
-                    args=[task_id],
-                    argsrepr=f"['{task_id}']",  # what Celery's saferepr would give, at a tenth of its cost
-                    kwargsrepr="{}",
-                    task_id=item.celery_task_id,
-                    queue=item.queue or None,  # None: Celery's default queue (task_default_queue)
+                    message,
                     priority=broker_priority(item.priority),
                     declare=_DECLARE,
-                    producer=producer,
+                    **route,
                 )
     except Exception as exc:  # any broker error: SQL stays the outbox
         PUBLISH_FAILURES.inc(len(publishes))
