@@ -408,6 +408,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Docstrings are written for the code's readers; what clients read is given with each operation.
+    "DISABLE_DOCSTRING_DESCRIPTIONS": True,
     "ENUM_NAME_OVERRIDES": {"TaskStateEnum": "tasks.states.TaskState"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -415,6 +417,7 @@ SPECTACULAR_SETTINGS = {
         "tasks.api.schema.non_empty_enum_lists",
         "tasks.api.schema.storable_strings",
         "tasks.api.schema.retry_after_headers",
+        "tasks.api.schema.descending_enum_names",
     ],
 }
 

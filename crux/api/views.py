@@ -28,6 +28,7 @@ class ApiRootView(APIView):
 
     @extend_schema(
         summary="API index",
+        description="Links to the API's main resources; no data, so it is open to everyone.",
         responses=inline_serializer(
             "ApiRoot",
             {
@@ -64,6 +65,9 @@ class TaskLocateView(APIView):
 
     @extend_schema(
         summary="What happened to this task (locate)",
+        description="The task's story from every store (SQL, history, outputs, the Redis mirror, the broker, the "
+        "purge ledger and archives), the verdict first. The owner (of the task, or of a purged task per its "
+        "ledger row) and staff may ask; for anyone else, and for an id found nowhere, 404.",
         parameters=[TASK_ID],
         responses={200: LocationSerializer, **error_responses(400, 404)},
     )
@@ -83,6 +87,7 @@ class TaskTraceView(TaskLocateView):
 
     @extend_schema(
         summary="What happened to this task (former path of /locate)",
+        description="The same answer as GET /api/tasks/{task_id}/locate, kept for existing clients.",
         deprecated=True,
         parameters=[TASK_ID],
         responses={200: LocationSerializer, **error_responses(400, 404)},
@@ -101,6 +106,8 @@ class LivenessView(APIView):
 
     @extend_schema(
         summary="Liveness",
+        description="200 while this process answers requests. No dependency is checked, nothing is authenticated "
+        "or throttled: a failing database or broker must not get a healthy web process restarted.",
         responses={200: inline_serializer("Liveness", {"status": serializers.ChoiceField(choices=["ok"])})},
     )
     def get(self, request: Request) -> Response:
@@ -120,6 +127,9 @@ class ReadinessView(APIView):
 
     @extend_schema(
         summary="Readiness",
+        description="200 when the database accepts a write and Redis, the broker and a worker answer; else 503 "
+        "with Retry-After and `failing` naming the parts. Answers within HEALTH_TIMEOUT whatever hangs. Public, "
+        "for probes; staff (by token or session) also see each check's latency and error.",
         responses={
             200: OpenApiResponse(HealthSerializer, description="All parts answer."),
             503: OpenApiResponse(HealthSerializer, description="Degraded: `failing` names the parts."),

@@ -29,6 +29,8 @@ class TaskStatusView(APIView):
 
     @extend_schema(
         summary="Live status (Redis mirror)",
+        description="The task's live state, progress and phase from the Redis mirror; on a miss, from SQL, which "
+        "puts the entry back.",
         parameters=[TASK_ID],
         responses={200: TaskStatusSerializer, **error_responses(400, 404)},
     )
@@ -51,6 +53,9 @@ class TaskRecoverView(APIView):
 
     @extend_schema(
         summary="Recover a task from persistent storage",
+        description="An interrupted, failed or cancelled task is requeued, with a history row (409 once it used "
+        "every attempt); any other task has its Redis mirror entry rewritten from SQL (503 if Redis is down). "
+        "Needs the permission tasks.recover_task.",
         parameters=[TASK_ID],
         request=ReasonSerializer,
         responses={200: RecoverResultSerializer, **error_responses(400, 403, 404, 409, 503)},
@@ -72,6 +77,11 @@ class PersistenceStatsView(APIView):
 
     permission_classes = [IsAuthenticated, IsAdminUser]
 
-    @extend_schema(summary="Persistence statistics", responses={200: StatsSerializer, **error_responses(403)})
+    @extend_schema(
+        summary="Persistence statistics",
+        description="Counts by state, role and provider; task, history and output totals; database size and "
+        "index share; mirror consistency; deletions in the last hour; last backup and last recovery. Staff only.",
+        responses={200: StatsSerializer, **error_responses(403)},
+    )
     def get(self, request: Request) -> Response:
         return Response(StatsSerializer(collect_stats()).data)

@@ -29,6 +29,9 @@ class PurgeView(APIView):
 
     @extend_schema(
         summary="Purge by retention policy (dry run unless confirm=true)",
+        description="Lists what the retention policies let go, and purges it with confirm=true: at most `limit` "
+        "tasks, each archived before anything is removed, one purge-ledger row each. Refused (409) while the "
+        "deletion breaker is tripped; 503, with nothing removed, if the archive cannot be written. Staff only.",
         parameters=[
             OpenApiParameter("confirm", OpenApiTypes.BOOL, description="true to purge; anything else is a dry run"),
             OpenApiParameter(

@@ -31,6 +31,7 @@ class LegacySolveView(APIView):
 
     @extend_schema(
         summary="Submit (legacy /api/v1/solve)",
+        description="The submit of the system Crux replaced: creates a queued task and answers its job id.",
         deprecated=True,
         request=LegacySolveSerializer,
         parameters=[IDEMPOTENCY_KEY],
@@ -57,6 +58,7 @@ class LegacyJobView(APIView):
 
     @extend_schema(
         summary="Read a job (legacy)",
+        description="A task in the shape of the replaced system's job record.",
         deprecated=True,
         parameters=[JOB_ID],
         responses={200: LegacyJobSerializer, **error_responses(400, 404)},

@@ -89,3 +89,24 @@ def retry_after_headers(result: dict[str, Any], generator: Any, request: Any, pu
                 if code in operation.get("responses", {}):
                     operation["responses"][code]["headers"] = _RETRY_AFTER
     return result
+
+
+def _name_descending(schema: dict[str, Any]) -> None:
+    values = schema.get("enum") or []
+    if any(isinstance(value, str) and value.startswith("-") for value in values):
+        schema["x-enum-varnames"] = [
+            value[1:].upper() + "_DESC" if value.startswith("-") else value.upper() for value in values
+        ]
+
+
+def descending_enum_names(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """Orderings name their descending values (``-created_at``: ``CREATED_AT_DESC``) for client generators,
+    which otherwise number them (``VALUE_0``): ``x-enum-varnames``, read by openapi-python-client and others."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                _name_descending(parameter["schema"])
+                _name_descending(parameter["schema"].get("items", {}))
+    for component in result.get("components", {}).get("schemas", {}).values():
+        _name_descending(component)
+    return result

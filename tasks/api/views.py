@@ -210,7 +210,10 @@ class TaskDetailView(APIView):
         return super().get_permissions()
 
     @extend_schema(
-        summary="Task detail", parameters=[TASK_ID], responses={200: TaskSerializer, **error_responses(400, 404)}
+        summary="Task detail",
+        description="One task as SQL holds it: your own (staff: any); another user's task answers 404.",
+        parameters=[TASK_ID],
+        responses={200: TaskSerializer, **error_responses(400, 404)},
     )
     def get(self, request: Request, task_id: str) -> Response:
         return Response(TaskSerializer(find_visible_task(signed_in(request.user), task_id)).data)
@@ -245,6 +248,8 @@ class TaskHistoryView(ListAPIView):
 
     @extend_schema(
         summary="Task history",
+        description="The task's complete history, in order: one row per change, naming who, through what and why, "
+        "each chained to the previous one by a keyed hash.",
         parameters=[TASK_ID],
         responses={200: TaskHistorySerializer(many=True), **error_responses(400, 404)},
     )
@@ -268,6 +273,7 @@ class TaskOutputsView(ListAPIView):
 
     @extend_schema(
         summary="List a task's outputs",
+        description="The task's outputs and artifacts, oldest first, paged.",
         parameters=[TASK_ID],
         responses={200: TaskOutputSerializer(many=True), **error_responses(400, 404)},
     )
@@ -297,6 +303,8 @@ class TaskCancelView(APIView):
 
     @extend_schema(
         summary="Cancel a task",
+        description="Cancels a task that has not finished (a running attempt is terminated after commit); "
+        "confirm=true is required. The owner, or a holder of tasks.cancel_task.",
         parameters=[TASK_ID, ConfirmSerializer],
         request=ReasonSerializer,
         responses={200: TaskSerializer, **error_responses(400, 403, 404, 409)},
@@ -312,6 +320,7 @@ class TaskRestoreView(APIView):
 
     @extend_schema(
         summary="Restore a soft-deleted task",
+        description="Brings a soft-deleted task back from the trash, with a history row. Needs tasks.restore_task.",
         parameters=[TASK_ID],
         request=ReasonSerializer,
         responses={200: TaskSerializer, **error_responses(400, 403, 404)},
