@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+from pathlib import Path
 from typing import Any, cast
 
 from gunicorn.glogging import Logger
@@ -25,6 +26,11 @@ from gunicorn.workers.sync import SyncWorker
 from tasks.redaction import RedactingFilter
 
 bind = f"{os.environ.get('WEB_BIND', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+# gunicorn's control socket (for gunicornc), one per instance: its default is one path per user, so a second
+# instance on the machine (another port, another checkout) took over the first one's. Named after the address.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET") or str(
+    Path(__file__).resolve().parents[1] / "var" / "run" / f"gunicorn-{re.sub(r'[^A-Za-z0-9.]+', '-', bind)}.ctl"
+)
 workers = int(os.environ.get("WEB_CONCURRENCY", str((os.cpu_count() or 1) + 1)))
 worker_class = "crux.gunicorn_conf.JsonErrorSyncWorker"
 # The longest request line gunicorn reads (its maximum): a long query reaches Django, which names the parameter.
