@@ -31,6 +31,9 @@ from persistence import mirror
 from tasks.models import Task
 
 PARTS = ("database", "redis", "broker", "worker")
+# What the web tier cannot serve without. It accepts submissions without a worker (they wait queued), without the
+# broker (SQL is the outbox) and without Redis (the mirror is rebuilt from SQL): those make it degraded, not unready.
+REQUIRED = ("database",)
 _POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="crux-health")
 _RUNNING: dict[str, Future[dict[str, Any]]] = {}
 _RUNNING_LOCK = threading.Lock()
@@ -154,7 +157,8 @@ def _start(parts: tuple[str, ...], probe: Callable[..., None], deadline: float) 
 
 
 def run_checks() -> dict[str, Any]:
-    """``{"status": "ok"|"degraded", "failing": [...], "checks": {part: {ok, latency_ms, detail}}}`` by the deadline."""
+    """``{"status": "ok"|"degraded"|"unavailable", "failing": [...], "checks": {part: {ok, latency_ms, detail}}}`` by
+    the deadline: unavailable when a REQUIRED part fails, degraded when another does."""
     started = time.perf_counter()
     deadline = time.monotonic() + settings.HEALTH_TIMEOUT
     _start(("redis",), partial(_settle, _redis), deadline)
@@ -180,4 +184,5 @@ def run_checks() -> dict[str, Any]:
         checks[part] = _result(False, started, detail)
     checks = {part: checks[part] for part in PARTS}
     failing = [part for part, result in checks.items() if not result["ok"]]
-    return {"status": "degraded" if failing else "ok", "failing": failing, "checks": checks}
+    status = "unavailable" if set(REQUIRED) & set(failing) else "degraded" if failing else "ok"
+    return {"status": status, "failing": failing, "checks": checks}

@@ -23,7 +23,11 @@ class _HealthChecksSerializer(serializers.Serializer):
 
 
 class HealthSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["ok", "degraded"])
+    status = serializers.ChoiceField(
+        choices=["ok", "degraded", "unavailable"],
+        help_text="unavailable (503): the database fails; degraded (200): Redis, the broker or every worker fails, "
+        "and tasks are still accepted.",
+    )
     failing = serializers.ListField(child=serializers.ChoiceField(choices=["database", "redis", "broker", "worker"]))
     checks = _HealthChecksSerializer()
 

@@ -127,12 +127,13 @@ class ReadinessView(APIView):
 
     @extend_schema(
         summary="Readiness",
-        description="200 when the database accepts a write and Redis, the broker and a worker answer; else 503 "
-        "with Retry-After and `failing` naming the parts. Answers within HEALTH_TIMEOUT whatever hangs. Public, "
-        "for probes; staff (by token or session) also see each check's latency and error.",
+        description="Whether this web process can serve: 503 with Retry-After when the database does not accept a "
+        "write; 200 otherwise, `degraded` when Redis, the broker or every worker fails (tasks are still accepted "
+        "and wait in SQL), `failing` naming the parts. Answers within HEALTH_TIMEOUT whatever hangs. Public, for "
+        "probes; staff (by token or session) also see each check's latency and error.",
         responses={
-            200: OpenApiResponse(HealthSerializer, description="All parts answer."),
-            503: OpenApiResponse(HealthSerializer, description="Degraded: `failing` names the parts."),
+            200: OpenApiResponse(HealthSerializer, description="Ready: ok, or degraded (`failing` names the parts)."),
+            503: OpenApiResponse(HealthSerializer, description="Unavailable: the database fails."),
         },
     )
     def get(self, request: Request) -> Response:
@@ -140,7 +141,7 @@ class ReadinessView(APIView):
         identifiable = not {"database", "redis"} & set(report["failing"])
         if not (identifiable and request.user.is_staff):
             report["checks"] = {name: {"ok": check["ok"]} for name, check in report["checks"].items()}
-        if not report["failing"]:
+        if report["status"] != "unavailable":
             return Response(report)
         return Response(report, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers=retry_after())
 

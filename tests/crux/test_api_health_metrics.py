@@ -89,7 +89,7 @@ def test_health_is_200_when_every_part_answers(worker: str, staff: Any) -> None:
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_readiness_answers_within_300_ms_as_soon_as_a_worker_answers(worker: str, staff: Any) -> None:
-    """With the default deadline (HEALTH_TIMEOUT, 0.2 s). A loaded machine may miss it once: then 503, in time."""
+    """With the default deadline (HEALTH_TIMEOUT, 0.2 s). A loaded machine may miss it once: then degraded, in time."""
     client = client_for(staff)
     timings, answers = [], []
     for _ in range(5):
@@ -98,19 +98,20 @@ def test_readiness_answers_within_300_ms_as_soon_as_a_worker_answers(worker: str
         answers.append(response)
     print(f"readiness with a worker answering: {', '.join(f'{t * 1000:.0f} ms' for t in timings)}")
     assert max(timings) < 1.0  # generous, for a loaded machine
-    in_time = [r for r, took in zip(answers, timings, strict=True) if took < 0.3 and r.status_code == 200]
+    assert all(r.status_code == 200 for r in answers), [r.data for r in answers]
+    in_time = [r for r, took in zip(answers, timings, strict=True) if took < 0.3 and r.data["status"] == "ok"]
     assert in_time, [r.data for r in answers]
     assert all(r.data["checks"]["worker"]["workers"] == [worker] for r in in_time)
 
 
 @pytest.mark.django_db
 def test_health_names_redis_broker_and_worker_when_redis_is_down(private_redis: Any, settings: Any, staff: Any) -> None:
+    """Degraded, still ready: tasks are accepted (SQL is the outbox and the mirror is rebuilt from it)."""
     settings.CELERY_BROKER_URL = private_redis.url
     settings.HEALTH_TIMEOUT = 1.0  # what fails is the subject here, not how fast: room for a loaded machine
     private_redis.kill()
     response = APIClient().get("/api/health/")
-    assert response.status_code == 503
-    assert response["Retry-After"] == str(settings.API_RETRY_AFTER_SECONDS)
+    assert response.status_code == 200
     assert response.data["status"] == "degraded"
     assert response.data["failing"] == ["redis", "broker", "worker"]
     assert response.data["checks"]["database"]["ok"] is True
@@ -121,7 +122,7 @@ def test_health_names_the_worker_when_none_answers(private_redis: Any, settings:
     settings.CELERY_BROKER_URL = private_redis.url
     settings.HEALTH_TIMEOUT = 1.0
     response = client_for(staff).get("/api/health/")
-    assert response.status_code == 503
+    assert (response.status_code, response.data["status"]) == (200, "degraded")
     assert response.data["failing"] == ["worker"]
     assert "no worker answered" in response.data["checks"]["worker"]["detail"]
 
@@ -137,7 +138,8 @@ def timed_get(client: APIClient, path: str) -> tuple[Any, float]:
 def test_readiness_names_a_hanging_broker_within_its_deadline(
     path: str, hanging_server: Any, private_redis: Any, settings: Any, staff: Any
 ) -> None:
-    """A broker that accepts connections and never answers: 503 in time, again and again, one probe at a time."""
+    """A broker that accepts connections and never answers: degraded in time, again and again, one probe at a
+    time (still ready: submissions wait in SQL for the broker)."""
     settings.CELERY_BROKER_URL = hanging_server.url
     # The probe waits up to 5 s for the broker's answer: every request below comes while it still waits.
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "socket_timeout": 5}
@@ -146,8 +148,7 @@ def test_readiness_names_a_hanging_broker_within_its_deadline(
         response, took = timed_get(client, path)
         print(f"readiness with a hanging broker, answer {attempt + 1}: {took * 1000:.0f} ms")
         assert took < 1.0  # the deadline is HEALTH_TIMEOUT (0.2 s); generous for a loaded machine
-        assert response.status_code == 503
-        assert response["Retry-After"] == str(settings.API_RETRY_AFTER_SECONDS)
+        assert (response.status_code, response.data["status"]) == (200, "degraded")
         assert {"broker", "worker"} <= set(response.data["failing"])
         assert "no answer within" in response.data["checks"]["broker"]["detail"]
         assert response.data["checks"]["worker"]["detail"].startswith("not checked: the broker did not answer")
@@ -163,7 +164,7 @@ def test_readiness_names_a_hanging_redis_within_its_deadline(
     response, took = timed_get(APIClient(), "/api/health/ready")
     print(f"readiness with a hanging Redis: {took * 1000:.0f} ms")
     assert took < 1.0
-    assert response.status_code == 503
+    assert (response.status_code, response.data["status"]) == (200, "degraded")
     assert "redis" in response.data["failing"] and "broker" not in response.data["failing"]
 
 
@@ -194,13 +195,15 @@ def test_readiness_notices_a_database_that_cannot_write(private_redis: Any, sett
         response, took = timed_get(client, "/api/health/ready")
     print(f"readiness with the database's write lock held elsewhere: {took * 1000:.0f} ms")
     assert took < 1.5
-    assert response.status_code == 503
+    assert (response.status_code, response.data["status"]) == (503, "unavailable")
+    assert response["Retry-After"] == str(settings.API_RETRY_AFTER_SECONDS)
     assert response.data["failing"] == ["database", "worker"]
     assert "detail" not in response.data["checks"]["database"]  # no token lookup on a failing database
     # The lock released: writable again, once the check started under the lock has given up
     # (a check still waiting is not started again; it gives up by its request's deadline).
     time.sleep(settings.HEALTH_TIMEOUT)
-    assert client.get("/api/health/ready").data["failing"] == ["worker"]
+    again = client.get("/api/health/ready")
+    assert (again.status_code, again.data["status"], again.data["failing"]) == (200, "degraded", ["worker"])
 
 
 def test_readiness_notices_a_read_only_postgresql(private_redis: Any, settings: Any, live_db: Any) -> None:
@@ -217,7 +220,7 @@ def test_readiness_notices_a_read_only_postgresql(private_redis: Any, settings: 
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"ALTER DATABASE {connection.settings_dict['NAME']} RESET default_transaction_read_only")
-    assert response.status_code == 503
+    assert (response.status_code, response.data["status"]) == (503, "unavailable")
     assert response.data["failing"] == ["database", "worker"]
 
 

@@ -89,12 +89,12 @@ def submit(web: Web) -> str:
     return body["id"]
 
 
-def assert_not_ready(web: Web, *parts: str) -> None:
+def assert_degraded(web: Web, *parts: str) -> None:
+    """Ready but degraded, in time: the web tier accepts tasks without a broker or Redis (SQL is the outbox)."""
     for path in ("/api/health/ready", "/api/health/"):
-        status, body, headers, took = web("GET", path)
-        assert status == 503 and took < HEALTH_BOUND, body
+        status, body, _, took = web("GET", path)
+        assert (status, body["status"]) == (200, "degraded") and took < HEALTH_BOUND, body
         assert set(parts) <= set(body["failing"]), body
-        assert int(headers["Retry-After"]) > 0
     status, body, _, took = web("GET", "/api/health/live")
     assert (status, body) == (200, {"status": "ok"}) and took < HEALTH_BOUND
 
@@ -135,7 +135,7 @@ def test_a_broker_that_never_answers_holds_no_request(
     kept, cancelled = submit(client), submit(client)
     assert hanging_server.accepted, "the web server never tried the broker"
     cancel(client, cancelled)
-    assert_not_ready(client, "broker", "worker")
+    assert_degraded(client, "broker", "worker")
     broker = PrivateRedis()  # the broker is back (at another address: the hanging one never answers)
     try:
         assert "re-dispatched 1" in sweep(client, broker.url)
@@ -154,7 +154,7 @@ def test_a_broker_that_stops_answering_holds_no_request(web: Any, private_redis:
         try:
             unpublished = submit(client)
             cancel(client, published)
-            assert_not_ready(client, "broker", "worker")
+            assert_degraded(client, "broker", "worker")
         finally:
             broker.resume()
         assert "re-dispatched 1" in sweep(client, broker.url)
@@ -175,7 +175,7 @@ def test_a_redis_that_never_answers_holds_no_request(
     assert queued_messages(private_redis) == [task_id]
     status, body, _, took = client("GET", f"/api/tasks/{task_id}/status")
     assert (status, body["state"]) == (200, "queued") and took < REQUEST_BOUND  # served from SQL
-    assert_not_ready(client, "redis")
+    assert_degraded(client, "redis")
 
 
 @pytest.mark.django_db
