@@ -111,19 +111,8 @@ def payload_errors(name: str, payload: Any) -> dict[str, Any]:
     declared = payload_serializer(name)
     if declared is None:
         return {} if isinstance(payload, dict) else {"non_field_errors": ["Expected a JSON object."]}
-    from rest_framework.exceptions import ValidationError
-    from rest_framework.serializers import as_serializer_error
-
-    try:
-        _checker(declared).run_validation(payload)
-    except ValidationError as exc:
-        errors: dict[str, Any] = json.loads(json.dumps(as_serializer_error(exc)))
-        return errors
-    return {}
-
-
-@cache
-def _checker(declared: type) -> Any:
-    """One unbound instance per declaration, its fields built once: ``run_validation`` keeps no state on it, and
-    a new serializer per payload deep-copied every field again (a third of a batch item's checks)."""
-    return declared()
+    serializer = declared(data=payload)
+    if serializer.is_valid():
+        return {}
+    errors: dict[str, Any] = json.loads(json.dumps(serializer.errors))
+    return errors
