@@ -22,6 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from persistence.drills import last_drill, summary
 from persistence.selectors import mirror_sample
 from tasks import selectors, services
 from tasks.admin.lists import TTLCache
@@ -168,6 +169,7 @@ def _live(now: datetime) -> dict[str, Any]:
         "durations": durations(),
         "workers_alive": selectors.count_live_workers(),
         "chart": chart(selectors.activity_per_hour(now, CHART_HOURS)),
+        "drill": summary(last_drill()),
         "mirror_cache_seconds": int(MIRROR_CACHE_SECONDS),
         "refresh": REFRESH,
     }

@@ -346,7 +346,7 @@ USE_TZ = True
 FORMAT_MODULE_PATH = ["crux.formats"]
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STORAGES = {
+STORAGES: dict[str, dict[str, object]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
@@ -450,6 +450,18 @@ BACKUP_DIR = Path(env("BACKUP_DIR", default=str(VAR_DIR / "backups")))
 BACKUP_RETENTION_DAYS = env.int("BACKUP_RETENTION_DAYS", default=30)
 BACKUP_SECONDS = env.float("BACKUP_SECONDS", default=86400.0)
 CELERY_BEAT_SCHEDULE["daily-backup"] = {"task": "crux.backup", "schedule": BACKUP_SECONDS}
+# Every backup is restore-tested (persistence.drills); an hourly check alerts when no drill passed within this window.
+BACKUP_DRILL_MAX_AGE_SECONDS = env.float("BACKUP_DRILL_MAX_AGE_SECONDS", default=2 * 86400.0)
+CELERY_BEAT_SCHEDULE["backup-drill-check"] = {"task": "crux.check_backup_drills", "schedule": 3600.0}
+# A second location for backups and purge archives, each copy verified by checksum: the storage alias "backups_copy"
+# (Django's storage API), a FileSystemStorage at BACKUP_COPY_DIR here (unset: no copy); any other backend, such as
+# django-storages' S3Storage, is a matter of configuring that alias.
+BACKUP_COPY_DIR = env("BACKUP_COPY_DIR", default="")
+if BACKUP_COPY_DIR:
+    STORAGES["backups_copy"] = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": BACKUP_COPY_DIR, "file_permissions_mode": 0o600, "directory_permissions_mode": 0o700},
+    }
 
 
 # --- Audit keys and checkpoints: history, purge grants and tombstones are signed (HMAC-SHA256) with a key kept

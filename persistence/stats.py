@@ -13,6 +13,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from persistence.backup import last_backup
+from persistence.drills import last_drill, last_success, summary
 from persistence.selectors import mirror_consistency
 from tasks import selectors
 from tasks.audit import HistoryEvent
@@ -79,5 +80,7 @@ def collect_stats() -> dict[str, Any]:
         "database": database_size(),
         "mirror": mirror_consistency(),
         "last_backup_at": last_backup(),
+        "last_drill": summary(last_drill()),
+        "last_drill_success_at": success.finished_at if (success := last_success()) else None,
         "last_recovery_at": selectors.last_recovery_at(),
     }

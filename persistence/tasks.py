@@ -1,5 +1,5 @@
 """Housekeeping jobs (beat, on the housekeeping queue): the recovery sweep, due tasks, the mirror reconcile, the daily
-backup."""
+backup and its restore drill, the check that drills keep passing."""
 
 import logging
 
@@ -8,6 +8,8 @@ from redis.exceptions import RedisError
 
 from persistence.backup import backup
 from persistence.dispatch import redispatch_lost
+from persistence.drills import check_drills, run_drill
+from persistence.models import DrillTrigger
 from persistence.services import reconcile_mirror
 from tasks import services
 
@@ -55,6 +57,14 @@ def reconcile_mirror_task() -> dict[str, int]:
 
 @shared_task(name="crux.backup", ignore_result=True)
 def daily_backup() -> str:
+    """Write the backup, then prove it: restore it into a scratch database (a failure alerts)."""
     result = backup()
     logger.info("backup written: %s (%s)", result.path, result.checksum)
+    run_drill(result.path, trigger=DrillTrigger.AFTER_BACKUP)
     return str(result.path)
+
+
+@shared_task(name="crux.check_backup_drills", ignore_result=True)
+def check_backup_drills() -> str | None:
+    """Alert when no restore drill passed within BACKUP_DRILL_MAX_AGE_SECONDS."""
+    return check_drills()

@@ -179,17 +179,18 @@ def acknowledge(actor: str) -> bool:
 def _alert(message: str) -> None:
     logger.error("DELETION SPIKE: %s; deletions suspended until acknowledged", message)
     if settings.DELETE_SPIKE_WEBHOOK_URL:
-        transaction.on_commit(partial(_post_webhook, settings.DELETE_SPIKE_WEBHOOK_URL, message))
+        transaction.on_commit(partial(post_webhook, settings.DELETE_SPIKE_WEBHOOK_URL, message))
 
 
-def _post_webhook(url: str, message: str) -> None:
-    body = json.dumps({"event": "deletion_spike", "text": f"Crux: {message}"}).encode()
+def post_webhook(url: str, message: str, event: str = "deletion_spike") -> None:
+    """POST an alert to the operators' webhook (DELETE_SPIKE_WEBHOOK_URL): the breaker's, and the backup drills'."""
+    body = json.dumps({"event": event, "text": f"Crux: {message}"}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=3):
             pass
     except OSError as exc:
-        logger.error("deletion spike webhook to %s failed: %s", url, exc)
+        logger.error("%s webhook to %s failed: %s", event, url, exc)
 
 
 def banner(request: Any) -> dict[str, Any]:

@@ -72,6 +72,17 @@ class _MirrorSerializer(serializers.Serializer):
     error = serializers.CharField(required=False)
 
 
+class _DrillSerializer(serializers.Serializer):
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+    duration_seconds = serializers.FloatField()
+    backup = serializers.CharField(help_text="The backup file's name (in BACKUP_DIR).")
+    checksum = serializers.CharField(allow_blank=True)
+    ok = serializers.BooleanField()
+    trigger = serializers.CharField()
+    problems = serializers.ListField(child=serializers.CharField(), help_text="Empty when the drill passed.")
+
+
 class StatsSerializer(serializers.Serializer):
     generated_at = serializers.DateTimeField()
     tasks = _TaskCountsSerializer()
@@ -81,4 +92,8 @@ class StatsSerializer(serializers.Serializer):
     database = _DatabaseSizeSerializer()
     mirror = _MirrorSerializer()
     last_backup_at = serializers.DateTimeField(allow_null=True)
+    last_drill = _DrillSerializer(
+        allow_null=True, help_text="The last restore drill of a backup (restored into a scratch database, verified)."
+    )
+    last_drill_success_at = serializers.DateTimeField(allow_null=True)
     last_recovery_at = serializers.DateTimeField(allow_null=True)

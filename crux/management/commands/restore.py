@@ -24,7 +24,8 @@ class Command(BaseCommand):
     help = (
         "Restore a backup made by `backup` into a fresh, migrated database, or (--task ID) bring one "
         "purged task back from its archive, found through the purge ledger: task, history (its hash chain "
-        "intact), outputs and metrics. Idempotent; a live task is not overwritten without --force. "
+        "intact), outputs and metrics. Idempotent; a live task is not overwritten without --force. A backup file "
+        "or archive missing or corrupt here is read from the second location (BACKUP_COPY_DIR) if it holds a copy. "
         "Exit status: 0 restored (or already restored), 1 refused or failed, 2 bad usage."
     )
 
