@@ -147,7 +147,11 @@ def main() -> None:
         import redis
 
         broker_db = redis.Redis.from_url(broker)
-        keys = list(broker_db.scan_iter(match="*celery*")) + list(broker_db.scan_iter(match="_kombu*"))
+        keys = [
+            *broker_db.scan_iter(match="*celery*"),
+            *broker_db.scan_iter(match="_kombu*"),
+            *broker_db.scan_iter(match=f"{os.environ['REDIS_KEY_PREFIX']}:*"),  # the publish receipts, the epoch
+        ]
         if keys:
             broker_db.delete(*keys)
 
