@@ -18,7 +18,7 @@ BENCH_SIZES ?= 10000,100000,1000000
 SECRET_KEY_FILE ?= var/secret_key
 AUDIT_KEY_FILE ?= var/audit_key
 
-.PHONY: run test test-sqlite test-postgres lint venv browser bench keys
+.PHONY: run test test-sqlite test-postgres lint venv browser promtool pgbackrest bench keys
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,20 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
+# The point-in-time recovery test archives a private PostgreSQL cluster's WAL with pgBackRest (Debian's package).
+pgbackrest:
+	@command -v pgbackrest >/dev/null 2>&1 || { \
+	  echo "Installing pgbackrest for the point-in-time recovery test"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest; }
+
+# The metrics test checks /metrics and deploy/prometheus/alerts.yml with promtool, from Debian's prometheus package.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "Installing prometheus for promtool (the metrics test)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+
 run: venv keys
 	mkdir -p var
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start release
@@ -66,11 +80,11 @@ lint: venv keys
 	$(BIN)/mypy
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-test-sqlite: venv keys browser
+test-sqlite: venv keys browser promtool
 	mkdir -p var
 	DATABASE_URL=$(SQLITE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-postgres: venv keys browser
+test-postgres: venv keys browser promtool pgbackrest
 	DATABASE_URL=$(PG_TEST_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint test-sqlite test-postgres

@@ -7,13 +7,14 @@ goes to ``CELERY_HOUSEKEEPING_QUEUE``, which a worker of its own consumes (Procf
 task work never delays the detection of a lost worker or a lost message.
 """
 
+import functools
 import logging.config
 import os
 import socket
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun
+from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun, worker_process_shutdown
 from django.conf import settings
 from django.db import close_old_connections
 from kombu import Queue
@@ -35,6 +36,67 @@ def retire_old_connections(sender: Any = None, **kwargs: Any) -> None:
     eagerly, inside its caller's transaction."""
     if not getattr(getattr(sender, "request", None), "is_eager", False):
         close_old_connections()
+
+
+@functools.cache
+def attempt_histograms() -> tuple[Any, Any]:
+    """Task run time and queue wait, by handler and queue: multiprocess histograms (crux/metrics.py sums every
+    process's file). Built on first use, once Django's settings have put PROMETHEUS_MULTIPROC_DIR in the
+    environment: prometheus_client picks its mode when first imported, and this module loads before the settings."""
+    from prometheus_client import Histogram
+
+    buckets = settings.METRICS_DURATION_BUCKETS
+    duration = Histogram(
+        "crux_task_duration_seconds",
+        "Run time of task attempts, from the claim to the outcome, by handler, queue and outcome "
+        "(completed, failed, retry)",
+        ["handler", "queue", "outcome"],
+        buckets=buckets,
+    )
+    wait = Histogram(
+        "crux_task_queue_wait_seconds",
+        "Time from a task's publish to the claim of its attempt, by handler and queue",
+        ["handler", "queue"],
+        buckets=buckets,
+    )
+    return duration, wait
+
+
+@task_postrun.connect
+def observe_attempt(sender: Any = None, args: Any = None, retval: Any = None, **kwargs: Any) -> None:
+    """In the worker, once a delivery of task work made an attempt (it completed, failed or waits for its retry;
+    a duplicate or a lost claim ran nothing): its run time and queue wait, read from the task's row (one query;
+    observed here because the attempt's own code belongs to the task domain). The wait is known for attempts that
+    completed or failed: a retry clears the publish its attempt was claimed from."""
+    from celery.exceptions import Retry
+
+    from tasks import selectors  # imported late: this module loads before Django's apps
+    from tasks.dispatch import EXECUTE_TASK
+    from tasks.tasks import AttemptFailed
+
+    if getattr(sender, "name", None) != EXECUTE_TASK or not args:
+        return
+    if retval != "completed" and not isinstance(retval, AttemptFailed | Retry):
+        return
+    timing = selectors.attempt_timing(args[0])
+    outcome = {"completed": "completed", "failed": "failed", "queued": "retry"}.get(timing.state if timing else "")
+    if timing is None or timing.started_at is None or outcome is None:
+        return
+    queue = timing.queue or settings.CELERY_TASK_DEFAULT_QUEUE
+    duration, wait = attempt_histograms()
+    duration.labels(timing.handler, queue, outcome).observe(
+        max(0.0, (timing.ended_at - timing.started_at).total_seconds())
+    )
+    if outcome != "retry" and timing.dispatched_at is not None and timing.dispatched_at <= timing.started_at:
+        wait.labels(timing.handler, queue).observe((timing.started_at - timing.dispatched_at).total_seconds())
+
+
+@worker_process_shutdown.connect
+def forget_process_gauges(pid: int | None = None, **kwargs: Any) -> None:
+    """A pool process ends: its live gauges leave the sums of /metrics (its counters stay: counts never go back)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid or os.getpid(), str(settings.PROMETHEUS_MULTIPROC_DIR))
 
 
 HOUSEKEEPING_PREFIX = "crux."

@@ -10,6 +10,10 @@ front for slow or remote clients; the default binding is 127.0.0.1.
 
 Logs: the access log writes paths without query strings, and every line of the
 error and access logs passes ``tasks.redaction.RedactingFilter``.
+
+Metrics: the master reads Django's settings first, which put PROMETHEUS_MULTIPROC_DIR in the environment before
+anything imports prometheus_client (it picks its multiprocess mode then), so every worker writes its counters to
+that directory; ``child_exit`` takes a dead worker's live gauges out of the sums.
 """
 
 import html
@@ -20,10 +24,14 @@ import socket
 from pathlib import Path
 from typing import Any, cast
 
+from django.conf import settings
 from gunicorn.glogging import Logger
 from gunicorn.workers.sync import SyncWorker
 
 from tasks.redaction import RedactingFilter
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crux.settings")
+METRICS_DIR = str(settings.PROMETHEUS_MULTIPROC_DIR)
 
 bind = f"{os.environ.get('WEB_BIND', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 # gunicorn's control socket (for gunicornc), one per instance: its default is one path per user, so a second
@@ -86,3 +94,10 @@ class JsonErrorSyncWorker(SyncWorker):
 
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         super().handle_error(req, cast(socket.socket, JsonErrorSocket(client)), addr, exc)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's hook in the master when a worker process has exited (its counters stay: counts never go back)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, METRICS_DIR)

@@ -4,6 +4,7 @@ Each variable read here has a safe default and a line in README's configuration
 table. SQL is the source of truth; Redis only mirrors it.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -504,3 +505,20 @@ INSTALLED_APPS += ["drf_spectacular_sidecar"]
 HEALTH_TIMEOUT = env.float("HEALTH_TIMEOUT", default=0.2)
 # A bearer token that lets a Prometheus scraper read /metrics without a staff account ("" = staff only).
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
+# prometheus-client's multiprocess mode: every process (gunicorn workers, Celery pool processes, beat, commands)
+# keeps its counters and histograms in files of this directory and /metrics sums them (crux/metrics.py). The
+# variable must be in the environment before prometheus_client is imported (it picks its mode then): set here, and
+# gunicorn's master reads these settings first (crux/gunicorn_conf.py). The release step clears files of processes
+# that are gone (``manage.py clear_metrics``).
+PROMETHEUS_MULTIPROC_DIR = Path(env("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "prometheus")))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+# Mirror entries /metrics compares with SQL at each scrape (the newest tasks that should be mirrored).
+METRICS_MIRROR_SAMPLE = env.int("METRICS_MIRROR_SAMPLE", default=500)
+# Histogram buckets (seconds) of task run time and queue wait (crux_task_duration_seconds, _queue_wait_seconds).
+METRICS_DURATION_BUCKETS = env.list(
+    "METRICS_DURATION_BUCKETS", cast=float, default=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600]
+)
+# How often a housekeeping job verifies the whole audit trail and records the result (crux_audit_chain_ok).
+AUDIT_VERIFY_SECONDS = env.float("AUDIT_VERIFY_SECONDS", default=86400.0)
+CELERY_BEAT_SCHEDULE["verify-audit"] = {"task": "crux.verify_audit", "schedule": AUDIT_VERIFY_SECONDS}

@@ -225,3 +225,44 @@ class DeletionBreaker(models.Model):
     @property
     def is_tripped(self) -> bool:
         return self.tripped_at is not None and (self.acknowledged_at is None or self.acknowledged_at < self.tripped_at)
+
+
+class PurgedHistoryCount(models.Model):
+    """History rows that purges removed, by kind (event, from-state, to-state, channel): /metrics adds them to the
+    rows still in SQL, so a counter derived from history never goes back when a purge removes a task.
+
+    Updated in the purge's own transaction (``retention.services``); an unarchived task's rows come back into the
+    history and are taken off here, in the unarchive's transaction.
+    """
+
+    event = models.CharField(max_length=16)
+    state_from = models.CharField(max_length=16, blank=True)
+    state_to = models.CharField(max_length=16, blank=True)
+    channel = models.CharField(max_length=16)
+    count = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event", "state_from", "state_to", "channel"], name="purged_history_kind")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} purged {self.event} rows ({self.state_from}->{self.state_to} via {self.channel})"
+
+
+class AuditVerification(models.Model):
+    """One verification of the whole audit trail by the housekeeping job (``crux.verify_audit``): /metrics exposes
+    the latest (``crux_audit_chain_ok``), so an alert fires when a chain, a checkpoint or the ledger is broken."""
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(db_index=True)
+    tasks_checked = models.PositiveIntegerField()
+    problems = models.PositiveIntegerField()
+    first_problems = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-finished_at"]
+
+    def __str__(self) -> str:
+        verdict = "intact" if not self.problems else f"{self.problems} problem(s)"
+        return f"audit verification at {self.finished_at:%Y-%m-%d %H:%M:%S}: {verdict}"

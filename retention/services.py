@@ -19,13 +19,22 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from retention.archive import read_entry, write_archive
 from retention.breaker import admit_deletion
-from retention.models import DeletionKind, PolicyScope, PurgeLedger, RetentionPolicy, append_tombstones
-from tasks import services
+from retention.models import (
+    AuditVerification,
+    DeletionKind,
+    PolicyScope,
+    PurgedHistoryCount,
+    PurgeLedger,
+    RetentionPolicy,
+    append_tombstones,
+)
+from tasks import selectors, services
 from tasks.audit import Actor, actor_label
 from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
@@ -121,7 +130,7 @@ def purge(*, actor: Actor, channel: str, confirm: bool = False, limit: int | Non
         append_tombstones(
             [_ledger_row(t, policy_of[t.pk].name, label, channel, str(path), checksum, now) for t in still_eligible]
         )
-        report.purged = services.erase_tasks([t.pk for t in still_eligible])
+        report.purged = _erase_counted([t.pk for t in still_eligible])
     logger.warning("purge by %s via %s: %s tasks archived to %s and removed", label, channel, report.purged, path)
     return report
 
@@ -182,7 +191,7 @@ def unarchive_task(
     entry = read_entry(Path(ledger.archive_file), pk, ledger.archive_checksum)
     label = actor_label(actor)[0]
     with transaction.atomic():
-        services.reinstate(
+        restored = services.reinstate(
             entry,
             history_head=(ledger.history_count, ledger.history_head),
             actor=actor,
@@ -191,6 +200,7 @@ def unarchive_task(
             f"by {ledger.policy})" + (f": {note}" if note else ""),
         )
         PurgeLedger.objects.filter(pk=ledger.pk).update(restored_at=timezone.now(), restored_by=label)
+        _uncount_restored(restored)
     ledger.refresh_from_db()
     return UnarchiveResult(pk, "restored", ledger)
 
@@ -203,4 +213,58 @@ def _purge_for_overwrite(task: Task, *, actor: Actor, channel: str) -> None:
         task = Task.objects.select_for_update(of=("self",)).select_related("owner").get(pk=task.pk)
         tombstone = _ledger_row(task, "overwritten-by-restore", label, channel, str(path), checksum, timezone.now())
         append_tombstones([tombstone])
-        services.erase_tasks([task.pk])
+        _erase_counted([task.pk])
+
+
+_KIND = ("event", "state_from", "state_to", "channel")
+
+
+def _erase_counted(task_ids: list[uuid.UUID]) -> int:
+    """Erase whole tasks (``services.erase_tasks``), first adding their history rows, by kind, to the purged counts
+    in the caller's transaction: counters derived from history (``crux/metrics.py``) never go back."""
+    for row in selectors.count_history_by_kind(task_ids):
+        _add_purged({name: row[name] for name in _KIND}, row["n"])
+    return services.erase_tasks(task_ids)
+
+
+def _uncount_restored(task: Task) -> None:
+    """An unarchived task's history rows are back in SQL: take them off the purged counts (never below zero: a task
+    purged before they were kept), except the ``unarchive`` row just written, which no purge removed."""
+    latest = selectors.latest_history(task, 1)[0][-1]
+    for row in selectors.count_history_by_kind([task.pk]):
+        kind = {name: row[name] for name in _KIND}
+        n = row["n"] - (1 if kind == {name: getattr(latest, name) for name in _KIND} else 0)
+        if n:
+            PurgedHistoryCount.objects.filter(**kind).update(count=Greatest(F("count") - n, 0))
+
+
+def _add_purged(kind: dict[str, str], n: int) -> None:
+    counted, created = PurgedHistoryCount.objects.get_or_create(**kind, defaults={"count": n})
+    if not created:
+        PurgedHistoryCount.objects.filter(pk=counted.pk).update(count=F("count") + n)
+
+
+def record_audit_verification(*, batch_size: int = 500, keep: int = 100) -> AuditVerification:
+    """Verify the whole audit trail as ``verify_audit`` does (against the newest checkpoint) and record the result:
+    ``crux_audit_chain_ok`` on /metrics, so an alert names a broken chain without anyone running the command. Keeps
+    the latest ``keep`` results."""
+    started = timezone.now()
+    checked = problems = 0
+    first: list[str] = []
+
+    def progress(n: int) -> None:
+        nonlocal checked
+        checked += n
+
+    for problem in selectors.verify_audit_chains(batch_size=batch_size, progress=progress):
+        problems += 1
+        if len(first) < 20:
+            first.append(str(problem))
+    if problems:
+        logger.error("audit verification: %s problem(s), first: %s", problems, first[:3])
+    result = AuditVerification.objects.create(
+        started_at=started, finished_at=timezone.now(), tasks_checked=checked, problems=problems, first_problems=first
+    )
+    old = AuditVerification.objects.order_by("-finished_at", "-pk").values_list("pk", flat=True)[keep:]
+    AuditVerification.objects.filter(pk__in=list(old)).delete()
+    return result

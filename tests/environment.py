@@ -4,8 +4,16 @@ tests.environment`` in pyproject.toml, ahead of pytest-django, which reads the s
 Redis database 15, unless the shell names a ``REDIS_URL``: the suite never touches the default database (0) that a
 developer's ``make run`` uses, the broker's own keys (kombu's bindings) included. Every process a test starts
 inherits it.
+
+prometheus-client's multiprocess files go to a directory of this run's own (removed at its end), never the
+``var/prometheus`` of a developer's ``make run``; every process a test starts inherits it too.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crux-test-metrics-")
+atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -11,7 +11,7 @@
   which worker instances hold running attempts.
 """
 
-from tasks.selectors.attempts import AttemptEnd, attempt_end, running_instances
+from tasks.selectors.attempts import AttemptEnd, AttemptTiming, attempt_end, attempt_timing, running_instances
 from tasks.selectors.figures import (
     QueueDepth,
     activity_per_hour,
@@ -38,16 +38,25 @@ from tasks.selectors.visibility import (
     task_list,
     visible_tasks,
 )
-from tasks.selectors.workers import LiveWorker, count_live_workers, gone_workers, live_workers
+from tasks.selectors.workers import (
+    LiveWorker,
+    count_live_workers,
+    count_silent_workers,
+    gone_workers,
+    live_workers,
+    live_workers_by_queue,
+)
 
 __all__ = [
     "AttemptEnd",
+    "AttemptTiming",
     "ChainProblem",
     "LiveWorker",
     "OutputTail",
     "QueueDepth",
     "activity_per_hour",
     "attempt_end",
+    "attempt_timing",
     "count_alive_by",
     "count_by_state",
     "count_events_since",
@@ -56,6 +65,7 @@ __all__ = [
     "count_in_trash",
     "count_live_workers",
     "count_outputs",
+    "count_silent_workers",
     "duration_percentiles",
     "find_visible_task",
     "finished_per_minute",
@@ -63,6 +73,7 @@ __all__ = [
     "last_recovery_at",
     "latest_history",
     "live_workers",
+    "live_workers_by_queue",
     "may_change",
     "may_see",
     "may_see_deleted",

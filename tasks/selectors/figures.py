@@ -8,10 +8,11 @@ sample through one (the durations of the latest completed tasks).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from django.db.models import Count, Max, Min, Q, QuerySet
 from django.db.models.functions import TruncHour, TruncMinute
@@ -58,9 +59,11 @@ def last_recovery_at() -> datetime | None:
     return TaskHistory.objects.filter(channel=Channel.RECOVERY).aggregate(at=Max("created_at"))["at"]
 
 
-def count_history_by_kind() -> list[Mapping[str, Any]]:
-    """History rows grouped by (event, state_from, state_to, channel), each with its count ``n``."""
-    rows = TaskHistory.objects.order_by().values("event", "state_from", "state_to", "channel")
+def count_history_by_kind(task_ids: Collection[UUID] | None = None) -> list[Mapping[str, Any]]:
+    """History rows grouped by (event, state_from, state_to, channel), each with its count ``n``: of every task, or
+    of ``task_ids`` only (what a purge is about to remove)."""
+    history = TaskHistory.objects.all() if task_ids is None else TaskHistory.objects.filter(task_id__in=task_ids)
+    rows = history.order_by().values("event", "state_from", "state_to", "channel")
     return list(rows.annotate(n=Count("pk")))
 
 

@@ -71,6 +71,20 @@ def count_live_workers(stale_seconds: float | None = None) -> int:
     return _live(stale_seconds).count()
 
 
+def live_workers_by_queue(stale_seconds: float | None = None) -> dict[str, int]:
+    """How many live instances consume each queue (a queue no live instance consumes is absent)."""
+    counts: dict[str, int] = defaultdict(int)
+    for queues in _live(stale_seconds).values_list("queues", flat=True):
+        for queue in set(queues or ()):
+            counts[queue] += 1
+    return dict(counts)
+
+
+def count_silent_workers(stale_seconds: float | None = None) -> int:
+    """Instances that went silent without stopping (killed, or cut off from the database) and are not forgotten yet."""
+    return Worker.objects.filter(stopped_at__isnull=True, last_heartbeat__lt=_stale_before(stale_seconds)).count()
+
+
 def running_tasks_by_process() -> dict[tuple[str, int], dict[int, list[RunningTask]]]:
     """Running tasks by worker instance (node name, main pid), then by the pid of the process that runs them."""
     now = timezone.now()
