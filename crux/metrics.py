@@ -9,8 +9,8 @@ Two sources, so that every answer is the same whichever process serves it and no
 - Everything else is read from SQL at scrape time, so it covers every process and every machine: tasks by state,
   the trash, counters derived from the history rows (submissions, transitions, deletions, recoveries) plus the rows
   purges removed (``retention.PurgedHistoryCount``), queues, workers, the deletion breaker, the last backup, purge
-  and audit verification, and a sample of the Redis mirror compared with SQL. Any other collector registered on
-  prometheus-client's default registry (the backup drills') is served too.
+  and audit verification, the last backup drill, and a sample of the Redis mirror compared with SQL. Any other
+  collector registered on prometheus-client's default registry is served too.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from persistence.backup import last_backup
+from persistence.drills import DrillCollector
 from persistence.selectors import mirror_sample
 from retention import selectors as retention
 from tasks import selectors, services
@@ -197,8 +198,7 @@ class OperationsCollector(Collector):
 
 class Exposition(Collector):
     """What /metrics serves: the per-process metrics summed over every process's file, then every family of the
-    default registry that is neither one of those (this process's own share of them) nor this process's runtime:
-    other apps' SQL collectors (the backup drills')."""
+    default registry that is neither one of those (this process's own share of them) nor this process's runtime."""
 
     def collect(self) -> Iterator[Any]:
         merged = list(MultiProcessCollector(None, path=str(settings.PROMETHEUS_MULTIPROC_DIR)).collect())
@@ -212,7 +212,7 @@ class Exposition(Collector):
 # What /metrics serves. The SQL collectors are not on the default registry: reading a process's own metric there
 # (``REGISTRY.get_sample_value``) runs no query.
 EXPOSITION = CollectorRegistry(auto_describe=False)
-for collector in (Exposition(), TaskCollector(), OperationsCollector()):
+for collector in (Exposition(), TaskCollector(), OperationsCollector(), DrillCollector()):
     EXPOSITION.register(collector)
 
 

@@ -35,7 +35,6 @@ from django.db import connection
 from django.db.models.signals import post_save
 from django.dispatch import Signal
 from django.utils import timezone
-from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -238,6 +237,3 @@ class DrillCollector(Collector):
                 "crux_backup_drill_last_success_timestamp_seconds", "When the last passing backup restore drill ended"
             ),
         )
-
-
-REGISTRY.register(DrillCollector())
