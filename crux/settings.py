@@ -173,7 +173,8 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 BROKER_IS_REDIS = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
 if BROKER_IS_REDIS:
     CELERY_BROKER_TRANSPORT = "crux.broker:Transport"  # kombu's, minus a client built per publish
-CELERY_RESULT_BACKEND = "django-db"
+# django-celery-results' backend (django-db), minus the rows a task execution writes in its own transactions.
+CELERY_RESULT_BACKEND = "tasks.tasks:ResultBackend"
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = None
 CELERY_TASK_ACKS_LATE = True

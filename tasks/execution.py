@@ -97,17 +97,21 @@ class TaskContext:
         self._guarded(services.record_metrics, **fields)
 
 
-class Heartbeat(threading.Thread):
-    """Renews the lease every quarter lease; calls ``on_lost`` when the claim is gone or too stale, or once the
-    attempt passed its hard time limit (recorded first: ``terminated`` holds the outcome)."""
+class Heartbeat:
+    """Renews one attempt's lease every quarter lease; calls ``on_lost`` when the claim is gone or too stale, or
+    once the attempt passed its hard time limit (recorded first: ``terminated`` holds the outcome).
+
+    It runs in the executing thread's ``HeartbeatThread`` from ``start()`` until ``stop()`` returns."""
 
     def __init__(self, ctx: TaskContext, on_lost: Callable[[], None]):
-        super().__init__(name=f"heartbeat-{ctx.task_id}", daemon=True)
         self.ctx = ctx
         self.on_lost = on_lost
         self.stopped = threading.Event()
         self.interval = settings.TASK_LEASE_SECONDS / 4
         self.terminated: Task | None = None
+        self.acting = threading.Condition()  # held to start, and to end, a renewal or a termination
+        self.busy = False
+        self.last_renewal = time.monotonic()
 
     def _next_wait(self) -> float:
         if self.ctx.limits.hard is None:
@@ -146,43 +150,109 @@ class Heartbeat(threading.Thread):
         self.ctx.claim_lost.set()
         self.on_lost()
 
-    def run(self) -> None:
-        last_renewal = time.monotonic()
+    def keep(self) -> None:
+        """The renewals, in the heartbeat thread, until ``stop()`` (or the claim is lost, or the hard limit passed)."""
+        self.last_renewal = time.monotonic()
+        while not self.stopped.wait(self._next_wait()):
+            with self.acting:
+                if self.stopped.is_set():
+                    return
+                self.busy = True
+            try:
+                if not self._beat():
+                    return
+            finally:
+                with self.acting:
+                    self.busy = False
+                    self.acting.notify_all()
+
+    def _beat(self) -> bool:
+        """One renewal (or the termination past the hard limit); False once the attempt is over for this thread."""
+        if self._past_hard_limit():
+            self._terminate()
+            return False
         try:
-            while not self.stopped.wait(self._next_wait()):
-                if self._past_hard_limit():
-                    self._terminate()
-                    return
-                try:
-                    renewed = services.renew_lease(
-                        self.ctx.task_id, attempt=self.ctx.attempt, worker_id=self.ctx.worker_id
-                    )
-                except Exception:
-                    logger.exception("lease renewal of task %s failed", self.ctx.task_id)
-                    renewed = None
-                    close_old_connections()
-                if renewed:
-                    last_renewal = time.monotonic()
-                    continue
-                stale = time.monotonic() - last_renewal > settings.TASK_LEASE_SECONDS * 0.75
-                if renewed is False or stale:
-                    if self.stopped.is_set():
-                        return
-                    logger.error(
-                        "task %s attempt %s lost its lease (%s); stopping this execution",
-                        self.ctx.task_id,
-                        self.ctx.attempt,
-                        "claim gone" if renewed is False else "renewal failing",
-                    )
-                    self.ctx.claim_lost.set()
-                    self.on_lost()
-                    return
-        finally:
-            connection.close()
+            renewed = services.renew_lease(self.ctx.task_id, attempt=self.ctx.attempt, worker_id=self.ctx.worker_id)
+        except Exception:
+            logger.exception("lease renewal of task %s failed", self.ctx.task_id)
+            renewed = None
+            close_old_connections()
+        if renewed:
+            self.last_renewal = time.monotonic()
+            return True
+        stale = time.monotonic() - self.last_renewal > settings.TASK_LEASE_SECONDS * 0.75
+        if renewed is False or stale:
+            if self.stopped.is_set():
+                return False
+            logger.error(
+                "task %s attempt %s lost its lease (%s); stopping this execution",
+                self.ctx.task_id,
+                self.ctx.attempt,
+                "claim gone" if renewed is False else "renewal failing",
+            )
+            self.ctx.claim_lost.set()
+            self.on_lost()
+            return False
+        return True
+
+    def start(self) -> None:
+        self.thread = HeartbeatThread.of_this_thread()
+        self.thread.watch(self)
 
     def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=self.interval + 5)
+        """Once this returns, nothing more runs for the attempt: a renewal or a termination in flight has ended
+        (waited for up to a quarter lease and 5 s, as a join would); none starts after it."""
+        self.thread.withdraw(self)
+        with self.acting:
+            self.stopped.set()
+            self.acting.wait_for(lambda: not self.busy, timeout=self.interval + 5)
+
+
+class HeartbeatThread(threading.Thread):
+    """The thread that runs the heartbeats of one executing thread's attempts, one after the other (a worker's pool
+    process runs one attempt at a time): started with the first attempt and kept for the next ones. A thread
+    started and joined per attempt cost milliseconds a task on a busy machine, both waiting for the scheduler;
+    the attempt's end waits for it only while it renews the lease or terminates the attempt."""
+
+    _local = threading.local()
+
+    def __init__(self) -> None:
+        super().__init__(name=f"heartbeat-of-{threading.current_thread().name}", daemon=True)
+        self.changed = threading.Condition()
+        self.pending: Heartbeat | None = None
+
+    @classmethod
+    def of_this_thread(cls) -> HeartbeatThread:
+        """The calling thread's heartbeat thread, started if there is none (or it did not survive a fork)."""
+        thread: HeartbeatThread | None = getattr(cls._local, "thread", None)
+        if thread is None or not thread.is_alive():
+            thread = cls._local.thread = cls()
+            thread.start()
+        return thread
+
+    def watch(self, heartbeat: Heartbeat) -> None:
+        with self.changed:
+            self.pending = heartbeat
+            self.changed.notify()
+
+    def withdraw(self, heartbeat: Heartbeat) -> None:
+        """Take back a heartbeat this thread has not taken up yet (an attempt that ended first)."""
+        with self.changed:
+            if self.pending is heartbeat:
+                self.pending = None
+
+    def run(self) -> None:
+        while True:
+            with self.changed:
+                while self.pending is None:
+                    self.changed.wait()
+                heartbeat, self.pending = self.pending, None
+            try:
+                heartbeat.keep()
+            except Exception:
+                logger.exception("heartbeat of task %s failed", heartbeat.ctx.task_id)
+            finally:
+                connection.close()  # no connection held between attempts
 
 
 @contextmanager
@@ -211,11 +281,18 @@ def _describe(exc: BaseException) -> str:
     return "".join(lines).strip()[:4000]
 
 
-def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] = end_process) -> str:
+def execute(
+    task_id: str,
+    *,
+    worker_id: str,
+    on_lease_lost: Callable[[], None] = end_process,
+    in_transaction: Callable[[Task], None] | None = None,
+) -> str:
     """Run one delivery of a task; returns what happened (skipped, completed, failed, queued for a retry, discarded).
 
     ``on_lease_lost`` ends the execution when its claim is lost or its hard time limit passed (the process, in a
-    worker; tests pass their own).
+    worker; tests pass their own). ``in_transaction`` is called with the task inside the claim's transaction and
+    inside the outcome's, once each has applied its change (the worker writes Celery's result rows there).
 
     A handler error is retried by the task's rules (``services.finish_attempt``); a handler raises
     ``PermanentFailure`` to fail at once, or ``Retry`` to come back at a time of its choosing.
@@ -223,7 +300,7 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
     A handler that lost its claim (``ClaimLost`` from the context, or the heartbeat
     saw it) is discarded: no outcome and no figures are written for it.
     """
-    task = services.claim(task_id, worker_id=worker_id)
+    task = services.claim(task_id, worker_id=worker_id, in_transaction=in_transaction)
     if task is None:
         return "skipped"
     limits = services.time_limits(task)
@@ -268,6 +345,7 @@ def execute(task_id: str, *, worker_id: str, on_lease_lost: Callable[[], None] =
         retry_at=retry_at,
         permanent=permanent,
         metrics={"processing_time_seconds": round(elapsed, 6)},
+        in_transaction=in_transaction,
     )
     if outcome is None:
         return "discarded"

@@ -8,6 +8,7 @@ append-only here and, below the ORM, by database triggers.
 
 from __future__ import annotations
 
+import copy
 import math
 import uuid
 from collections.abc import Callable
@@ -102,6 +103,27 @@ class TaskQuerySet(models.QuerySet):
 
     def deleted(self) -> TaskQuerySet:
         return self.filter(deleted_at__isnull=False)
+
+
+# Where a task's locked read kept for its next save is held (``Task.keep_locked_read``): on the instance and, for
+# the last such read, on the database connection.
+_LAST_LOCKED_READ = "_crux_locked_read"
+
+
+def _copied(value: Any) -> Any:
+    """A value as read, safe from later changes of the instance's own (a JSON field's dict or list is mutable)."""
+    return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+
+
+class _LockedRead:
+    """A task's committed tracked values as read under its row lock, registered as a commit hook that does nothing:
+    while Django still holds it, the read's transaction (and savepoint) is open."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.values = values
+
+    def __call__(self) -> None:
+        """Nothing to do at commit: the values are spent."""
 
 
 class Task(models.Model):
@@ -255,6 +277,9 @@ class Task(models.Model):
         and then saved without a savepoint: that spares two statements, and the
         transaction's first one is its INSERT (the write lock of the SQLite backend
         is taken there). A failure after that dooms the caller's transaction.
+        So is a task a service has just read under its row lock in the same
+        transaction (``keep_locked_read``): its values are the committed ones and
+        the row is not read again; any other save locks and reads the row first.
         """
         update_fields = kwargs.get("update_fields")
         if update_fields is not None:
@@ -264,8 +289,12 @@ class Task(models.Model):
         if adding:
             check_state(self.state)
             current_context()
-        with transaction.atomic(using=using, savepoint=not adding):
-            before = None if adding else self._locked_before(using)
+        kept = None if adding else self._kept_locked_read(using)
+        with transaction.atomic(using=using, savepoint=not adding and kept is None):
+            if adding or kept is not None:
+                before = kept
+            else:
+                before = self._locked_before(using)
             if before is not None and before["state"] != self.state:
                 check_transition(before["state"], self.state)
             self._audit_before = before
@@ -281,8 +310,40 @@ class Task(models.Model):
 
     def _locked_before(self, using: str) -> dict[str, Any] | None:
         """The committed values of tracked fields, with the row locked for this transaction."""
-        names = [f.attname for f in self.tracked_fields()] + ["history_count", "history_head"]
+        names = self._before_names()
         return type(self)._base_manager.using(using).select_for_update().filter(pk=self.pk).values(*names).first()
+
+    @classmethod
+    def _before_names(cls) -> list[str]:
+        return [f.attname for f in cls.tracked_fields()] + ["history_count", "history_head"]
+
+    def keep_locked_read(self) -> None:
+        """This instance was just read with ``select_for_update`` inside a transaction (``services.locked_task``):
+        keep its values as the committed ones, so its next save reads and locks the row no second time.
+
+        They serve that one save only, and only if it is provably the same transaction's locked read: the read's
+        marker (a no-op commit hook, which Django drops when the transaction, or the savepoint the read was taken
+        in, ends) is still registered, and no task was saved or read this way on the connection since.
+        """
+        using = self._state.db or router.db_for_write(type(self), instance=self)
+        values = {name: _copied(getattr(self, name)) for name in self._before_names()}
+        read = _LockedRead(values)
+        transaction.on_commit(read, using=using)
+        setattr(connections[using], _LAST_LOCKED_READ, read)
+        self.__dict__[_LAST_LOCKED_READ] = read
+
+    def _kept_locked_read(self, using: str) -> dict[str, Any] | None:
+        """The values ``keep_locked_read`` kept for this save, if still valid (see there); else None (read again).
+        Every save of an existing task ends the validity of the connection's last kept read: it may be its row."""
+        read: _LockedRead | None = self.__dict__.pop(_LAST_LOCKED_READ, None)
+        connection = connections[using]
+        last: _LockedRead | None = getattr(connection, _LAST_LOCKED_READ, None)
+        setattr(connection, _LAST_LOCKED_READ, None)
+        if read is None or read is not last or not connection.in_atomic_block:
+            return None
+        if not any(entry[1] is read for entry in reversed(connection.run_on_commit)):
+            return None
+        return read.values
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise HardDeleteRefused(

@@ -9,17 +9,22 @@ that heals lost work is ``persistence.tasks.recovery_sweep``: it needs the broke
 import logging
 import os
 import signal
+import traceback
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from celery import shared_task
+from celery import shared_task, states
 from celery.exceptions import Retry
 from celery.signals import task_revoked, worker_ready
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
+from django_celery_results.backends import DatabaseBackend
 
 from tasks import checkpoints, execution, selectors, services
 from tasks.dispatch import EXECUTE_TASK
 from tasks.exceptions import InvalidTaskData
+from tasks.models import Task
 from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)
@@ -42,14 +47,72 @@ NOT_RUN = {
 }
 
 
-@shared_task(name=EXECUTE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, throws=(AttemptFailed,))
+# The attribute of a delivery's request that names the Celery state its result row already holds, written in Crux's
+# own transaction (``result_rows``) and committed: Celery's own write of that state is skipped (``ResultBackend``).
+STORED_STATE = "crux_stored_state"
+
+
+class ResultBackend(DatabaseBackend):
+    """django-celery-results' backend (``CELERY_RESULT_BACKEND``: results in SQL, never expired), minus the writes a
+    task execution already made: its STARTED row commits with the claim and its final row (SUCCESS, FAILURE,
+    RETRY) with the outcome, so Celery's separate commit of the same state after the task returns is skipped."""
+
+    def store_result(
+        self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        if state == getattr(request, STORED_STATE, None):
+            return result
+        return super().store_result(task_id, result, state, traceback, request, **kwargs)
+
+
+def celery_state(task: Task, hostname: str) -> tuple[str, Any]:
+    """Celery's view of a task just claimed or just ended by this delivery: (state, result) as Celery itself stores
+    them (``track_started``'s STARTED meta; ``execute_task``'s return value or the exception it raises)."""
+    if task.state == TaskState.RUNNING:
+        return states.STARTED, {"pid": os.getpid(), "hostname": hostname}
+    if task.state == TaskState.FAILED:
+        return states.FAILURE, AttemptFailed(task.last_error)
+    if task.state == TaskState.QUEUED:
+        return states.RETRY, AttemptFailed(task.last_error)
+    return states.SUCCESS, NOT_RUN.get(task.state, task.state)
+
+
+def result_rows(celery_task: Any) -> Callable[[Task], None]:
+    """What the claim and the outcome call inside their transactions: Celery's result row of this delivery written
+    through its own backend (the row its tools read: ``AsyncResult``, Flower), so it commits with the change it
+    reports, one commit fewer each; once committed, Celery's own write of that state is skipped."""
+    request = celery_task.request
+
+    def record(task: Task) -> None:
+        state, result = celery_state(task, request.hostname)
+        trace = "".join(traceback.format_exception_only(result)) if isinstance(result, Exception) else None
+        celery_task.backend.store_result(request.id, result, state, traceback=trace, request=request)
+        transaction.on_commit(partial(setattr, request, STORED_STATE, state))
+
+    return record
+
+
+@shared_task(
+    name=EXECUTE_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    throws=(AttemptFailed,),
+    track_started=False,  # the claim writes the STARTED row, in its own transaction
+)
 def execute_task(self: Any, task_id: str) -> str:
     """Run one delivery of a task, and tell Celery honestly how it ended: completed is a SUCCESS, failed a FAILURE,
     a retry wait a RETRY (raised, never a message re-sent by Celery: Crux's ``run_after`` is the only wait).
 
     ``throws``: an attempt's failure is the handler's, logged by Crux; Celery logs it without a traceback.
+    A delivery that claims the task stores its result rows in the claim's and the outcome's transactions
+    (``result_rows``); one that runs nothing (a duplicate) gets Celery's own SUCCESS row saying so.
     """
-    outcome = execution.execute(task_id, worker_id=f"{self.request.hostname}:{WORKER_INSTANCE}:{os.getpid()}")
+    outcome = execution.execute(
+        task_id,
+        worker_id=f"{self.request.hostname}:{WORKER_INSTANCE}:{os.getpid()}",
+        in_transaction=None if self.request.is_eager else result_rows(self),
+    )
     if outcome == TaskState.FAILED:
         raise AttemptFailed(selectors.attempt_end(task_id).error) from None
     if outcome == TaskState.QUEUED:

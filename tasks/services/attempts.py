@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -28,7 +29,7 @@ from tasks.audit import Channel, audited, format_timestamp
 from tasks.exceptions import ClaimLost, InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId
 from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
-from tasks.redaction import redact_text
+from tasks.redaction import redact_fields, redact_text
 from tasks.registry import HandlerOptions, handler_options
 from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown, start_ahead
 from tasks.states import TaskState
@@ -89,11 +90,12 @@ def time_limits(task: Task) -> TimeLimits:
     )
 
 
-def claim(task_id: TaskId, *, worker_id: str) -> Task | None:
+def claim(task_id: TaskId, *, worker_id: str, in_transaction: Callable[[Task], None] | None = None) -> Task | None:
     """Move a queued task to running for a new attempt, or return None (duplicate delivery).
 
     A compare-and-set under the row lock: a delivery of a task that is already
     running or finished does nothing, so a task never runs twice at once.
+    ``in_transaction`` is called with the running task before the claim commits (and only if it claimed).
     """
     with transaction.atomic():
         try:
@@ -117,7 +119,7 @@ def claim(task_id: TaskId, *, worker_id: str) -> Task | None:
                 reason="soft-deleted before it started; not run",
             )
             return None
-        return apply_transition(
+        claimed = apply_transition(
             task,
             TaskState.RUNNING,
             actor=WORKER_ACTOR,
@@ -133,6 +135,9 @@ def claim(task_id: TaskId, *, worker_id: str) -> Task | None:
             progress=0.0,
             current_phase="",
         )
+        if in_transaction is not None:
+            in_transaction(claimed)
+        return claimed
 
 
 def _hold_back(task: Task, start: datetime) -> None:
@@ -214,6 +219,7 @@ def finish_attempt(
     retry_at: datetime | None = None,
     permanent: bool = False,
     metrics: dict[str, Any] | None = None,
+    in_transaction: Callable[[Task], None] | None = None,
 ) -> Task | None:
     """Record the outcome of an attempt: completed with ``result``, or ``error`` (retried or failed).
 
@@ -222,7 +228,8 @@ def finish_attempt(
     Compare-and-set on (running, attempt, worker): if the task was cancelled or
     recovered meanwhile, the outcome is discarded (and logged), never applied twice.
     ``metrics`` (TaskMetrics fields) are written in the same transaction, so an
-    outcome and its figures commit together, or neither does.
+    outcome and its figures commit together, or neither does; so does what
+    ``in_transaction`` writes, called with the task once the outcome is applied.
     """
     with transaction.atomic():
         task = locked_task(task_id)
@@ -238,16 +245,20 @@ def finish_attempt(
         if metrics:
             _write_metrics(task.pk, metrics)
         if error:
-            return _fail_or_retry(task, attempt, error, retry_at=retry_at, permanent=permanent)
-        return apply_transition(
-            task,
-            TaskState.COMPLETED,
-            actor=WORKER_ACTOR,
-            channel=Channel.WORKER,
-            reason=f"completed on attempt {attempt}",
-            result=result,
-            progress=1.0,
-        )
+            ended = _fail_or_retry(task, attempt, error, retry_at=retry_at, permanent=permanent)
+        else:
+            ended = apply_transition(
+                task,
+                TaskState.COMPLETED,
+                actor=WORKER_ACTOR,
+                channel=Channel.WORKER,
+                reason=f"completed on attempt {attempt}",
+                result=result,
+                progress=1.0,
+            )
+        if in_transaction is not None:
+            in_transaction(ended)
+        return ended
 
 
 def _live_attempt(task_id: TaskId, attempt: int, worker_id: str) -> QuerySet[Task]:
@@ -287,19 +298,25 @@ def report_progress(
     hooks.progress_reported.send(sender=Task, task_id=task_id)
 
 
-def _write_metrics(task_id: TaskId, fields: dict[str, Any]) -> TaskMetrics:
+def _write_metrics(task_id: TaskId, fields: dict[str, Any]) -> None:
+    """Set the named figures (the others keep their values) in the caller's transaction: one INSERT that updates
+    the row if there is one (``ON CONFLICT DO UPDATE``), no read and no savepoint."""
     refuse_unknown(fields, METRIC_FIELDS)
-    return TaskMetrics.objects.update_or_create(task_id=task_id, defaults=fields)[0]
+    metrics = TaskMetrics(task_id=task_id, **fields)
+    redact_fields(metrics)  # a bulk insert sends no pre_save: redacted here
+    TaskMetrics.objects.bulk_create(
+        [metrics], update_conflicts=True, unique_fields=["task"], update_fields=[*fields, "updated_at"]
+    )
 
 
-def record_metrics(task_id: TaskId, *, attempt: int, worker_id: str, **fields: Any) -> TaskMetrics:
+def record_metrics(task_id: TaskId, *, attempt: int, worker_id: str, **fields: Any) -> None:
     """Set a running attempt's execution figures (the named ones; the others keep their values).
 
     Written under the row lock only while the attempt holds its claim, else ClaimLost.
     """
     with transaction.atomic():
         _hold_claim(task_id, attempt, worker_id)
-        return _write_metrics(task_id, fields)
+        _write_metrics(task_id, fields)
 
 
 def _new_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:

@@ -67,12 +67,17 @@ TRANSITION_FIELDS = frozenset(
 
 
 def locked_task(task_id: TaskId) -> Task:
-    """The task, its row locked until the end of the caller's transaction; TaskNotFound if there is none."""
+    """The task, its row locked until the end of the caller's transaction; TaskNotFound if there is none.
+
+    Its values are kept as the committed ones for its next save in this transaction (``Task.keep_locked_read``):
+    the change the caller makes is saved without reading the row a second time."""
     pk = parse_task_id(task_id)
     try:
-        return Task.objects.select_for_update().get(pk=pk)
+        task = Task.objects.select_for_update().get(pk=pk)
     except Task.DoesNotExist:
         raise TaskNotFound(pk) from None
+    task.keep_locked_read()
+    return task
 
 
 def refuse_unknown(fields: dict[str, Any], allowed: Collection[str]) -> None:

@@ -1,0 +1,331 @@
+"""What a drained task costs, with every guarantee kept (issue 16).
+
+- Celery's result rows of a task execution are written in Crux's transactions: STARTED with the claim, the final
+  row (SUCCESS, FAILURE, RETRY) with the outcome, not in commits of their own; Celery's tools still read them.
+- A task read under its row lock (``services.locked_task``) is saved without a second locked read and without a
+  savepoint, only when that read is provably the same transaction's; every other save reads the row again.
+- The metrics row is a plain UPDATE or INSERT under the task's lock, its text redacted.
+
+Counting: commits are counted with a spy on the connection's ``commit`` (the real commit runs), statements with
+Django's ``execute_wrapper``; the task runs through Celery's own tracer, as a worker's pool process runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
+
+import pytest
+from celery import states
+from celery.app.trace import build_tracer
+from celery.result import AsyncResult
+from django.db import connection, transaction
+from django_celery_results.models import TaskResult
+
+from crux.celery import app
+from tasks import services
+from tasks.audit import Channel, audited
+from tasks.dispatch import EXECUTE_TASK
+from tasks.exceptions import IllegalTransition
+from tasks.execution import HeartbeatThread, execute
+from tasks.models import Task, TaskHistory, TaskMetrics
+from tasks.redaction import REDACTED
+from tasks.services.base import locked_task
+from tasks.tasks import AttemptFailed
+from tests.tasks import test_worker
+from tests.tasks.test_queues import submit as submit_to_cluster
+from tests.tasks.test_worker import wait_until_finished
+
+pytestmark = pytest.mark.usefixtures("live_db")
+
+HOSTNAME = "w1@drain-test"
+WORKER = "celery@test:1"
+
+
+@dataclass
+class Counts:
+    """What the database saw: commits, statements by kind, writes outside any transaction, task-row reads inside
+    transactions (the locked reads of the writes, not what a reader does after them)."""
+
+    commits: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    autocommit_writes: int = 0
+    task_reads: int = 0
+
+
+@contextmanager
+def counted() -> Iterator[Counts]:
+    counts = Counts()
+    real_commit = connection.commit
+
+    def commit() -> None:
+        counts.commits += 1
+        real_commit()
+
+    def execute(run: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        kind = sql.split(None, 1)[0].upper()
+        counts.kinds[kind] += 1
+        if kind in ("INSERT", "UPDATE", "DELETE") and not connection.in_atomic_block:
+            counts.autocommit_writes += 1
+        if kind == "SELECT" and 'FROM "tasks_task"' in sql and connection.in_atomic_block:
+            counts.task_reads += 1
+        return run(sql, params, many, context)
+
+    with mock.patch.object(connection, "commit", side_effect=commit), connection.execute_wrapper(execute):
+        yield counts
+
+
+def submit(user: Any, handler: str = "echo", **fields: Any) -> Task:
+    fields.setdefault("title", f"{handler} task")
+    return services.submit_task(owner=user, actor=user, channel=Channel.API, handler=handler, **fields)
+
+
+def trace(task: Task) -> Any:
+    """One delivery of ``task``'s message through Celery's tracer with a worker's request (not eager)."""
+    tracer = build_tracer(EXECUTE_TASK, app.tasks[EXECUTE_TASK], app=app, hostname=HOSTNAME, eager=False)
+    request = {
+        "id": task.celery_task_id,
+        "task": EXECUTE_TASK,
+        "hostname": HOSTNAME,
+        "argsrepr": repr((str(task.pk),)),
+        "kwargsrepr": "{}",
+        "delivery_info": {"routing_key": "celery", "priority": 5, "redelivered": False},
+        "is_eager": False,
+    }
+    return tracer(task.celery_task_id, (str(task.pk),), {}, request)
+
+
+@pytest.fixture
+def handlers(settings: Any) -> None:
+    settings.TASK_HANDLERS = {**settings.TASK_HANDLERS, "flaky": "tests.handlers.flaky"}
+
+
+def test_an_echo_task_commits_three_times_and_its_result_row_is_celerys(user):
+    task = submit(user, request_payload={"message": "hi"})
+    with counted() as counts:
+        trace(task)
+    task.refresh_from_db()
+    assert task.state == "completed"
+    # The claim (with the STARTED row), echo's output, the outcome (with the metrics and the SUCCESS row).
+    assert counts.commits == 3 and counts.autocommit_writes == 0, counts
+    assert counts.kinds["SAVEPOINT"] == 1, counts  # only the result row's own create (django-celery-results)
+    assert counts.task_reads == 3, counts  # the claim's and the outcome's locked reads, the output's claim check
+    assert [h.state_to for h in TaskHistory.objects.filter(task=task).order_by("seq")] == [
+        "queued",
+        "running",
+        "completed",
+    ]
+    row = TaskResult.objects.get(task_id=task.celery_task_id)
+    assert (row.status, json.loads(row.result), row.task_name, row.worker) == (
+        "SUCCESS",
+        "completed",
+        EXECUTE_TASK,
+        HOSTNAME,
+    )
+    assert row.date_started is not None and row.date_started <= row.date_done
+    assert json.loads(row.task_args) == repr((str(task.pk),))
+    result = AsyncResult(task.celery_task_id, app=app)
+    assert (result.state, result.result) == (states.SUCCESS, "completed")
+
+
+def look_at_result_row(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """A handler that returns its own delivery's result row as it finds it (outside any transaction)."""
+    task = Task.objects.get(pk=ctx.task_id)
+    row = TaskResult.objects.get(task_id=task.celery_task_id)
+    return {"status": row.status, "meta": json.loads(row.result), "started": row.date_started is not None}
+
+
+def test_the_started_row_commits_with_the_claim(user, settings):
+    settings.TASK_HANDLERS = {**settings.TASK_HANDLERS, "look": f"{__name__}.look_at_result_row"}
+    task = submit(user, handler="look")
+    trace(task)
+    task.refresh_from_db()
+    # What the handler saw of its own result row while it ran: committed with the claim, as Celery writes STARTED.
+    assert task.result == {"status": "STARTED", "meta": {"pid": os.getpid(), "hostname": HOSTNAME}, "started": True}
+    assert TaskResult.objects.get(task_id=task.celery_task_id).status == "SUCCESS"
+
+
+def test_a_failure_is_a_failure_row_written_with_the_outcome(user):
+    task = submit(user, handler="fail", request_payload={"message": "no luck"}, max_attempts=1)
+    with counted() as counts:
+        trace(task)
+    task.refresh_from_db()
+    assert task.state == "failed"
+    assert counts.commits == 3 and counts.autocommit_writes == 0, counts  # claim, stderr output, outcome
+    row = TaskResult.objects.get(task_id=task.celery_task_id)
+    assert row.status == "FAILURE" and "AttemptFailed" in row.result and "no luck" in row.result
+    assert row.traceback.startswith("tasks.tasks.AttemptFailed: ") and "no luck" in row.traceback
+    result = AsyncResult(task.celery_task_id, app=app)
+    assert result.state == states.FAILURE and isinstance(result.result, AttemptFailed)
+    assert "no luck" in str(result.result)
+
+
+def test_a_retry_wait_is_a_retry_row_written_with_the_outcome(user, handlers):
+    task = submit(user, handler="flaky", max_attempts=3, retry_backoff=60)
+    with counted() as counts:
+        trace(task)
+    task.refresh_from_db()
+    assert (task.state, task.attempt_count) == ("queued", 1) and task.run_after is not None
+    assert counts.autocommit_writes == 0, counts
+    row = TaskResult.objects.get(task_id=task.celery_task_id)
+    assert row.status == "RETRY" and "flaky: attempt 1 fails" in row.result
+
+
+def test_a_duplicate_delivery_gets_celerys_own_success_row_and_no_started_row(user):
+    task = submit(user)
+    services.cancel(task.pk, actor=user, channel=Channel.API, reason="not needed")
+    trace(task)
+    row = TaskResult.objects.get(task_id=task.celery_task_id)
+    assert row.status == "SUCCESS" and json.loads(row.result).startswith("skipped") and row.date_started is None
+    assert Task.objects.get(pk=task.pk).history.count() == 2
+
+
+def test_an_eager_run_stores_no_result_row(user):
+    task = submit(user)
+    assert app.tasks[EXECUTE_TASK].apply(args=(str(task.pk),), task_id=task.celery_task_id).get() == "completed"
+    assert not TaskResult.objects.filter(task_id=task.celery_task_id).exists()
+
+
+# One locked read per state change.
+
+
+def _reads(change: Any) -> int:
+    with counted() as counts:
+        change()
+    return counts.task_reads
+
+
+def _cancel(task: Task, actor: Any) -> Task:
+    return services.cancel(task.pk, actor=actor, channel=Channel.API, reason="changed meanwhile")
+
+
+def test_a_state_change_reads_the_task_once_and_writes_no_savepoint(user):
+    task = submit(user)
+    with counted() as counts:
+        _cancel(task, user)
+    assert counts.task_reads == 1 and counts.kinds["SAVEPOINT"] == 0, counts
+    assert [h.state_to for h in TaskHistory.objects.filter(task=task).order_by("seq")] == ["queued", "cancelled"]
+
+
+def test_a_locked_read_of_an_earlier_transaction_is_read_again(user):
+    task = submit(user)
+    with transaction.atomic():
+        stale = locked_task(task.pk)
+    _cancel(task, user)
+    stale.state = "running"
+    with pytest.raises(IllegalTransition), transaction.atomic(), audited(user, channel=Channel.API, reason="late"):
+        stale.save()  # read again: the task is cancelled now, and cancelled -> running is refused
+    assert Task.objects.get(pk=task.pk).state == "cancelled"
+
+
+def test_a_locked_read_in_a_rolled_back_savepoint_is_read_again(user):
+    task = submit(user)
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                read = locked_task(task.pk)
+                raise RuntimeError("roll the savepoint back")
+        except RuntimeError:
+            pass
+        read.title = "renamed"
+        with audited(user, channel=Channel.API, reason="rename"), counted() as counts:
+            read.save()
+    assert counts.task_reads == 1 and counts.kinds["SAVEPOINT"] == 1, counts  # read again, in a savepoint
+
+
+def test_a_locked_read_is_read_again_after_another_save_of_the_task(user):
+    task = submit(user)
+    with transaction.atomic():
+        first = locked_task(task.pk)
+        second = locked_task(task.pk)
+        second.title = "second"
+        with audited(user, channel=Channel.API, reason="second"):
+            second.save()
+        first.description = "first"
+        with audited(user, channel=Channel.API, reason="first"), counted() as counts:
+            first.save()
+    assert counts.task_reads == 1, counts
+    rows = list(TaskHistory.objects.filter(task=task).order_by("seq"))
+    assert [row.seq for row in rows] == [1, 2, 3] and rows[2].prev_hash == rows[1].hash
+    # Diffed against the row as the second save left it (its instance still holds the old title).
+    assert rows[2].details["changes"] == {"title": ["second", "echo task"], "description": ["", "first"]}
+
+
+def test_a_kept_read_serves_one_save_only(user):
+    task = submit(user)
+    with transaction.atomic():
+        read = locked_task(task.pk)
+        read.title = "once"
+        with audited(user, channel=Channel.API, reason="once"), counted() as first:
+            read.save()
+        read.title = "twice"
+        with audited(user, channel=Channel.API, reason="twice"), counted() as second:
+            read.save()
+    assert (first.task_reads, second.task_reads) == (0, 1)
+    assert [row.seq for row in TaskHistory.objects.filter(task=task).order_by("seq")] == [1, 2, 3]
+
+
+# The metrics row.
+
+
+def test_metrics_merge_into_one_row_redacted_on_insert_and_on_update(user):
+    task = submit(user)
+    services.claim(task.pk, worker_id=WORKER)
+    attempt = {"attempt": 1, "worker_id": WORKER}
+    services.record_metrics(task.pk, iterations=3, **attempt)
+    services.record_metrics(task.pk, stop_reason="stop sk_live_51Hx9Kq2eZvKYlo2CabcdEFGH", **attempt)
+    services.finish_attempt(task.pk, result={}, metrics={"processing_time_seconds": 0.5}, **attempt)
+    row = TaskMetrics.objects.get(task=task)
+    assert (row.iterations, row.stop_reason, row.processing_time_seconds) == (3, f"stop {REDACTED}", 0.5)
+
+
+# One heartbeat thread per executing thread.
+
+
+def _heartbeat_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if isinstance(thread, HeartbeatThread)]
+
+
+def test_one_heartbeat_thread_renews_the_leases_of_attempt_after_attempt(user, settings):
+    settings.TASK_LEASE_SECONDS = 0.4  # a renewal every 0.1 s; a lease not renewed is lost within 0.3 s
+    lost: list[bool] = []
+    for _ in range(2):  # warm: this thread's heartbeat thread exists from now on
+        assert execute(str(submit(user).pk), worker_id=WORKER, on_lease_lost=lambda: lost.append(True)) == "completed"
+    before = _heartbeat_threads()
+    tasks = [submit(user, handler="sleep", request_payload={"seconds": 0.6, "steps": 3}) for _ in range(3)]
+    for task in tasks:
+        assert execute(str(task.pk), worker_id=WORKER, on_lease_lost=lambda: lost.append(True)) == "completed"
+        task.refresh_from_db()
+        # The claim stamps heartbeat_at just before started_at: only a renewal moves it past.
+        assert task.heartbeat_at > task.started_at, "the lease was renewed while the attempt ran"
+    assert lost == [] and _heartbeat_threads() == before and len(before) >= 1
+
+
+# A real worker: Celery's tools read the rows.
+
+
+cluster = test_worker.cluster  # the real workers and private broker of tests/tasks/test_worker.py
+
+
+@pytest.mark.slow
+def test_a_real_worker_leaves_result_rows_that_celery_reads(cluster):
+    cluster.worker(2)
+    done, failed = submit_to_cluster(
+        cluster, {"handler": "echo"}, {"handler": "fail", "request_payload": {"message": "no luck"}, "max_attempts": 1}
+    )
+    wait_until_finished([done, failed], cluster, timeout=60)
+    for task_id, state in ((done, states.SUCCESS), (failed, states.FAILURE)):
+        task = Task.objects.get(pk=task_id)
+        row = TaskResult.objects.get(task_id=task.celery_task_id)
+        assert row.status == state and row.date_started is not None and row.worker.startswith("w0@"), row
+        assert TaskHistory.objects.filter(task=task).count() == 3
+    assert AsyncResult(Task.objects.get(pk=done).celery_task_id, app=app).result == "completed"
+    failure = AsyncResult(Task.objects.get(pk=failed).celery_task_id, app=app)
+    assert failure.state == states.FAILURE and "no luck" in str(failure.result)
