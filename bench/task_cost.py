@@ -1,0 +1,153 @@
+"""What one echo task costs a worker: commits, SQL statements by kind, threads started, wall and CPU time.
+
+    python -m bench.task_cost --engine sqlite --tasks 300
+    python -m bench.task_cost --engine postgres --tasks 300 --profile 40
+
+Each task is run through Celery's own tracer (``celery.app.trace.build_tracer``: the code a worker's pool process
+runs for a delivery: prerun, the task with its STARTED row, the result row, postrun), in this process, with no
+broker round trip, so only the work of the task itself is counted: the claim, the handler's output, the outcome
+with its metrics, the history rows, the mirror writes after each commit. Commits are counted on the connection,
+statements with ``connection.execute_wrapper``, threads at ``Thread.start``; with ``--profile N``, cProfile's top N
+entries by cumulative time. The broker queue and mirror keys carry a token of the run and are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from bench.dataset import configure, git_revision
+from bench.redis_keys import delete_keys
+from bench.report import record
+
+BROKER_URL = "redis://127.0.0.1:6379/11"
+
+
+class Counts:
+    """Commits, statements by kind and thread starts while a block runs in this process."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.commits = self.threads = 0
+        self.statements: Counter[str] = Counter()
+
+    def statement(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
+        kind = sql.split(None, 1)[0].upper()
+        self.statements[kind] += 1
+        if kind in ("INSERT", "UPDATE", "DELETE") and not self.connection.in_atomic_block:
+            self.statements["(autocommit write)"] += 1
+        return execute(sql, params, many, context)
+
+    def __enter__(self) -> Counts:
+        real_commit, real_start = self.connection.commit, threading.Thread.start
+
+        def commit() -> None:
+            self.commits += 1
+            real_commit()
+
+        def start(thread: threading.Thread) -> None:
+            self.threads += 1
+            real_start(thread)
+
+        self.restore = (real_commit, real_start)
+        self.connection.commit = commit
+        threading.Thread.start = start  # type: ignore[method-assign]
+        self.wrapper = self.connection.execute_wrapper(self.statement)
+        self.wrapper.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wrapper.__exit__(*exc)
+        self.connection.commit, threading.Thread.start = self.restore
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's top N entries")
+    args = parser.parse_args()
+
+    token = f"crux-bench-task-cost-{os.getpid()}"
+    os.environ.update(CELERY_BROKER_URL=BROKER_URL, REDIS_KEY_PREFIX=token)
+    configure(args.engine, "crux_bench_task_cost")
+    import redis
+    from celery.app.trace import build_tracer
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from crux.celery import app
+    from persistence import mirror
+    from tasks import services
+    from tasks.audit import Channel
+    from tasks.dispatch import EXECUTE_TASK
+    from tasks.models import Task
+
+    app.conf.task_default_queue = f"{token}.celery"  # no worker listens: the tracer runs the tasks here
+    app.loader.import_default_modules()
+    tracer = build_tracer(EXECUTE_TASK, app.tasks[EXECUTE_TASK], app=app, hostname="w@task-cost", eager=False)
+    user = get_user_model().objects.create_user(f"task-cost-{os.getpid()}")
+
+    def submitted(count: int) -> list[Task]:
+        ids = [
+            services.submit_task(
+                owner=user, actor=user, channel=Channel.API, title=f"cost {i}", handler="echo",
+                request_payload={"message": "x"},
+            ).pk
+            for i in range(count)
+        ]  # fmt: skip
+        return list(Task.objects.filter(pk__in=ids))
+
+    def run(tasks: list[Task]) -> None:
+        for task in tasks:
+            request = {
+                "id": task.celery_task_id, "task": EXECUTE_TASK, "hostname": "w@task-cost",
+                "argsrepr": repr((str(task.pk),)), "kwargsrepr": "{}", "is_eager": False,
+                "delivery_info": {"routing_key": "celery", "priority": 5, "redelivered": False},
+            }  # fmt: skip
+            tracer(task.celery_task_id, (str(task.pk),), {}, request)
+
+    try:
+        run(submitted(10))  # warm-up
+        tasks = submitted(args.tasks)
+        profiler = cProfile.Profile() if args.profile else None
+        with Counts(connection) as counts:
+            began, cpu = time.perf_counter(), time.process_time()
+            if profiler:
+                profiler.enable()
+            run(tasks)
+            if profiler:
+                profiler.disable()
+            wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        states = Counter(Task.objects.filter(pk__in=[t.pk for t in tasks]).values_list("state", flat=True))
+    finally:
+        delete_keys(redis.Redis.from_url(BROKER_URL), token)
+        delete_keys(mirror.client(), token)
+
+    n = args.tasks
+    print(f"\ntask cost — engine {args.engine}, {n} echo tasks through Celery's tracer, revision {git_revision()}")
+    print(f"states after: {dict(states)}")
+    figures = {
+        "wall ms": wall / n * 1000,
+        "CPU ms": cpu / n * 1000,
+        "durable commits": counts.commits / n,
+        "SQL statements": sum(counts.statements.values()) / n,
+        "threads started": counts.threads / n,
+    }
+    for name, value in figures.items():
+        print(f"  {name + ' per task':<28} {value:>8.2f}")
+        record("task_cost", f"{name} per echo task", engine=args.engine, value=value, unit="", size=n)
+    print("  statements by kind: " + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(counts.statements.items())))
+    if profiler:
+        pstats.Stats(profiler).strip_dirs().sort_stats("cumulative").print_stats(args.profile)
+
+
+if __name__ == "__main__":
+    main()
