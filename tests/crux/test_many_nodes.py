@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,55 +20,10 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from tasks.models import Task
-from tests.conftest import free_port
-from tests.tasks.test_worker import ROOT, Cluster, transitions, wait_until_finished
+from tests.processes import WebServer
+from tests.tasks.test_worker import Cluster, transitions, wait_until_finished
 
 pytestmark = pytest.mark.slow
-
-
-class Web:
-    """One gunicorn instance of the project's configuration on a port of its own."""
-
-    def __init__(self, cluster: Cluster, name: str) -> None:
-        self.port = free_port()
-        self.log = cluster.tmp_path / f"{name}.log"
-        env = {**cluster.env, "PORT": str(self.port), "WEB_CONCURRENCY": "2", "WEB_ACCESS_LOG": ""}
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "crux.wsgi", "-c", "python:crux.gunicorn_conf"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.control_socket = ROOT / "var" / "run" / f"gunicorn-127.0.0.1-{self.port}.ctl"
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/health/live", timeout=5).close()
-                return
-            except OSError:
-                assert self.process.poll() is None, self.log.read_text(errors="replace")
-                assert time.monotonic() < deadline, "web did not answer within 60 s"
-                time.sleep(0.2)
-
-    def submit(self, token: str, body: dict[str, Any]) -> str:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/api/tasks/",
-            data=json.dumps(body).encode(),
-            headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            assert answer.status == 201
-            return json.loads(answer.read())["id"]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -81,8 +33,14 @@ def cluster(tmp_path: Path, private_redis: Any, live_db: Any, user: Any) -> Iter
     cluster.stop()
 
 
+def submit(web: WebServer, token: str, body: dict[str, Any]) -> str:
+    status, answer = web.request("/api/tasks/", token, body)
+    assert status == 201
+    return json.loads(answer)["id"]
+
+
 def test_two_web_processes_and_two_nodes_lose_nothing_when_a_node_is_killed(cluster: Cluster, user: Any) -> None:
-    webs = [Web(cluster, "web-a"), Web(cluster, "web-b")]
+    webs = [WebServer(cluster.env, cluster.tmp_path / f"web-{name}.log") for name in "ab"]
     try:
         cluster.housekeeping()
         node_a = cluster.worker(2, node_name="a@%h")
@@ -95,7 +53,7 @@ def test_two_web_processes_and_two_nodes_lose_nothing_when_a_node_is_killed(clus
         token = Token.objects.create(user=user).key
         log = cluster.tmp_path / "executions.log"
         body = {"handler": "record", "payload": {"log": str(log), "duration": 0.3}}
-        ids = [webs[i % 2].submit(token, {**body, "title": f"node test {i}"}) for i in range(40)]
+        ids = [submit(webs[i % 2], token, {**body, "title": f"node test {i}"}) for i in range(40)]
         deadline = time.monotonic() + 60
         while not Task.objects.filter(pk__in=ids, state="running", worker_id__startswith="a@").exists():
             assert time.monotonic() < deadline, cluster.logs()

@@ -7,11 +7,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -33,7 +31,7 @@ from tasks import checkpoints, services
 from tasks.audit import Channel, audited
 from tasks.models import Task
 from tests.api_support import client_for
-from tests.conftest import free_port
+from tests.processes import WebServer
 from tests.tasks.test_worker import ROOT, Cluster, wait_until_finished
 
 PROMTOOL = shutil.which("promtool")
@@ -203,48 +201,6 @@ def test_alert_rules_pass_promtool() -> None:
 # --- Two gunicorn processes, a worker, a purge: the acceptance test of issue 17.
 
 
-class Web:
-    """gunicorn with the project's configuration and two worker processes."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "crux.wsgi", "-c", "python:crux.gunicorn_conf"],
-                cwd=ROOT,
-                env={**env, "PORT": str(self.port), "WEB_CONCURRENCY": "2", "WEB_ACCESS_LOG": ""},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.log = log
-
-    def request(self, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, answer.read()
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/health/live", timeout=5).close()
-                return
-            except OSError:
-                assert self.process.poll() is None, self.log.read_text(errors="replace")
-                assert time.monotonic() < deadline, "web did not answer within 60 s"
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
-
-
 def published_by_process(directory: Path) -> dict[str, float]:
     """crux_published_total as each process's own file holds it."""
     found = {}
@@ -274,7 +230,7 @@ def test_two_gunicorn_processes_serve_one_truth_and_a_purge_lowers_no_counter(
     RetentionPolicy.objects.update_or_create(scope="completed", defaults={"keep_days": 0})
     metrics_dir = Path(cluster.env["PROMETHEUS_MULTIPROC_DIR"])
     token = Token.objects.create(user=staff).key
-    web = Web(cluster.env, tmp_path / "web.log")
+    web = WebServer(cluster.env, tmp_path / "web.log")
     try:
         cluster.worker(2)
         web.wait()
