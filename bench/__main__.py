@@ -47,6 +47,9 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
             ],
             ["bench.locate", "--tasks", str(largest), "--engine", engine, "--lookups", "100"],
             ["bench.admin", "--tasks", str(largest), "--engine", engine, "--runs", "10"],
+            # The restore of a JSON backup takes about 1 ms a task: 100,000 here; BENCHMARKS.md runs 1M by hand.
+            ["bench.restore", "--tasks", str(min(largest, recovery_tasks)), "--engine", engine],
+            ["bench.task_cost", "--engine", engine],
         ]
     steps.append(["bench.drain", "--engine", "postgres" if "postgres" in engines else engines[0]])
     return steps

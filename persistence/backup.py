@@ -28,6 +28,7 @@ from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.core import serializers
+from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.core.management.color import no_style
@@ -109,12 +110,7 @@ def backup(fmt: str | None = None) -> BackupResult:
             raise BackupError("a consistent online backup cannot run inside a transaction")
         path = _target("sqlite3")
         connection.ensure_connection()
-        target = sqlite3.connect(path)
-        try:
-            connection.connection.backup(target)
-            counts = {table: target.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in _tables()}
-        finally:
-            target.close()
+        counts = sqlite_copy(connection.connection, path)
         rows = counts[Task._meta.db_table]
     elif fmt == "json":
         path = _target("jsonl.gz")
@@ -132,12 +128,7 @@ def backup(fmt: str | None = None) -> BackupResult:
         rows = sum(counts.values())
     else:
         raise BackupError(f"unknown backup format {fmt!r}: use sqlite or json")
-    _fsync(path)
-    _fsync(path.parent)
-    digest = checksum(path)
-    Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
-    manifest = {"file": path.name, "checksum": digest, "created_at": timezone.now(), "format": fmt, "counts": counts}
-    Path(f"{path}.manifest.json").write_text(encode(manifest) + "\n")
+    digest = seal(path, fmt, counts)
     checkpoint = write_checkpoint(backup=path)
     copied, copy_problem = False, ""
     try:
@@ -154,6 +145,30 @@ def backup(fmt: str | None = None) -> BackupResult:
         copied=copied,
         copy_problem=copy_problem,
     )
+
+
+def sqlite_copy(source: sqlite3.Connection, path: Path) -> dict[str, int]:
+    """Copy the SQLite database ``source`` into a new file at ``path`` with the online backup API, in one step: one
+    read transaction, so the copy is one consistent snapshot and, in WAL mode, writers go on committing meanwhile.
+    The copy is a standalone file (rollback journal, not WAL). Returns the rows of each backed-up table in it."""
+    target = sqlite3.connect(path)
+    try:
+        source.backup(target)
+        target.execute("PRAGMA journal_mode=DELETE")
+        return {table: target.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] for table in _tables()}
+    finally:
+        target.close()
+
+
+def seal(path: Path, fmt: str, counts: dict[str, int]) -> str:
+    """Sync a written backup to disk and write its sidecars (checksum, manifest of row counts); its checksum."""
+    _fsync(path)
+    _fsync(path.parent)
+    digest = checksum(path)
+    Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
+    manifest = {"file": path.name, "checksum": digest, "created_at": timezone.now(), "format": fmt, "counts": counts}
+    Path(f"{path}.manifest.json").write_text(encode(manifest) + "\n")
+    return digest
 
 
 def _tables() -> list[str]:
@@ -234,16 +249,21 @@ def rotate(now: datetime | None = None) -> list[Path]:
     cutoff = (now or timezone.now()) - timedelta(days=settings.BACKUP_RETENTION_DAYS)
     found = backups()
     keep = newest_good(found)
-    storage = copy_storage()
     removed = []
     for path in found:
         if path != keep and datetime.fromtimestamp(path.stat().st_mtime, tz=cutoff.tzinfo) < cutoff:
-            for name in (path.name, *(path.name + suffix for suffix in SIDECARS)):
-                path.with_name(name).unlink(missing_ok=True)
-                if storage is not None and storage.exists(name):
-                    storage.delete(name)
+            remove(path)
             removed.append(path)
     return removed
+
+
+def remove(path: Path) -> None:
+    """Delete a backup with its sidecars, here and in the second location."""
+    storage = copy_storage()
+    for name in (path.name, *(path.name + suffix for suffix in SIDECARS)):
+        path.with_name(name).unlink(missing_ok=True)
+        if storage is not None and storage.exists(name):
+            storage.delete(name)
 
 
 def newest_good(found: list[Path]) -> Path | None:
@@ -332,7 +352,12 @@ def _restore_json(path: Path) -> int:
         if header.get("format") != FORMAT:
             raise BackupError(f"{path.name} is not a Crux backup")
         with transaction.atomic():
-            restored = services.load_rows(json.loads(line) for line in lines)
+            try:
+                restored = services.load_rows(lines)
+            except (serializers.base.DeserializationError, ValidationError, ValueError, LookupError) as exc:
+                raise BackupError(
+                    f"{path.name} holds a row this database cannot take, nothing restored: {exc}"
+                ) from exc
             reset = connection.ops.sequence_reset_sql(no_style(), _models())
             if reset:
                 with connection.cursor() as cursor:

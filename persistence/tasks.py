@@ -1,5 +1,5 @@
 """Housekeeping jobs (beat, on the housekeeping queue): the recovery sweep, due tasks, the mirror reconcile, the daily
-backup and its restore drill, the check that drills keep passing."""
+backup and its restore drill, the check that drills keep passing, SQLite snapshots."""
 
 import logging
 
@@ -11,6 +11,7 @@ from persistence.dispatch import redispatch_lost
 from persistence.drills import check_drills, run_drill
 from persistence.models import DrillTrigger
 from persistence.services import reconcile_mirror
+from persistence.snapshots import enabled, take_snapshot
 from tasks import services
 
 logger = logging.getLogger(__name__)
@@ -68,3 +69,14 @@ def daily_backup() -> str:
 def check_backup_drills() -> str | None:
     """Alert when no restore drill passed within BACKUP_DRILL_MAX_AGE_SECONDS."""
     return check_drills()
+
+
+@shared_task(name="crux.sqlite_snapshot", ignore_result=True)
+def sqlite_snapshot() -> str | None:
+    """Snapshot the SQLite database (the recovery point between daily backups); nothing on PostgreSQL or when
+    SQLITE_SNAPSHOT_SECONDS is 0."""
+    if not enabled():
+        return None
+    result = take_snapshot()
+    logger.info("snapshot written in %.2fs: %s (%s)", result.seconds, result.path, result.checksum)
+    return str(result.path)
