@@ -188,6 +188,8 @@ def test_sigkilling_worker_children_loses_nothing_and_runs_nothing_twice(cluster
     def kill_a_child() -> None:
         if len(kills) >= 20 or (kills and time.monotonic() - kills[-1] < 0.6):
             return
+        if not kills and not Task.objects.filter(pk__in=ids).exclude(state="queued").exists():
+            return  # the pool is still starting: a child killed then takes the whole worker down (Celery's rule)
         children = pool_children(worker)
         if children:
             os.kill(rng.choice(children), signal.SIGKILL)
