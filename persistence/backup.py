@@ -130,12 +130,7 @@ def backup(fmt: str | None = None) -> BackupResult:
         raise BackupError(f"unknown backup format {fmt!r}: use sqlite or json")
     digest = seal(path, fmt, counts)
     checkpoint = write_checkpoint(backup=path)
-    copied, copy_problem = False, ""
-    try:
-        copied = copy_out(path)
-    except (BackupError, OSError) as exc:
-        copy_problem = f"not copied to the second location: {exc}"
-        logger.error("backup %s %s", path.name, copy_problem)
+    copied, copy_problem = copy_or_report(path, "backup")
     return BackupResult(
         path=path,
         checksum=digest,
@@ -202,6 +197,17 @@ def copy_storage() -> Storage | None:
 def _storage_checksum(storage: Storage, name: str) -> str:
     with storage.open(name, "rb") as stored:
         return "sha256:" + hashlib.file_digest(stored, "sha256").hexdigest()
+
+
+def copy_or_report(path: Path, kind: str) -> tuple[bool, str]:
+    """``copy_out``, its failure logged at ERROR and returned as the problem: the file itself is written and kept.
+    (copied, problem)."""
+    try:
+        return copy_out(path), ""
+    except (BackupError, OSError) as exc:
+        problem = f"not copied to the second location: {exc}"
+        logger.error("%s %s %s", kind, path.name, problem)
+        return False, problem
 
 
 def copy_out(path: Path) -> bool:

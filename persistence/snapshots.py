@@ -12,7 +12,6 @@ kept. A failure of the disk loses at most what committed since the last snapshot
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -22,11 +21,9 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from persistence.backup import BackupError, backup_dir, copy_out, remove, seal, sqlite_copy
+from persistence.backup import BackupError, backup_dir, copy_or_report, remove, seal, sqlite_copy
 
 PREFIX = "crux-snapshot-"
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,12 +68,7 @@ def take_snapshot() -> SnapshotResult:
         source.close()
     seconds = time.perf_counter() - started
     digest = seal(path, "sqlite", counts)
-    copied, copy_problem = False, ""
-    try:
-        copied = copy_out(path)
-    except (BackupError, OSError) as exc:
-        copy_problem = f"not copied to the second location: {exc}"
-        logger.error("snapshot %s %s", path.name, copy_problem)
+    copied, copy_problem = copy_or_report(path, "snapshot")
     return SnapshotResult(
         path=path,
         checksum=digest,

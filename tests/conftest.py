@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import redis
@@ -81,6 +84,29 @@ def isolated_redis_keys(settings) -> Iterator[None]:
 def isolated_audit_checkpoints(settings, tmp_path_factory) -> None:
     """Audit checkpoints of the test's own: never a developer's (AUDIT_CHECKPOINT_DIR), nor another test's."""
     settings.AUDIT_CHECKPOINT_DIR = tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture
+def webhook(settings):
+    """A local HTTP server standing for the operators' webhook; the JSON bodies it received."""
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.DELETE_SPIKE_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/hook"
+    yield received
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from io import StringIO
 from pathlib import Path
 
@@ -50,29 +47,6 @@ def copies(settings, tmp_path):
         "backups_copy": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": location}},
     }
     return location
-
-
-@pytest.fixture
-def webhook(settings):
-    """A local HTTP server standing for the operators' webhook; the JSON bodies it received."""
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    settings.DELETE_SPIKE_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/hook"
-    yield received
-    server.shutdown()
-    server.server_close()
 
 
 def seed(user, count=3):
