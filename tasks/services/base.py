@@ -147,7 +147,10 @@ def mark_published(task: Task, now: datetime) -> None:
 
 def publish_on_commit(*tasks: Task) -> None:
     """Publish the tasks (as marked by ``mark_published``), each to its queue with its priority, once the
-    transaction commits, together (``dispatch.publish_all``): SQL is the outbox, the sweep re-publishes."""
+    transaction commits, together (``dispatch.publish_all``): SQL is the outbox, the sweep re-publishes. None: no
+    broker connection is taken (a batch of tasks that all start later)."""
+    if not tasks:
+        return
     publishes = [dispatch.Publish(task.pk, task.celery_task_id, task.queue, task.priority) for task in tasks]
     transaction.on_commit(partial(dispatch.publish_all, publishes))
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
@@ -28,6 +26,7 @@ from tasks.records import checksum
 from tasks.selectors import verify_audit_chains
 from tests.api_support import client_for
 from tests.persistence.test_backup import drop_everything
+from tests.retention.test_retention import run
 
 FORMATS = ["json", "sqlite"]
 
@@ -57,15 +56,6 @@ def seed(user, count=3):
         )  # fmt: skip
         if i < count - 1:
             execute(str(task.pk), worker_id="celery@test:1")
-
-
-def run(command, *args):
-    out, err = StringIO(), StringIO()
-    try:
-        call_command(command, *args, stdout=out, stderr=err)
-    except SystemExit as exc:
-        return exc.code, out.getvalue() + err.getvalue()
-    return 0, out.getvalue() + err.getvalue()
 
 
 def scratch_databases() -> list[str]:
