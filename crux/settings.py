@@ -454,12 +454,14 @@ CELERY_BEAT_SCHEDULE["daily-backup"] = {"task": "crux.backup", "schedule": BACKU
 # Every backup is restore-tested (persistence.drills); an hourly check alerts when no drill passed within this window.
 BACKUP_DRILL_MAX_AGE_SECONDS = env.float("BACKUP_DRILL_MAX_AGE_SECONDS", default=2 * 86400.0)
 CELERY_BEAT_SCHEDULE["backup-drill-check"] = {"task": "crux.check_backup_drills", "schedule": 3600.0}
-# SQLite only: a snapshot of the database this often (online backup API; writers never wait for it) into
-# BACKUP_DIR/snapshots/, the newest SQLITE_SNAPSHOT_KEEP kept, so a lost disk loses at most this interval (0: none).
+# SQLite only: a snapshot of the database (online backup API; writers never wait for it) into BACKUP_DIR/snapshots/,
+# the newest SQLITE_SNAPSHOT_KEEP kept, so a lost disk loses at most this interval (0: none). The job looks every tick
+# and starts one early by the last one's own duration (persistence.snapshots.snapshot_due).
 SQLITE_SNAPSHOT_SECONDS = env.float("SQLITE_SNAPSHOT_SECONDS", default=300.0)
 SQLITE_SNAPSHOT_KEEP = env.int("SQLITE_SNAPSHOT_KEEP", default=24)
+SQLITE_SNAPSHOT_TICK_SECONDS = min(10.0, SQLITE_SNAPSHOT_SECONDS / 10)
 if SQLITE_SNAPSHOT_SECONDS > 0 and DATABASES["default"]["ENGINE"] == "crux.db":
-    CELERY_BEAT_SCHEDULE["sqlite-snapshot"] = {"task": "crux.sqlite_snapshot", "schedule": SQLITE_SNAPSHOT_SECONDS}
+    CELERY_BEAT_SCHEDULE["sqlite-snapshot"] = {"task": "crux.sqlite_snapshot", "schedule": SQLITE_SNAPSHOT_TICK_SECONDS}
 # A second location for backups and purge archives, each copy verified by checksum: the storage alias "backups_copy"
 # (Django's storage API), a FileSystemStorage at BACKUP_COPY_DIR here (unset: no copy); any other backend, such as
 # django-storages' S3Storage, is a matter of configuring that alias.

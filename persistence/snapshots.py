@@ -6,8 +6,13 @@ a connection of its own: one read transaction, so it is one consistent snapshot,
 blocks a writer, so tasks go on committing while it runs (their commits land in the WAL, after the snapshot). Each
 snapshot has the sidecars of a backup (``.sha256``, ``.manifest.json``), is copied to the second location when one is
 configured, and restores with ``restore FILE`` like a ``.sqlite3`` backup. The newest ``SQLITE_SNAPSHOT_KEEP`` are
-kept. A failure of the disk loses at most what committed since the last snapshot: the recovery point is the interval
-(plus the time one snapshot takes). PostgreSQL has WAL archiving instead (README, "Point-in-time recovery").
+kept. A failure of the disk loses at most what committed since the moment the last finished snapshot copied.
+
+That recovery point is the interval, not the interval plus a snapshot's own time: the job runs every
+``SQLITE_SNAPSHOT_TICK_SECONDS`` (a tenth of the interval, at most 10 s) and starts a snapshot once the newest one's
+moment is an interval old less the time the newest took (copy, fsync, checksum) and less one tick, so the next one
+is finished by the time an interval has passed since the moment of the one before. PostgreSQL has WAL archiving
+instead (README, "Point-in-time recovery").
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -24,6 +30,7 @@ from django.utils import timezone
 from persistence.backup import BackupError, backup_dir, copy_or_report, remove, seal, sqlite_copy
 
 PREFIX = "crux-snapshot-"
+NAME_TIME = "%Y%m%dT%H%M%S%f"
 
 
 @dataclass
@@ -50,6 +57,31 @@ def enabled() -> bool:
     return connection.vendor == "sqlite" and settings.SQLITE_SNAPSHOT_SECONDS > 0
 
 
+def moment(path: Path) -> datetime:
+    """When the snapshot at ``path`` began copying (its name says; the copy's read transaction starts just after)."""
+    return datetime.strptime(path.stem.removeprefix(PREFIX), NAME_TIME).replace(tzinfo=UTC)
+
+
+def duration(path: Path) -> timedelta:
+    """How long the snapshot at ``path`` took to be whole on disk: from its moment to its manifest, written once the
+    copy is synced and checksummed (while one is being written, the time so far)."""
+    manifest = Path(f"{path}.manifest.json")
+    finished = (manifest if manifest.exists() else path).stat().st_mtime
+    return max(timedelta(0), datetime.fromtimestamp(finished, tz=UTC) - moment(path))
+
+
+def snapshot_due(now: datetime | None = None) -> bool:
+    """Whether a snapshot must start now for the recovery point to stay within SQLITE_SNAPSHOT_SECONDS: once the
+    newest one's moment is an interval old, less the time it took and one tick of the job (a snapshot still being
+    written is the newest, so none starts beside it)."""
+    found = snapshots()
+    if not found:
+        return True
+    newest = found[-1]
+    lead = duration(newest) + timedelta(seconds=settings.SQLITE_SNAPSHOT_TICK_SECONDS)
+    return (now or timezone.now()) >= moment(newest) + timedelta(seconds=settings.SQLITE_SNAPSHOT_SECONDS) - lead
+
+
 def take_snapshot() -> SnapshotResult:
     """Snapshot the SQLite database into ``snapshot_dir()`` with its sidecars, copy it to the second location (a
     failed copy is logged at ERROR and reported, the snapshot is kept) and keep the newest SQLITE_SNAPSHOT_KEEP."""
@@ -57,7 +89,7 @@ def take_snapshot() -> SnapshotResult:
         raise BackupError("snapshots copy a SQLite database; PostgreSQL recovers to a point in time from its WAL")
     directory = snapshot_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{PREFIX}{timezone.now():%Y%m%dT%H%M%S%f}.sqlite3"
+    path = directory / f"{PREFIX}{timezone.now().strftime(NAME_TIME)}.sqlite3"
     started = time.perf_counter()
     source = sqlite3.connect(
         connection.settings_dict["NAME"], timeout=connection.settings_dict["OPTIONS"].get("timeout", 5)

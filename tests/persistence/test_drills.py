@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,10 +29,12 @@ from tasks.models import Task
 from tasks.records import checksum
 from tasks.selectors import verify_audit_chains
 from tests.api_support import client_for
+from tests.conftest import RUN_PREFIX, TEST_QUEUE, child_database_url
 from tests.persistence.test_backup import drop_everything
 from tests.retention.test_retention import run
 
 FORMATS = ["json", "sqlite"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -181,22 +187,69 @@ def test_a_purged_task_whose_archive_is_missing_here_is_restored_from_the_second
     assert Task.objects.get(pk=task.pk).title == "to purge" and archive.exists()
 
 
-def test_the_admin_button_needs_the_permission(live_db, user, staff, client):
-    seed(user, count=1)
-    backup("json")
-    client.force_login(staff)
+@pytest.fixture
+def drill_queue(settings, backups, tmp_path):
+    """The housekeeping queue, one of this run's own on the test broker, and a real worker consuming it (started by
+    calling the fixture's value) whose backups are the test's; stopped at the end."""
+    settings.CELERY_HOUSEKEEPING_QUEUE = f"{TEST_QUEUE}.housekeeping"  # the run's cleanup deletes it
+    started: list[subprocess.Popen] = []
+    log = tmp_path / "worker.log"
+
+    def start() -> None:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "crux.settings",
+            "DATABASE_URL": child_database_url(),
+            "BACKUP_DIR": str(backups),
+            "CELERY_HOUSEKEEPING_QUEUE": settings.CELERY_HOUSEKEEPING_QUEUE,
+        }
+        args = ["-P", "solo", "-n", f"drills-{RUN_PREFIX}@localhost", "-Q", settings.CELERY_HOUSEKEEPING_QUEUE]
+        with open(log, "ab") as out:
+            started.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "crux", "worker", *args, "--without-gossip", "-l", "INFO"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+
+    yield start, log
+    for process in started:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def test_the_admin_button_needs_the_permission_and_queues_a_drill_the_housekeeping_worker_runs(
+    live_db, user, staff, client, drill_queue
+):
+    start_worker, log = drill_queue
     url = "/admin/persistence/backupdrill/run/"
+    client.force_login(staff)
     assert client.post(url).status_code == 403
-    assert not BackupDrill.objects.exists()
     staff.user_permissions.add(
         Permission.objects.get(codename="run_backupdrill"), Permission.objects.get(codename="view_backupdrill")
     )
     page = client.get("/admin/persistence/backupdrill/")
     assert page.status_code == 200 and b"crux-run-drill" in page.content
+    answer = client.post(url, follow=True)
+    assert b"No drill queued: there is no backup to drill yet." in answer.content
+    seed(user, count=1)
+    written = backup("json").path
     answer = client.post(url)
     assert answer.status_code == 302 and answer["Location"] == "/admin/persistence/backupdrill/"
+    assert f"Drill of {written.name} queued" in client.get(answer["Location"]).content.decode()
+    assert not BackupDrill.objects.exists(), "the request only queued it"
+    start_worker()
+    deadline = time.monotonic() + 120
+    while not BackupDrill.objects.exists():
+        assert time.monotonic() < deadline, f"no drill recorded within 120 s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
     drill = BackupDrill.objects.get()
-    assert drill.ok and (drill.trigger, drill.actor) == (DrillTrigger.ADMIN, staff.username)
+    assert drill.ok, drill.problems
+    assert (drill.backup_name, drill.trigger, drill.actor) == (written.name, DrillTrigger.ADMIN, staff.username)
 
 
 def test_the_stats_the_metrics_and_the_dashboard_show_the_last_drill(live_db, user, staff, client, admin_client):

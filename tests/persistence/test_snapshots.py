@@ -3,10 +3,13 @@ the second location, restored with `restore FILE`."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import statistics
 import threading
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
@@ -15,8 +18,18 @@ from django.db import connection, connections
 from crux.celery import route_task
 from persistence.backup import BackupError
 from persistence.drills import run_drill
-from persistence.snapshots import snapshot_dir, snapshots, take_snapshot
-from persistence.tasks import sqlite_snapshot
+from persistence.models import BackupDrill, DrillTrigger
+from persistence.snapshots import (
+    NAME_TIME,
+    PREFIX,
+    duration,
+    moment,
+    snapshot_dir,
+    snapshot_due,
+    snapshots,
+    take_snapshot,
+)
+from persistence.tasks import daily_backup, sqlite_snapshot
 from tasks import services
 from tasks.audit import Channel
 from tasks.selectors import verify_audit_chains
@@ -140,13 +153,65 @@ def test_restore_from_a_snapshot_round_trips_even_from_the_second_location(live_
 
 
 @sqlite_only
-def test_the_beat_job_snapshots_on_the_housekeeping_queue_unless_disabled(live_db, settings):
-    assert django_settings.CELERY_BEAT_SCHEDULE["sqlite-snapshot"]["schedule"] == settings.SQLITE_SNAPSHOT_SECONDS
+def test_the_beat_job_looks_every_tick_and_snapshots_when_due_on_the_housekeeping_queue(live_db, settings):
+    assert settings.SQLITE_SNAPSHOT_TICK_SECONDS == min(10.0, settings.SQLITE_SNAPSHOT_SECONDS / 10)
+    assert django_settings.CELERY_BEAT_SCHEDULE["sqlite-snapshot"]["schedule"] == settings.SQLITE_SNAPSHOT_TICK_SECONDS
     assert route_task("crux.sqlite_snapshot", (), {}, {}) == {"queue": settings.CELERY_HOUSEKEEPING_QUEUE}
     written = sqlite_snapshot()
     assert written is not None and snapshots() == [snapshot_dir() / written.rsplit("/", 1)[1]]
+    assert sqlite_snapshot() is None and len(snapshots()) == 1, "the one just taken is not due again"
+    settings.SQLITE_SNAPSHOT_SECONDS = 0.001  # due at once
+    assert sqlite_snapshot() is not None and len(snapshots()) == 2
     settings.SQLITE_SNAPSHOT_SECONDS = 0
-    assert sqlite_snapshot() is None and len(snapshots()) == 1
+    assert sqlite_snapshot() is None and len(snapshots()) == 2
+
+
+@sqlite_only
+def test_the_daily_backup_job_drills_the_newest_snapshot_as_well(live_db, user):
+    seed(user, count=1)
+    older, newest = take_snapshot(), take_snapshot()
+    written = Path(daily_backup())
+    drills = {drill.backup_name: drill for drill in BackupDrill.objects.all()}
+    assert set(drills) == {written.name, newest.path.name}, "the backup and the newest snapshot, not the older one"
+    assert older.path.name not in drills
+    assert all(drill.ok and drill.trigger == DrillTrigger.AFTER_BACKUP for drill in drills.values())
+
+
+def fake_snapshot(taken_at: datetime, took: float | None) -> Path:
+    """A snapshot file named for ``taken_at`` whose manifest was written ``took`` seconds later (None: no manifest
+    yet, the file itself still being written as of now)."""
+    snapshot_dir().mkdir(parents=True, exist_ok=True)
+    path = snapshot_dir() / f"{PREFIX}{taken_at.strftime(NAME_TIME)}.sqlite3"
+    path.write_bytes(b"")
+    if took is not None:
+        manifest = Path(f"{path}.manifest.json")
+        manifest.write_text("{}")
+        finished = (taken_at + timedelta(seconds=took)).timestamp()
+        os.utime(manifest, (finished, finished))
+    return path
+
+
+def test_a_snapshot_starts_early_by_the_last_ones_duration_so_the_recovery_point_stays_within_the_interval(
+    settings,
+):
+    settings.SQLITE_SNAPSHOT_SECONDS, settings.SQLITE_SNAPSHOT_TICK_SECONDS = 300.0, 10.0
+    assert snapshot_due(), "no snapshot yet: one is due at once"
+    taken = datetime(2026, 12, 1, 6, 0, 0, 250000, tzinfo=UTC)
+    path = fake_snapshot(taken, took=26.5)
+    assert moment(path) == taken and duration(path) == timedelta(seconds=26.5)
+    start_by = taken + timedelta(seconds=300 - 26.5 - 10)
+    assert not snapshot_due(start_by - timedelta(seconds=1))
+    assert snapshot_due(start_by)
+    # Started at the latest one tick later, a snapshot that takes as long is whole by the interval's end.
+    assert start_by + timedelta(seconds=10 + 26.5) == taken + timedelta(seconds=300)
+
+
+def test_no_snapshot_starts_beside_one_still_being_written(settings):
+    settings.SQLITE_SNAPSHOT_SECONDS, settings.SQLITE_SNAPSHOT_TICK_SECONDS = 300.0, 10.0
+    fake_snapshot(datetime.now(UTC) - timedelta(seconds=600), took=20)
+    assert snapshot_due()
+    fake_snapshot(datetime.now(UTC) - timedelta(seconds=2), took=None)  # its copy is under way
+    assert not snapshot_due()
 
 
 @pytest.mark.skipif(ON_SQLITE, reason="what PostgreSQL does instead of SQLite snapshots")
