@@ -30,7 +30,8 @@ def _alive(pid: int) -> bool:
 
 
 def record_execution(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    """Log each execution to a shared file; flag any earlier execution of this task still alive."""
+    """Log each execution to a shared file; flag any earlier execution of this task still alive. It lasts
+    ``duration`` seconds, or until the file ``until`` exists."""
     log = payload["log"]
     if os.path.exists(log):
         with open(log) as f:
@@ -39,7 +40,10 @@ def record_execution(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
                 if kind == "start" and task_id == str(ctx.task_id) and int(pid) != os.getpid() and _alive(int(pid)):
                     _append(log, f"OVERLAP {ctx.task_id} {ctx.attempt} {os.getpid()} with {pid}")
     _append(log, f"start {ctx.task_id} {ctx.attempt} {os.getpid()}")
-    time.sleep(float(payload.get("duration", 0.1)))
+    deadline = time.monotonic() + float(payload.get("duration", 0.1))
+    gate = payload.get("until")  # a file the test creates to end the run early: no race with a loaded machine
+    while time.monotonic() < deadline and not (gate and os.path.exists(gate)):
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
     _append(log, f"end {ctx.task_id} {ctx.attempt} {os.getpid()}")
     return {"attempt": ctx.attempt}
 

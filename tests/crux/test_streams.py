@@ -200,14 +200,19 @@ def test_the_streams_doors_scoping_and_filters(stream, user, other_user, staff):
     follow = subprocess.Popen(
         [sys.executable, "manage.py", "follow", str(mine.pk)],
         cwd=ROOT,
-        env=stream.processes.env,
+        env={**stream.processes.env, "PYTHONFAULTHANDLER": "1"},  # a stack dump if it hangs
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert follow.stdout is not None and follow.stdout.readline().startswith(f"following task {mine.pk}")
     follow.send_signal(signal.SIGINT)
-    out, err = follow.communicate(timeout=30)
+    try:
+        out, err = follow.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # where it hangs: faulthandler prints every thread's stack on SIGABRT
+        follow.send_signal(signal.SIGABRT)
+        out, err = follow.communicate(timeout=30)
+        pytest.fail(f"follow still running 30 s after Ctrl-C:\n{out}\n{err}")
     assert follow.returncode == 130 and "follow: stopped" in out and "Traceback" not in err
 
 

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django_celery_results.models import TaskResult
@@ -50,6 +52,11 @@ def celery_control(cluster: test_worker.Cluster, *args: str) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def holding_the_one_process(log: Path, gate: Path) -> dict[str, Any]:
+    """A task that keeps the worker's one process busy until the test creates ``gate`` (at most a minute)."""
+    return {"handler": "record", "request_payload": {"log": str(log), "duration": 60, "until": str(gate)}}
 
 
 def wait_for_state(task_id: str, state: str, cluster: test_worker.Cluster) -> Task:
@@ -99,7 +106,8 @@ def test_a_task_terminated_from_celerys_cli_ends_cancelled_with_its_actor(cluste
     if remap_sigterm:
         cluster.env["REMAP_SIGTERM"] = remap_sigterm
     cluster.worker(1)
-    (task_id,) = submit(cluster, {"handler": "record", "request_payload": {"log": str(log), "duration": 5}})
+    # Long enough that the attempt is still running when Celery's CLI, slow to start on a loaded machine, acts.
+    (task_id,) = submit(cluster, {"handler": "record", "request_payload": {"log": str(log), "duration": 60}})
     task = wait_for_state(task_id, "running", cluster)
     celery_control(cluster, "terminate", "SIGTERM", task.celery_task_id)
     task = wait_for_state(task_id, "cancelled", cluster)
@@ -114,17 +122,16 @@ def test_a_task_terminated_from_celerys_cli_ends_cancelled_with_its_actor(cluste
 
 
 def test_a_queued_task_revoked_from_celerys_cli_is_cancelled_and_a_requeue_runs_it(cluster, tmp_path):
-    log = tmp_path / "executions.log"
+    log, gate = tmp_path / "executions.log", tmp_path / "release"
     cluster.worker(1)
     busy, waiting = submit(
-        cluster,
-        {"handler": "record", "request_payload": {"log": str(log), "duration": 6}},  # holds the one process
-        {"handler": "record", "request_payload": {"log": str(log)}},
+        cluster, holding_the_one_process(log, gate), {"handler": "record", "request_payload": {"log": str(log)}}
     )
     wait_for_state(busy, "running", cluster)
     revoked = Task.objects.get(pk=waiting)
     assert revoked.state == "queued"
     celery_control(cluster, "revoke", revoked.celery_task_id)
+    gate.touch()  # the worker takes the revoked message once its one process is free, and discards it
     task = wait_for_state(waiting, "cancelled", cluster)
     row = TaskHistory.objects.filter(task_id=waiting).latest("seq")
     assert (row.actor, row.channel, row.details["terminated"]) == ("celery:revoke", "celery", False)
@@ -139,16 +146,15 @@ def test_a_queued_task_revoked_from_celerys_cli_is_cancelled_and_a_requeue_runs_
 
 def test_crux_own_cancel_of_a_queued_task_writes_one_cancel(cluster, tmp_path):
     """Crux's cancel revokes the message too: the worker's discard of it must not record a second cancel."""
-    log = tmp_path / "executions.log"
+    log, gate = tmp_path / "executions.log", tmp_path / "release"
     cluster.worker(1)
     busy, waiting = submit(
-        cluster,
-        {"handler": "record", "request_payload": {"log": str(log), "duration": 6}},  # holds the one process
-        {"handler": "record", "request_payload": {"log": str(log)}},
+        cluster, holding_the_one_process(log, gate), {"handler": "record", "request_payload": {"log": str(log)}}
     )
     wait_for_state(busy, "running", cluster)
     done = cluster.run_script(test_worker.CANCEL, waiting)
     assert done.returncode == 0, done.stderr
+    gate.touch()
     wait_for_state(busy, "completed", cluster)
     time.sleep(1)  # the worker received the revoked message and discarded it
     assert transitions(waiting) == ["queued", "cancelled"]

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,15 @@ def running(task_id: str) -> bool:
     return Task.objects.filter(pk=task_id, state="running").exists()
 
 
-def stop(process: subprocess.Popen, sig: int, within: float, cluster: Cluster) -> float:
-    """Send ``sig`` to the process group (as honcho does); returns how long the process took to exit."""
+def stop(
+    process: subprocess.Popen, sig: int, within: float, cluster: Cluster, then: Callable[[], object] | None = None
+) -> float:
+    """Send ``sig`` to the process group (as honcho does) and call ``then``; returns how long the process took to
+    exit."""
     sent = time.monotonic()
     os.killpg(process.pid, sig)
+    if then is not None:
+        then()
     try:
         process.wait(timeout=within)
     except subprocess.TimeoutExpired:
@@ -58,9 +64,9 @@ def starts(log: Path) -> list[tuple[str, int]]:
 
 
 def test_sigterm_interrupts_and_requeues_what_outlives_the_grace_period(graceful, tmp_path):
-    log = tmp_path / "executions.log"
+    log, gate = tmp_path / "executions.log", tmp_path / "release"
     worker = graceful.worker(1)
-    [task_id] = graceful.submit(1, "record", payload={"log": str(log), "duration": 4})
+    [task_id] = graceful.submit(1, "record", payload={"log": str(log), "duration": 60, "until": str(gate)})
     wait_for(lambda: running(task_id), 30, "the task running", graceful)
 
     took = stop(worker, signal.SIGTERM, GRACE + 15, graceful)
@@ -76,6 +82,7 @@ def test_sigterm_interrupts_and_requeues_what_outlives_the_grace_period(graceful
     assert "interrupted and requeued" in output
 
     # Another worker runs it to the end, once: the message Celery put back and the new publish are one attempt.
+    gate.touch()
     graceful.worker(1)
     wait_until_finished([task_id], graceful, timeout=60)
     time.sleep(1)
@@ -85,12 +92,12 @@ def test_sigterm_interrupts_and_requeues_what_outlives_the_grace_period(graceful
 
 
 def test_an_attempt_that_ends_within_the_grace_period_completes(graceful, tmp_path):
-    log = tmp_path / "executions.log"
+    log, gate = tmp_path / "executions.log", tmp_path / "release"
     worker = graceful.worker(1)
-    [task_id] = graceful.submit(1, "record", payload={"log": str(log), "duration": 0.8})
+    [task_id] = graceful.submit(1, "record", payload={"log": str(log), "duration": 60, "until": str(gate)})
     wait_for(lambda: running(task_id), 30, "the task running", graceful)
 
-    stop(worker, signal.SIGTERM, GRACE + 15, graceful)
+    stop(worker, signal.SIGTERM, GRACE + 15, graceful, then=gate.touch)  # it ends just after the SIGTERM
     task = Task.objects.get(pk=task_id)
     assert (task.state, task.attempt_count) == ("completed", 1)
     assert not task.history.filter(state_to="interrupted").exists()
@@ -100,9 +107,10 @@ def test_an_attempt_that_ends_within_the_grace_period_completes(graceful, tmp_pa
 def test_workers_sharing_a_node_name_leave_each_others_attempts_alone(graceful, tmp_path):
     """Two workers started with one name (Celery only warns): the second's start-up recovery and the first's
     shutdown requeue act on their own instance's attempts, never on the live namesake's."""
-    log = tmp_path / "executions.log"
+    log, gate = tmp_path / "executions.log", tmp_path / "release"
+    held = {"log": str(log), "duration": 60, "until": str(gate)}  # running until the test is done looking
     first = graceful.worker(1, node_name="twin@%h")
-    [first_task] = graceful.submit(1, "record", payload={"log": str(log), "duration": 8})
+    [first_task] = graceful.submit(1, "record", payload=held)
     wait_for(lambda: running(first_task), 30, "the first worker's task running", graceful)
     graceful.worker(1, node_name="twin@%h")
     wait_for(
@@ -111,7 +119,7 @@ def test_workers_sharing_a_node_name_leave_each_others_attempts_alone(graceful, 
         "the namesake ready",
         graceful,
     )
-    [second_task] = graceful.submit(1, "record", payload={"log": str(log), "duration": 8})
+    [second_task] = graceful.submit(1, "record", payload=held)
     wait_for(lambda: running(second_task), 30, "the namesake's task running", graceful)
     assert f":{first.pid}:" in Task.objects.get(pk=first_task).worker_id
     assert not Task.objects.get(pk=first_task).history.filter(state_to="interrupted").exists(), (
@@ -123,6 +131,7 @@ def test_workers_sharing_a_node_name_leave_each_others_attempts_alone(graceful, 
     assert first_row.state == "queued" and first_row.history.filter(state_to="interrupted").count() == 1
     assert second_row.state == "running" and second_row.attempt_count == 1
     assert not second_row.history.filter(state_to="interrupted").exists(), "the namesake's attempt was interrupted"
+    gate.touch()
     wait_until_finished([second_task, first_task], graceful, timeout=60)
     second_row.refresh_from_db()
     assert (second_row.state, second_row.attempt_count) == ("completed", 1)
