@@ -174,8 +174,10 @@ def test_a_running_task_page_advances_by_itself_without_a_reload(
     assert page.evaluate("window.cruxSamePage") is True, "the page was never reloaded"
     assert live_requests, "the panel was refreshed by its partial"
 
-    # Finished: the last refresh dropped the trigger, and no request follows.
+    # Finished: the last refresh dropped the trigger, and no request follows; the panel says the page behind it is
+    # older and links to a fresh one.
     expect(panel).not_to_have_attribute("hx-trigger", re.compile(".*"))
+    expect(page.locator("#crux-live-finished a")).to_have_attribute("href", f"/admin/tasks/task/{task_id}/change/")
     sent = len(live_requests)
     page.wait_for_timeout(3500)
     assert len(live_requests) == sent
