@@ -45,10 +45,11 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-# The point-in-time recovery test archives a private PostgreSQL cluster's WAL with pgBackRest (Debian's package).
+# The point-in-time recovery test and bench.restore's physical restore run a private PostgreSQL cluster whose WAL
+# pgBackRest archives (Debian's package).
 pgbackrest:
 	@command -v pgbackrest >/dev/null 2>&1 || { \
-	  echo "Installing pgbackrest for the point-in-time recovery test"; \
+	  echo "Installing pgbackrest for the point-in-time recovery test and the restore benchmark"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest; }
 
@@ -90,7 +91,7 @@ test-postgres: venv keys browser promtool pgbackrest
 test: lint test-sqlite test-postgres
 
 # Benchmarks (BENCHMARKS.md): data sets under var/bench/ or PostgreSQL databases crux_bench_*; wrk for HTTP.
-bench: venv keys
+bench: venv keys pgbackrest
 	@command -v wrk >/dev/null 2>&1 || { \
 	  echo "Installing wrk for the HTTP benchmark"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
