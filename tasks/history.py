@@ -18,11 +18,11 @@ called from ``TasksConfig.ready()``. Below the ORM, database triggers keep the
 rows append-only (``tasks.db_triggers``).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import zip_longest
-from typing import Any
+from typing import Any, NamedTuple
 
-from django.db import models
+from django.db import connections, models
 from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
 
@@ -51,7 +51,7 @@ _PENDING = "_pending_history"
 def _changes(instance: Task, before: dict[str, Any] | None, update_fields: Any) -> dict[str, Any]:
     """The tracked fields a save changes, ``[old, new]`` each (digests for large values); a new task's values."""
     if before is None:
-        return _created_values(instance, _defaults())
+        return _created_values(instance, _tracked_defaults())
     changes: dict[str, Any] = {}
     for field in Task.tracked_fields():
         if update_fields is not None and field.name not in update_fields:
@@ -65,17 +65,31 @@ def _changes(instance: Task, before: dict[str, Any] | None, update_fields: Any) 
     return changes
 
 
-def _defaults() -> dict[str, Any]:
-    """The tracked fields' defaults as JSON values, now: what a created row leaves out (the state aside)."""
-    return {field.name: to_jsonable(field.get_default()) for field in Task.tracked_fields()}
+class _TrackedDefault(NamedTuple):
+    field: models.Field
+    value: Any  # as the field gives it
+    json: Any  # as the history records it
 
 
-def _created_values(instance: Task, defaults: dict[str, Any]) -> dict[str, Any]:
-    """A new task's tracked values that are not their defaults (``_defaults()``, computed once for many tasks)."""
-    changes: dict[str, Any] = {}
+def _tracked_defaults() -> list[_TrackedDefault]:
+    """The tracked fields with their defaults, now: what a created row leaves out (the state aside)."""
+    defaults = []
     for field in Task.tracked_fields():
-        new = to_jsonable(getattr(instance, field.attname))
-        if field.name != "state" and new == defaults[field.name]:
+        value = field.get_default()
+        defaults.append(_TrackedDefault(field, value, to_jsonable(value)))
+    return defaults
+
+
+def _created_values(instance: Task, defaults: Sequence[_TrackedDefault]) -> dict[str, Any]:
+    """A new task's tracked values that are not their defaults (``_tracked_defaults()``, computed once for many
+    tasks). A value equal to its default and of its type is left out before it is converted to JSON: most are."""
+    changes: dict[str, Any] = {}
+    for field, default, default_json in defaults:
+        value = getattr(instance, field.attname)
+        if field.name != "state" and type(value) is type(default) and value == default:
+            continue
+        new = to_jsonable(value)
+        if field.name != "state" and new == default_json:
             continue
         changes[field.name] = digest(new) if field.name in DIGESTED_FIELDS else new
     return changes
@@ -111,13 +125,20 @@ def prepare_row(instance: Task, *, raw: bool, update_fields: Any, using: str) ->
         if ctx is None or ctx.event is None:
             setattr(instance, _PENDING, None)
             return
-    setattr(instance, _PENDING, _chained_row(instance, before, changes, ctx).compiled_insert(using))
+    row = _chained_row(instance, before, changes, ctx, to_jsonable(ctx.details))
+    setattr(instance, _PENDING, TaskHistory(**row).compiled_insert(using))
 
 
 def _chained_row(
-    instance: Task, before: dict[str, Any] | None, changes: dict[str, Any], ctx: AuditContext, reason: str | None = None
-) -> TaskHistory:
-    """The row of one change, chained by HMAC to the task's previous row; the task's chain head follows it."""
+    instance: Task,
+    before: dict[str, Any] | None,
+    changes: dict[str, Any],
+    ctx: AuditContext,
+    details: dict[str, Any],
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """The values of the history row of one change, chained by HMAC to the task's previous row; the task's chain
+    head follows it. ``details``: the audit context's, as JSON (``changes``, already JSON, joins them)."""
     seq = 1 if before is None else before["history_count"] + 1
     prev_hash = GENESIS_HASH if before is None else before["history_head"]
     event = ctx.event or _event(before, instance)
@@ -126,7 +147,7 @@ def _chained_row(
         instance.state == TaskState.FAILED
         or (before is not None and (before["state"], instance.state) == (TaskState.RUNNING, TaskState.QUEUED))
     )
-    row = {
+    row: dict[str, Any] = {
         "task_id": instance.pk,
         "seq": seq,
         "event": event,
@@ -137,14 +158,14 @@ def _chained_row(
         "channel": ctx.channel,
         "reason": ctx.reason if reason is None else reason,
         "error_message": instance.last_error if failed else "",
-        "details": to_jsonable({**ctx.details, "changes": changes}),
+        "details": {**details, "changes": changes},
         "created_at": timezone.now(),
         "key_id": current_key_id(),
         "prev_hash": prev_hash,
     }
     row["hash"] = row_hash(prev_hash, row)
     instance.history_count, instance.history_head = seq, row["hash"]
-    return TaskHistory(**row)
+    return row
 
 
 def create_tasks(tasks: Sequence[Task], *, reasons: Sequence[str | None] = (), using: str = "default") -> None:
@@ -152,19 +173,105 @@ def create_tasks(tasks: Sequence[Task], *, reasons: Sequence[str | None] = (), u
 
     What ``Task.save()`` and its signals do for one new task (a declared state, an audit context, credentials
     redacted, the created row chained from genesis), for many at once: a batch submit. ``reasons``, by position,
-    overrides the audited block's reason for a task (None: the block's). ``hooks.tasks_created`` then lets the
-    mirror copy them after commit, as ``post_save`` does for one.
+    overrides the audited block's reason for a task (None: the block's). Every row's values are prepared before
+    the first statement, so SQLite's write lock is held for the INSERTs alone (crux/db/base.py).
+    ``hooks.tasks_created`` then lets the mirror copy them after commit, as ``post_save`` does for one.
     """
     ctx = current_context()
-    defaults = _defaults()
+    defaults = _tracked_defaults()
+    details = to_jsonable(ctx.details)
     rows = []
     for task, reason in zip_longest(tasks, reasons[: len(tasks)]):
         check_state(task.state)
         redact_fields(task)
-        rows.append(_chained_row(task, None, _created_values(task, defaults), ctx, reason))
-    models.QuerySet.bulk_create(Task._base_manager.using(using).all(), tasks)
-    TaskHistory.objects.using(using).bulk_create(rows)
+        task._prepare_related_fields_for_save(operation_name="create_tasks")  # type: ignore[union-attr]  # unstubbed
+        rows.append(_chained_row(task, None, _created_values(task, defaults), ctx, details, reason))
+    connection = connections[using]
+    task_fields = Task._meta.concrete_fields
+    stamped = [f.attname for f in task_fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)]
+    now = timezone.now()  # the auto_now stamp (updated_at) of the batch, as at its INSERT: after every created_at
+    for task in tasks:
+        for attname in stamped:
+            setattr(task, attname, now)
+    history_fields = [field for field in TaskHistory._meta.concrete_fields if not field.primary_key]
+    task_values = _db_values(connection, task_fields, ([getattr(t, f.attname) for f in task_fields] for t in tasks))
+    history_values = _db_values(connection, history_fields, ([r[f.attname] for f in history_fields] for r in rows))
+    _insert(connection, Task, task_fields, task_values)
+    _insert(connection, TaskHistory, history_fields, history_values)
+    for task in tasks:
+        task._state.adding, task._state.db = False, using
     hooks.tasks_created.send(sender=Task, tasks=tasks, using=using)
+
+
+# Values already in their column's type, which ``Field.get_db_prep_save`` returns as they are (by the column's
+# internal type; None goes as it is to every column): most of a new task's.
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("CharField", "TextField"), (str,)),
+    **dict.fromkeys(
+        (
+            "AutoField",
+            "BigAutoField",
+            "IntegerField",
+            "BigIntegerField",
+            "SmallIntegerField",
+            "PositiveIntegerField",
+            "PositiveBigIntegerField",
+            "PositiveSmallIntegerField",
+        ),
+        (int,),
+    ),
+    "BooleanField": (bool,),
+    "FloatField": (float,),
+}
+
+
+def _db_values(connection: Any, fields: Sequence[models.Field], rows: Iterable[list[Any]]) -> list[list[Any]]:
+    """Each row's values (in ``fields`` order) as ``bulk_create`` sends them (``get_db_prep_save``), without its
+    per-column work where the result is known: a value already in its column's type goes as it is, and a
+    hashable one (a default, the batch's time) is prepared once per distinct value."""
+    plain = [
+        _PLAIN_TYPES.get((f.target_field if isinstance(f, models.ForeignKey) else f).get_internal_type(), ())
+        for f in fields
+    ]
+    columns = [(index, field, types) for index, (field, types) in enumerate(zip(fields, plain, strict=True))]
+    prepared: dict[tuple[int, type, Any], Any] = {}
+    result = []
+    for row in rows:
+        for index, field, types in columns:
+            value = row[index]
+            if value is None or type(value) in types:
+                continue
+            if type(value).__hash__ is None:  # JSON: a dict or a list
+                row[index] = field.get_db_prep_save(value, connection)
+                continue
+            key = (index, type(value), value)
+            if key not in prepared:
+                prepared[key] = field.get_db_prep_save(value, connection)
+            row[index] = prepared[key]
+        result.append(row)
+    return result
+
+
+def _insert(connection: Any, model: type[models.Model], fields: Sequence[models.Field], rows: list[list[Any]]) -> None:
+    """Insert prepared rows: PostgreSQL, by ``COPY ... FROM STDIN`` (its rows formatted by psycopg's C code, where
+    an INSERT's parameters would be quoted in Python); otherwise multi-row ``VALUES``, as many a statement as the
+    parameter limit allows. Either way every index, trigger and constraint of the table applies, as to an INSERT."""
+    if not rows:
+        return
+    quote = connection.ops.quote_name
+    table, columns = quote(model._meta.db_table), ", ".join(quote(field.column) for field in fields)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
+        per_statement = max(1, (connection.features.max_query_params or len(rows) * len(fields)) // len(fields))
+        row_sql = f"({', '.join(['%s'] * len(fields))})"
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_sql] * len(chunk))}"
+            cursor.execute(sql, [value for row in chunk for value in row])
 
 
 def resign_legacy_chain(rows: Sequence[Mapping[str, Any]], head: tuple[int, str]) -> list[dict[str, Any]] | None:

@@ -110,8 +110,36 @@ def payload_errors(name: str, payload: Any) -> dict[str, Any]:
     """
     declared = payload_serializer(name)
     if declared is None:
-        return {} if isinstance(payload, dict) else {"non_field_errors": ["Expected a JSON object."]}
-    serializer = declared(data=payload)
+        return _any_object_errors(payload)
+    return _serializer_errors(declared(data=payload))
+
+
+def payload_checker(name: str) -> Callable[[Any], dict[str, Any]]:
+    """``payload_errors`` of handler ``name`` for many payloads (a batch): one serializer checks each in turn.
+
+    A new serializer per payload deep-copies its declared fields, which costs more than the check itself; this one
+    is given each payload as its data and forgets the previous one's outcome, so each answer is that of a new one.
+    """
+    declared = payload_serializer(name)
+    if declared is None:
+        return _any_object_errors
+    serializer = declared()
+
+    def errors(payload: Any) -> dict[str, Any]:
+        serializer.initial_data = payload
+        for kept in ("_validated_data", "_errors"):  # what is_valid() kept of the previous payload
+            serializer.__dict__.pop(kept, None)
+        return _serializer_errors(serializer)
+
+    return errors
+
+
+def _any_object_errors(payload: Any) -> dict[str, Any]:
+    """A handler without a declaration accepts any JSON object."""
+    return {} if isinstance(payload, dict) else {"non_field_errors": ["Expected a JSON object."]}
+
+
+def _serializer_errors(serializer: Any) -> dict[str, Any]:
     if serializer.is_valid():
         return {}
     errors: dict[str, Any] = json.loads(json.dumps(serializer.errors))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -17,7 +17,7 @@ from tasks.audit import Actor, audited
 from tasks.exceptions import InvalidTaskData, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
-from tasks.registry import handler_options, payload_errors, registered_names
+from tasks.registry import handler_options, payload_checker, payload_errors, registered_names
 from tasks.states import TERMINAL_STATES, TaskState, check_transition
 
 WORKER_ACTOR = "system:worker"
@@ -88,26 +88,94 @@ def refuse_unknown(fields: dict[str, Any], allowed: Collection[str]) -> None:
 
 # Foreign keys are left to the database's constraints: Django's check of them is a query per key on every save.
 _UNCHECKED_RELATIONS = tuple(f.name for f in Task._meta.concrete_fields if f.is_relation)
+_CHECKED_FIELDS = tuple(f.name for f in Task._meta.concrete_fields if not f.is_relation)
 
 
-def validate_task(task: Task, *, payload: bool = False) -> None:
+class BatchChecks:
+    """What building and checking the new tasks of one batch keeps from task to task, so that each is the task it
+    is alone and is refused with the errors it gets alone, for less work: the fields' defaults read once (only the
+    callable ones called per task), each handler's payload serializer built once (``registry.payload_checker``),
+    the known queues read once, and a field value (same field, type and value) that an earlier task of the batch
+    passed unchanged is not checked again, since a field's checks (``Field.clean``) depend on its value alone.
+    The model's ``clean()`` still runs for every task, and no field is skipped if Task declares constraints (a
+    constraint over a skipped field would not be checked)."""
+
+    def __init__(self) -> None:
+        self.queues = task_queues()
+        fields = Task._meta.concrete_fields
+        self._defaults = [field.get_default() for field in fields]
+        self._called = [(i, f.get_default) for i, f in enumerate(fields) if f.has_default() and callable(f.default)]
+        self._positions = {field.attname: i for i, field in enumerate(fields) if not field.is_relation}
+        self._payload_checkers: dict[str, Callable[[Any], dict[str, Any]]] = {}
+        self._passed: set[tuple[str, type, Any]] = set()
+        self._skips = not Task._meta.constraints
+
+    def new_task(self, owner: Any, values: dict[str, Any]) -> Task:
+        """``Task(owner=owner, **values)``, its field values given in order (Django's fast path, as a read row)."""
+        if not self._positions.keys() >= values.keys():
+            return Task(owner=owner, **values)
+        row = self._defaults.copy()
+        for index, default in self._called:
+            row[index] = default()
+        for name, value in values.items():
+            row[self._positions[name]] = value
+        task = Task(*row)  # type: ignore[misc]  # the stubs' plugin reads ``*row`` as the id alone
+        task.owner = owner
+        return task
+
+    def payload_errors(self, handler: str, payload: Any) -> dict[str, Any]:
+        checker = self._payload_checkers.get(handler)
+        if checker is None:
+            checker = self._payload_checkers[handler] = payload_checker(handler)
+        return checker(payload)
+
+    def unchecked(self, task: Task) -> tuple[list[str], list[tuple[str, type, Any]]]:
+        """The fields whose value an earlier task passed, and the task's other hashable values as (field, type,
+        value), to remember once it passes."""
+        passed, fresh = [], []
+        for name in _CHECKED_FIELDS:
+            value = getattr(task, name)
+            kind = type(value)
+            if kind.__hash__ is None:
+                continue
+            key = (name, kind, value)
+            if self._skips and key in self._passed:
+                passed.append(name)
+            else:
+                fresh.append(key)
+        return passed, fresh
+
+    def remember(self, task: Task, fresh: list[tuple[str, type, Any]]) -> None:
+        """The values of a task that passed every check, those its fields' checks left as they were."""
+        for name, kind, value in fresh:
+            now = getattr(task, name)
+            if type(now) is kind and now == value:
+                self._passed.add((name, kind, value))
+
+
+def validate_task(task: Task, *, payload: bool = False, batch: BatchChecks | None = None) -> None:
     """Check the task's fields (and with ``payload``, its payload against its handler's declaration) before a write.
 
     Every door that sets a payload or a handler (API, admin, commands) reaches it through a service that passes
     ``payload=True``, so a bad payload is refused with field-level messages (``{"payload": {field: [...]}}``) before
     anything is written, never discovered at run time. An unregistered handler is the caller's refusal, not this one.
+    ``batch``: one of the tasks of a batch, checked with what the batch's earlier tasks left (``BatchChecks``).
     """
     errors: dict[str, Any] = {}
+    skipped, fresh = ([], []) if batch is None else batch.unchecked(task)
     try:
-        task.full_clean(exclude=_UNCHECKED_RELATIONS, validate_unique=False)
+        task.full_clean(exclude=[*_UNCHECKED_RELATIONS, *skipped], validate_unique=False)
     except ValidationError as exc:
         errors.update(exc.message_dict)
     if payload and task.handler in registered_names():
-        payload_problems = payload_errors(task.handler, task.request_payload)
+        check = payload_errors if batch is None else batch.payload_errors
+        payload_problems = check(task.handler, task.request_payload)
         if payload_problems:
             errors["payload"] = payload_problems
     if errors:
         raise InvalidTaskData(errors)
+    if batch is not None:
+        batch.remember(task, fresh)
 
 
 def with_handler_defaults(fields: dict[str, Any]) -> dict[str, Any]:
@@ -128,9 +196,10 @@ def task_queues() -> list[str]:
     return sorted(names - {settings.CELERY_HOUSEKEEPING_QUEUE})
 
 
-def check_queue(task: Task) -> None:
-    """Refuse a task bound for a queue no worker is meant to consume: the one rule of every door (API, admin)."""
-    if task.queue and task.queue not in task_queues():
+def check_queue(task: Task, known: Collection[str] | None = None) -> None:
+    """Refuse a task bound for a queue no worker is meant to consume: the one rule of every door (API, admin).
+    ``known``: ``task_queues()``, if the caller read it already."""
+    if task.queue and task.queue not in (task_queues() if known is None else known):
         if task.queue == settings.CELERY_HOUSEKEEPING_QUEUE:
             message = f"{task.queue!r} is Crux's housekeeping queue, not for tasks."
         else:

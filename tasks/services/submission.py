@@ -22,6 +22,7 @@ from tasks.redaction import redact_submission, redact_text
 from tasks.registry import registered_names
 from tasks.services.base import (
     CREATE_FIELDS,
+    BatchChecks,
     check_queue,
     mark_published,
     publish_on_commit,
@@ -51,17 +52,20 @@ def _check_handler(fields: dict[str, Any]) -> None:
         )
 
 
-def checked_submission(owner: User | None, fields: dict[str, Any], **preset: Any) -> Task:
+def checked_submission(
+    owner: User | None, fields: dict[str, Any], *, batch: BatchChecks | None = None, **preset: Any
+) -> Task:
     """The unsaved task a submission of ``fields`` makes, checked as every door checks one (the API, the admin's
     add form, a schedule when it is saved, ``create_task`` and ``submit_task``): settable fields only, a registered
     handler, its ``@options`` for what the fields leave out, the model's rules, the payload against the handler's
     declaration, a known queue. InvalidTaskData, by field, otherwise; nothing is written. ``preset``: what the
-    caller decides itself (the state, the start time)."""
+    caller decides itself (the state, the start time); ``batch``: one task of a batch (``BatchChecks``)."""
     refuse_unknown(fields, CREATE_FIELDS)
     _check_handler(fields)
-    task = Task(owner=owner, **preset, **with_handler_defaults(fields))
-    validate_task(task, payload=True)
-    check_queue(task)
+    values = {**preset, **with_handler_defaults(fields)}
+    task = Task(owner=owner, **values) if batch is None else batch.new_task(owner, values)
+    validate_task(task, payload=True, batch=batch)
+    check_queue(task, None if batch is None else batch.queues)
     return task
 
 
@@ -109,7 +113,12 @@ def submit_task(
 
 
 def _queued_task(
-    owner: User | None, fields: dict[str, Any], run_at: datetime | None, reason: str, now: datetime
+    owner: User | None,
+    fields: dict[str, Any],
+    run_at: datetime | None,
+    reason: str,
+    now: datetime,
+    batch: BatchChecks | None = None,
 ) -> tuple[Task, str]:
     """The checked, unsaved queued task of a submission and the reason its history row gives: published now
     (``mark_published``), or waiting unpublished for a ``run_at`` ahead."""
@@ -118,7 +127,7 @@ def _queued_task(
     later = run_at if run_at is not None and run_at > now else None
     if later is not None:
         reason = f"{reason}; starts at {format_timestamp(later)}"
-    task = checked_submission(owner, fields, state=TaskState.QUEUED, run_after=later)
+    task = checked_submission(owner, fields, batch=batch, state=TaskState.QUEUED, run_after=later)
     if later is None:
         mark_published(task, now)
     return task, reason
@@ -212,6 +221,7 @@ def _submit_batch(
     owner: User, actor: Actor, channel: str, items: Sequence[Mapping[str, Any]], reason: str
 ) -> list[tuple[Task, bool]]:
     now = timezone.now()
+    batch = BatchChecks()
     checked: list[_BatchItem] = []
     errors: dict[str, Any] = {}
     for index, submitted in enumerate(items):
@@ -223,7 +233,7 @@ def _submit_batch(
                 key = redact_text(key)
             fingerprint = hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest() if key else ""
             run_at = fields.pop("run_at", None)
-            task, item_reason = _queued_task(owner, fields, run_at, reason, now)
+            task, item_reason = _queued_task(owner, fields, run_at, reason, now, batch)
         except InvalidTaskData as exc:
             errors[str(index)] = exc.errors
             continue

@@ -13,8 +13,11 @@ from django.test.utils import CaptureQueriesContext
 from persistence import mirror
 from tasks import services
 from tasks.audit import Channel
+from tasks.exceptions import InvalidTaskData
 from tasks.models import IdempotencyKey, Task, TaskHistory
 from tasks.selectors.history import verify_audit_chains
+from tasks.services.submission import checked_submission
+from tasks.states import TaskState
 from tests.api_support import client_for
 from tests.tasks.test_worker import Cluster, transitions, wait_until_finished
 
@@ -107,6 +110,73 @@ def test_one_bad_item_refuses_the_batch_naming_its_index_and_field(bad: dict, fi
     assert list(errors) == ["2"], errors
     assert field in errors["2"], errors
     assert nothing_written()
+
+
+@pytest.mark.django_db
+def test_each_item_is_refused_with_the_errors_it_gets_alone(user: Any) -> None:
+    items: list[dict[str, Any]] = [
+        {"title": "a", "priority": 7, "soft_time_limit": 5, "time_limit": 10},  # passes: its values are remembered
+        {"title": "a", "priority": 7, "soft_time_limit": 10, "time_limit": 5},  # the same values crossed: clean()
+        {"title": "b", "priority": 10},
+        {"title": "a", "priority": 10},  # a value refused before is refused again
+        {"title": "", "queue": "nowhere"},
+        {"title": "c", "max_attempts": "3"},  # converted by its field's check, then checked again
+        {"title": "c", "max_attempts": "x"},
+        {"title": "d", "handler": "sleep", "request_payload": {"seconds": "abc"}},
+        {"title": "d", "handler": "sleep", "request_payload": {"seconds": 1}},
+        {"title": "e", "queue": "nowhere"},
+        {"title": "x" * 201, "handler": "sleep", "request_payload": {"steps": 0}},
+    ]
+    with pytest.raises(InvalidTaskData) as refused:
+        services.submit_batch(owner=user, actor=user, channel=Channel.API, items=items)
+    alone = {}
+    for index, fields in enumerate(items):
+        try:
+            checked_submission(user, dict(fields), state=TaskState.QUEUED, run_after=None)
+        except InvalidTaskData as exc:
+            alone[str(index)] = exc.errors
+    assert set(alone) == {"1", "2", "3", "4", "6", "7", "9", "10"}
+    assert refused.value.errors == {"tasks": alone}
+    assert nothing_written()
+
+
+@pytest.mark.django_db
+def test_a_batch_stores_each_task_and_its_history_row_as_a_single_submit_does(user: Any) -> None:
+    fields = {
+        "title": "same",
+        "description": "token=ghp_" + "a1B2" * 9,
+        "handler": "sleep",
+        "request_payload": {"seconds": 0.5, "steps": 2},
+        "priority": 8,
+        "max_attempts": 4,
+        "soft_time_limit": 5,
+        "time_limit": 9.5,
+        "retry_backoff": 0,
+        "full_access": True,
+        "metadata": {"team": "ops", "n": [1, 2.5, None], "é": "ü"},
+        "acceptance_criteria": {"done": True},
+    }
+    alone = services.submit_task(owner=user, actor=user, channel=Channel.API, reason="submitted in a batch", **fields)
+    [(batched, created)] = services.submit_batch(owner=user, actor=user, channel=Channel.API, items=[fields])
+    assert created and not batched._state.adding and batched._state.db == "default"
+    varying = {"id", "created_at", "updated_at", "dispatched_at", "celery_task_id", "history_head"}
+
+    def stored(task: Task) -> dict[str, Any]:
+        values = Task.objects.filter(pk=task.pk).values().get()
+        assert values["updated_at"] == task.updated_at and values["history_head"] == task.history_head
+        return {name: value for name, value in values.items() if name not in varying}
+
+    def history(task: Task) -> tuple[dict[str, Any], dict[str, Any]]:
+        row = TaskHistory.objects.filter(task_id=task.pk).values().get()
+        changes = {name: value for name, value in row.pop("details")["changes"].items() if name not in varying}
+        return {
+            name: value for name, value in row.items() if name not in {"id", "task_id", "created_at", "hash"}
+        }, changes
+
+    assert stored(batched) == stored(alone)
+    assert "[REDACTED" in stored(batched)["description"]
+    assert history(batched) == history(alone)
+    assert list(verify_audit_chains()) == []
 
 
 @pytest.mark.django_db

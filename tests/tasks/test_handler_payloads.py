@@ -12,7 +12,7 @@ from tasks import services
 from tasks.audit import Channel
 from tasks.exceptions import InvalidTaskData
 from tasks.models import Task, TaskHistory
-from tasks.registry import accepts, payload_serializer, registered_names
+from tasks.registry import accepts, payload_checker, payload_errors, payload_serializer, registered_names
 from tests.api_support import client_for
 
 pytest_plugins = ["tests.api_support"]
@@ -68,6 +68,20 @@ def test_every_built_in_handler_declares_a_payload_with_fields() -> None:
     for name in registered_names():
         declared = payload_serializer(name)
         assert declared is not None and declared().fields, name
+
+
+def test_a_batch_checker_answers_every_payload_as_a_new_serializer_does(extra_handlers: None) -> None:
+    for handler in registered_names():
+        declared = payload_serializer(handler)
+        good = GOOD.get(handler, {"count": 2} if handler == "counting" else {})
+        bad = [payload for _, payload in bad_payloads(handler)] if declared else []
+        payloads: list[Any] = [good, *bad, None, [], "text", good, {}]
+        checker = payload_checker(handler)
+        # Each payload in turn, a good one after bad ones: no outcome of an earlier payload is kept.
+        answers = [checker(payload) for payload in payloads]
+        assert answers == [payload_errors(handler, payload) for payload in payloads], handler
+        assert answers[0] == answers[-2] == {}, handler
+        assert any(answers), handler
 
 
 @pytest.mark.parametrize("handler", registered_names())
