@@ -86,7 +86,9 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -
     ensure(size)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE")  # autovacuum's first job after a load, and autovacuum is off on this server
+            # Autovacuum's first job after a load (an insert-driven VACUUM since PostgreSQL 13: the visibility map,
+            # which index-only scans read) and its statistics; autovacuum is off on this server.
+            cursor.execute("VACUUM (ANALYZE)")
     users = get_user_model().objects
     owner = users.get(username="bench0")
     staff, _ = users.get_or_create(username="bench-staff", defaults={"is_staff": True})
@@ -149,47 +151,53 @@ def measure_storage(engine: str, count: int, fresh: bool) -> dict[str, Any]:
         "history rows": TaskHistory.objects.count(),
         "outputs": TaskOutput.objects.count(),
     }
-    components: list[list[Any]] = []
     with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            # A virtual table (the FTS5 search index) has no b-tree: its shadow tables <name>_data, ... hold it.
-            cursor.execute("SELECT name, sql FROM sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL TABLE%'")
-            virtual = {name: re.search(r"USING\s+(\w+)", sql, re.IGNORECASE)[1] for name, sql in cursor.fetchall()}
-            cursor.execute(
-                "SELECT s.name, COALESCE(m.tbl_name, s.name), m.type = 'index', s.pgsize "
-                "FROM dbstat AS s LEFT JOIN sqlite_schema AS m ON m.name = s.name WHERE s.aggregate = 1"
-            )
-            btrees: dict[tuple[str, str, str], int] = {}
-            for name, table, is_index, size in cursor.fetchall():
-                owner = next((v for v in virtual if table.startswith(f"{v}_")), None)
-                key = (
-                    (owner, owner, f"{virtual[owner]} tables")
-                    if owner
-                    else (table, name, "index" if is_index else "table")
-                )
-                btrees[key] = btrees.get(key, 0) + size
-            components = [[*key, size] for key, size in btrees.items()]
-            total = cursor.execute("PRAGMA page_count").fetchone()[0] * cursor.execute("PRAGMA page_size").fetchone()[0]
-        else:
-            cursor.execute("VACUUM")
-            cursor.execute(
-                "SELECT c.relname, pg_table_size(c.oid), "
-                "COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0) "
-                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = 'public' AND c.relkind = 'r'"
-            )
-            for table, size, toast in cursor.fetchall():
-                components += [[table, table, "table", size - toast], [table, f"{table} TOAST", "TOAST", toast]]
-            cursor.execute(
-                "SELECT t.relname, c.relname, a.amname || ' index', pg_total_relation_size(c.oid) "
-                "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
-                "JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = t.relnamespace "
-                "WHERE n.nspname = 'public' AND t.relkind = 'r'"
-            )
-            components += [list(row) for row in cursor.fetchall()]
-            total = sum(size for *_names, size in components)
+        components, total = storage_components(cursor, connection.vendor)
     return {"rows": rows, "total": total, "components": components}
+
+
+def storage_components(cursor: Any, vendor: str) -> tuple[list[list[Any]], int]:
+    """The bytes of every b-tree (SQLite: the whole file's pages) or relation of the ``public`` schema
+    (PostgreSQL, after a VACUUM) of the database behind ``cursor`` (Django's or a DB-API one), as components
+    ``[table, name, kind, bytes]`` and their total; kinds ending in "index" make the index share."""
+    components: list[list[Any]] = []
+    if vendor == "sqlite":
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # A virtual table (the FTS5 search index) has no b-tree: its shadow tables <name>_data, ... hold it.
+        cursor.execute("SELECT name, sql FROM sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL TABLE%'")
+        virtual = {name: re.search(r"USING\s+(\w+)", sql, re.IGNORECASE)[1] for name, sql in cursor.fetchall()}
+        cursor.execute(
+            "SELECT s.name, COALESCE(m.tbl_name, s.name), m.type = 'index', s.pgsize "
+            "FROM dbstat AS s LEFT JOIN sqlite_schema AS m ON m.name = s.name WHERE s.aggregate = 1"
+        )
+        btrees: dict[tuple[str, str, str], int] = {}
+        for name, table, is_index, size in cursor.fetchall():
+            owner = next((v for v in virtual if table.startswith(f"{v}_")), None)
+            key = (
+                (owner, owner, f"{virtual[owner]} tables") if owner else (table, name, "index" if is_index else "table")
+            )
+            btrees[key] = btrees.get(key, 0) + size
+        components = [[*key, size] for key, size in btrees.items()]
+        total = cursor.execute("PRAGMA page_count").fetchone()[0] * cursor.execute("PRAGMA page_size").fetchone()[0]
+    else:
+        cursor.execute("VACUUM")
+        cursor.execute(
+            "SELECT c.relname, pg_table_size(c.oid), "
+            "COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind = 'r'"
+        )
+        for table, size, toast in cursor.fetchall():
+            components += [[table, table, "table", size - toast], [table, f"{table} TOAST", "TOAST", toast]]
+        cursor.execute(
+            "SELECT t.relname, c.relname, a.amname || ' index', pg_total_relation_size(c.oid) "
+            "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+            "JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "WHERE n.nspname = 'public' AND t.relkind = 'r'"
+        )
+        components += [list(row) for row in cursor.fetchall()]
+        total = sum(size for *_names, size in components)
+    return components, total
 
 
 def run_child(args: argparse.Namespace, *flags: str) -> dict[str, Any]:

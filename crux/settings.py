@@ -357,6 +357,8 @@ API_PAGE_SIZE = env.int("API_PAGE_SIZE", default=50)
 API_MAX_LIMIT = env.int("API_MAX_LIMIT", default=200)
 # Lists count matches exactly up to this many past the requested page; beyond, ``count`` is a lower bound.
 API_EXACT_COUNT_LIMIT = env.int("API_EXACT_COUNT_LIMIT", default=1000)
+# Task lists whose page is full count matches only among this many newest tasks; beyond, ``count`` is a lower bound.
+API_COUNT_WINDOW = env.int("API_COUNT_WINDOW", default=10_000)
 # The largest request body under /api/ (413 beyond), and the deepest nesting of a JSON body (400 beyond).
 API_SUBMIT_MAX_BYTES = env.int("API_SUBMIT_MAX_BYTES", default=256 * 1024)
 # POST /api/tasks/batch: at most this many tasks in one request, and a body of at most this many bytes.

@@ -13,7 +13,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
-from rest_framework.fields import empty
+from rest_framework.fields import SkipField, empty
+from rest_framework.relations import PKOnlyObject
 from rest_framework.utils.serializer_helpers import BindingDict
 
 from tasks.models import Task
@@ -216,12 +217,23 @@ def handler_field(**kwargs: Any) -> serializers.ChoiceField:
 
 
 _SHARED_FIELDS: dict[type, BindingDict] = {}
+_MISSING = object()
+# Per class: (name, field, attribute) of each readable field; attribute: the one plain attribute it reads, else None.
+_SHARED_READERS: dict[type, list[tuple[str, serializers.Field, str | None]]] = {}
 
 
 @receiver(setting_changed, dispatch_uid="tasks.api.serializers.shared_fields")
 def _forget_shared_fields(**kwargs: Any) -> None:
     """Fields read settings when built (TASK_HANDLERS' choices): rebuild them when a setting changes."""
     _SHARED_FIELDS.clear()
+    _SHARED_READERS.clear()
+
+
+def _plain_attribute(field: serializers.Field) -> str | None:
+    """The attribute ``field`` reads with DRF's generic lookup and nothing else (no dotted source, no ``*``, no
+    related-field override), or None."""
+    plain = type(field).get_attribute is serializers.Field.get_attribute and len(field.source_attrs) == 1
+    return field.source_attrs[0] if plain else None
 
 
 class SharedFieldsMixin(serializers.Serializer):
@@ -246,6 +258,31 @@ class SharedFieldsMixin(serializers.Serializer):
                 shared[name] = field
             _SHARED_FIELDS[cls] = shared  # shared once complete: a concurrent request never sees half of them
         return shared
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        """Serializer.to_representation, reading a plain attribute of a model instance directly: DRF's generic
+        lookup (source paths, mappings, callables, error messages) cost more than most fields' conversion, per
+        field and task, in every list. Anything else takes DRF's path."""
+        if isinstance(instance, Mapping):
+            return super().to_representation(instance)
+        readers = _SHARED_READERS.get(type(self))
+        if readers is None:
+            readers = [
+                (name, field, _plain_attribute(field)) for name, field in self.fields.items() if not field.write_only
+            ]
+            _SHARED_READERS[type(self)] = readers
+        representation: dict[str, Any] = {}
+        for name, field, attribute in readers:
+            value = _MISSING if attribute is None else getattr(instance, attribute, _MISSING)
+            if value is _MISSING or callable(value):
+                try:
+                    value = field.get_attribute(instance)
+                except SkipField:
+                    continue
+                if isinstance(value, PKOnlyObject) and value.pk is None:
+                    value = None
+            representation[name] = None if value is None else field.to_representation(value)
+        return representation
 
 
 class RejectUnknownFieldsMixin(serializers.Serializer):

@@ -1,9 +1,11 @@
 """Limit/offset paging with a cap that is enforced, not silently clamped.
 
 Counting every match of a filter is the one part of a list that grows with the
-table (an exact ``COUNT(*)`` over 1M tasks costs more than the page itself), so
-matches are counted exactly only up to API_EXACT_COUNT_LIMIT past the requested
-page; beyond that ``count`` is a lower bound and ``count_exact`` is false.
+table (an exact ``COUNT(*)`` over 1M tasks costs more than the page itself). A
+page that is not full ends the matches, so its count is exact for free; else task
+lists count only among the API_COUNT_WINDOW newest tasks
+(``tasks.selectors.lists``), and every list at most API_EXACT_COUNT_LIMIT past the
+requested page. Beyond either, ``count`` is a lower bound and ``count_exact`` is false.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tasks.api.fields import BIGINT_MAX, parse_query_integer, repeated_parameter, repeated_parameter_message
+from tasks.models import TaskQuerySet
+from tasks.selectors import task_page
 
 
 def _bounded_int(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
@@ -55,10 +59,27 @@ class StrictLimitOffsetPagination(LimitOffsetPagination):
     def get_offset(self, request: Request) -> int:
         return _bounded_int(request, self.offset_query_param, default=0, minimum=0, maximum=MAX_OFFSET)
 
-    def get_count(self, queryset: Any) -> int:
+    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any] | None:
+        """Task lists through ``task_page`` (the count in the newest-tasks window); other lists counted as
+        ``get_count`` does."""
+        if not isinstance(queryset, TaskQuerySet):
+            return super().paginate_queryset(queryset, request, view)
+        self.request = request
+        self.limit, self.offset = self.get_limit(request), self.get_offset(request)
+        page = task_page(
+            queryset, offset=self.offset, limit=self.limit, cap=self._count_cap(), window=settings.API_COUNT_WINDOW
+        )
+        self.count, self.count_exact = page.count, page.exact
+        self.display_page_controls = self.count > self.limit and self.template is not None
+        return page.tasks
+
+    def _count_cap(self) -> int:
         assert self.request is not None and self.limit is not None  # set by paginate_queryset before it counts
         # The SQL LIMIT is a 64-bit integer too: the count's bound stays within it whatever the offset.
-        bound = min(self.get_offset(self.request) + self.limit + settings.API_EXACT_COUNT_LIMIT, BIGINT_MAX - 1)
+        return min(self.get_offset(self.request) + self.limit + settings.API_EXACT_COUNT_LIMIT, BIGINT_MAX - 1)
+
+    def get_count(self, queryset: Any) -> int:
+        bound = self._count_cap()
         counted = queryset.order_by()[: bound + 1].count()
         self.count_exact = counted <= bound
         return min(counted, bound)
@@ -72,7 +93,8 @@ class StrictLimitOffsetPagination(LimitOffsetPagination):
         paginated = super().get_paginated_response_schema(schema)
         paginated["required"] = ["count", "count_exact", "next", "previous", "results"]
         paginated["properties"]["count"]["description"] = (
-            "Matching tasks: exact when count_exact is true, else a lower bound (API_EXACT_COUNT_LIMIT)."
+            "Matching tasks: exact when count_exact is true, else a lower bound (API_COUNT_WINDOW, "
+            "API_EXACT_COUNT_LIMIT)."
         )
         paginated["properties"]["count_exact"] = {"type": "boolean"}
         return paginated

@@ -2,6 +2,7 @@
 
 - ``visibility``: which tasks a user may see, and finding one by id.
 - ``search``: words in titles and descriptions, through the search index.
+- ``lists``: a page of a task list, and a count of its matches bounded to the newest tasks.
 - ``figures``: counts by state, role, provider, event; activity per hour and per minute; queue depths; run-time
   percentiles.
 - ``workers``: the worker registry: live instances with the tasks their processes run, recently gone ones.
@@ -28,6 +29,7 @@ from tasks.selectors.figures import (
     queue_depths,
 )
 from tasks.selectors.history import ChainProblem, latest_history, verify_audit_chains
+from tasks.selectors.lists import TaskPage, newest_window_start, task_page
 from tasks.selectors.outputs import OutputTail, output_tail, task_outputs
 from tasks.selectors.search import search_tasks
 from tasks.selectors.visibility import (
@@ -54,6 +56,7 @@ __all__ = [
     "LiveWorker",
     "OutputTail",
     "QueueDepth",
+    "TaskPage",
     "activity_per_hour",
     "attempt_end",
     "attempt_timing",
@@ -77,12 +80,14 @@ __all__ = [
     "may_change",
     "may_see",
     "may_see_deleted",
+    "newest_window_start",
     "output_tail",
     "queue_depths",
     "running_instances",
     "search_tasks",
     "task_list",
     "task_outputs",
+    "task_page",
     "verify_audit_chains",
     "visible_tasks",
 ]

@@ -23,6 +23,11 @@ from tasks.models import TaskQuerySet
 # Words found in more rows than that are common enough for the plain scan in list order to fill a page
 # (and the capped count) sooner than reading every candidate would.
 SEARCH_CANDIDATE_LIMIT = 20_000
+# SQLite, beyond this many rows: the share of rows the index holds candidates in is first measured on the newest
+# this many (a rowid range of the index, so its cost does not grow with the table).
+SEARCH_SAMPLE_ROWS = 10_000
+# The page the choice between the index and the plain scan is made for (API_PAGE_SIZE's default).
+SEARCH_PAGE_ROWS = 50
 
 
 def search_tasks(queryset: TaskQuerySet, terms: list[str]) -> TaskQuerySet:
@@ -30,7 +35,7 @@ def search_tasks(queryset: TaskQuerySet, terms: list[str]) -> TaskQuerySet:
 
     The condition is always the same ``icontains`` per term. On PostgreSQL it uses the pg_trgm indexes
     as it stands; on SQLite the trigram FTS table first narrows it to candidate rows (a superset of the
-    matches), unless the terms are too common for that to pay (SEARCH_CANDIDATE_LIMIT).
+    matches), unless the terms are too common for that to pay (``_scan_pays``, SEARCH_CANDIDATE_LIMIT).
     """
     if not terms:
         return queryset
@@ -60,20 +65,42 @@ def _trigram_query(terms: list[str]) -> str | None:
     return " AND ".join('"' + gram.replace('"', '""') + '"' for gram in trigrams)
 
 
+def _scan_pays(candidates: int, rows: int, table: int) -> bool:
+    """Whether the plain scan in list order fills a page sooner than the index's candidates are read.
+
+    With a share ``s = candidates / rows`` of the table's rows holding the trigrams, the scan reads about
+    SEARCH_PAGE_ROWS / s rows for a page, the index about s x table candidates (and longer trigram lists
+    still): the scan pays when s² x table > SEARCH_PAGE_ROWS. Common words on a large table scan; the same
+    words on a small one, and rare ones anywhere, go through the index."""
+    return candidates * candidates * table > SEARCH_PAGE_ROWS * rows * rows
+
+
 def _sqlite_candidates(connection: Any, terms: list[str]) -> str | None:
     """The rowids (a JSON array) of the rows holding every term's trigrams, or None: no term of 3+
-    characters, or more than SEARCH_CANDIDATE_LIMIT such rows."""
+    characters, more than SEARCH_CANDIDATE_LIMIT such rows, or so many that the plain scan pays (``_scan_pays``,
+    measured on the newest SEARCH_SAMPLE_ROWS rows of a larger table, before reading every candidate)."""
     query = _trigram_query(terms)
     if query is None:
         return None
     with connection.cursor() as cursor:
+        cursor.execute("SELECT MAX(rowid) FROM tasks_task")
+        table = cursor.fetchone()[0] or 0
+        if table > SEARCH_SAMPLE_ROWS:
+            cursor.execute(
+                f"SELECT COUNT(*) FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH %s AND rowid > %s",
+                [query, table - SEARCH_SAMPLE_ROWS],
+            )
+            if _scan_pays(cursor.fetchone()[0], SEARCH_SAMPLE_ROWS, table):
+                return None
         cursor.execute(
             f"SELECT COUNT(*), json_group_array(rowid) FROM (SELECT rowid FROM {SEARCH_TABLE} "
             f"WHERE {SEARCH_TABLE} MATCH %s LIMIT %s)",
             [query, SEARCH_CANDIDATE_LIMIT + 1],
         )
         count, rowids = cursor.fetchone()
-    return None if count > SEARCH_CANDIDATE_LIMIT else rowids
+    if count > SEARCH_CANDIDATE_LIMIT or (table <= SEARCH_SAMPLE_ROWS and _scan_pays(count, table, table)):
+        return None
+    return rowids
 
 
 class _RowIdIn(Expression):

@@ -10,9 +10,11 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from tasks.models import Task
+from tasks.selectors import newest_window_start
 from tests.api_support import client_for, grant
 
 pytest_plugins = ["tests.api_support"]
@@ -294,3 +296,76 @@ def test_empty_list_values_are_ignored(dataset: Dataset, api: Any) -> None:
     response = api.get("/api/tasks/persistent", {"roles": "", "providers": "", "search": ""})
     assert response.status_code == 200
     assert response.data["count"] == len(ROWS)
+
+
+@pytest.mark.parametrize("window", [0, 1, 3, 9, 10])
+def test_counting_among_the_newest_tasks_keeps_every_page(
+    window: int, dataset: Dataset, api: Any, settings: Any
+) -> None:
+    """With the count bounded to the table's ``window`` newest tasks (10 here: 8 listed, another user's, a deleted
+    one), every combination lists the same page as the oracle; the count is exact when it says so, else a lower
+    bound that still announces the next page."""
+    settings.API_COUNT_WINDOW = window
+    for names in COMBINATIONS:
+        query, ids, count = expected_ids(dataset, names)
+        for ordering in ("-created_at", "title"):
+            response = api.get("/api/tasks/persistent", {**query, "ordering": ordering})
+            assert response.status_code == 200, response.data
+            data = response.data
+            if ordering == "-created_at":
+                assert [t["id"] for t in data["results"]] == ids, names
+            offset = int(query.get("offset", 0))
+            if data["count_exact"]:
+                assert data["count"] == count, names
+            else:
+                assert window < 10, names  # the table fits in the window: every count is exact
+                assert data["count"] <= count, names
+                if data["results"]:  # a full page (else exact): at least one more task, and a link to it
+                    assert offset + len(data["results"]) < data["count"] and data["next"], names
+
+
+def test_a_count_beyond_the_window_is_what_the_newest_tasks_hold(dataset: Dataset, api: Any, settings: Any) -> None:
+    """The 6 newest tasks are the deleted one, another user's and the owner's last 4: a full page counts those 4."""
+    settings.API_COUNT_WINDOW = 6
+    bounded = api.get("/api/tasks/persistent", {"limit": 1}).data
+    assert (bounded["count"], bounded["count_exact"]) == (4, False)
+    assert bounded["next"].endswith("limit=1&offset=1")
+    settings.API_COUNT_WINDOW = 0  # nothing counted: a full page still announces at least one more task
+    assert api.get("/api/tasks/persistent", {"limit": 3}).data["count"] == 4
+    ids, page = [], api.get("/api/tasks/persistent", {"limit": 3}).data
+    while True:  # following next links still reaches every task, exactly once; the last page's count is exact
+        ids += [row["id"] for row in page["results"]]
+        if page["next"] is None:
+            break
+        page = api.get(page["next"]).data
+    assert ids == [str(task.pk) for task in dataset.tasks]
+    assert (page["count"], page["count_exact"]) == (len(ROWS), True)
+
+
+def test_few_matches_are_counted_exactly_whatever_the_window(dataset: Dataset, api: Any, settings: Any) -> None:
+    """A page that is not full ends the matches: its count is exact, also when they are all older than the window."""
+    settings.API_COUNT_WINDOW = 0
+    oldest_two = api.get("/api/tasks/persistent", {"date_to": dataset.marks[1].isoformat()}).data
+    assert (oldest_two["count"], oldest_two["count_exact"]) == (2, True)
+    past_the_end = api.get("/api/tasks/persistent", {"limit": 5, "offset": 5}).data
+    assert (past_the_end["count"], past_the_end["count_exact"], past_the_end["next"]) == (len(ROWS), True, None)
+    beyond = api.get("/api/tasks/persistent", {"offset": 100}).data
+    assert beyond["results"] == [] and beyond["count_exact"] is False and beyond["next"] is None
+
+
+def test_the_window_starts_after_the_newest_tasks(dataset: Dataset) -> None:
+    """newest_window_start: the created_at of the task just older than the window, None when the table fits."""
+    stamps = sorted(Task.objects.values_list("created_at", flat=True), reverse=True)
+    assert newest_window_start("default", len(stamps)) is None
+    assert newest_window_start("default", len(stamps) - 1) == stamps[-1]
+    assert newest_window_start("default", 0) == stamps[0]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
+def test_the_count_leaves_the_planner_as_it_found_it(dataset: Dataset, api: Any, settings: Any) -> None:
+    """The count turns bitmap scans off for its one statement only, inside the request's transaction too."""
+    settings.API_COUNT_WINDOW = 3
+    assert api.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data["count_exact"] is False
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW enable_bitmapscan")
+        assert cursor.fetchone()[0] == "on"

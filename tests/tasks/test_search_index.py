@@ -75,6 +75,19 @@ def test_common_words_give_the_same_results_without_the_index(
         assert ids(api.get("/api/tasks/persistent", {"search": search})) == oracle(texts[0].owner, search)
 
 
+@pytest.mark.parametrize("sample", [1, 3])
+@pytest.mark.parametrize("page", [0, 1, 50])
+def test_the_choice_measured_on_the_newest_rows_keeps_the_results(
+    sample: int, page: int, texts: list[Task], api: Any, monkeypatch: Any
+) -> None:
+    """SQLite measures on the newest rows how many hold the trigrams, and scans when that pays for a page
+    (always for an empty page, rarely for a large one): the results are the same either way."""
+    monkeypatch.setattr(search_module, "SEARCH_SAMPLE_ROWS", sample)
+    monkeypatch.setattr(search_module, "SEARCH_PAGE_ROWS", page)
+    for search in ("login", "cache billing", "kubernetes", "ogi ab", "école", "absentword"):
+        assert ids(api.get("/api/tasks/persistent", {"search": search})) == oracle(texts[0].owner, search)
+
+
 def test_substrings_in_title_and_description_case_insensitively(texts: list[Task], api: Any) -> None:
     fix, billing, cache, *_ = texts
     assert ids(api.get("/api/tasks/persistent", {"search": "OGI"})) == {str(fix.pk), str(cache.pk)}
