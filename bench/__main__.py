@@ -45,6 +45,8 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
                 "--storage-tasks",
                 "10000",
             ],
+            # The smallest schema that holds a completed task with its audit, on the same 10,000 tasks.
+            ["bench.storage_floor", "--engine", engine, "--tasks", "10000"],
             ["bench.locate", "--tasks", str(largest), "--engine", engine, "--lookups", "100"],
             ["bench.admin", "--tasks", str(largest), "--engine", engine, "--runs", "10"],
             # The restore of a JSON backup takes about 1 ms a task: 100,000 here; BENCHMARKS.md runs 1M by hand.
