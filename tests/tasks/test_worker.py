@@ -234,11 +234,16 @@ def test_a_poison_pill_fails_after_its_limit_while_other_tasks_flow(cluster, tmp
     assert set(Task.objects.filter(pk__in=healthy).values_list("state", flat=True)) == {"completed"}
     task = Task.objects.get(pk=poison)
     assert (task.state, task.attempt_count) == ("failed", 3)
-    assert transitions(poison) == ["queued"] + ["running", "interrupted", "queued"] * 2 + [
-        "running",
-        "interrupted",
-        "failed",
+    # A publish not yet consumed after REDISPATCH_AFTER_SECONDS may be re-published by age (RabbitMQ keeps no
+    # receipts; a slow worker start on a loaded machine): an edit row that changes no state and starts no attempt.
+    changes = [
+        state
+        for state, reason in TaskHistory.objects.filter(task_id=poison)
+        .order_by("seq")
+        .values_list("state_to", "reason")
+        if not (reason or "").startswith("re-dispatched")
     ]
+    assert changes == ["queued"] + ["running", "interrupted", "queued"] * 2 + ["running", "interrupted", "failed"]
     assert "worker lost on each of 3 attempts" in task.last_error
 
 
