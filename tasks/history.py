@@ -196,8 +196,8 @@ def create_tasks(tasks: Sequence[Task], *, reasons: Sequence[str | None] = (), u
     history_fields = [field for field in TaskHistory._meta.concrete_fields if not field.primary_key]
     task_values = _db_values(connection, task_fields, ([getattr(t, f.attname) for f in task_fields] for t in tasks))
     history_values = _db_values(connection, history_fields, ([r[f.attname] for f in history_fields] for r in rows))
-    _insert(connection, Task, task_fields, task_values)
-    _insert(connection, TaskHistory, history_fields, history_values)
+    insert_rows(connection, Task, task_fields, task_values)
+    insert_rows(connection, TaskHistory, history_fields, history_values)
     for task in tasks:
         task._state.adding, task._state.db = False, using
     hooks.tasks_created.send(sender=Task, tasks=tasks, using=using)
@@ -252,7 +252,9 @@ def _db_values(connection: Any, fields: Sequence[models.Field], rows: Iterable[l
     return result
 
 
-def _insert(connection: Any, model: type[models.Model], fields: Sequence[models.Field], rows: list[list[Any]]) -> None:
+def insert_rows(
+    connection: Any, model: type[models.Model], fields: Sequence[models.Field], rows: list[list[Any]]
+) -> None:
     """Insert prepared rows: PostgreSQL, by ``COPY ... FROM STDIN`` (its rows formatted by psycopg's C code, where
     an INSERT's parameters would be quoted in Python); otherwise multi-row ``VALUES``, as many a statement as the
     parameter limit allows. Either way every index, trigger and constraint of the table applies, as to an INSERT."""

@@ -20,7 +20,7 @@ from django.db import connection, models, transaction
 from tasks import db_triggers, keys
 from tasks.audit import HASHED_FIELDS, Actor, HistoryEvent, audited, loading_rows
 from tasks.exceptions import TaskError
-from tasks.history import resign_legacy_chain
+from tasks.history import insert_rows, resign_legacy_chain
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskMetrics, TaskOutput
 from tasks.records import deserialize
@@ -125,7 +125,8 @@ def load_rows(lines: Iterable[str], *, batch_size: int = 1000) -> int:
                         item.save()
                     loaded += len(rows)
                 else:
-                    _insert(db, apps.get_model(label), params)
+                    model = apps.get_model(label)
+                    insert_rows(db, model, model._meta.concrete_fields, params)
                     loaded += len(params)
     return loaded
 
@@ -198,20 +199,6 @@ def _column_values(model: type[models.Model], rows: list[dict[str, Any]]) -> lis
             row_params.append(value if type(value) in types else field.get_db_prep_save(value, db))
         params.append(row_params)
     return params
-
-
-def _insert(db: Any, model: type[models.Model], params: list[list[Any]]) -> None:
-    quote = db.ops.quote_name
-    table = quote(model._meta.db_table)
-    columns = ", ".join(quote(field.column) for field in model._meta.concrete_fields)
-    with db.cursor() as cursor:
-        if db.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for row in params:
-                    copy.write_row(row)
-        else:
-            placeholders = ", ".join(["%s"] * len(model._meta.concrete_fields))
-            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", params)
 
 
 # The columns whose values JSON gives as they are stored, and those values' types.
