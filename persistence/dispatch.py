@@ -18,17 +18,31 @@ them together with the messages:
   its process died between commit and publish): it is re-published after
   ``REDISPATCH_AFTER_SECONDS``, the wait doubling per try.
 
+A third record is kombu's own: the **reservations** (its ``unacked`` hash and
+``unacked_index``), the messages workers took from a queue and have not
+acknowledged. A worker killed outright leaves its reservations there until the
+visibility timeout (12 h) gives them back; one for a running task is the
+lease's to heal, but one for a task the worker never started (it waited in the
+worker's prefetch) would hold that task queued all that time. A reservation
+older than a lease whose task is still queued from that very publish is
+therefore known lost too: the task is published again and the reservation
+dropped. (A worker alive but holding a message that long, only possible with a
+prefetch multiplier above 1, then runs whichever copy it claims first; the
+claim keeps the other from running.)
+
 A broker that is not Redis has no epoch: the conservative age rule
-(``services.redispatch_stale``) applies there.
+(``services.redispatch_stale``) applies there; RabbitMQ gives a lost
+consumer's messages back by itself.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.utils import timezone
@@ -36,7 +50,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from tasks import services
-from tasks.dispatch import published
+from tasks.dispatch import EXECUTE_TASK, published
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +92,58 @@ def queued_count(conn: Redis, queue: str) -> int:
     for key in queue_keys(queue):
         pipe.llen(key)
     return sum(int(n) for n in pipe.execute())
+
+
+def reservation_keys() -> tuple[str, str]:
+    """Kombu's records of reserved messages on a Redis broker: the index (delivery tag -> when taken) and the
+    hash (delivery tag -> message)."""
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    return options.get("unacked_index_key", "unacked_index"), options.get("unacked_key", "unacked")
+
+
+def reserved_messages(conn: Redis, *, before: float) -> dict[bytes, str]:
+    """The task messages (``crux.execute_task``) that workers took before ``before`` (a Unix time) and have not
+    acknowledged: delivery tag -> Celery task id."""
+    index, hash_key = reservation_keys()
+    tags: list[bytes] = cast(list[bytes], conn.zrangebyscore(index, "-inf", before))
+    if not tags:
+        return {}
+    reserved: dict[bytes, str] = {}
+    for tag, raw in zip(tags, conn.hmget(hash_key, tags), strict=True):
+        if raw is None:  # acknowledged meanwhile
+            continue
+        headers = json.loads(raw)[0].get("headers") or {}
+        if headers.get("task") == EXECUTE_TASK and isinstance(headers.get("id"), str):
+            reserved[tag] = headers["id"]
+    return reserved
+
+
+def drop_reservation(conn: Redis, tag: bytes) -> None:
+    """Remove a reservation from kombu's records, as an acknowledgement would (the worker that took it is gone)."""
+    index, hash_key = reservation_keys()
+    pipe = conn.pipeline()
+    pipe.zrem(index, tag)
+    pipe.hdel(hash_key, tag)
+    pipe.execute()
+
+
+def redispatch_abandoned(conn: Redis) -> int:
+    """Publish again the queued tasks whose current message a worker took more than a lease ago and never
+    started; returns how many. The new publish is committed before the old reservation is dropped, so a crash
+    in between leaves a stale reservation (of an older publish, ignored), never a task without a message."""
+    lease = settings.TASK_LEASE_SECONDS
+    reserved = reserved_messages(conn, before=time.time() - lease)
+    current = services.current_dispatches(set(reserved.values())) if reserved else {}
+    redispatched = 0
+    for tag, celery_task_id in reserved.items():
+        dispatch = current.get(celery_task_id)
+        if dispatch is None:
+            continue
+        reason = f"a worker took its message {celery_task_id} over {lease:g}s ago and never started it (worker lost)"
+        if services.redispatch(dispatch, reason=reason):
+            redispatched += 1
+            drop_reservation(conn, tag)
+    return redispatched
 
 
 def current_epoch(conn: Redis) -> str:
@@ -135,4 +201,4 @@ def redispatch_lost(*, base_seconds: float | None = None) -> int:
                 continue
             redispatched += services.redispatch(dispatch, reason=reason)
     conn.zremrangebyscore(receipts_key(), "-inf", started - max(base, _MIN_RECEIPT_HORIZON))
-    return redispatched
+    return redispatched + redispatch_abandoned(conn)

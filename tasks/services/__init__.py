@@ -56,6 +56,7 @@ from tasks.services.lifecycle import (
 from tasks.services.recovery import (
     Dispatch,
     confirm_dispatches,
+    current_dispatches,
     publish_due,
     recover_interrupted,
     recover_orphans,
@@ -117,6 +118,7 @@ __all__ = [
     "claim",
     "confirm_dispatches",
     "create_task",
+    "current_dispatches",
     "delete_schedule",
     "erase_tasks",
     "finish_attempt",

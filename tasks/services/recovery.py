@@ -9,7 +9,7 @@ asks for: confirm publishes, and publish again one queued task.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import reduce
@@ -22,6 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from tasks.audit import Channel, audited, format_timestamp
+from tasks.dispatch import task_id_of
 from tasks.models import Task
 from tasks.services.base import (
     RECOVERY_ACTOR,
@@ -148,6 +149,20 @@ def unconfirmed_dispatches(epoch: str, *, batch_size: int = 1000) -> Iterator[li
             return
         yield batch
         after = batch[-1].task_id
+
+
+def current_dispatches(celery_task_ids: Collection[str]) -> dict[str, Dispatch]:
+    """The queued tasks whose latest publish carries one of these Celery task ids: that publish, by its id."""
+    task_ids = set()
+    for celery_task_id in celery_task_ids:
+        try:
+            task_ids.add(uuid.UUID(task_id_of(celery_task_id)))
+        except ValueError:  # not a Crux publish (another deployment's message on a shared broker)
+            continue
+    rows = Task.objects.filter(pk__in=task_ids, state=TaskState.QUEUED).values_list(
+        "celery_task_id", "pk", "dispatched_at", "dispatch_count", "dispatch_epoch", "priority"
+    )
+    return {row[0]: Dispatch(*row[1:]) for row in rows if row[0] in celery_task_ids}
 
 
 def confirm_dispatches(dispatches: Sequence[Dispatch], epoch: str) -> int:

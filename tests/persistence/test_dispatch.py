@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +19,8 @@ from tasks import services
 from tasks.audit import Channel
 from tasks.dispatch import PUBLISHED
 from tasks.models import Task
+from tests.conftest import TEST_QUEUE, queue_keys
+from tests.processes import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -125,3 +133,77 @@ def test_a_broker_without_an_epoch_falls_back_to_the_conservative_age_rule(submi
     assert sweep(base_seconds=0) == 1
     (reason,) = redispatch_reasons(Task.objects.get(pk=task.pk))
     assert "without starting" in reason
+
+
+# A worker's first step with a message, and nothing after: take it from the queue unacknowledged (kombu records the
+# reservation), then wait to be killed.
+RESERVE = """
+import sys, time
+import django
+django.setup()
+from crux.celery import app
+with app.connection_for_read() as conn:
+    message = conn.default_channel.basic_get(sys.argv[1], no_ack=False)
+    print(message.headers["id"], flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def reserved_by_a_killed_worker(submit: Any) -> Iterator[tuple[Task, bytes]]:
+    """A published task whose message a process took from the queue and then was SIGKILLed before starting it;
+    with that reservation's delivery tag (dropped afterwards if the test left it)."""
+    conn = broker()
+    conn.delete(*queue_keys())  # this run's queue: the task's message is the only one in it
+    (task,) = submit()
+    reserver = subprocess.Popen(
+        [sys.executable, "-c", RESERVE, TEST_QUEUE], cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        taken = reserver.stdout.readline().strip() if reserver.stdout else ""
+    finally:
+        os.killpg(reserver.pid, signal.SIGKILL)
+        reserver.wait(timeout=10)
+    assert taken == task.celery_task_id
+    (tag,) = [
+        tag
+        for tag, taken in dispatch.reserved_messages(conn, before=time.time()).items()
+        if taken == task.celery_task_id
+    ]
+    yield task, tag
+    dispatch.drop_reservation(conn, tag)
+
+
+def test_a_message_taken_by_a_worker_killed_before_it_started_the_task_is_re_published(
+    reserved_by_a_killed_worker, sweep, settings
+):
+    task, tag = reserved_by_a_killed_worker
+    assert dispatch.queued_count(broker(), TEST_QUEUE) == 0, "the message is only in the reservation"
+    assert sweep() == 0, "within a lease of being taken, the worker may still start it"
+    settings.TASK_LEASE_SECONDS = 0
+    assert sweep() == 1
+    task.refresh_from_db()
+    assert task.state == "queued" and task.dispatch_count == 2
+    (reason,) = redispatch_reasons(task)
+    assert f"took its message {task.pk}.1" in reason and "never started it" in reason
+    index, hash_key = dispatch.reservation_keys()
+    assert broker().hget(hash_key, tag) is None and broker().zscore(index, tag) is None, "the reservation is dropped"
+    assert dispatch.queued_count(broker(), TEST_QUEUE) == 1, "the new publish waits in the queue"
+    assert [sweep() for _ in range(3)] == [0] * 3
+
+
+@pytest.mark.parametrize("moved_on", ["cancelled", "published again", "claimed"])
+def test_a_reservation_whose_task_moved_on_is_left_alone(reserved_by_a_killed_worker, sweep, settings, moved_on):
+    task, tag = reserved_by_a_killed_worker
+    if moved_on == "cancelled":
+        services.cancel(task.pk, actor="ops", channel=Channel.COMMAND, reason="not needed")
+    elif moved_on == "published again":
+        ((current, *_),) = services.unconfirmed_dispatches("no-such-epoch")
+        assert services.redispatch(current, reason="test")
+    else:
+        services.claim(task.pk, worker_id="w:1")
+    settings.TASK_LEASE_SECONDS = 0
+    count = Task.objects.get(pk=task.pk).dispatch_count
+    assert [sweep(base_seconds=3600) for _ in range(2)] == [0, 0]
+    assert Task.objects.get(pk=task.pk).dispatch_count == count
+    assert broker().hget(dispatch.reservation_keys()[1], tag) is not None, "left to the visibility timeout"

@@ -93,9 +93,13 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def worker(self, concurrency: int = 2, *queues: str, node_name: str | None = None) -> subprocess.Popen:
+    def worker(
+        self, concurrency: int = 2, *queues: str, node_name: str | None = None, prefetch: int | None = None
+    ) -> subprocess.Popen:
         name = f"w{len(self.processes)}"
         options = ["-Q", ",".join(queues)] if queues else []
+        if prefetch is not None:
+            options += ["--prefetch-multiplier", str(prefetch)]
         return self._spawn(
             name,
             [
@@ -311,6 +315,35 @@ def test_a_restarted_worker_recovers_its_own_tasks_at_once(cluster, tmp_path):
     assert (task.state, task.attempt_count) == ("completed", 2)
     assert transitions(task_id) == ["queued", "running", "interrupted", "queued", "running", "completed"]
     assert "restarted" in task.history.get(seq=3).reason
+
+
+def test_a_task_a_killed_worker_had_taken_but_not_started_is_run_by_another(cluster, private_redis, tmp_path):
+    """The killed worker held a second message in its prefetch: that task must not wait for the broker's
+    visibility timeout (12 h) to come back, as it did when a node was killed with a message just taken."""
+    log, gate = tmp_path / "executions.log", tmp_path / "gate"
+    doomed = cluster.worker(1, node_name="doomed@%h", prefetch=2)
+    ids = cluster.submit(2, "record", payload={"log": str(log), "duration": 120, "until": str(gate)})
+    running = wait_for(
+        lambda: Task.objects.filter(pk__in=ids, state="running").values_list("pk", flat=True).first(),
+        cluster,
+        "the worker runs one task",
+    )
+    wait_for(lambda: queued_count(private_redis.client) == 0, cluster, "the worker took the other's message too")
+    (waiting,) = [task_id for task_id in ids if task_id != str(running)]
+    assert Task.objects.get(pk=waiting).state == "queued"
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.wait(timeout=10)
+    cluster.processes.remove(doomed)
+
+    cluster.housekeeping()
+    cluster.worker(2)
+    gate.touch()
+    wait_until_finished(ids, cluster, timeout=90)
+    lost_message = Task.objects.get(pk=waiting)
+    assert (lost_message.state, lost_message.attempt_count) == ("completed", 1)
+    (reason,) = lost_message.history.filter(reason__startswith="re-dispatched").values_list("reason", flat=True)
+    assert "never started it" in reason
+    assert transitions(str(running)) == ["queued", "running", "interrupted", "queued", "running", "completed"]
 
 
 def test_a_worker_keeps_its_database_connection_across_tasks_and_replaces_a_broken_one(cluster):
