@@ -20,10 +20,13 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import connections, models, router, transaction
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
+from django_celery_results.managers import TaskResultManager
+from django_celery_results.models import TaskResult
 
 from tasks.audit import Channel, HistoryEvent, current_context
 from tasks.exceptions import AppendOnlyViolation, HardDeleteRefused, UntrackedWrite
 from tasks.keys import KEY_ID_MAX_LENGTH
+from tasks.redaction import redact_fields
 from tasks.states import TaskState, check_state, check_transition
 
 # Live telemetry and audit bookkeeping: changing them writes no history row.
@@ -698,3 +701,58 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} (pid {self.pid})"
+
+
+class CeleryResultManager(TaskResultManager):
+    """Writes a result row in one statement (an INSERT that updates the row on a conflict of ``task_id``) where
+    django-celery-results' ``store_result`` makes four (SELECT, SAVEPOINT, INSERT, RELEASE) or two (SELECT,
+    UPDATE): two writes per executed task, inside the claim's and the outcome's transactions."""
+
+    def store_result(  # type: ignore[override]  # the same arguments, by keyword as the backend passes them
+        self,
+        content_type: str,
+        content_encoding: str,
+        task_id: str,
+        result: Any,
+        status: str,
+        traceback: str | None = None,
+        meta: str | None = None,
+        periodic_task_name: str | None = None,
+        task_name: str | None = None,
+        task_args: str | None = None,
+        task_kwargs: str | None = None,
+        worker: str | None = None,
+        using: str | None = None,
+        **kwargs: Any,
+    ) -> TaskResult:
+        fields = {
+            "status": status,
+            "result": result,
+            "traceback": traceback,
+            "meta": meta,
+            "content_encoding": content_encoding,
+            "content_type": content_type,
+            "periodic_task_name": periodic_task_name,
+            "task_name": task_name,
+            "task_args": task_args,
+            "task_kwargs": task_kwargs,
+            "worker": worker,
+        }
+        if "date_started" in kwargs:  # the backend's Now() for STARTED: the same moment, read here
+            fields["date_started"] = timezone.now()
+        row = self.model(task_id=task_id, **fields)
+        redact_fields(row)  # bulk_create sends no pre_save: the redaction every result row gets, done here
+        self.using(using).bulk_create(
+            [row], update_conflicts=True, unique_fields=["task_id"], update_fields=[*fields, "date_done"]
+        )
+        return row
+
+
+class CeleryResult(TaskResult):
+    """Celery's result rows (django-celery-results' table, as ``AsyncResult`` and Flower read it), written through
+    :class:`CeleryResultManager` by Crux's result backend (``tasks.tasks.ResultBackend``)."""
+
+    objects = CeleryResultManager()
+
+    class Meta:
+        proxy = True

@@ -24,7 +24,7 @@ from django_celery_results.backends import DatabaseBackend
 from tasks import checkpoints, execution, selectors, services
 from tasks.dispatch import EXECUTE_TASK
 from tasks.exceptions import InvalidTaskData
-from tasks.models import Task
+from tasks.models import CeleryResult, Task
 from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,10 @@ STORED_STATE = "crux_stored_state"
 class ResultBackend(DatabaseBackend):
     """django-celery-results' backend (``CELERY_RESULT_BACKEND``: results in SQL, never expired), minus the writes a
     task execution already made: its STARTED row commits with the claim and its final row (SUCCESS, FAILURE,
-    RETRY) with the outcome, so Celery's separate commit of the same state after the task returns is skipped."""
+    RETRY) with the outcome, so Celery's separate commit of the same state after the task returns is skipped. Each
+    row is written by one statement (``CeleryResult``'s manager)."""
+
+    TaskModel = CeleryResult
 
     def store_result(
         self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None, **kwargs: Any

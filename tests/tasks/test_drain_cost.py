@@ -27,6 +27,7 @@ from celery import states
 from celery.app.trace import build_tracer
 from celery.result import AsyncResult
 from django.db import connection, transaction
+from django.db.models.functions import Now
 from django_celery_results.models import TaskResult
 
 from crux.celery import app
@@ -35,7 +36,7 @@ from tasks.audit import Channel, audited
 from tasks.dispatch import EXECUTE_TASK
 from tasks.exceptions import IllegalTransition
 from tasks.execution import HeartbeatThread, execute
-from tasks.models import Task, TaskHistory, TaskMetrics
+from tasks.models import CeleryResult, Task, TaskHistory, TaskMetrics
 from tasks.redaction import REDACTED
 from tasks.services.base import locked_task
 from tasks.tasks import AttemptFailed
@@ -115,7 +116,9 @@ def test_an_echo_task_commits_three_times_and_its_result_row_is_celerys(user):
     assert task.state == "completed"
     # The claim (with the STARTED row), echo's output, the outcome (with the metrics and the SUCCESS row).
     assert counts.commits == 3 and counts.autocommit_writes == 0, counts
-    assert counts.kinds["SAVEPOINT"] == 1, counts  # only the result row's own create (django-celery-results)
+    assert counts.kinds["SAVEPOINT"] == 0, counts  # the result rows are upserts (tasks.models.CeleryResultManager)
+    # history x2, the output, the metrics, the result row twice (STARTED, then SUCCESS: an INSERT that updates)
+    assert counts.kinds["INSERT"] == 6 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 6, counts
     assert counts.task_reads == 3, counts  # the claim's and the outcome's locked reads, the output's claim check
     assert [h.state_to for h in TaskHistory.objects.filter(task=task).order_by("seq")] == [
         "queued",
@@ -270,6 +273,22 @@ def test_a_kept_read_serves_one_save_only(user):
             read.save()
     assert (first.task_reads, second.task_reads) == (0, 1)
     assert [row.seq for row in TaskHistory.objects.filter(task=task).order_by("seq")] == [1, 2, 3]
+
+
+def test_a_result_row_is_one_row_per_delivery_written_by_one_statement_each_and_redacted():
+    secret = "sk_live_51Hx9Kq2eZvKYlo2CabcdEFGH"
+    common = {"content_type": "application/json", "content_encoding": "utf-8", "task_id": "r.1", "worker": HOSTNAME}
+    with counted() as counts:
+        CeleryResult.objects.store_result(result='{"pid": 1}', status="STARTED", date_started=Now(), **common)
+    started = TaskResult.objects.get(task_id="r.1")
+    with counted() as more:
+        CeleryResult.objects.store_result(result=f'"token {secret}"', status="FAILURE", traceback=secret, **common)
+    for each in (counts, more):  # one statement (and, outside a transaction, bulk_create's own BEGIN)
+        assert each.kinds["INSERT"] == 1 and set(each.kinds) <= {"INSERT", "BEGIN"}, each
+    (row,) = TaskResult.objects.filter(task_id="r.1")
+    assert (row.status, row.result, row.traceback) == ("FAILURE", f'"token {REDACTED}"', REDACTED)
+    assert (row.date_created, row.date_started) == (started.date_created, started.date_started)
+    assert row.date_started is not None and row.date_done >= started.date_done
 
 
 # The metrics row.
