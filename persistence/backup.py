@@ -92,10 +92,13 @@ def _fsync(path: Path) -> None:
 
 def _models() -> list:
     """Every model worth backing up, parents first. Permissions are left out: ``migrate`` recreates
-    them (with new ids), and users and groups name theirs by natural key. So is the scheduler lease: a beat's."""
+    them (with new ids), and users and groups name theirs by natural key. So is the scheduler lease: a beat's.
+    Proxy models (``TokenProxy``, ``CeleryResult``) are left out: their rows are their concrete model's, written
+    once under its name."""
     app_list = [(apps.get_app_config(label), None) for label in BACKUP_APPS]
     skip = {HistoryPurgeGrant, Permission, SchedulerLease}
-    return [m for m in serializers.sort_dependencies(app_list, allow_cycles=True) if m not in skip]
+    models = serializers.sort_dependencies(app_list, allow_cycles=True)
+    return [m for m in models if m not in skip and not m._meta.proxy]
 
 
 def backup(fmt: str | None = None) -> BackupResult:

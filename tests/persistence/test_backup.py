@@ -1,19 +1,22 @@
 """Backup, drop, restore; export; import of the old system's Redis records."""
 
+import gzip
 import json
 import uuid
+from collections import Counter
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from rest_framework.authtoken.models import Token
 
 from persistence.backup import BackupError, backup, load_backup, rotate
 from tasks import db_triggers, services
 from tasks.audit import Channel
 from tasks.execution import execute
-from tasks.models import Task
+from tasks.models import CeleryResult, Task
 from tasks.selectors import verify_audit_chains
 
 
@@ -69,6 +72,17 @@ def test_backup_drop_restore_gives_an_identical_export(live_db, user, fmt):
     assert list(verify_audit_chains()) == []
     with pytest.raises(BackupError, match="already holds tasks"):
         load_backup(path)
+
+
+def test_a_json_backup_holds_each_row_once_under_its_concrete_model(live_db, user):
+    Token.objects.create(user=user)
+    CeleryResult.objects.store_result("application/json", "utf-8", "r.1", '"done"', "SUCCESS")
+    code, out, _ = run("backup", "--format", "json")
+    assert code == 0, out
+    with gzip.open(out.split()[1], "rt") as lines:
+        labels = Counter(json.loads(line).get("model") for line in lines)
+    assert (labels["authtoken.token"], labels["django_celery_results.taskresult"]) == (1, 1), labels
+    assert not {"authtoken.tokenproxy", "tasks.celeryresult"} & set(labels), "a proxy's rows written twice"
 
 
 def test_a_corrupt_backup_is_refused(live_db, user, backups):
