@@ -440,6 +440,8 @@ class _SQLiteTable(_Table):
             return json.dumps
         if kind == "BooleanField":
             return int
+        if kind == "BinaryField":
+            return _digest_bytes
         return None
 
     def sql(self, rows: int) -> str:
@@ -478,6 +480,8 @@ class _PostgresTable(_Table):
             return lambda value: _copy_text(json.dumps(value))
         if kind == "BooleanField":
             return lambda value: "t" if value else "f"
+        if kind == "BinaryField":  # bytea's hex input, its backslash doubled for COPY's text format
+            return lambda value: "\\\\x" + _digest_bytes(value).hex()
         if kind in ("CharField", "TextField"):
             return _copy_text
         if kind.endswith(("IntegerField", "AutoField", "FloatField")):
@@ -512,6 +516,11 @@ def _remembered(adapt: Callable[[datetime], str]) -> Callable[[datetime], str]:
         return text
 
     return adapt_remembered
+
+
+def _digest_bytes(value: str | bytes) -> bytes:
+    """A digest's bytes, from the hex text the chain is computed in (``tasks.models.DigestField``)."""
+    return bytes.fromhex(value) if isinstance(value, str) else bytes(value)
 
 
 @cache

@@ -363,6 +363,32 @@ class Task(models.Model):
         return [f for f in cls._meta.concrete_fields if f.name not in UNTRACKED_FIELDS and not f.primary_key]
 
 
+class DigestField(models.BinaryField):
+    """A SHA-256-sized digest of the audit chain, stored as its 32 bytes (not 64 hex characters: on SQLite some
+    270 bytes a completed task over its history rows) and seen in Python as the lowercase hex text every link is
+    computed, compared, shown and serialized as."""
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> str | None:
+        if value is None or isinstance(value, str):  # text written by raw SQL (SQLite takes it): shown as it is
+            return value
+        return bytes(value).hex()
+
+    def to_python(self, value: Any) -> Any:
+        return bytes(value).hex() if isinstance(value, (bytes, bytearray, memoryview)) else value
+
+    def get_prep_value(self, value: Any) -> Any:
+        return bytes.fromhex(value) if isinstance(value, str) else super().get_prep_value(value)
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> bytes | None:
+        """Plain bytes, which every driver takes (BinaryField's ``Database.Binary`` is a memoryview on SQLite, which
+        the restore's worker processes cannot hand back)."""
+        value = value if prepared else self.get_prep_value(value)
+        return None if value is None else bytes(value)
+
+    def value_to_string(self, obj: models.Model) -> str:
+        return str(self.value_from_object(obj))
+
+
 class TaskHistoryQuerySet(models.QuerySet):
     def update(self, **kwargs: Any) -> int:
         raise AppendOnlyViolation("task history is append-only")
@@ -399,8 +425,8 @@ class TaskHistory(models.Model):
     key_id = models.CharField(
         max_length=KEY_ID_MAX_LENGTH, blank=True, help_text="The audit key that signed this row ('' = unkeyed)."
     )
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, help_text="HMAC-SHA256 over prev_hash and the row, under key_id.")
+    prev_hash = DigestField()
+    hash = DigestField(help_text="HMAC-SHA256 over prev_hash and the row, under key_id.")
 
     objects = TaskHistoryQuerySet.as_manager()
 

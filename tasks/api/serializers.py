@@ -215,6 +215,8 @@ class TaskHistorySerializer(SharedFieldsMixin, serializers.ModelSerializer):
     state_from = BlankAsNullChoiceField(
         choices=TaskState.choices, read_only=True, help_text="null for the row that created the task."
     )
+    prev_hash = serializers.CharField(read_only=True, help_text="The previous row's hash (64 hex characters).")
+    hash = serializers.CharField(read_only=True, help_text="This row's HMAC-SHA256 link (64 hex characters).")
 
     class Meta:
         model = TaskHistory

@@ -26,6 +26,11 @@ def resign_chains(apps, schema_editor):
     TaskHistory = apps.get_model("tasks", "TaskHistory")
     connection = schema_editor.connection
     pk_field = Task._meta.pk
+    digest = TaskHistory._meta.get_field("hash")  # its values as the model of the running state stores them
+
+    def link(value):
+        return digest.get_db_prep_value(value, connection)
+
     fields = [name for name in HASHED_FIELDS if name != "key_id"]
     tasks = list(Task.objects.using(connection.alias).order_by("pk").values("id", "history_count", "history_head"))
     broken = []
@@ -41,7 +46,9 @@ def resign_chains(apps, schema_editor):
             if signed is None:
                 broken.append(str(task["id"]))
                 continue
-            history_updates.extend((row["prev_hash"], row["hash"], row["key_id"], row["id"]) for row in signed)
+            history_updates.extend(
+                (link(row["prev_hash"]), link(row["hash"]), row["key_id"], row["id"]) for row in signed
+            )
             head_updates.append((signed[-1]["hash"], pk_field.get_db_prep_value(task["id"], connection)))
         with connection.cursor() as cursor:
             cursor.executemany(

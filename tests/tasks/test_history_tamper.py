@@ -79,7 +79,7 @@ def rewrite_chain(task, link, key_id, **changes):
             row["hash"] = link(prev, row)
             cursor.execute(
                 "UPDATE tasks_taskhistory SET reason = %s, key_id = %s, prev_hash = %s, hash = %s WHERE id = %s",
-                [row["reason"], row["key_id"], prev, row["hash"], row["id"]],
+                [row["reason"], row["key_id"], bytes.fromhex(prev), bytes.fromhex(row["hash"]), row["id"]],
             )
             prev = row["hash"]
         cursor.execute("UPDATE tasks_task SET history_head = %s WHERE id = %s", [prev, pk_param(task)])
@@ -222,7 +222,13 @@ def test_verify_audit_detects_an_inserted_row_even_with_a_valid_link(task):
         "INSERT INTO tasks_taskhistory (task_id, seq, event, state_from, state_to, actor, channel, reason, "
         "error_message, details, created_at, key_id, prev_hash, hash) VALUES (%s, 5, 'transition', 'completed', "
         "'completed', 'nobody', 'system', 'forged', '', '{}', %s, %s, %s, %s)",
-        [pk_param(task), last.created_at, last.key_id, last.hash, row_hash(last.hash, forged)],
+        [
+            pk_param(task),
+            last.created_at,
+            last.key_id,
+            bytes.fromhex(last.hash),
+            bytes.fromhex(row_hash(last.hash, forged)),
+        ],
     )
     code, out = verify()
     assert code == 1 and "chain head mismatch" in out
