@@ -329,7 +329,7 @@ class _Generator:
                 "channel": "api" if first else "worker",
                 "reason": "submitted" if first else f"moved to {step}",
                 "error_message": "RuntimeError: bench failure" if step == "failed" else "",
-                "details": {"changes": {"title": title, "state": step} if first else {"state": [path[seq - 2], step]}},
+                "details": {"changes": {"title": title} if first else {}},  # the state: in state_from, state_to
                 "key_id": self.key_id,
             }
             # row_hash's content: str(task_id) and format_timestamp(created_at) go where the placeholders are

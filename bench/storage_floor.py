@@ -243,12 +243,13 @@ def read_source() -> list[dict[str, Any]]:
     return sorted(tasks.values(), key=lambda task: (task["created_at"], task["id"]))
 
 
-def derived_details(task: dict[str, Any], row: dict[str, Any], state_from: str) -> dict[str, Any]:
-    """A history row's details as the floor derives them: a transition's repeat it, a created row's the task's
-    submitted title and first state (the data set's rows; any row that differs is stored as it is)."""
+def derived_details(task: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """A history row's details as the floor derives them: a transition's hold no change (its state is the row's
+    own), a created row's the task's submitted title (the data set's rows; any row that differs is stored as it
+    is)."""
     if row["event"] == "created":
-        return {"changes": {"title": task["title"], "state": row["state_to"]}}
-    return {"changes": {"state": [state_from, row["state_to"]]}}
+        return {"changes": {"title": task["title"]}}
+    return {"changes": {}}
 
 
 def floor_rows(source: list[dict[str, Any]], engine: str, zipped: bool) -> dict[str, list[dict[str, Any]]]:
@@ -324,7 +325,7 @@ def floor_rows(source: list[dict[str, Any]], engine: str, zipped: bool) -> dict[
                     "mac": bytes.fromhex(entry["hash"]),
                 }
             )
-            details = None if entry["details"] == derived_details(task, entry, state_from) else entry["details"]
+            details = None if entry["details"] == derived_details(task, entry) else entry["details"]
             if entry["error_message"] or details is not None:
                 tables.setdefault("history_note", []).append(
                     {
@@ -485,7 +486,7 @@ def check(connection: Any, engine: str, source: list[dict[str, Any]]) -> None:
             }  # fmt: skip
             details = note.get("details")
             rebuilt["details"] = (
-                derived_details(expected, rebuilt, state_from)
+                derived_details(expected, rebuilt)
                 if details is None
                 else json.loads(details) if isinstance(details, str) else details
             )  # fmt: skip

@@ -158,7 +158,8 @@ def _chained_row(
         "channel": ctx.channel,
         "reason": ctx.reason if reason is None else reason,
         "error_message": instance.last_error if failed else "",
-        "details": {**details, "changes": changes},
+        # The state's change is the row's own state_from and state_to: not written twice.
+        "details": {**details, "changes": {name: change for name, change in changes.items() if name != "state"}},
         "created_at": timezone.now(),
         "key_id": current_key_id(),
         "prev_hash": prev_hash,

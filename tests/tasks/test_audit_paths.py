@@ -28,6 +28,23 @@ def test_create_writes_first_row_with_actor_channel_reason(user, make_task):
     assert (task.history_count, task.history_head) == (1, row.hash)
 
 
+def test_a_state_change_is_written_once_in_its_columns_not_again_in_the_details(user, make_task):
+    task = make_task(title="states")
+    services.transition(task.pk, "queued", actor="system:test", channel=Channel.API, reason="go")
+    services.claim(task.pk, worker_id="w:1")
+    services.finish_attempt(task.pk, attempt=1, worker_id="w:1", result={"ok": True})
+    history = rows(task)
+    assert [(r.state_from, r.state_to) for r in history] == [
+        ("", "pending"),
+        ("pending", "queued"),
+        ("queued", "running"),
+        ("running", "completed"),
+    ]
+    assert all("state" not in r.details["changes"] for r in history), [r.details for r in history]
+    assert history[2].details["changes"]["worker_id"] == ["", "w:1"], "the other changes are kept"
+    assert history[3].details["changes"]["completed_at"][0] is None
+
+
 def test_edit_soft_delete_restore_each_write_one_row(user, make_task):
     task = make_task(title="old")
     services.update_task(task.pk, actor=user, channel=Channel.API, reason="typo", title="new", description="d")
