@@ -284,7 +284,7 @@ class _Generator:
             event = self.event(state, seq, title, owner)
             content = event.canonical.replace(_TASK_ID, task_text).replace(_CREATED_AT, self.format_timestamp(at))
             link = self.chain_link(self.key_id, prev, content)
-            row = {"task_id": task_id, "created_at": at, "prev_hash": prev, "hash": link}
+            row = {"task_id": task_id, "created_at": at, "hash": link}
             if self.check and link != self.row_hash(prev, {**event.fields, **row}):
                 raise RuntimeError("the builder's history hashes disagree with tasks.audit.row_hash")
             history.append(history_table.row(row, event.base))
@@ -369,7 +369,7 @@ _TASK_ID, _CREATED_AT = "\ue000task_id\ue000", "\ue000created_at\ue000"
 
 
 class _Event(NamedTuple):
-    fields: dict  # by attname, all but task_id, created_at, prev_hash and hash
+    fields: dict  # by attname, all but task_id, created_at and hash
     canonical: str  # canonical JSON of the hashed fields, with _TASK_ID and _CREATED_AT
     base: list  # the encoded row, fields set, the rest at the defaults
 

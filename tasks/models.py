@@ -425,8 +425,9 @@ class TaskHistory(models.Model):
     key_id = models.CharField(
         max_length=KEY_ID_MAX_LENGTH, blank=True, help_text="The audit key that signed this row ('' = unkeyed)."
     )
-    prev_hash = DigestField()
-    hash = DigestField(help_text="HMAC-SHA256 over prev_hash and the row, under key_id.")
+    # The previous row's hash is not stored: it is that row's ``hash`` (the genesis hash before the first), which
+    # every check reads anyway; a row removed, inserted or reordered breaks the next row's HMAC.
+    hash = DigestField(help_text="HMAC-SHA256 over the previous row's hash and this row, under key_id.")
 
     objects = TaskHistoryQuerySet.as_manager()
 

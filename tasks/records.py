@@ -51,8 +51,22 @@ def serialize_queryset(queryset: models.QuerySet, *, chunk_size: int = 2000, nat
         yield from serialize(batch, natural=natural)
 
 
+# Fields a model no longer stores because they are derived: dropped from the rows of older backups and purge archives
+# as they are read back (a history row's prev_hash is the hash of the row before it).
+RETIRED_FIELDS: dict[str, frozenset[str]] = {"tasks.taskhistory": frozenset({"prev_hash"})}
+
+
+def current_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """A serialized row without the fields its model retired (``RETIRED_FIELDS``); any other field is kept, so an
+    unknown one is still refused."""
+    retired = RETIRED_FIELDS.get(row["model"])
+    if not retired or retired.isdisjoint(row["fields"]):
+        return row
+    return {**row, "fields": {name: value for name, value in row["fields"].items() if name not in retired}}
+
+
 def deserialize(rows: Iterable[dict[str, Any]]) -> Iterator[serializers.base.DeserializedObject]:
-    return serializers.deserialize("python", rows, handle_forward_references=False)
+    return serializers.deserialize("python", map(current_fields, rows), handle_forward_references=False)
 
 
 def checksum(path: Path) -> str:

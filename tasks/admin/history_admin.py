@@ -23,6 +23,7 @@ from tasks.admin.base import (
 from tasks.admin.lists import CappedCountPaginator
 from tasks.ids import uuid_or_none
 from tasks.models import TaskHistory
+from tasks.selectors import previous_link
 
 
 @admin.register(TaskHistory)
@@ -60,7 +61,7 @@ class TaskHistoryAdmin(ReadOnlyAdmin):
         "error_message",
         "details",
         "created_at",
-        "prev_hash",
+        "previous_link",
         "hash",
     )
     readonly_fields = fields
@@ -88,6 +89,10 @@ class TaskHistoryAdmin(ReadOnlyAdmin):
             str(obj.task_id)[:8],
             Truncator(obj.task.title).chars(40),
         )
+
+    @admin.display(description="prev hash")
+    def previous_link(self, obj: TaskHistory) -> str:
+        return previous_link(obj)
 
     @admin.display(description="state")
     def transition(self, obj: TaskHistory) -> str:

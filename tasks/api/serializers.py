@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks.api.fields import (
@@ -20,6 +22,7 @@ from tasks.api.fields import (
     json_object,
 )
 from tasks.models import OutputType, Task, TaskHistory, TaskOutput
+from tasks.selectors import previous_link
 from tasks.services import EDITABLE_FIELDS, IDEMPOTENCY_KEY_MAX_LENGTH, task_queues
 from tasks.states import TaskState
 
@@ -215,7 +218,9 @@ class TaskHistorySerializer(SharedFieldsMixin, serializers.ModelSerializer):
     state_from = BlankAsNullChoiceField(
         choices=TaskState.choices, read_only=True, help_text="null for the row that created the task."
     )
-    prev_hash = serializers.CharField(read_only=True, help_text="The previous row's hash (64 hex characters).")
+    prev_hash = serializers.SerializerMethodField(
+        help_text="The hash this row is chained to: the previous row's (64 hex characters; derived, not stored)."
+    )
     hash = serializers.CharField(read_only=True, help_text="This row's HMAC-SHA256 link (64 hex characters).")
 
     class Meta:
@@ -235,6 +240,10 @@ class TaskHistorySerializer(SharedFieldsMixin, serializers.ModelSerializer):
             "hash",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_prev_hash(self, row: TaskHistory) -> str:
+        return previous_link(row)
 
 
 class DeleteSerializer(RejectUnknownFieldsMixin, serializers.Serializer):

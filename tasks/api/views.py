@@ -244,7 +244,8 @@ class TaskHistoryView(ListAPIView):
     def get_queryset(self) -> Any:
         if getattr(self, "swagger_fake_view", False):
             return TaskHistory.objects.none()
-        return find_visible_task(signed_in(self.request.user), self.kwargs["task_id"]).history.order_by("seq")
+        task = find_visible_task(signed_in(self.request.user), self.kwargs["task_id"])
+        return selectors.with_previous_links(task.history.order_by("seq"))
 
     @extend_schema(
         summary="Task history",

@@ -27,6 +27,8 @@ def resign_chains(apps, schema_editor):
     connection = schema_editor.connection
     pk_field = Task._meta.pk
     digest = TaskHistory._meta.get_field("hash")  # its values as the model of the running state stores them
+    # The columns of the running state: prev_hash until migration 0015 derived it.
+    links = ["prev_hash", "hash"] if any(f.name == "prev_hash" for f in TaskHistory._meta.fields) else ["hash"]
 
     def link(value):
         return digest.get_db_prep_value(value, connection)
@@ -38,7 +40,7 @@ def resign_chains(apps, schema_editor):
         batch = tasks[start : start + BATCH]
         by_task = {}
         rows = TaskHistory.objects.using(connection.alias).filter(task_id__in=[t["id"] for t in batch])
-        for row in rows.order_by("task_id", "seq").values("id", *fields, "prev_hash", "hash"):
+        for row in rows.order_by("task_id", "seq").values("id", *fields, *links):
             by_task.setdefault(row["task_id"], []).append(row)
         history_updates, head_updates = [], []
         for task in batch:
@@ -46,13 +48,12 @@ def resign_chains(apps, schema_editor):
             if signed is None:
                 broken.append(str(task["id"]))
                 continue
-            history_updates.extend(
-                (link(row["prev_hash"]), link(row["hash"]), row["key_id"], row["id"]) for row in signed
-            )
+            history_updates.extend((*(link(row[name]) for name in links), row["key_id"], row["id"]) for row in signed)
             head_updates.append((signed[-1]["hash"], pk_field.get_db_prep_value(task["id"], connection)))
         with connection.cursor() as cursor:
+            assignments = ", ".join(f"{name} = %s" for name in links)
             cursor.executemany(
-                "UPDATE tasks_taskhistory SET prev_hash = %s, hash = %s, key_id = %s WHERE id = %s", history_updates
+                f"UPDATE tasks_taskhistory SET {assignments}, key_id = %s WHERE id = %s", history_updates
             )
             cursor.executemany("UPDATE tasks_task SET history_head = %s WHERE id = %s", head_updates)
     if broken:

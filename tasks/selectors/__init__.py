@@ -28,7 +28,13 @@ from tasks.selectors.figures import (
     last_recovery_at,
     queue_depths,
 )
-from tasks.selectors.history import ChainProblem, latest_history, verify_audit_chains
+from tasks.selectors.history import (
+    ChainProblem,
+    latest_history,
+    previous_link,
+    verify_audit_chains,
+    with_previous_links,
+)
 from tasks.selectors.lists import TaskPage, newest_window_start, task_page
 from tasks.selectors.outputs import OutputTail, output_tail, task_outputs
 from tasks.selectors.search import search_tasks
@@ -82,6 +88,7 @@ __all__ = [
     "may_see_deleted",
     "newest_window_start",
     "output_tail",
+    "previous_link",
     "queue_depths",
     "running_instances",
     "search_tasks",
@@ -90,4 +97,5 @@ __all__ = [
     "task_page",
     "verify_audit_chains",
     "visible_tasks",
+    "with_previous_links",
 ]

@@ -23,6 +23,7 @@ from typing import TypeAlias
 
 from tasks.exceptions import InvalidTaskData
 from tasks.models import Task, TaskHistory, TaskOutput, TaskQuerySet
+from tasks.selectors.history import with_previous_links
 from tasks.states import is_terminal
 
 # A durable event: a history row or an output.
@@ -88,7 +89,8 @@ def events_after(
         history, outputs = history.filter(task_id__in=ids), outputs.filter(task_id__in=ids)
     if upto is not None:
         history, outputs = history.filter(pk__lte=upto.history), outputs.filter(pk__lte=upto.output)
-    history_rows, output_rows = list(history.order_by("pk")[:limit]), list(outputs.order_by("pk")[:limit])
+    history_rows = list(with_previous_links(history.order_by("pk"))[:limit])
+    output_rows = list(outputs.order_by("pk")[:limit])
     rows = in_order(history_rows, output_rows)
     # A table cut at the limit may have more rows: only what comes before its last row is in order for sure.
     cut_at = [_when(table[-1]) for table in (history_rows, output_rows) if len(table) == limit]
@@ -99,7 +101,7 @@ def events_after(
 
 def rows_with_ids(history_ids: list[int], output_ids: list[int]) -> list[Row]:
     """The rows of these ids, in order (what the stream hub fetches once it knows which ids are followed)."""
-    history = TaskHistory.objects.filter(pk__in=history_ids).order_by("pk") if history_ids else []
+    history = with_previous_links(TaskHistory.objects.filter(pk__in=history_ids).order_by("pk")) if history_ids else []
     outputs = TaskOutput.objects.filter(pk__in=output_ids).order_by("pk") if output_ids else []
     return in_order(history, outputs)
 

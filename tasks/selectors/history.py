@@ -10,13 +10,15 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
+from django.db.models import OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 
 from tasks import checkpoints, db_triggers, hooks, keys
 from tasks.audit import GENESIS_HASH, HASHED_FIELDS, row_hash
 from tasks.checkpoints import Checkpoint, Entry
-from tasks.models import HistoryPurgeGrant, Task, TaskHistory
+from tasks.models import DigestField, HistoryPurgeGrant, Task, TaskHistory
 
-_ROW_FIELDS = (*HASHED_FIELDS, "prev_hash", "hash")
+_ROW_FIELDS = (*HASHED_FIELDS, "hash")
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,19 @@ class ChainProblem:
         return f"{self.subject}{where}: {self.problem}"
 
 
-def _link_problem(row: Mapping[str, Any]) -> str | None:
-    """Why ``row``'s HMAC does not verify, if it does not."""
+def _link_problem(row: Mapping[str, Any], prev_hash: str) -> str | None:
+    """Why ``row``'s HMAC, chained to ``prev_hash`` (the previous row's), does not verify, if it does not."""
     if not row["key_id"]:
         return "row not signed with an audit key (an unkeyed hash anyone can recompute)"
     try:
-        expected = row_hash(row["prev_hash"], row)
+        expected = row_hash(prev_hash, row)
     except keys.UnknownKey:
         return f"row signed with unknown audit key {row['key_id']!r} (forged, or its key was retired)"
     if not hmac.compare_digest(expected, row["hash"]):
-        return "row edited or chain recomputed: its HMAC does not match (no audit key made it)"
+        return (
+            "row edited, or the row before it removed, inserted or edited, or the chain recomputed: "
+            "its HMAC does not match (no audit key made it)"
+        )
     return None
 
 
@@ -51,9 +56,7 @@ def _check_chain(task: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> Iter
     for row in rows:
         if row["seq"] != expected_seq:
             yield ChainProblem(subject, row["seq"], f"rows {expected_seq}..{row['seq'] - 1} are missing")
-        if row["prev_hash"] != expected_prev:
-            yield ChainProblem(subject, row["seq"], "link broken: the previous row was removed, inserted or edited")
-        problem = _link_problem(row)
+        problem = _link_problem(row, expected_prev)
         if problem:
             yield ChainProblem(subject, row["seq"], problem)
         expected_prev, expected_seq = row["hash"], row["seq"] + 1
@@ -222,3 +225,20 @@ def latest_history(task: Task, limit: int) -> tuple[list[TaskHistory], int]:
     rows = list(TaskHistory.objects.filter(task=task).order_by("-seq")[:limit])
     rows.reverse()
     return rows, total
+
+
+def with_previous_links(rows: QuerySet[TaskHistory]) -> QuerySet[TaskHistory]:
+    """History rows, each with ``prev_hash``: the hash of the row before it (the genesis hash before the first),
+    derived, not stored; one lookup by the (task, seq) key per row."""
+    before = TaskHistory.objects.filter(task_id=OuterRef("task_id"), seq=OuterRef("seq") - 1).values("hash")[:1]
+    genesis = Value(GENESIS_HASH, output_field=DigestField())
+    return rows.annotate(prev_hash=Coalesce(Subquery(before), genesis, output_field=DigestField()))
+
+
+def previous_link(row: TaskHistory) -> str:
+    """The hash ``row`` is chained to: its ``prev_hash`` if read with ``with_previous_links``, else looked up."""
+    annotated = getattr(row, "prev_hash", None)
+    if annotated is not None:
+        return str(annotated)
+    before = TaskHistory.objects.filter(task_id=row.task_id, seq=row.seq - 1).values_list("hash", flat=True).first()
+    return GENESIS_HASH if before is None else str(before)

@@ -23,7 +23,7 @@ from tasks.exceptions import TaskError
 from tasks.history import insert_rows, resign_legacy_chain
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskMetrics, TaskOutput
-from tasks.records import deserialize
+from tasks.records import current_fields, deserialize
 from tasks.redaction import REDACTED_APPS, redact_fields
 
 
@@ -92,12 +92,12 @@ def _resign_if_unkeyed(task: Task, rows: list[Any], head: tuple[int, str]) -> No
     """History archived before the chain was keyed: re-sign it, if it verifies up to the (signed) ledger's head."""
     if all(row.key_id for row in rows):
         return
-    fields = (*HASHED_FIELDS, "prev_hash", "hash")
+    fields = (*HASHED_FIELDS, "hash")
     signed = resign_legacy_chain([{name: getattr(row, name) for name in fields} for row in rows], head)
     if signed is None:
         raise TaskError(f"the archived history of task {task.pk} does not verify: not restoring it")
     for row, new in zip(rows, signed, strict=True):
-        row.key_id, row.prev_hash, row.hash = new["key_id"], new["prev_hash"], new["hash"]
+        row.key_id, row.hash = new["key_id"], new["hash"]
     task.history_head = signed[-1]["hash"]
 
 
@@ -155,7 +155,7 @@ def _convert(lines: list[str]) -> list[tuple[str, list[list[Any]] | None, list[d
     the rows themselves) for a model whose rows are saved one by one (``load_rows``)."""
     segments: list[tuple[str, list[list[Any]] | None, list[dict[str, Any]] | None]] = []
     run: list[dict[str, Any]] = []
-    for row in map(json.loads, lines):
+    for row in map(current_fields, map(json.loads, lines)):
         if run and row["model"] != run[0]["model"]:
             segments.append(_segment(run))
             run = []

@@ -13,6 +13,7 @@ from rest_framework.authtoken.models import Token
 
 from persistence.backup import FORMAT, backup, load_backup, row_counts
 from tasks import services
+from tasks.audit import GENESIS_HASH
 from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
 from tasks.records import encode
 from tasks.selectors import verify_audit_chains
@@ -42,6 +43,31 @@ def test_rows_come_back_exactly_across_batches_and_models(live_db, user):
     with gzip.open(path, "rt", encoding="utf-8") as lines, transaction.atomic():
         next(lines)
         assert services.load_rows(lines, batch_size=3) > len(before["TaskHistory"])
+    assert rows_of_every_model() == before
+    assert list(verify_audit_chains()) == []
+
+
+def test_a_backup_from_before_prev_hash_was_derived_restores_and_verifies(live_db, user, tmp_path):
+    """Older backups (and purge archives) hold each history row's prev_hash: dropped on the way in, derived since."""
+    seed(user)
+    before = rows_of_every_model()
+    path = backup("json").path
+    with gzip.open(path, "rt", encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    previous: dict[str, str] = {}
+    for i, line in enumerate(lines[1:], start=1):
+        row = json.loads(line)
+        if row.get("model") == "tasks.taskhistory":
+            fields = row["fields"]
+            fields["prev_hash"] = previous.get(fields["task"], GENESIS_HASH)
+            previous[fields["task"]] = fields["hash"]
+            lines[i] = encode(row)
+    assert previous, "the backup holds history rows"
+    older = tmp_path / "crux-backup-older.jsonl.gz"
+    with gzip.open(older, "wt", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+    drop_everything()
+    assert load_backup(older) > 0
     assert rows_of_every_model() == before
     assert list(verify_audit_chains()) == []
 

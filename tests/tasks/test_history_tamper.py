@@ -63,7 +63,7 @@ def pk_param(task):
 
 
 def rows_of(task):
-    return list(TaskHistory.objects.filter(task=task).order_by("seq").values("id", *HASHED_FIELDS, "prev_hash", "hash"))
+    return list(TaskHistory.objects.filter(task=task).order_by("seq").values("id", *HASHED_FIELDS, "hash"))
 
 
 def rewrite_chain(task, link, key_id, **changes):
@@ -78,8 +78,8 @@ def rewrite_chain(task, link, key_id, **changes):
                 row.update(changes)
             row["hash"] = link(prev, row)
             cursor.execute(
-                "UPDATE tasks_taskhistory SET reason = %s, key_id = %s, prev_hash = %s, hash = %s WHERE id = %s",
-                [row["reason"], row["key_id"], bytes.fromhex(prev), bytes.fromhex(row["hash"]), row["id"]],
+                "UPDATE tasks_taskhistory SET reason = %s, key_id = %s, hash = %s WHERE id = %s",
+                [row["reason"], row["key_id"], bytes.fromhex(row["hash"]), row["id"]],
             )
             prev = row["hash"]
         cursor.execute("UPDATE tasks_task SET history_head = %s WHERE id = %s", [prev, pk_param(task)])
@@ -89,7 +89,7 @@ def rewrite_chain(task, link, key_id, **changes):
 def test_rows_are_signed_with_the_newest_audit_key(task):
     rows = rows_of(task)
     assert {row["key_id"] for row in rows} == {keys.current_key_id()}
-    unkeyed = legacy_row_hash(rows[0]["prev_hash"], rows[0])
+    unkeyed = legacy_row_hash(GENESIS_HASH, rows[0])
     assert rows[0]["hash"] == row_hash(GENESIS_HASH, rows[0]) != unkeyed
 
 
@@ -152,7 +152,7 @@ def test_verify_audit_detects_an_edited_row(task):
     tamper("UPDATE tasks_taskhistory SET reason = 'nothing to see' WHERE task_id = %s AND seq = 2", [pk_param(task)])
     code, out = verify()
     assert code == 1
-    assert f"task {task.pk} seq 2: row edited or chain recomputed" in out
+    assert f"task {task.pk} seq 2: row edited, or the row before it removed, inserted or edited, or the chain" in out
     assert "1 problem(s) in 1 subject(s)" in out
 
 
@@ -170,7 +170,8 @@ def test_verify_audit_detects_a_removed_middle_row(task):
     code, out = verify()
     assert code == 1
     assert f"task {task.pk} seq 3: rows 2..2 are missing" in out
-    assert f"task {task.pk} seq 3: link broken" in out
+    # Row 3 is chained to the removed row's hash, not to row 1's: its HMAC no longer matches.
+    assert f"task {task.pk} seq 3: row edited, or the row before it removed" in out
 
 
 def test_verify_audit_detects_a_removed_last_row(task):
@@ -220,15 +221,9 @@ def test_verify_audit_detects_an_inserted_row_even_with_a_valid_link(task):
     }
     tamper(
         "INSERT INTO tasks_taskhistory (task_id, seq, event, state_from, state_to, actor, channel, reason, "
-        "error_message, details, created_at, key_id, prev_hash, hash) VALUES (%s, 5, 'transition', 'completed', "
-        "'completed', 'nobody', 'system', 'forged', '', '{}', %s, %s, %s, %s)",
-        [
-            pk_param(task),
-            last.created_at,
-            last.key_id,
-            bytes.fromhex(last.hash),
-            bytes.fromhex(row_hash(last.hash, forged)),
-        ],
+        "error_message, details, created_at, key_id, hash) VALUES (%s, 5, 'transition', 'completed', "
+        "'completed', 'nobody', 'system', 'forged', '', '{}', %s, %s, %s)",
+        [pk_param(task), last.created_at, last.key_id, bytes.fromhex(row_hash(last.hash, forged))],
     )
     code, out = verify()
     assert code == 1 and "chain head mismatch" in out
