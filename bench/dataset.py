@@ -122,7 +122,7 @@ def build(count: int, mix: dict[str, float], *, seed: int = 1, batch_size: int =
     the child makes the next. No model instances, no ORM insert compiler: the
     content is what ``bulk_create`` of the equivalent model instances writes
     (defaults of unset fields, ``auto_now`` stamps, the hash chain of
-    ``tasks.audit.row_hash``), the same rows for the same seed as ever.
+    ``tasks.audit.row_hash``), the same rows for the same seed.
     """
     from django.contrib.auth import get_user_model
     from django.db import connection
@@ -200,8 +200,11 @@ def _in_child(items: Iterator) -> Iterator[Iterator]:
         child.join()
 
 
+SPAN_SECONDS = 30 * 86400  # the data set's tasks were created over the last 30 days
+
+
 class _Generator:
-    """The data set's rows, drawn from one ``Random(seed)`` in the same order as ever, encoded by ``tables``.
+    """The data set's rows, drawn from one ``Random(seed)``, encoded by ``tables``.
 
     History rows were the costly part: a canonical JSON and an HMAC-SHA256 each. But
     a history row is the same for every task of the same state, title and
@@ -239,9 +242,9 @@ class _Generator:
             stamp = timezone.now()  # the auto_now ``updated_at`` that bulk_create's pre_save would set
             tasks, history, outs, metrics = [], [], [], []
             self.check = True
-            for _ in range(size):
+            for index in range(start, start + size):
                 state = rng.choices(self.states, cum_weights=self.cum_weights)[0]
-                task = self.task(state, rng.choice(users), history)
+                task = self.task(state, rng.choice(users), history, self.created_at(index, count))
                 created_output_at = task["updated_at"]
                 task["updated_at"] = stamp
                 tasks.append(task_table.row(task))
@@ -252,12 +255,22 @@ class _Generator:
             rows = (tasks, history, outs, metrics)
             yield size, [table.pack(values) for table, values in zip(self.tables, rows, strict=True)]
 
-    def task(self, state: str, owner: tuple[int, str], history: list[list]) -> dict:
-        """One task, as a dict by attname; its hash-chained history rows (encoded) go to ``history``."""
+    def created_at(self, index: int, count: int) -> datetime:
+        """The creation time of the ``index``-th of ``count`` tasks: uniform over the 30 days before the last
+        minute, as ever, but in insertion order, as a real table fills (each task in its own slice of the span).
+        Reads in list order (newest first) then meet the rows in the order they sit in the table and its search
+        index, as in production, where random times sent every list-order read of a large set across the file."""
+        span = SPAN_SECONDS - 60
+        return (
+            self.now - timedelta(seconds=SPAN_SECONDS) + timedelta(seconds=(index + self.rng.random()) * span / count)
+        )
+
+    def task(self, state: str, owner: tuple[int, str], history: list[list], created: datetime) -> dict:
+        """One task created at ``created``, as a dict by attname; its hash-chained history rows (encoded) go to
+        ``history``."""
         rng, now = self.rng, self.now
         history_table = self.tables[1]
         owner_id = owner[0]
-        created = now - timedelta(seconds=rng.uniform(60, 30 * 86400))
         words = rng.sample(WORDS, 3)
         task_id = uuid.UUID(int=rng.getrandbits(128), version=4)
         title = f"{words[0]} {words[1]} task"
@@ -501,6 +514,11 @@ def _hex(value: uuid.UUID) -> str:
     return value.hex
 
 
+def _digest_bytes(value: str | bytes) -> bytes:
+    """A digest's bytes, from the hex text the chain is computed in (``tasks.models.DigestField``)."""
+    return bytes.fromhex(value) if isinstance(value, str) else bytes(value)
+
+
 @cache
 def _remembered(adapt: Callable[[datetime], str]) -> Callable[[datetime], str]:
     """``adapt`` remembering its last few thousand answers, one memory for all tables: a task's times recur
@@ -516,11 +534,6 @@ def _remembered(adapt: Callable[[datetime], str]) -> Callable[[datetime], str]:
         return text
 
     return adapt_remembered
-
-
-def _digest_bytes(value: str | bytes) -> bytes:
-    """A digest's bytes, from the hex text the chain is computed in (``tasks.models.DigestField``)."""
-    return bytes.fromhex(value) if isinstance(value, str) else bytes(value)
 
 
 @cache
