@@ -413,6 +413,7 @@ class TaskHistory(models.Model):
         settings.AUTH_USER_MODEL,
         on_delete=models.DO_NOTHING,
         db_constraint=False,
+        db_index=False,  # indexed where set only (Meta): workers and the system act with no user
         null=True,
         blank=True,
         related_name="+",
@@ -421,7 +422,7 @@ class TaskHistory(models.Model):
     reason = models.TextField(blank=True)
     error_message = models.TextField(blank=True)
     details = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField()  # no index: ids grow with time (selectors.history_since)
     key_id = models.CharField(
         max_length=KEY_ID_MAX_LENGTH, blank=True, help_text="The audit key that signed this row ('' = unkeyed)."
     )
@@ -435,6 +436,9 @@ class TaskHistory(models.Model):
         ordering = ["task", "seq"]
         verbose_name_plural = "task history"
         constraints = [models.UniqueConstraint(fields=["task", "seq"], name="taskhistory_task_seq")]
+        indexes = [
+            models.Index(fields=["actor_user"], name="history_actor_user", condition=models.Q(actor_user__isnull=False))
+        ]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.event} {self.state_from or '-'}->{self.state_to} by {self.actor}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
@@ -9,6 +10,7 @@ from django.contrib.admin.options import ShowFacets
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
@@ -23,7 +25,29 @@ from tasks.admin.base import (
 from tasks.admin.lists import CappedCountPaginator
 from tasks.ids import uuid_or_none
 from tasks.models import TaskHistory
-from tasks.selectors import previous_link
+from tasks.selectors import history_since, previous_link
+
+
+class WrittenSinceFilter(admin.SimpleListFilter):
+    """Rows written in the last hour, day, week or 30 days, read from the first id of that moment on
+    (``selectors.history_since``): the history keeps no index on its time."""
+
+    title = "written"
+    parameter_name = "written"
+    PERIODS = {
+        "hour": ("Last hour", timedelta(hours=1)),
+        "day": ("Last 24 hours", timedelta(days=1)),
+        "week": ("Last 7 days", timedelta(days=7)),
+        "30d": ("Last 30 days", timedelta(days=30)),
+    }
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, label) for value, (label, _) in self.PERIODS.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() not in self.PERIODS:
+            return queryset
+        return queryset & history_since(timezone.now() - self.PERIODS[str(self.value())][1])
 
 
 @admin.register(TaskHistory)
@@ -38,11 +62,10 @@ class TaskHistoryAdmin(ReadOnlyAdmin):
         "channel",
         "reason_short",
     )
-    list_filter = ("event", "channel", "state_to", "created_at")
+    list_filter = ("event", "channel", "state_to", WrittenSinceFilter)
     search_fields = ("actor", "reason")
     search_help_text = "Search by task id (full, or its first 4+ characters), actor or reason."
-    date_hierarchy = "created_at"
-    ordering = ("-created_at",)
+    ordering = ("-pk",)  # the order rows were written in: history ids grow with time
     sortable_by = ("when",)
     list_select_related = ("task",)
     paginator = CappedCountPaginator
@@ -77,7 +100,7 @@ class TaskHistoryAdmin(ReadOnlyAdmin):
             queryset = queryset.filter(task_search_q(term, self.search_fields, id_field="task_id"))
         return queryset, False
 
-    @admin.display(description="when", ordering="created_at")
+    @admin.display(description="when", ordering="pk")
     def when(self, obj: TaskHistory) -> str:
         return short_datetime(obj.created_at)
 

@@ -25,6 +25,7 @@ from tasks.selectors.figures import (
     count_outputs,
     duration_percentiles,
     finished_per_minute,
+    history_since,
     last_recovery_at,
     queue_depths,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "find_visible_task",
     "finished_per_minute",
     "gone_workers",
+    "history_since",
     "last_recovery_at",
     "latest_history",
     "live_workers",

@@ -1,8 +1,10 @@
 """Counts of tasks and of their history: one function per figure, read by the stats, the dashboard and /metrics.
 
 Every query is a GROUP BY or a COUNT on an indexed column (state, created_at,
-the history's created_at, the partial index on deleted tasks), or reads a capped
-sample through one (the durations of the latest completed tasks).
+the partial index on deleted tasks), or on the history rows written since a
+moment, read from the first of them by id (``history_since``: history ids grow
+with time, so no index on its time is kept), or reads a capped sample through an
+index (the durations of the latest completed tasks).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncHour, TruncMinute
 
 from tasks.audit import Channel, HistoryEvent
@@ -49,14 +51,46 @@ def count_outputs() -> int:
     return TaskOutput.objects.count()
 
 
+# A history row's time is taken just before its INSERT, its id at the INSERT: a row can carry an earlier time than a
+# row with a smaller id by at most the length of the transaction that wrote it (and the clock skew between hosts).
+# The first id of a moment is looked for this much earlier; the rows are then filtered by their time exactly.
+HISTORY_ID_SLACK = timedelta(minutes=5)
+
+
+def first_history_id_since(moment: datetime) -> int:
+    """The smallest history id of a row written at or after ``moment`` (one past the last if none), as if ids and
+    times grew together: a binary search over the primary key, a few dozen index probes whatever the table's size."""
+    ids = TaskHistory.objects.order_by("pk")
+    low = ids.values_list("pk", flat=True).first()
+    last = TaskHistory.objects.order_by("-pk").values_list("pk", flat=True).first()
+    if low is None or last is None:
+        return 1
+    high = last + 1  # invariant: every row below ``low`` is older; the first row from ``high`` on is not
+    while low < high:
+        middle = (low + high) // 2
+        probe = ids.filter(pk__gte=middle).values_list("pk", "created_at").first()
+        if probe is None or probe[1] >= moment:
+            high = middle
+        else:
+            low = probe[0] + 1
+    return low
+
+
+def history_since(since: datetime) -> QuerySet[TaskHistory]:
+    """The history rows written since ``since``: read from the first id that can hold one (``HISTORY_ID_SLACK``
+    earlier), filtered by time exactly."""
+    return TaskHistory.objects.filter(pk__gte=first_history_id_since(since - HISTORY_ID_SLACK), created_at__gte=since)
+
+
 def count_events_since(event: str, since: datetime) -> int:
     """History rows of ``event`` (soft deletes, restores...) written since ``since``."""
-    return TaskHistory.objects.filter(event=event, created_at__gte=since).count()
+    return history_since(since).filter(event=event).count()
 
 
 def last_recovery_at() -> datetime | None:
-    """When the recovery channel last changed a task."""
-    return TaskHistory.objects.filter(channel=Channel.RECOVERY).aggregate(at=Max("created_at"))["at"]
+    """When the recovery channel last changed a task (the newest such row, read from the newest id back)."""
+    newest = TaskHistory.objects.filter(channel=Channel.RECOVERY).order_by("-pk").values_list("created_at", flat=True)
+    return newest.first()
 
 
 def count_history_by_kind(task_ids: Collection[UUID] | None = None) -> list[Mapping[str, Any]]:
@@ -95,9 +129,7 @@ def activity_per_hour(now: datetime, hours: int) -> list[dict[str, Any]]:
 
 def _finished_since(start: datetime) -> QuerySet[TaskHistory]:
     """The history rows of tasks finishing (completed, failed, cancelled) since ``start``."""
-    return TaskHistory.objects.filter(
-        created_at__gte=start, event=HistoryEvent.TRANSITION, state_to__in=sorted(TERMINAL_STATES)
-    )
+    return history_since(start).filter(event=HistoryEvent.TRANSITION, state_to__in=sorted(TERMINAL_STATES))
 
 
 def finished_per_minute(now: datetime, minutes: int) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ from django.utils import timezone
 
 from tasks import selectors, services
 from tasks.audit import Channel
-from tasks.models import Task, Worker
+from tasks.models import Task, TaskHistory, Worker
+from tasks.selectors import figures
 from tasks.services import WorkerReport
 from tests.conftest import TEST_QUEUE
 from tests.tasks import test_worker
@@ -169,6 +170,50 @@ def test_finished_per_minute_counts_terminal_transitions_by_minute(make_task, cl
     minutes = selectors.finished_per_minute(NOON + timedelta(seconds=10), 5)
     assert [m["finished"] for m in minutes] == [0, 0, 1, 0, 2]
     assert minutes[-1]["minute"] == NOON.replace(second=0)
+
+
+def test_history_since_reads_from_the_first_row_of_its_moment_by_id(make_task, clock):
+    """The history keeps no index on its time: a moment's rows are found from their first id (a binary search)."""
+    assert selectors.history_since(NOON).count() == 0
+    written = []
+    for minute in range(12):
+        clock.at(NOON + timedelta(minutes=minute))
+        task = make_task(title=f"t{minute}")
+        written.append(TaskHistory.objects.get(task=task))
+    for minute in (0, 1, 5, 11):
+        moment = NOON + timedelta(minutes=minute)
+        assert figures.first_history_id_since(moment) == written[minute].pk
+        assert [row.pk for row in selectors.history_since(moment).order_by("pk")] == [r.pk for r in written[minute:]]
+    assert figures.first_history_id_since(NOON + timedelta(hours=1)) == written[-1].pk + 1
+    assert not selectors.history_since(NOON + timedelta(hours=1)).exists()
+
+
+def test_a_row_written_with_an_earlier_time_than_the_row_before_it_is_still_counted(make_task, clock):
+    """A transaction that took its time before another's INSERT got the later id: within the slack, it counts."""
+    clock.at(NOON + timedelta(minutes=10))
+    later = make_task(title="later time, smaller id")
+    clock.at(NOON + timedelta(minutes=9))
+    earlier = make_task(title="earlier time, larger id")
+    rows = {row.task_id: row.pk for row in TaskHistory.objects.filter(task__in=[later, earlier])}
+    assert rows[earlier.pk] > rows[later.pk]
+    since = set(selectors.history_since(NOON + timedelta(minutes=9)).values_list("task_id", flat=True))
+    assert since == {later.pk, earlier.pk}
+    since = set(selectors.history_since(NOON + timedelta(minutes=9, seconds=30)).values_list("task_id", flat=True))
+    assert since == {later.pk}, "filtered by time exactly"
+    clock.at(NOON + timedelta(minutes=10, seconds=5))
+    assert selectors.count_events_since("created", NOON + timedelta(minutes=9)) == 2
+
+
+def test_the_history_admin_filters_rows_by_when_they_were_written(admin_client, make_task, clock):
+    clock.at(NOON - timedelta(days=3))
+    old = make_task(title="three days ago")
+    clock.at(NOON)
+    new = make_task(title="just now")
+    url = reverse("admin:tasks_taskhistory_changelist")
+    for period, expected in (("hour", {new.pk}), ("day", {new.pk}), ("week", {old.pk, new.pk}), ("", {old.pk, new.pk})):
+        page = admin_client.get(url + (f"?written={period}" if period else ""))
+        assert page.status_code == 200
+        assert {row.task_id for row in page.context["cl"].result_list} == expected, period
 
 
 def test_duration_percentiles_of_the_latest_completed_tasks(make_task, clock):
