@@ -49,6 +49,8 @@ def main() -> None:
         "trash": "/admin/tasks/task/trash/",
         "task page (history, outputs, metrics inline)": f"/admin/tasks/task/{some_id}/change/",
         "timeline": f"/admin/tasks/task/{some_id}/timeline/",
+        "dashboard (figures by the history's time)": "/admin/dashboard/",
+        "task history list": "/admin/tasks/taskhistory/",
     }
     rows = {}
     for name, url in pages.items():
