@@ -63,10 +63,8 @@ def state_counts() -> list[dict[str, Any]]:
 
 
 def deletions_since(since: datetime) -> dict[str, int]:
-    return {
-        "deleted": selectors.count_events_since(HistoryEvent.SOFT_DELETE, since),
-        "restored": selectors.count_events_since(HistoryEvent.RESTORE, since),
-    }
+    counts = selectors.count_events_since(since, HistoryEvent.SOFT_DELETE, HistoryEvent.RESTORE)
+    return {"deleted": counts[HistoryEvent.SOFT_DELETE], "restored": counts[HistoryEvent.RESTORE]}
 
 
 def chart(buckets: list[dict[str, Any]], *, height: int = 110, bar: int = 8, gap: int = 6) -> dict[str, Any]:

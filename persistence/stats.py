@@ -71,12 +71,13 @@ def database_size() -> dict[str, Any]:
 
 def collect_stats() -> dict[str, Any]:
     now = timezone.now()
+    deletions = selectors.count_events_since(now - timedelta(hours=1), HistoryEvent.SOFT_DELETE)
     return {
         "generated_at": now,
         "tasks": task_counts(),
         "history": {"total": selectors.count_history_rows()},
         "outputs": {"total": selectors.count_outputs()},
-        "deletions_last_hour": selectors.count_events_since(HistoryEvent.SOFT_DELETE, now - timedelta(hours=1)),
+        "deletions_last_hour": deletions[HistoryEvent.SOFT_DELETE],
         "database": database_size(),
         "mirror": mirror_consistency(),
         "last_backup_at": last_backup(),

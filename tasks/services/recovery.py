@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from tasks.audit import Channel, audited, format_timestamp
 from tasks.dispatch import task_id_of
+from tasks.ids import uuid_or_none
 from tasks.models import Task
 from tasks.services.base import (
     RECOVERY_ACTOR,
@@ -153,12 +154,8 @@ def unconfirmed_dispatches(epoch: str, *, batch_size: int = 1000) -> Iterator[li
 
 def current_dispatches(celery_task_ids: Collection[str]) -> dict[str, Dispatch]:
     """The queued tasks whose latest publish carries one of these Celery task ids: that publish, by its id."""
-    task_ids = set()
-    for celery_task_id in celery_task_ids:
-        try:
-            task_ids.add(uuid.UUID(task_id_of(celery_task_id)))
-        except ValueError:  # not a Crux publish (another deployment's message on a shared broker)
-            continue
+    # An id that names no UUID is not a Crux publish (another deployment's message on a shared broker).
+    task_ids = {pk for celery_task_id in celery_task_ids if (pk := uuid_or_none(task_id_of(celery_task_id)))}
     rows = Task.objects.filter(pk__in=task_ids, state=TaskState.QUEUED).values_list(
         "celery_task_id", "pk", "dispatched_at", "dispatch_count", "dispatch_epoch", "priority"
     )

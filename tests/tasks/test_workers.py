@@ -201,7 +201,10 @@ def test_a_row_written_with_an_earlier_time_than_the_row_before_it_is_still_coun
     since = set(selectors.history_since(NOON + timedelta(minutes=9, seconds=30)).values_list("task_id", flat=True))
     assert since == {later.pk}, "filtered by time exactly"
     clock.at(NOON + timedelta(minutes=10, seconds=5))
-    assert selectors.count_events_since("created", NOON + timedelta(minutes=9)) == 2
+    assert selectors.count_events_since(NOON + timedelta(minutes=9), "created", "restore") == {
+        "created": 2,
+        "restore": 0,
+    }
 
 
 def test_the_history_admin_filters_rows_by_when_they_were_written(admin_client, make_task, clock):
