@@ -129,7 +129,7 @@ def build(count: int, mix: dict[str, float], *, seed: int = 1, batch_size: int =
     from django.utils import timezone
     from tqdm import tqdm
 
-    from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
+    from tasks.models import Task, TaskHistory, TaskOutput
 
     users = [
         (user.pk, user.username)
@@ -139,7 +139,7 @@ def build(count: int, mix: dict[str, float], *, seed: int = 1, batch_size: int =
     if not sqlite and connection.vendor != "postgresql":
         raise SystemExit(f"the data-set builder supports sqlite and postgresql, not {connection.vendor}")
     table = _SQLiteTable if sqlite else _PostgresTable
-    tables = [table(connection, model) for model in (Task, TaskHistory, TaskOutput, TaskMetrics)]
+    tables = [table(connection, model) for model in (Task, TaskHistory, TaskOutput)]
     batches = _Generator(tables, mix, seed, outputs, users, timezone.now()).batches(count, batch_size)
     load = _sqlite_load if sqlite else _postgres_load
     with _in_child(batches) as produced, load(connection, tables) as write:
@@ -236,23 +236,23 @@ class _Generator:
         from django.utils import timezone
 
         rng, users = self.rng, self.users
-        task_table, _, output_table, metrics_table = self.tables
+        task_table, _, output_table = self.tables
         for start in range(0, count, batch_size):
             size = min(batch_size, count - start)
             stamp = timezone.now()  # the auto_now ``updated_at`` that bulk_create's pre_save would set
-            tasks, history, outs, metrics = [], [], [], []
+            tasks, history, outs = [], [], []
             self.check = True
             for index in range(start, start + size):
                 state = rng.choices(self.states, cum_weights=self.cum_weights)[0]
                 task = self.task(state, rng.choice(users), history, self.created_at(index, count))
                 created_output_at = task["updated_at"]
                 task["updated_at"] = stamp
-                tasks.append(task_table.row(task))
                 if state in ("completed", "failed"):
                     outs.extend(output_table.row(o) for o in self.task_outputs(task["id"], created_output_at))
                 if state == "completed":
-                    metrics.append(metrics_table.row(self.metrics(task["id"], stamp)))
-            rows = (tasks, history, outs, metrics)
+                    task.update(self.metrics())
+                tasks.append(task_table.row(task))
+            rows = (tasks, history, outs)
             yield size, [table.pack(values) for table, values in zip(self.tables, rows, strict=True)]
 
     def created_at(self, index: int, count: int) -> datetime:
@@ -361,11 +361,11 @@ class _Generator:
                 "created_at": at,
             }
 
-    def metrics(self, task_id: uuid.UUID, stamp: datetime) -> dict:
+    def metrics(self) -> dict:
+        """A completed task's execution figures (columns of its row)."""
         rng = self.rng
         prompt, completion = rng.randint(500, 9000), rng.randint(200, 6000)
         return {
-            "task_id": task_id,
             "processing_time_seconds": rng.uniform(1, 300),
             "iterations": rng.randint(1, 5),
             "prompt_tokens": prompt,
@@ -373,7 +373,6 @@ class _Generator:
             "total_tokens": prompt + completion,
             "stop_reason": "evaluator_stop",
             "converged": True,
-            "updated_at": stamp,  # auto_now
         }
 
 

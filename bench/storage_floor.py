@@ -229,17 +229,17 @@ def inflated(value: Any) -> Any:
 
 def read_source() -> list[dict[str, Any]]:
     """Every task of the storage data set, oldest first, with its history rows, outputs and metrics."""
-    from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
+    from tasks.models import METRIC_FIELDS, Task, TaskHistory, TaskOutput
 
-    tasks: dict[Any, dict[str, Any]] = {
-        row["id"]: {**row, "history": [], "outputs": [], "metrics": None} for row in Task.objects.values()
-    }
+    tasks: dict[Any, dict[str, Any]] = {}
+    for row in Task.objects.values():
+        metrics = {name: row[name] for name in METRIC_FIELDS}
+        figures = any(value not in (None, "") for value in metrics.values())
+        tasks[row["id"]] = {**row, "history": [], "outputs": [], "metrics": metrics if figures else None}
     for entry in TaskHistory.objects.order_by("task_id", "seq").values():
         tasks[entry["task_id"]]["history"].append(entry)
     for output in TaskOutput.objects.order_by("task_id", "created_at", "id").values():
         tasks[output["task_id"]]["outputs"].append(output)
-    for metrics in TaskMetrics.objects.values():
-        tasks[metrics["task_id"]]["metrics"] = metrics
     return sorted(tasks.values(), key=lambda task: (task["created_at"], task["id"]))
 
 

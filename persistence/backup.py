@@ -38,6 +38,7 @@ from django.utils import timezone
 from persistence.models import BackupDrill
 from tasks import services
 from tasks.checkpoints import write_checkpoint
+from tasks.exceptions import InvalidTaskData
 from tasks.models import HistoryPurgeGrant, SchedulerLease, Task
 from tasks.records import checksum, encode, serialize_queryset
 
@@ -363,7 +364,13 @@ def _restore_json(path: Path) -> int:
         with transaction.atomic():
             try:
                 restored = services.load_rows(lines)
-            except (serializers.base.DeserializationError, ValidationError, ValueError, LookupError) as exc:
+            except (
+                serializers.base.DeserializationError,
+                ValidationError,
+                InvalidTaskData,
+                ValueError,
+                LookupError,
+            ) as exc:
                 raise BackupError(
                     f"{path.name} holds a row this database cannot take, nothing restored: {exc}"
                 ) from exc

@@ -29,7 +29,17 @@ from tasks.keys import KEY_ID_MAX_LENGTH
 from tasks.redaction import redact_fields
 from tasks.states import TaskState, check_state, check_transition
 
-# Live telemetry and audit bookkeeping: changing them writes no history row.
+# A task's execution figures (what its handler reports, and the run time), in the order pages show them.
+METRIC_FIELDS = (
+    "processing_time_seconds",
+    "iterations",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "stop_reason",
+    "converged",
+)
+# Live telemetry, execution figures and audit bookkeeping: changing them writes no history row.
 UNTRACKED_FIELDS = frozenset(
     {
         "progress",
@@ -42,6 +52,7 @@ UNTRACKED_FIELDS = frozenset(
         "history_head",
         "dispatch_epoch",
     }
+    | set(METRIC_FIELDS)
 )
 # Priorities within a queue: higher runs first.
 MIN_PRIORITY, DEFAULT_PRIORITY, MAX_PRIORITY = 0, 5, 9
@@ -69,6 +80,36 @@ TIME_LIMIT_VALIDATORS: list[Callable[[Any], None]] = [
     MaxValueValidator(MAX_TIME_LIMIT_SECONDS),
     finite_number,
 ]
+
+
+class DigestField(models.BinaryField):
+    """A SHA-256-sized digest of the audit chain, stored as its 32 bytes (not 64 hex characters: on SQLite some
+    270 bytes a completed task over its history rows) and seen in Python as the lowercase hex text every link is
+    computed, compared, shown and serialized as."""
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> str | None:
+        if value is None or isinstance(value, str):  # text written by raw SQL (SQLite takes it): shown as it is
+            return value
+        return bytes(value).hex()
+
+    def to_python(self, value: Any) -> Any:
+        return bytes(value).hex() if isinstance(value, (bytes, bytearray, memoryview)) else value
+
+    def get_prep_value(self, value: Any) -> Any:
+        return bytes.fromhex(value) if isinstance(value, str) else super().get_prep_value(value)
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> bytes | None:
+        """Plain bytes, which every driver takes (BinaryField's ``Database.Binary`` is a memoryview on SQLite, which
+        the restore's worker processes cannot hand back)."""
+        value = value if prepared else self.get_prep_value(value)
+        return None if value is None else bytes(value)
+
+    def get_default(self) -> Any:
+        """The default as hex text too (BinaryField's own is ``b''``)."""
+        return self.to_python(super().get_default())
+
+    def value_to_string(self, obj: models.Model) -> str:
+        return str(self.to_python(self.value_from_object(obj)))
 
 
 class TaskQuerySet(models.QuerySet):
@@ -234,8 +275,17 @@ class Task(models.Model):
     )
     delete_reason = models.TextField(blank=True)
 
+    # Execution figures (METRIC_FIELDS), written with the attempt's outcome or while it runs; no history row.
+    processing_time_seconds = models.FloatField(null=True, blank=True)
+    iterations = models.PositiveIntegerField(null=True, blank=True)
+    prompt_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=64, blank=True)
+    converged = models.BooleanField(null=True, blank=True)
+
     history_count = models.PositiveIntegerField(default=0, editable=False)
-    history_head = models.CharField(max_length=64, blank=True, editable=False)
+    history_head = DigestField(blank=True, editable=False)
 
     objects = TaskQuerySet.as_manager()
 
@@ -361,32 +411,6 @@ class Task(models.Model):
     @classmethod
     def tracked_fields(cls) -> list[models.Field]:
         return [f for f in cls._meta.concrete_fields if f.name not in UNTRACKED_FIELDS and not f.primary_key]
-
-
-class DigestField(models.BinaryField):
-    """A SHA-256-sized digest of the audit chain, stored as its 32 bytes (not 64 hex characters: on SQLite some
-    270 bytes a completed task over its history rows) and seen in Python as the lowercase hex text every link is
-    computed, compared, shown and serialized as."""
-
-    def from_db_value(self, value: Any, expression: Any, connection: Any) -> str | None:
-        if value is None or isinstance(value, str):  # text written by raw SQL (SQLite takes it): shown as it is
-            return value
-        return bytes(value).hex()
-
-    def to_python(self, value: Any) -> Any:
-        return bytes(value).hex() if isinstance(value, (bytes, bytearray, memoryview)) else value
-
-    def get_prep_value(self, value: Any) -> Any:
-        return bytes.fromhex(value) if isinstance(value, str) else super().get_prep_value(value)
-
-    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> bytes | None:
-        """Plain bytes, which every driver takes (BinaryField's ``Database.Binary`` is a memoryview on SQLite, which
-        the restore's worker processes cannot hand back)."""
-        value = value if prepared else self.get_prep_value(value)
-        return None if value is None else bytes(value)
-
-    def value_to_string(self, obj: models.Model) -> str:
-        return str(self.value_from_object(obj))
 
 
 class TaskHistoryQuerySet(models.QuerySet):
@@ -515,26 +539,6 @@ class TaskOutput(models.Model):
 
     def __str__(self) -> str:
         return f"{self.output_type} of {self.task_id}"
-
-
-class TaskMetrics(models.Model):
-    """Execution figures of a task: time, iterations, tokens, why it stopped, whether it converged."""
-
-    task = models.OneToOneField(Task, on_delete=models.PROTECT, related_name="metrics", primary_key=True)
-    processing_time_seconds = models.FloatField(null=True, blank=True)
-    iterations = models.PositiveIntegerField(null=True, blank=True)
-    prompt_tokens = models.PositiveBigIntegerField(null=True, blank=True)
-    completion_tokens = models.PositiveBigIntegerField(null=True, blank=True)
-    total_tokens = models.PositiveBigIntegerField(null=True, blank=True)
-    stop_reason = models.CharField(max_length=64, blank=True)
-    converged = models.BooleanField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        verbose_name_plural = "task metrics"
-
-    def __str__(self) -> str:
-        return f"metrics of {self.task_id}"
 
 
 class CLISession(models.Model):

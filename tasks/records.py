@@ -20,7 +20,7 @@ from uuid import UUID
 from django.core import serializers
 from django.db import models
 
-from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
+from tasks.models import METRIC_FIELDS, Task, TaskHistory, TaskOutput
 
 
 def _default(value: Any) -> Any:
@@ -56,6 +56,28 @@ def serialize_queryset(queryset: models.QuerySet, *, chunk_size: int = 2000, nat
 RETIRED_FIELDS: dict[str, frozenset[str]] = {"tasks.taskhistory": frozenset({"prev_hash"})}
 
 
+# A task's metrics had a table of their own until they became columns of its row: a row of that model, in an older
+# backup or purge archive, is folded into its task's row as it is read back.
+RETIRED_METRICS_MODEL = "tasks.taskmetrics"
+
+
+def retired_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """The figures a retired metrics row held (its stamp dropped: the task's own ``updated_at`` stands)."""
+    fields = dict(row["fields"])
+    fields.pop("updated_at", None)
+    unknown = sorted(fields.keys() - set(METRIC_FIELDS))
+    if unknown:
+        raise serializers.base.DeserializationError(f"{RETIRED_METRICS_MODEL} {row.get('pk')}: no field {unknown}")
+    return fields
+
+
+def with_retired_metrics(task_row: dict[str, Any], metrics_row: dict[str, Any] | None) -> dict[str, Any]:
+    """A serialized task row with the figures of its retired metrics row (an entry of an older archive) in it."""
+    if metrics_row is None:
+        return task_row
+    return {**task_row, "fields": {**task_row["fields"], **retired_metrics(metrics_row)}}
+
+
 def current_fields(row: dict[str, Any]) -> dict[str, Any]:
     """A serialized row without the fields its model retired (``RETIRED_FIELDS``); any other field is kept, so an
     unknown one is still refused."""
@@ -78,7 +100,7 @@ def checksum(path: Path) -> str:
 
 
 def task_entries(task_ids: list[UUID]) -> Iterator[dict[str, Any]]:
-    """Each task with its history, outputs and metrics, as one exact, self-contained entry."""
+    """Each task (its metrics in its row) with its history and outputs, as one exact, self-contained entry."""
     tasks = {t.pk: t for t in Task.objects.filter(pk__in=task_ids)}
     history: dict[UUID, list] = {}
     for row in TaskHistory.objects.filter(task_id__in=task_ids).order_by("task_id", "seq"):
@@ -86,7 +108,6 @@ def task_entries(task_ids: list[UUID]) -> Iterator[dict[str, Any]]:
     outputs: dict[UUID, list] = {}
     for out in TaskOutput.objects.filter(task_id__in=task_ids).order_by("task_id", "created_at", "id"):
         outputs.setdefault(out.task_id, []).append(out)
-    metrics = {m.task_id: m for m in TaskMetrics.objects.filter(task_id__in=task_ids)}
     for pk in task_ids:
         if pk not in tasks:
             continue
@@ -94,7 +115,6 @@ def task_entries(task_ids: list[UUID]) -> Iterator[dict[str, Any]]:
             "task": serialize([tasks[pk]])[0],
             "history": serialize(history.get(pk, [])),
             "outputs": serialize(outputs.get(pk, [])),
-            "metrics": serialize([metrics[pk]])[0] if pk in metrics else None,
         }
 
 

@@ -42,7 +42,6 @@ from tasks.admin.lists import CachedValuesFilter, CappedCountPaginator
 from tasks.admin.task_page import (
     HistoryInline,
     LivePanel,
-    MetricsInline,
     TaskAdminForm,
     TaskSubmitForm,
     collapsed_if_default,
@@ -54,10 +53,7 @@ from tasks.admin.timeline import build_timeline
 from tasks.audit import Channel, signed_in
 from tasks.exceptions import TaskError
 from tasks.ids import uuid_or_none
-from tasks.models import (
-    Task,
-    TaskQuerySet,
-)
+from tasks.models import METRIC_FIELDS, Task, TaskQuerySet
 from tasks.selectors import task_outputs
 
 if TYPE_CHECKING:
@@ -162,7 +158,7 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = ShowFacets.NEVER
-    inlines = [MetricsInline, HistoryInline]
+    inlines = [HistoryInline]
     readonly_fields = (
         "id",
         "state_badge",
@@ -190,6 +186,7 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
         "history_count",
         "history_head",
         "audit_links",
+        *METRIC_FIELDS,
     )
     actions = [*(admin_action(spec) for spec in ACTIONS.values()), export_csv, export_json]
 
@@ -363,6 +360,7 @@ class TaskAdmin(ConfirmedActionsMixin, admin.ModelAdmin):
             ("Execution", {"fields": execution}),
             ("Timing", {"fields": ("created_at", "updated_at", "started_at", "completed_at", "duration")}),
             ("Outcome", {"fields": outcome, "classes": collapsed_if_default(obj, outcome)}),
+            ("Metrics", {"fields": METRIC_FIELDS, "classes": collapsed_if_default(obj, METRIC_FIELDS)}),
             ("Inputs", {"fields": inputs, "classes": collapsed_if_default(obj, inputs)}),
             ("Deletion", {"fields": deletion, "classes": collapsed_if_default(obj, deletion)}),
             *reason,

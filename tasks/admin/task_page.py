@@ -26,7 +26,6 @@ from tasks.exceptions import InvalidTaskData
 from tasks.models import (
     Task,
     TaskHistory,
-    TaskMetrics,
     TaskOutput,
 )
 from tasks.selectors import OutputTail, output_tail, task_outputs
@@ -151,12 +150,6 @@ class HistoryInline(ReadOnlyInline):
     @admin.display(description="state")
     def transition(self, obj: TaskHistory) -> str:
         return transition_html(obj)
-
-
-class MetricsInline(ReadOnlyInline):
-    model = TaskMetrics
-    fields = (*services.METRIC_FIELDS, "updated_at")
-    readonly_fields = fields
 
 
 class TaskAdminForm(forms.ModelForm):

@@ -15,8 +15,8 @@ the Redis mirror follows after commit. By owner:
 - ``workers``: the worker registry (a worker instance's heartbeat, its stop; forgetting long-gone ones).
 """
 
+from tasks.models import METRIC_FIELDS
 from tasks.services.attempts import (
-    METRIC_FIELDS,
     OUTPUT_FIELDS,
     TimeLimits,
     add_output,

@@ -28,8 +28,8 @@ from tasks import hooks
 from tasks.audit import Channel, audited, format_timestamp
 from tasks.exceptions import ClaimLost, InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId
-from tasks.models import OutputType, Task, TaskMetrics, TaskOutput
-from tasks.redaction import redact_fields, redact_text
+from tasks.models import METRIC_FIELDS, OutputType, Task, TaskOutput
+from tasks.redaction import redact_text
 from tasks.registry import HandlerOptions, handler_options
 from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown, start_ahead
 from tasks.states import TaskState
@@ -37,16 +37,6 @@ from tasks.states import TaskState
 logger = logging.getLogger(__name__)
 
 OUTPUT_FIELDS = frozenset({"output_type", "content", "file_path", "file_size", "mime_type", "commit_hash", "branch"})
-# A task's execution figures, in the order pages show them.
-METRIC_FIELDS = (
-    "processing_time_seconds",
-    "iterations",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "stop_reason",
-    "converged",
-)
 
 
 def lease_deadline() -> datetime:
@@ -227,9 +217,9 @@ def finish_attempt(
     ``Retry``); ``permanent`` (the handler raised ``PermanentFailure``) fails it at once.
     Compare-and-set on (running, attempt, worker): if the task was cancelled or
     recovered meanwhile, the outcome is discarded (and logged), never applied twice.
-    ``metrics`` (TaskMetrics fields) are written in the same transaction, so an
-    outcome and its figures commit together, or neither does; so does what
-    ``in_transaction`` writes, called with the task once the outcome is applied.
+    ``metrics`` (METRIC_FIELDS) are written in the outcome's own UPDATE of the task row, so an outcome and its
+    figures commit together, or neither does; so does what ``in_transaction`` writes, called with the task once
+    the outcome is applied.
     """
     with transaction.atomic():
         task = locked_task(task_id)
@@ -242,8 +232,8 @@ def finish_attempt(
                 task.attempt_count,
             )
             return None
-        if metrics:
-            _write_metrics(task.pk, metrics)
+        for name, value in checked_metrics(metrics or {}).items():
+            setattr(task, name, value)
         if error:
             ended = _fail_or_retry(task, attempt, error, retry_at=retry_at, permanent=permanent)
         else:
@@ -298,25 +288,34 @@ def report_progress(
     hooks.progress_reported.send(sender=Task, task_id=task_id)
 
 
-def _write_metrics(task_id: TaskId, fields: dict[str, Any]) -> None:
-    """Set the named figures (the others keep their values) in the caller's transaction: one INSERT that updates
-    the row if there is one (``ON CONFLICT DO UPDATE``), no read and no savepoint."""
+def checked_metrics(fields: dict[str, Any]) -> dict[str, Any]:
+    """The figures ``fields`` names, each cleaned as its column's field cleans it (an unknown name, a negative count
+    or a text too long is refused with field messages, not left to a database constraint), credentials masked."""
     refuse_unknown(fields, METRIC_FIELDS)
-    metrics = TaskMetrics(task_id=task_id, **fields)
-    redact_fields(metrics)  # a bulk insert sends no pre_save: redacted here
-    TaskMetrics.objects.bulk_create(
-        [metrics], update_conflicts=True, unique_fields=["task"], update_fields=[*fields, "updated_at"]
-    )
+    cleaned, errors = {}, {}
+    for name, value in fields.items():
+        field = Task._meta.get_field(name)
+        try:
+            cleaned[name] = field.clean(value, None)
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    if errors:
+        raise InvalidTaskData(errors)
+    if cleaned.get("stop_reason"):
+        cleaned["stop_reason"] = redact_text(cleaned["stop_reason"])[: Task._meta.get_field("stop_reason").max_length]
+    return cleaned
 
 
 def record_metrics(task_id: TaskId, *, attempt: int, worker_id: str, **fields: Any) -> None:
     """Set a running attempt's execution figures (the named ones; the others keep their values).
 
-    Written under the row lock only while the attempt holds its claim, else ClaimLost.
+    One conditional UPDATE of the task row (the figures are not tracked: no history row): nothing is written, and
+    ClaimLost raised, if the attempt lost its claim.
     """
-    with transaction.atomic():
-        _hold_claim(task_id, attempt, worker_id)
-        _write_metrics(task_id, fields)
+    figures = checked_metrics(fields)
+    attempt_rows = _live_attempt(task_id, attempt, worker_id)
+    if not (attempt_rows.update(**figures) if figures else attempt_rows.exists()):
+        raise _claim_lost(task_id, attempt, worker_id)
 
 
 def _new_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:

@@ -22,13 +22,14 @@ from tasks.audit import HASHED_FIELDS, Actor, HistoryEvent, audited, loading_row
 from tasks.exceptions import TaskError
 from tasks.history import insert_rows, resign_legacy_chain
 from tasks.ids import TaskId, parse_task_id
-from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskMetrics, TaskOutput
-from tasks.records import current_fields, deserialize
+from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskOutput
+from tasks.records import RETIRED_METRICS_MODEL, current_fields, deserialize, retired_metrics, with_retired_metrics
 from tasks.redaction import REDACTED_APPS, redact_fields
+from tasks.services.attempts import checked_metrics
 
 
 def erase_tasks(task_ids: Sequence[TaskId], *, batch_size: int = 500) -> int:
-    """Remove whole tasks with their history, outputs and metrics; returns how many.
+    """Remove whole tasks with their history and outputs; returns how many.
 
     The narrow hook past the append-only history triggers: each task gets a
     HistoryPurgeGrant, signed with the grant key, for the length of the
@@ -44,7 +45,6 @@ def erase_tasks(task_ids: Sequence[TaskId], *, batch_size: int = 500) -> int:
             HistoryPurgeGrant.objects.bulk_create([_signed_grant(i) for i in ids])
             models.QuerySet.delete(TaskHistory.objects.filter(task_id__in=ids))
             TaskOutput.objects.filter(task_id__in=ids).delete()
-            TaskMetrics.objects.filter(task_id__in=ids).delete()
             erased += models.QuerySet.delete(Task.objects.filter(pk__in=ids))[1].get(Task._meta.label, 0)
             HistoryPurgeGrant.objects.filter(task_id__in=ids).delete()
     return erased
@@ -58,7 +58,7 @@ def _signed_grant(task_id: UUID) -> HistoryPurgeGrant:
 def reinstate(
     entry: Mapping[str, Any], *, history_head: tuple[int, str], actor: Actor, channel: str, reason: str
 ) -> Task:
-    """Put an erased task back exactly as it was archived (task, history, outputs, metrics), then record it.
+    """Put an erased task back exactly as it was archived (task, history, outputs), then record it.
 
     ``entry`` is one task's archived rows (``tasks.records.task_entries``). The
     rows are inserted as they were, so no history is invented and the chain still
@@ -67,9 +67,7 @@ def reinstate(
     One new history row, event ``unarchive``, says who brought it back and why.
     Runs inside the caller's transaction.
     """
-    rows = [entry["task"], *entry["history"], *entry["outputs"]]
-    if entry["metrics"]:
-        rows.append(entry["metrics"])
+    rows = [with_retired_metrics(entry["task"], entry.get("metrics")), *entry["history"], *entry["outputs"]]
     by_model: dict[type[models.Model], list[models.Model]] = {}
     for item in deserialize(rows):
         redact_fields(item.object)  # bulk_create sends no pre_save: an archive's rows are redacted here
@@ -79,7 +77,7 @@ def reinstate(
     if (archived.history_count, archived.history_head) != tuple(history_head):
         raise TaskError(f"archive of task {archived.pk} does not match its ledger entry (history head differs)")
     _resign_if_unkeyed(archived, by_model.get(TaskHistory, []), history_head)
-    for model in (Task, TaskHistory, TaskOutput, TaskMetrics):
+    for model in (Task, TaskHistory, TaskOutput):
         if model in by_model:
             models.QuerySet.bulk_create(model._base_manager.all(), by_model[model])
     task = Task.objects.select_for_update().get(pk=archived.pk)
@@ -113,14 +111,19 @@ def load_rows(lines: Iterable[str], *, batch_size: int = 1000) -> int:
     inserts send no signal: each row is redacted as ``pre_save`` would, and the Redis
     mirror is left to ``reconcile``. Rows of a model with many-to-many fields (users,
     groups) or of a proxy (whose rows are its concrete model's) are deserialized and
-    saved here, one by one, in their place.
+    saved here, one by one, in their place. A retired metrics row (an older backup's) sets its task's figures.
     """
     loaded = 0
     db = transaction.get_connection()
     with loading_rows(), _in_workers(_convert, _batches(lines, batch_size)) as converted:
         for segments in converted:
             for label, params, rows in segments:
-                if rows is not None:
+                if label == RETIRED_METRICS_MODEL:
+                    assert rows is not None  # _segment leaves a retired model's rows as they are
+                    for row in rows:
+                        Task.objects.filter(pk=parse_task_id(row["pk"])).update(**checked_metrics(retired_metrics(row)))
+                    loaded += len(rows)
+                elif rows is not None:
                     for item in deserialize(rows):
                         item.save()
                     loaded += len(rows)
@@ -167,6 +170,8 @@ def _convert(lines: list[str]) -> list[tuple[str, list[list[Any]] | None, list[d
 
 def _segment(rows: list[dict[str, Any]]) -> tuple[str, list[list[Any]] | None, list[dict[str, Any]] | None]:
     label = rows[0]["model"]
+    if label == RETIRED_METRICS_MODEL:
+        return label, None, rows
     model = apps.get_model(label)
     if model._meta.proxy or model._meta.many_to_many:
         return label, None, rows

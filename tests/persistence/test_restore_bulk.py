@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -14,12 +15,12 @@ from rest_framework.authtoken.models import Token
 from persistence.backup import FORMAT, backup, load_backup, row_counts
 from tasks import services
 from tasks.audit import GENESIS_HASH
-from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
+from tasks.models import METRIC_FIELDS, Task, TaskHistory, TaskOutput
 from tasks.records import encode
 from tasks.selectors import verify_audit_chains
 from tests.persistence.test_backup import drop_everything, seed
 
-MODELS = (Task, TaskHistory, TaskOutput, TaskMetrics, Token)
+MODELS = (Task, TaskHistory, TaskOutput, Token)
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +71,51 @@ def test_a_backup_from_before_prev_hash_was_derived_restores_and_verifies(live_d
     assert load_backup(older) > 0
     assert rows_of_every_model() == before
     assert list(verify_audit_chains()) == []
+
+
+def older_backup_with_a_metrics_table(path, tmp_path, **extra_fields) -> tuple[Path, int]:
+    """``path`` rewritten as a backup of the schema before migration 0017: each task's figures in a row of the
+    retired metrics model (after every task row, as that backup's model order put them); how many such rows."""
+    with gzip.open(path, "rt", encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    metrics_rows = []
+    for i, line in enumerate(lines[1:], start=1):
+        row = json.loads(line)
+        if row.get("model") == "tasks.task":
+            figures = {name: row["fields"].pop(name) for name in METRIC_FIELDS}
+            if any(value not in (None, "") for value in figures.values()):
+                fields = {**figures, "updated_at": "2026-01-01T00:00:00+00:00", **extra_fields}
+                metrics_rows.append(encode({"model": "tasks.taskmetrics", "pk": row["pk"], "fields": fields}))
+            lines[i] = encode(row)
+    last_task = max(i for i, line in enumerate(lines) if json.loads(line).get("model") == "tasks.task")
+    lines[last_task + 1 : last_task + 1] = metrics_rows
+    older = tmp_path / "crux-backup-metrics-table.jsonl.gz"
+    with gzip.open(older, "wt", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+    return older, len(metrics_rows)
+
+
+def test_a_backup_from_when_metrics_had_their_own_table_restores_them_into_the_task_rows(live_db, user, tmp_path):
+    seed(user)
+    before = rows_of_every_model()
+    assert sum(task["processing_time_seconds"] is not None for task in before["Task"]) == 3
+    older, moved = older_backup_with_a_metrics_table(backup("json").path, tmp_path)
+    assert moved == 3
+    drop_everything()
+    assert load_backup(older) > 0
+    assert rows_of_every_model() == before
+    assert list(verify_audit_chains()) == []
+
+
+def test_a_retired_metrics_row_with_a_field_it_never_had_is_refused_and_nothing_is_written(live_db, user, tmp_path):
+    seed(user)
+    older, _ = older_backup_with_a_metrics_table(backup("json").path, tmp_path, no_such_figure=1)
+    drop_everything()
+    err = StringIO()
+    with pytest.raises(SystemExit):
+        call_command("restore", str(older), stdout=StringIO(), stderr=err)
+    assert "no_such_figure" in err.getvalue() and "nothing restored" in err.getvalue()
+    assert Task.objects.count() == TaskHistory.objects.count() == 0
 
 
 def test_a_row_this_schema_does_not_know_is_refused_and_nothing_is_written(live_db, user, tmp_path):

@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
+from django.db import transaction
 from django.utils import timezone
 
 from crux.locate import locate
-from retention.archive import ArchiveError
+from retention.archive import ArchiveError, read_entry
 from retention.breaker import DeletionsSuspended, acknowledge
 from retention.models import DeletionBreaker, DeletionEvent, PurgeLedger, RetentionPolicy
 from retention.services import purge, unarchive_task
 from tasks import services
 from tasks.audit import Channel, audited
 from tasks.exceptions import InvalidTaskData, TaskError
-from tasks.models import Task, TaskHistory, TaskMetrics, TaskOutput
+from tasks.models import METRIC_FIELDS, Task, TaskHistory, TaskOutput
 from tasks.selectors import verify_audit_chains
 
 pytestmark = pytest.mark.django_db
@@ -40,7 +41,8 @@ def finished(make_task, state="completed", days_ago=10, **fields):
     for step in path.get(state, [state]):
         services.transition(task.pk, step, actor="system:test", channel=Channel.WORKER, reason=step)
     TaskOutput.objects.create(task=task, output_type="stdout", content=f"output of {task.title}")
-    TaskMetrics.objects.create(task=task, iterations=2, total_tokens=1234, stop_reason="evaluator_stop", converged=True)
+    figures = {"iterations": 2, "total_tokens": 1234, "stop_reason": "evaluator_stop", "converged": True}
+    Task.objects.filter(pk=task.pk).update(**figures)
     task = Task.objects.get(pk=task.pk)
     task.completed_at = timezone.now() - timedelta(days=days_ago)
     with audited("system:test", channel=Channel.SYSTEM, reason="age the task for the test"):
@@ -139,7 +141,7 @@ def test_restoring_a_purged_task_brings_everything_back(make_task, user):
     before = {
         "history": list(TaskHistory.objects.filter(task=old).order_by("seq").values_list("hash", flat=True)),
         "output": old.outputs.get().content,
-        "tokens": old.metrics.total_tokens,
+        "tokens": old.total_tokens,
     }
     purge(actor="ops:test", channel=Channel.COMMAND, confirm=True)
     assert not Task.objects.filter(pk=old.pk).exists()
@@ -151,7 +153,7 @@ def test_restoring_a_purged_task_brings_everything_back(make_task, user):
     last = task.history.latest("seq")
     assert (last.event, last.actor, last.channel) == ("unarchive", "alice", "api")
     assert "restored from purge archive" in last.reason
-    assert task.outputs.get().content == before["output"] and task.metrics.total_tokens == before["tokens"]
+    assert task.outputs.get().content == before["output"] and task.total_tokens == before["tokens"]
     assert task.metadata == {"n": 1e20, "x": 0.1}
     assert list(verify_audit_chains()) == []
     assert PurgeLedger.objects.get(task_id=old.pk).restored_by == "alice"
@@ -159,6 +161,28 @@ def test_restoring_a_purged_task_brings_everything_back(make_task, user):
     assert task.history.count() == 6
     code, out = run("restore", "--task", str(old.pk))
     assert code == 0 and "already restored" in out
+
+
+def test_an_archive_entry_from_when_metrics_had_their_own_table_is_reinstated_with_them(make_task, user):
+    """Archives written before migration 0017 hold a task's figures in a row of their own, beside the task's."""
+    old = finished(make_task, title="archived with a metrics row")
+    purge(actor="ops:test", channel=Channel.COMMAND, confirm=True)
+    ledger = PurgeLedger.objects.get(task_id=old.pk)
+    entry = read_entry(Path(ledger.archive_file), old.pk, ledger.archive_checksum)
+    figures = {name: entry["task"]["fields"].pop(name) for name in METRIC_FIELDS}
+    assert figures["total_tokens"] == 1234 and figures["stop_reason"] == "evaluator_stop"
+    metrics_row = {"model": "tasks.taskmetrics", "pk": str(old.pk), "fields": {**figures, "updated_at": "x"}}
+    with transaction.atomic():
+        task = services.reinstate(
+            {**entry, "metrics": metrics_row},
+            history_head=(ledger.history_count, ledger.history_head),
+            actor=user,
+            channel=Channel.COMMAND,
+            reason="an older archive",
+        )
+    task.refresh_from_db()
+    assert {name: getattr(task, name) for name in METRIC_FIELDS} == figures
+    assert list(verify_audit_chains()) == []
 
 
 def test_restore_refuses_a_live_task_without_force_and_archives_it_with_force(make_task, user):

@@ -15,7 +15,7 @@ from tasks.admin.actions import ACTIONS
 from tasks.admin.lists import CappedCountPaginator, filter_choices_cache
 from tasks.audit import Channel
 from tasks.exceptions import TaskError
-from tasks.models import CLISession, CLISessionCommand, Task, TaskHistory, TaskMetrics, TaskOutput, UserPreference
+from tasks.models import CLISession, CLISessionCommand, Task, TaskHistory, TaskOutput, UserPreference
 
 pytestmark = pytest.mark.django_db
 
@@ -438,13 +438,14 @@ def test_trash_drills_down_by_deletion_date(client, superuser, make_task):
 def test_task_page_groups_fields_and_shows_history_outputs_metrics(client, superuser, make_task):
     task = move(make_task(title="inspect me"), "queued", "running")
     services.add_output(task.pk, output_type="stdout", content="hello from the worker")
-    TaskMetrics.objects.create(task=task, iterations=7, total_tokens=1234, stop_reason="end_turn")
+    Task.objects.filter(pk=task.pk).update(iterations=7, total_tokens=1234, stop_reason="end_turn")
     task = move(task, "completed")
     client.force_login(superuser)
     response = client.get(reverse("admin:tasks_task_change", args=[task.pk]))
     assert response.status_code == 200
     html = response.content.decode()
-    for heading in ("Provider", "Repository", "Execution", "Timing", "Outcome", "Inputs", "Deletion", "Audit trail"):
+    groups = ("Provider", "Repository", "Execution", "Timing", "Outcome", "Metrics", "Inputs", "Deletion")
+    for heading in (*groups, "Audit trail"):
         assert f">{heading}<" in html
     assert "hello from the worker" in html and "1234" in html and "end_turn" in html
     history = next(f for f in response.context["inline_admin_formsets"] if f.opts.model is TaskHistory)

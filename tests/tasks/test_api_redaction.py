@@ -27,7 +27,7 @@ from django_celery_results.models import TaskResult
 
 from tasks import services
 from tasks.audit import Channel
-from tasks.models import IdempotencyKey, Task, TaskHistory, TaskMetrics, TaskOutput
+from tasks.models import IdempotencyKey, Task, TaskHistory, TaskOutput
 from tasks.records import encode, serialize
 from tasks.redaction import REDACTED, RedactingFilter, is_secret_key, redact, redact_fields, redact_text
 from tests.api_support import client_for, grant
@@ -299,14 +299,13 @@ def test_worker_writes_are_redacted(user: Any) -> None:
     services.finish_attempt(task.pk, error=f"RuntimeError: {ALL_SHAPES}", **attempt)
     stored = [
         repr(list(TaskOutput.objects.filter(task=task).values())),
-        repr(list(TaskMetrics.objects.filter(task=task).values())),
         repr(Task.objects.filter(pk=task.pk).values().get()),
         repr(list(TaskHistory.objects.filter(task=task).values())),
     ]
     assert leaks("\n".join(stored)) == []
     assert TaskOutput.objects.filter(task=task).count() == len(SHAPES)
     assert REDACTED in TaskHistory.objects.filter(task=task).latest("seq").error_message
-    assert TaskMetrics.objects.get(task=task).stop_reason == f"stop {REDACTED}"
+    assert Task.objects.get(pk=task.pk).stop_reason == f"stop {REDACTED}"
 
 
 @pytest.mark.django_db
@@ -357,7 +356,7 @@ def test_a_restored_backup_is_redacted_row_by_row(tmp_path: Path, settings: Any)
 def test_an_archive_brought_back_is_redacted(user: Any) -> None:
     row = _task_row(description=ALL_SHAPES, state="completed")
     output = serialize([TaskOutput(id=7, task_id=row["pk"], output_type="log", content=ALL_SHAPES)])[0]
-    entry = {"task": row, "history": [], "outputs": [output], "metrics": None}
+    entry = {"task": row, "history": [], "outputs": [output]}
     task = services.reinstate(entry, history_head=(0, ""), actor=user, channel=Channel.COMMAND, reason="test")
     stored = repr(Task.objects.filter(pk=task.pk).values().get()) + repr(list(TaskOutput.objects.values()))
     assert leaks(stored) == [] and REDACTED in stored

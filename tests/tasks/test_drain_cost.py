@@ -34,9 +34,9 @@ from crux.celery import app
 from tasks import services
 from tasks.audit import Channel, audited
 from tasks.dispatch import EXECUTE_TASK
-from tasks.exceptions import IllegalTransition
+from tasks.exceptions import IllegalTransition, InvalidTaskData
 from tasks.execution import HeartbeatThread, execute
-from tasks.models import CeleryResult, Task, TaskHistory, TaskMetrics
+from tasks.models import CeleryResult, Task, TaskHistory
 from tasks.redaction import REDACTED
 from tasks.selectors import verify_audit_chains
 from tasks.services.base import locked_task
@@ -115,11 +115,11 @@ def test_an_echo_task_commits_three_times_and_its_result_row_is_celerys(user):
         trace(task)
     task.refresh_from_db()
     assert task.state == "completed"
-    # The claim (with the STARTED row), echo's output, the outcome (with the metrics and the SUCCESS row).
+    # The claim (with the STARTED row), echo's output, the outcome (its metrics in its UPDATE, the SUCCESS row).
     assert counts.commits == 3 and counts.autocommit_writes == 0, counts
     assert counts.kinds["SAVEPOINT"] == 0, counts  # the result rows are upserts (tasks.models.CeleryResultManager)
-    # history x2, the output, the metrics, the result row twice (STARTED, then SUCCESS: an INSERT that updates)
-    assert counts.kinds["INSERT"] == 6 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 6, counts
+    # history x2, the output, the result row twice (STARTED, then SUCCESS: an INSERT that updates)
+    assert counts.kinds["INSERT"] == 5 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 6, counts
     assert counts.task_reads == 3, counts  # the claim's and the outcome's locked reads, the output's claim check
     assert [h.state_to for h in TaskHistory.objects.filter(task=task).order_by("seq")] == [
         "queued",
@@ -293,18 +293,47 @@ def test_a_result_row_is_one_row_per_delivery_written_by_one_statement_each_and_
     assert row.date_started is not None and row.date_done >= started.date_done
 
 
-# The metrics row.
+# The metrics: columns of the task row.
 
 
-def test_metrics_merge_into_one_row_redacted_on_insert_and_on_update(user):
+def test_metrics_merge_into_the_task_row_redacted_with_no_history_row(user):
     task = submit(user)
     services.claim(task.pk, worker_id=WORKER)
     attempt = {"attempt": 1, "worker_id": WORKER}
+    rows = TaskHistory.objects.filter(task=task).count()
     services.record_metrics(task.pk, iterations=3, **attempt)
     services.record_metrics(task.pk, stop_reason="stop sk_live_51Hx9Kq2eZvKYlo2CabcdEFGH", **attempt)
+    assert TaskHistory.objects.filter(task=task).count() == rows, "figures are telemetry: no history row"
     services.finish_attempt(task.pk, result={}, metrics={"processing_time_seconds": 0.5}, **attempt)
-    row = TaskMetrics.objects.get(task=task)
+    row = Task.objects.get(pk=task.pk)
     assert (row.iterations, row.stop_reason, row.processing_time_seconds) == (3, f"stop {REDACTED}", 0.5)
+    assert (row.state, TaskHistory.objects.filter(task=task).count()) == ("completed", rows + 1)
+    assert list(verify_audit_chains()) == []
+
+
+@pytest.mark.parametrize(
+    "figures, field",
+    [
+        ({"prompt_tokens": -1}, "prompt_tokens"),
+        ({"iterations": "many"}, "iterations"),
+        ({"stop_reason": "x" * 65}, "stop_reason"),
+        ({"stop_reason": None}, "stop_reason"),
+        ({"converged": "perhaps"}, "converged"),
+        ({"processing_time_seconds": "slow"}, "processing_time_seconds"),
+        ({"iterations": 2, "cost_usd": 1}, "cost_usd"),
+    ],
+)
+def test_a_bad_figure_is_refused_by_field_and_nothing_is_written(user, figures, field):
+    task = submit(user)
+    services.claim(task.pk, worker_id=WORKER)
+    attempt = {"attempt": 1, "worker_id": WORKER}
+    before = Task.objects.filter(pk=task.pk).values().get()
+    with pytest.raises(InvalidTaskData) as refused:
+        services.record_metrics(task.pk, **figures, **attempt)
+    assert list(refused.value.errors) == [field]
+    with pytest.raises(InvalidTaskData):
+        services.finish_attempt(task.pk, result={}, metrics=figures, **attempt)
+    assert Task.objects.filter(pk=task.pk).values().get() == before, "neither the figures nor the outcome"
 
 
 # One heartbeat thread per executing thread.

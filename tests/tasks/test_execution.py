@@ -9,7 +9,7 @@ from tasks import services
 from tasks.audit import Channel
 from tasks.exceptions import ClaimLost, IllegalTransition, InvalidTaskData
 from tasks.execution import execute
-from tasks.models import Task, TaskMetrics, TaskOutput
+from tasks.models import METRIC_FIELDS, Task, TaskOutput
 
 pytestmark = pytest.mark.usefixtures("live_db")
 
@@ -52,7 +52,7 @@ def test_echo_runs_to_completion_with_outputs_and_metrics(user):
     task.refresh_from_db()
     assert (task.state, task.result, task.attempt_count, task.progress) == ("completed", {"echo": "hello"}, 1, 1.0)
     assert task.outputs.get().content == "hello"
-    assert task.metrics.processing_time_seconds >= 0
+    assert task.processing_time_seconds >= 0
     assert events(task)[1:] == [
         ("transition", "queued", "running", "worker"),
         ("transition", "running", "completed", "worker"),
@@ -79,7 +79,7 @@ def test_a_handler_exception_records_the_failure(user):
 def test_agent_demo_records_its_metrics(user):
     task = submit(user, handler="agent_demo", request_payload={"max_iterations": 4, "converge_after": 2, "delay": 0})
     assert execute(str(task.pk), worker_id=WORKER) == "completed"
-    metrics = Task.objects.get(pk=task.pk).metrics
+    metrics = Task.objects.get(pk=task.pk)
     assert (metrics.iterations, metrics.stop_reason, metrics.converged) == (2, "evaluator_stop", True)
     assert metrics.total_tokens == metrics.prompt_tokens + metrics.completion_tokens > 0
     assert sorted(task.outputs.values_list("output_type", flat=True)) == ["artifact", "log", "log"]
@@ -91,7 +91,7 @@ def test_an_outcome_after_cancel_is_discarded(user):
     task.refresh_from_db()
     assert task.state == "cancelled" and task.result is None
     assert [e[2] for e in events(task)] == ["queued", "running", "cancelled"]
-    assert not TaskMetrics.objects.filter(task=task).exists(), "a discarded outcome records no figures"
+    assert figures(task) == NO_FIGURES, "a discarded outcome records no figures"
 
 
 def test_the_heartbeat_stops_an_execution_whose_claim_is_gone(user, settings):
@@ -127,8 +127,16 @@ def written_by_attempts(task):
     return (
         Task.objects.filter(pk=task.pk).values(*fields).get(),
         list(TaskOutput.objects.filter(task=task).values_list("content", flat=True)),
-        list(TaskMetrics.objects.filter(task=task).values()),
+        figures(task),
     )
+
+
+NO_FIGURES = {name: "" if name == "stop_reason" else None for name in METRIC_FIELDS}
+
+
+def figures(task):
+    """The task's execution figures as the database holds them."""
+    return Task.objects.filter(pk=task.pk).values(*METRIC_FIELDS).get()
 
 
 STALE_WRITES = {
@@ -184,7 +192,7 @@ def test_a_handler_taken_over_midway_stops_and_leaves_nothing_after_the_takeover
     assert (task.state, task.attempt_count, task.worker_id) == ("running", 2, SUCCESSOR)
     assert (task.progress, task.current_phase) == (0.0, ""), "the successor's claim reset them; nothing since"
     assert list(task.outputs.values_list("content", flat=True)) == ["before the takeover"]
-    assert not TaskMetrics.objects.filter(task=task).exists()
+    assert figures(task) == NO_FIGURES
     assert [e[2] for e in events(task)] == ["queued", "running", "interrupted", "queued", "running"]
     lost = task.history.get(state_to="interrupted")
     assert "attempt 1 no longer holds the task" in lost.reason and "refused" in lost.reason

@@ -428,7 +428,7 @@ def test_a_worker_paused_past_its_lease_writes_nothing_after_the_takeover(cluste
     assert sorted(stale_outputs.values_list("content", flat=True)) == [f"attempt 1 step {i}" for i in range(3)]
     assert not stale_outputs.filter(created_at__gte=takeover).exists()
     assert task.outputs.filter(content__startswith="attempt 2 ").count() == 40
-    assert (task.metrics.iterations, task.metrics.stop_reason) == (39, "attempt 2")
+    assert (task.iterations, task.stop_reason) == (39, "attempt 2")
     assert task.current_phase == "attempt 2 step 39"
     assert transitions(task_id) == ["queued", "running", "interrupted", "queued", "running", "completed"]
     lost = task.history.get(state_to="interrupted")
