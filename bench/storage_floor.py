@@ -238,7 +238,7 @@ def read_source() -> list[dict[str, Any]]:
         tasks[row["id"]] = {**row, "history": [], "outputs": [], "metrics": metrics if figures else None}
     for entry in TaskHistory.objects.order_by("task_id", "seq").values():
         tasks[entry["task_id"]]["history"].append(entry)
-    for output in TaskOutput.objects.order_by("task_id", "created_at", "id").values():
+    for output in TaskOutput.objects.order_by("task_id", "id").values():
         tasks[output["task_id"]]["outputs"].append(output)
     return sorted(tasks.values(), key=lambda task: (task["created_at"], task["id"]))
 

@@ -106,7 +106,7 @@ def task_entries(task_ids: list[UUID]) -> Iterator[dict[str, Any]]:
     for row in TaskHistory.objects.filter(task_id__in=task_ids).order_by("task_id", "seq"):
         history.setdefault(row.task_id, []).append(row)
     outputs: dict[UUID, list] = {}
-    for out in TaskOutput.objects.filter(task_id__in=task_ids).order_by("task_id", "created_at", "id"):
+    for out in TaskOutput.objects.filter(task_id__in=task_ids).order_by("task_id", "id"):
         outputs.setdefault(out.task_id, []).append(out)
     for pk in task_ids:
         if pk not in tasks:

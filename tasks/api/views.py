@@ -44,7 +44,7 @@ from tasks.api.throttling import ReadThrottle, SubmitThrottle
 from tasks.audit import Channel, signed_in
 from tasks.models import Task, TaskHistory, TaskOutput
 from tasks.registry import get_handler, payload_json_schema, registered_names
-from tasks.selectors import find_visible_task
+from tasks.selectors import find_visible_task, task_outputs
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
@@ -270,7 +270,7 @@ class TaskOutputsView(ListAPIView):
         if getattr(self, "swagger_fake_view", False):
             return TaskOutput.objects.none()
         task = find_visible_task(signed_in(self.request.user), self.kwargs["task_id"])
-        return task.outputs.order_by("created_at", "id")
+        return task_outputs(task.pk)
 
     @extend_schema(
         summary="List a task's outputs",

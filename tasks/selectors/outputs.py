@@ -9,8 +9,8 @@ from django.db.models import QuerySet
 from tasks.ids import TaskId
 from tasks.models import TaskOutput
 
-# A task's outputs in the order they were written (the index ``output_task_created`` serves it).
-OUTPUT_ORDER = ("created_at", "id")
+# A task's outputs in the order they were written, which their ids follow (the index ``output_task_order``).
+OUTPUT_ORDER = ("id",)
 
 
 class OutputTail(NamedTuple):
