@@ -87,6 +87,9 @@ class DigestField(models.BinaryField):
     270 bytes a completed task over its history rows) and seen in Python as the lowercase hex text every link is
     computed, compared, shown and serialized as."""
 
+    _pyi_private_set_type: str
+    _pyi_private_get_type: str  # type: ignore[assignment]  # django-stubs: what an instance's attribute holds
+
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> str | None:
         if value is None or isinstance(value, str):  # text written by raw SQL (SQLite takes it): shown as it is
             return value

@@ -21,7 +21,7 @@ from typing import Any, cast
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Field, QuerySet
 from django.utils import timezone
 
 from tasks import hooks
@@ -295,6 +295,7 @@ def checked_metrics(fields: dict[str, Any]) -> dict[str, Any]:
     cleaned, errors = {}, {}
     for name, value in fields.items():
         field = Task._meta.get_field(name)
+        assert isinstance(field, Field)  # METRIC_FIELDS name the task's own columns
         try:
             cleaned[name] = field.clean(value, None)
         except ValidationError as exc:
