@@ -26,6 +26,7 @@ def resign_chains(apps, schema_editor):
     TaskHistory = apps.get_model("tasks", "TaskHistory")
     connection = schema_editor.connection
     pk_field = Task._meta.pk
+    head_field = Task._meta.get_field("history_head")  # text until migration 0017 stored it as bytes
     digest = TaskHistory._meta.get_field("hash")  # its values as the model of the running state stores them
     # The columns of the running state: prev_hash until migration 0015 derived it.
     links = ["prev_hash", "hash"] if any(f.name == "prev_hash" for f in TaskHistory._meta.fields) else ["hash"]
@@ -49,7 +50,12 @@ def resign_chains(apps, schema_editor):
                 broken.append(str(task["id"]))
                 continue
             history_updates.extend((*(link(row[name]) for name in links), row["key_id"], row["id"]) for row in signed)
-            head_updates.append((signed[-1]["hash"], pk_field.get_db_prep_value(task["id"], connection)))
+            head_updates.append(
+                (
+                    head_field.get_db_prep_value(signed[-1]["hash"], connection),
+                    pk_field.get_db_prep_value(task["id"], connection),
+                )
+            )
         with connection.cursor() as cursor:
             assignments = ", ".join(f"{name} = %s" for name in links)
             cursor.executemany(

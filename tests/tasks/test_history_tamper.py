@@ -82,7 +82,7 @@ def rewrite_chain(task, link, key_id, **changes):
                 [row["reason"], row["key_id"], bytes.fromhex(row["hash"]), row["id"]],
             )
             prev = row["hash"]
-        cursor.execute("UPDATE tasks_task SET history_head = %s WHERE id = %s", [prev, pk_param(task)])
+        cursor.execute("UPDATE tasks_task SET history_head = %s WHERE id = %s", [bytes.fromhex(prev), pk_param(task)])
     db_triggers.install(connection)
 
 
