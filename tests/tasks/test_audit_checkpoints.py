@@ -74,7 +74,7 @@ def cut_last_row(task):
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE tasks_task SET history_count = %s, history_head = %s, state = %s WHERE id = %s",
-            [before.seq, before.hash, before.state_to, pk_param(task)],
+            [before.seq, bytes.fromhex(before.hash), before.state_to, pk_param(task)],
         )
 
 
