@@ -407,8 +407,12 @@ class _Table:
         self.columns = ", ".join(quote(f.column) for f in fields)
         self.slots: dict[str, tuple[int, Callable | None]] = {}
         self.template: list = []
+        from tasks.models import CompactUUIDField
+
         for index, field in enumerate(fields):
-            adapt = self.adapter(connection, (field.target_field if field.is_relation else field).get_internal_type())
+            target = field.target_field if field.is_relation else field
+            kind = "CompactUUIDField" if isinstance(target, CompactUUIDField) else target.get_internal_type()
+            adapt = self.adapter(connection, kind)
             self.slots[field.attname] = (index, adapt)
             default = None if getattr(field, "auto_now", False) else field.get_default()
             self.template.append(self.NULL if default is None else default if adapt is None else adapt(default))
@@ -430,7 +434,7 @@ class _Table:
 class _SQLiteTable(_Table):
     """Values as Django's SQLite backend stores them, inserted ``ROWS_PER_STATEMENT`` rows to an INSERT.
 
-    UUIDs as 32-char hex, datetimes as Django's naive strings, JSON as text,
+    UUIDs as 32-char hex (task ids as their 16 bytes), datetimes as Django's naive strings, JSON as text,
     booleans as 0/1. A multi-row INSERT (fewer rows under SQLite's parameter
     limit) saves most of the per-statement cost of ``executemany``.
     """
@@ -446,6 +450,8 @@ class _SQLiteTable(_Table):
     def adapter(self, connection, kind: str) -> Callable | None:
         if kind == "UUIDField":
             return _hex
+        if kind == "CompactUUIDField":
+            return _uuid_bytes
         if kind == "DateTimeField":
             return _remembered(_naive_text(connection.timezone))
         if kind == "JSONField":
@@ -484,7 +490,7 @@ class _PostgresTable(_Table):
     NULL = "\\N"
 
     def adapter(self, connection, kind: str) -> Callable | None:
-        if kind == "UUIDField":
+        if kind in ("UUIDField", "CompactUUIDField"):
             return _hex
         if kind == "DateTimeField":
             return _remembered(datetime.isoformat)
@@ -511,6 +517,10 @@ class _PostgresTable(_Table):
 
 def _hex(value: uuid.UUID) -> str:
     return value.hex
+
+
+def _uuid_bytes(value: uuid.UUID) -> bytes:
+    return value.bytes
 
 
 def _digest_bytes(value: str | bytes) -> bytes:

@@ -245,7 +245,8 @@ def batch_of_rows(rows: Sequence[Sequence[Any]]) -> Batch:
 
     The same entries as ``batch_of_docs`` of their snapshots, without building each
     snapshot: the driver's values go to the encoder as they are. SQLite gives the id
-    as 32 hex digits and naive datetimes (UTC: USE_TZ is on); PostgreSQL, through
+    as its 16 bytes (``tasks.models.CompactUUIDField``; 32 hex digits in a database
+    not yet migrated) and naive datetimes (UTC: USE_TZ is on); PostgreSQL, through
     ``raw_rows``, the id's text and aware datetimes.
     """
     ids: list[str] = []
@@ -253,7 +254,9 @@ def batch_of_rows(rows: Sequence[Sequence[Any]]) -> Batch:
     for row in rows:
         doc = dict(zip(MIRRORED_FIELDS, row, strict=True))
         task_id = row[_ID]
-        if type(task_id) is not str:
+        if type(task_id) is bytes:
+            doc["id"] = task_id = str(UUID(bytes=task_id))
+        elif type(task_id) is not str:
             doc["id"] = task_id = str(task_id)
         elif len(task_id) == 32:
             doc["id"] = task_id = f"{task_id[:8]}-{task_id[8:12]}-{task_id[12:16]}-{task_id[16:20]}-{task_id[20:]}"

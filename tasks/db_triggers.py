@@ -19,6 +19,7 @@ the MAC is over (task id, nonce) under the grant key derived from the audit key
 Used by migrations (and by tests that tamper on purpose).
 """
 
+import uuid
 from typing import Any
 
 from tasks import keys
@@ -144,8 +145,11 @@ def register_functions(connection: Any) -> None:
         connection.connection.create_function(SQLITE_GRANT_FUNCTION, 2, _sqlite_grant_mac, deterministic=True)
 
 
-def _sqlite_grant_mac(task_id: str | None, nonce: str | None) -> str | None:
-    return None if task_id is None or nonce is None else keys.grant_mac(task_id, nonce)
+def _sqlite_grant_mac(task_id: bytes | str | None, nonce: str | None) -> str | None:
+    """The grant's MAC; its task id as the column holds it (16 bytes, or 32 hex digits before migration 0019)."""
+    if task_id is None or nonce is None:
+        return None
+    return keys.grant_mac(uuid.UUID(bytes=task_id) if isinstance(task_id, bytes) else task_id, nonce)
 
 
 def admit_purge(connection: Any) -> None:

@@ -82,6 +82,17 @@ TIME_LIMIT_VALIDATORS: list[Callable[[Any], None]] = [
 ]
 
 
+class CompactUUIDField(models.UUIDField):
+    """A UUID stored on SQLite as its 16 bytes, not its 32 hex digits: some 225 bytes a completed task over its row,
+    its history and outputs and their indexes (PostgreSQL's ``uuid`` is 16 bytes already). Bytes order as the hex
+    digits do, so id ranges (a short id's prefix) read the same; the SQLite backend (``crux.db``) reads both forms
+    back as a UUID. A foreign key to a model keyed by one stores the same bytes."""
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        value = super().get_db_prep_value(value, connection, prepared)
+        return bytes.fromhex(value) if isinstance(value, str) and connection.vendor == "sqlite" else value
+
+
 class DigestField(models.BinaryField):
     """A SHA-256-sized digest of the audit chain, stored as its 32 bytes (not 64 hex characters: on SQLite some
     270 bytes a completed task over its history rows) and seen in Python as the lowercase hex text every link is
@@ -174,7 +185,7 @@ class _LockedRead:
 
 
 class Task(models.Model):
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    id = CompactUUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     title = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     role = models.CharField(max_length=64, blank=True)
@@ -508,7 +519,7 @@ class HistoryPurgeGrant(models.Model):
     outside a purge is reported by ``verify_audit``.
     """
 
-    task_id = models.UUIDField(primary_key=True)
+    task_id = CompactUUIDField(primary_key=True)  # as the history rows hold it, which the trigger compares
     created_at = models.DateTimeField(default=timezone.now)
     nonce = models.CharField(max_length=32, blank=True)
     mac = models.CharField(max_length=64, blank=True)

@@ -12,19 +12,31 @@ Python work that opens a transaction (validation, building the history row)
 runs before it, not while every other writer waits. The lock is released at
 commit or rollback (before on-commit callbacks run) and by the kernel if the
 process dies.
+
+Its operations read a UUID column's value back whether it holds the UUID's 16 bytes
+(``tasks.models.CompactUUIDField``) or Django's 32 hex digits.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import uuid
 from functools import cached_property
 from typing import Any
 
-from django.db.backends.sqlite3 import base
+from django.db.backends.sqlite3 import base, operations
+
+
+class DatabaseOperations(operations.DatabaseOperations):
+    def convert_uuidfield_value(self, value: Any, expression: Any, connection: Any) -> uuid.UUID | None:
+        if isinstance(value, bytes):
+            return uuid.UUID(bytes=value)
+        return super().convert_uuidfield_value(value, expression, connection)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    ops_class = DatabaseOperations
     _lock_fd: int | None = None
     _lock_held = False
     _begin_pending = False

@@ -14,6 +14,7 @@ from crux.locate import locate
 from retention.models import PurgeLedger
 from tasks import checkpoints, db_triggers, services
 from tasks.audit import Channel
+from tasks.models import Task
 from tests.api_support import client_for, old_completed_task
 
 pytest_plugins = ["tests.api_support"]
@@ -71,7 +72,7 @@ def test_a_cancellation_is_named_by_its_own_row_not_by_a_later_restore_or_edit(p
 
 def _remove_whole(task):
     """Task, history and outputs deleted with raw SQL, triggers dropped and put back: the attack of issue 13."""
-    task_id = task.pk.hex if connection.vendor == "sqlite" else task.pk
+    task_id = Task._meta.pk.get_db_prep_value(task.pk, connection)
     db_triggers.uninstall(connection)
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM tasks_taskhistory WHERE task_id = %s", [task_id])

@@ -57,6 +57,11 @@ def problems():
     return [str(p) for p in verify_audit_chains()]
 
 
+def ledger_param(task):
+    """The task's id as a tombstone's column holds it, for raw SQL (32 hex digits on SQLite, not the task's bytes)."""
+    return PurgeLedger._meta.get_field("task_id").get_db_prep_value(task.pk, connection)
+
+
 def remove_whole(task):
     """The unreported deletion of the issue: task, history and outputs removed with raw SQL."""
     db_triggers.uninstall(connection)
@@ -124,7 +129,7 @@ def test_a_forged_tombstone_does_not_account_for_a_vanished_task(done):
             "policy, actor, channel, archive_file, archive_checksum, history_count, history_head, restored_by, "
             "key_id, prev_mac, mac) VALUES (%s, 'victim', 'completed', '', %s, %s, 'completed-7d', 'ops', "
             "'command', '/nowhere', 'sha256:0', 99, 'x', '', %s, %s, %s)",
-            [pk_param(victim), victim.created_at, timezone.now(), "forger", "0" * 64, "f" * 64],
+            [ledger_param(victim), victim.created_at, timezone.now(), "forger", "0" * 64, "f" * 64],
         )
     found = problems()
     assert any("signature invalid: forged or edited" in p and p.startswith("purge ledger") for p in found)
@@ -136,7 +141,7 @@ def test_a_tombstone_edited_or_removed_is_named(done):
     assert purge(actor="ops:test", channel=Channel.COMMAND, confirm=True).purged == 2
     checkpoints.write_checkpoint()
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE retention_purgeledger SET actor = 'nobody' WHERE task_id = %s", [pk_param(first)])
+        cursor.execute("UPDATE retention_purgeledger SET actor = 'nobody' WHERE task_id = %s", [ledger_param(first)])
     edited = problems()
     tombstone = PurgeLedger.objects.get(task_id=first.pk)
     vanished = "vanished: the Redis mirror saw it, but SQL has neither it nor a valid tombstone"

@@ -21,7 +21,7 @@ from django.utils import timezone
 from tasks import db_triggers, keys, services
 from tasks.audit import GENESIS_HASH, HASHED_FIELDS, Channel, legacy_row_hash, row_hash
 from tasks.exceptions import TaskError
-from tasks.models import HistoryPurgeGrant, TaskHistory
+from tasks.models import HistoryPurgeGrant, Task, TaskHistory
 from tasks.selectors import verify_audit_chains
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +59,8 @@ def tamper(sql, params):
 
 
 def pk_param(task):
-    return task.pk.hex if connection.vendor == "sqlite" else task.pk
+    """The task's id as its column holds it, for raw SQL (on SQLite its 16 bytes)."""
+    return Task._meta.pk.get_db_prep_value(task.pk, connection)
 
 
 def rows_of(task):
@@ -331,7 +332,7 @@ def test_a_raw_client_cannot_delete_history_with_an_inserted_grant(live_db, make
     if connection.vendor == "sqlite":
         client = sqlite3.connect(conf["NAME"])
         errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
-        task_id, mark = task.pk.hex, "?"
+        task_id, mark = task.pk.bytes, "?"
     else:
         client = psycopg.connect(
             host=conf["HOST"] or "127.0.0.1", port=conf["PORT"] or 5432, user=conf["USER"], dbname=conf["NAME"]

@@ -1,0 +1,104 @@
+"""What a task's ids and chain head take in the database, and that every way of reading them still finds them.
+
+Task ids are 16 bytes on both engines (``tasks.models.CompactUUIDField``: a BLOB on SQLite, ``uuid`` on PostgreSQL),
+in the task's row and in every row that refers to it; the chain head is 32 bytes, as the history rows' links are.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.db import connection
+
+from persistence import mirror
+from tasks import db_triggers, services
+from tasks.admin.lists import id_prefix_q
+from tasks.audit import Channel
+from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskOutput
+from tasks.selectors import task_outputs, verify_audit_chains
+
+pytestmark = pytest.mark.django_db
+
+# (table, column) of a task id; each holds the task's.
+TASK_ID_COLUMNS = [
+    ("tasks_task", "id"),
+    ("tasks_taskhistory", "task_id"),
+    ("tasks_taskoutput", "task_id"),
+    ("tasks_idempotencykey", "task_id"),
+]
+
+
+def stored(table: str, column: str, where: str, value: object) -> list[tuple[str, int]]:
+    """(type, bytes) of ``column`` in the rows of ``table`` where ``where`` is ``value``, as the database holds them
+    (PostgreSQL: the value's size on disk, a varlena's header byte included)."""
+    if connection.vendor == "sqlite":
+        sql = f"SELECT typeof({column}), length({column}) FROM {table} WHERE {where} = %s"
+    else:
+        sql = f"SELECT pg_typeof({column})::text, pg_column_size({column}) FROM {table} WHERE {where} = %s"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value])
+        return cursor.fetchall()
+
+
+def submitted(user):
+    task, _ = services.submit_task_once(
+        owner=user, actor=user, channel=Channel.API, title="stored compactly", idempotency_key="compact-1"
+    )
+    services.add_output(task.pk, output_type="stdout", content="a line")
+    return Task.objects.get(pk=task.pk)
+
+
+def test_a_task_id_is_16_bytes_wherever_it_is_stored_and_the_chain_head_32(user):
+    task = submitted(user)
+    key = Task._meta.pk.get_db_prep_value(task.pk, connection)
+    expected = ("blob", 16) if connection.vendor == "sqlite" else ("uuid", 16)
+    for table, column in TASK_ID_COLUMNS:
+        rows = stored(table, column, column, key)
+        assert rows and set(rows) == {expected}, (table, rows)
+    head = [("blob", 32)] if connection.vendor == "sqlite" else [("bytea", 33)]
+    assert stored("tasks_task", "history_head", "id", key) == head
+    assert len(task.history_head) == 64 and task.history_head == task.history.latest("seq").hash
+
+
+def test_every_read_finds_a_task_by_its_id(user):
+    task = submitted(user)
+    assert Task.objects.get(pk=str(task.pk)) == task
+    assert list(Task.objects.filter(pk__in=[task.pk, uuid.uuid4()])) == [task]
+    assert Task.objects.filter(id_prefix_q(str(task.pk)[:8])).get() == task, "a short id is a range of ids"
+    assert TaskHistory.objects.filter(task_id=task.pk).count() == task.history_count
+    assert [o.content for o in task_outputs(task.pk)] == ["a line"]
+    assert list(TaskOutput.objects.filter(task=task).values_list("task_id", flat=True)) == [task.pk]
+    assert Task.objects.filter(idempotency_key__key="compact-1").get() == task
+    rows = [row for batch in mirror.raw_rows(Task.objects.values_list(*mirror.MIRRORED_FIELDS), 10) for row in batch]
+    assert mirror.batch_of_rows(rows).ids == [str(task.pk)], "the mirror's raw read names the task as the ORM does"
+    assert list(verify_audit_chains()) == []
+
+
+def test_a_purge_grant_names_the_task_as_its_history_rows_do(user):
+    """The history DELETE trigger compares the grant's task id with the rows' and checks the grant's MAC over it."""
+    task = submitted(user)
+    key = Task._meta.pk.get_db_prep_value(task.pk, connection)
+    grant = services.removal._signed_grant(task.pk)
+    grant.save()
+    assert stored("tasks_historypurgegrant", "task_id", "task_id", key) == stored("tasks_task", "id", "id", key)
+    db_triggers.admit_purge(connection)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM tasks_taskhistory WHERE task_id = %s", [key])
+    assert not TaskHistory.objects.filter(task=task).exists()
+    assert HistoryPurgeGrant.objects.filter(task_id=task.pk).get().mac == grant.mac
+
+
+def test_sqlite_reads_an_id_still_held_as_hex_digits(user):
+    """Rows written before migration 0019 (which rewrites every one) read back as the same task ids."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's uuid has one form")
+    task = submitted(user)
+    db_triggers.uninstall(connection)
+    with connection.cursor() as cursor:
+        for table, column in TASK_ID_COLUMNS:
+            cursor.execute(f"UPDATE {table} SET {column} = %s WHERE {column} = %s", [task.pk.hex, task.pk.bytes])
+    db_triggers.install(connection)
+    assert stored("tasks_taskoutput", "task_id", "task_id", task.pk.hex) == [("text", 32)]
+    assert Task.objects.values_list("pk", flat=True).get() == task.pk
+    assert TaskOutput.objects.values_list("task_id", flat=True).get() == task.pk
