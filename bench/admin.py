@@ -47,7 +47,7 @@ def main() -> None:
         "task list, search 'login cache'": "/admin/tasks/task/?q=login+cache",
         "task list, search by id prefix": f"/admin/tasks/task/?q={some_id[:8]}",
         "trash": "/admin/tasks/task/trash/",
-        "task page (history, outputs, metrics inline)": f"/admin/tasks/task/{some_id}/change/",
+        "task page (fields with the metrics, history and outputs inline)": f"/admin/tasks/task/{some_id}/change/",
         "timeline": f"/admin/tasks/task/{some_id}/timeline/",
         "dashboard (figures by the history's time)": "/admin/dashboard/",
         "task history list": "/admin/tasks/taskhistory/",
