@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, partial
 from itertools import accumulate, chain
 from pathlib import Path
 from typing import NamedTuple
@@ -407,11 +407,12 @@ class _Table:
         self.columns = ", ".join(quote(f.column) for f in fields)
         self.slots: dict[str, tuple[int, Callable | None]] = {}
         self.template: list = []
-        from tasks.models import CompactUUIDField
+        from tasks.models import CompactDateTimeField, CompactUUIDField
 
         for index, field in enumerate(fields):
             target = field.target_field if field.is_relation else field
-            kind = "CompactUUIDField" if isinstance(target, CompactUUIDField) else target.get_internal_type()
+            compact = (CompactUUIDField, CompactDateTimeField)
+            kind = type(target).__name__ if isinstance(target, compact) else target.get_internal_type()
             adapt = self.adapter(connection, kind)
             self.slots[field.attname] = (index, adapt)
             default = None if getattr(field, "auto_now", False) else field.get_default()
@@ -434,7 +435,8 @@ class _Table:
 class _SQLiteTable(_Table):
     """Values as Django's SQLite backend stores them, inserted ``ROWS_PER_STATEMENT`` rows to an INSERT.
 
-    UUIDs as 32-char hex (task ids as their 16 bytes), datetimes as Django's naive strings, JSON as text,
+    UUIDs as 32-char hex (task ids as their 16 bytes), datetimes as Django's naive strings (the task domain's as
+    integers: ``tasks.models.CompactDateTimeField``), JSON as text,
     booleans as 0/1. A multi-row INSERT (fewer rows under SQLite's parameter
     limit) saves most of the per-statement cost of ``executemany``.
     """
@@ -454,6 +456,10 @@ class _SQLiteTable(_Table):
             return _uuid_bytes
         if kind == "DateTimeField":
             return _remembered(_naive_text(connection.timezone))
+        if kind == "CompactDateTimeField":  # the field's own integer
+            from tasks.models import CompactDateTimeField
+
+            return _remembered(partial(CompactDateTimeField().get_db_prep_value, connection=connection, prepared=True))
         if kind == "JSONField":
             return json.dumps
         if kind == "BooleanField":
@@ -492,7 +498,7 @@ class _PostgresTable(_Table):
     def adapter(self, connection, kind: str) -> Callable | None:
         if kind in ("UUIDField", "CompactUUIDField"):
             return _hex
-        if kind == "DateTimeField":
+        if kind in ("DateTimeField", "CompactDateTimeField"):
             return _remembered(datetime.isoformat)
         if kind == "JSONField":
             return lambda value: _copy_text(json.dumps(value))

@@ -14,18 +14,74 @@ commit or rollback (before on-commit callbacks run) and by the kernel if the
 process dies.
 
 Its operations read a UUID column's value back whether it holds the UUID's 16 bytes
-(``tasks.models.CompactUUIDField``) or Django's 32 hex digits.
+(``tasks.models.CompactUUIDField``) or Django's 32 hex digits, and a time whether it holds
+microseconds since the Unix epoch in UTC (``tasks.models.CompactDateTimeField``) or Django's
+text; Django's date functions in SQL (``Trunc``, ``__date``, ``.dates()``, a difference of two
+times) take both forms too.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-from django.db.backends.sqlite3 import base, operations
+from django.db.backends.sqlite3 import _functions, base, operations  # type: ignore[attr-defined]  # unstubbed
+from django.utils.dateparse import parse_datetime
+
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
+def naive_utc(microseconds: int) -> datetime:
+    """The naive UTC time ``microseconds`` after the Unix epoch: what Django reads a time's text as."""
+    return _NAIVE_EPOCH + timedelta(microseconds=microseconds)
+
+
+def _read_time(raw: bytes) -> datetime | None:
+    """The driver's converter of columns declared ``datetime`` or ``timestamp``: an integer (the text SQLite
+    hands a converter) is microseconds since the epoch, anything else Django's text."""
+    text = raw.decode()
+    return naive_utc(int(text)) if text.lstrip("-").isdigit() else parse_datetime(text)
+
+
+# Converters are the driver's, for every connection of the process: Django registers its own at import.
+sqlite3.register_converter("datetime", _read_time)
+sqlite3.register_converter("timestamp", _read_time)
+
+
+def _time_as_text(value: Any) -> Any:
+    """An integer time as the text Django's SQL functions parse; anything else as it is."""
+    return str(naive_utc(value)) if type(value) is int else value
+
+
+def _taking_integer_times(function: Callable[..., Any], *positions: int) -> Callable[..., Any]:
+    """``function`` with its arguments at ``positions`` (the times) read from an integer too."""
+
+    def wrapped(*args: Any) -> Any:
+        converted = list(args)
+        for position in positions:
+            converted[position] = _time_as_text(converted[position])
+        return function(*converted)
+
+    return wrapped
+
+
+# Django's SQL functions whose arguments at these positions are always times (the others take text, durations or
+# time-of-day values): name -> (number of arguments, Django's function, positions).
+_TIME_FUNCTIONS: dict[str, tuple[int, Callable[..., Any], tuple[int, ...]]] = {
+    "django_date_extract": (2, _functions._sqlite_datetime_extract, (1,)),
+    "django_date_trunc": (4, _functions._sqlite_date_trunc, (1,)),
+    "django_datetime_cast_date": (3, _functions._sqlite_datetime_cast_date, (0,)),
+    "django_datetime_cast_time": (3, _functions._sqlite_datetime_cast_time, (0,)),
+    "django_datetime_extract": (4, _functions._sqlite_datetime_extract, (1,)),
+    "django_datetime_trunc": (4, _functions._sqlite_datetime_trunc, (1,)),
+    "django_timestamp_diff": (2, _functions._sqlite_timestamp_diff, (0, 1)),
+}
 
 
 class DatabaseOperations(operations.DatabaseOperations):
@@ -33,6 +89,13 @@ class DatabaseOperations(operations.DatabaseOperations):
         if isinstance(value, bytes):
             return uuid.UUID(bytes=value)
         return super().convert_uuidfield_value(value, expression, connection)
+
+    def convert_datetimefield_value(self, value: Any, expression: Any, connection: Any) -> datetime | None:
+        """As Django's, and an integer (an aggregate's or an expression's result, which no converter of the
+        driver saw) as microseconds since the epoch."""
+        if type(value) is int:
+            value = naive_utc(value)
+        return super().convert_datetimefield_value(value, expression, connection)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -73,6 +136,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         except BaseException:
             self._release_write_lock()
             raise
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        connection = super().get_new_connection(conn_params)
+        for name, (arguments, function, positions) in _TIME_FUNCTIONS.items():
+            connection.create_function(name, arguments, _taking_integer_times(function, *positions), deterministic=True)
+        return connection
 
     def create_cursor(self, name: str | None = None) -> Any:
         return self.connection.cursor(factory=self._cursor_class)

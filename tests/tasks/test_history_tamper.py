@@ -302,10 +302,11 @@ def test_an_archive_of_the_unkeyed_era_is_re_signed_only_if_it_verifies(task, se
     rewrite_chain(task, legacy_row_hash, "")
     if tampered:
         tamper("UPDATE tasks_taskhistory SET reason = 'forged' WHERE task_id = %s AND seq = 2", [pk_param(task)])
+    long_ago = timezone.now() - timedelta(days=30)
     with connection.cursor() as cursor:  # finished long ago, so the retention policy lets it go
         cursor.execute(
             "UPDATE tasks_task SET completed_at = %s WHERE id = %s",
-            [timezone.now() - timedelta(days=30), pk_param(task)],
+            [Task._meta.get_field("completed_at").get_db_prep_value(long_ago, connection), pk_param(task)],
         )
     assert purge(actor="ops:test", channel=Channel.COMMAND, confirm=True).purged == 1
     if tampered:
