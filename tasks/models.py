@@ -326,6 +326,7 @@ class Task(models.Model):
         null=True,
         blank=True,
         related_name="+",
+        db_index=False,  # indexed where set only (Meta): most tasks are never deleted
     )
     delete_reason = models.TextField(blank=True)
 
@@ -364,6 +365,7 @@ class Task(models.Model):
                 condition=models.Q(state="queued", dispatched_at__isnull=True),
             ),
             models.Index(fields=["deleted_at"], name="task_deleted", condition=models.Q(deleted_at__isnull=False)),
+            models.Index(fields=["deleted_by"], name="task_deleted_by", condition=models.Q(deleted_by__isnull=False)),
         ]
         permissions = [
             ("soft_delete_task", "Can soft-delete a task"),
