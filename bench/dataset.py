@@ -407,19 +407,19 @@ class _Table:
         self.columns = ", ".join(quote(f.column) for f in fields)
         self.slots: dict[str, tuple[int, Callable | None]] = {}
         self.template: list = []
-        from tasks.models import CompactDateTimeField, CompactUUIDField
+        from tasks.models import CodedChoiceField, CompactDateTimeField, CompactUUIDField
 
         for index, field in enumerate(fields):
             target = field.target_field if field.is_relation else field
-            compact = (CompactUUIDField, CompactDateTimeField)
+            compact = (CompactUUIDField, CompactDateTimeField, CodedChoiceField)
             kind = type(target).__name__ if isinstance(target, compact) else target.get_internal_type()
-            adapt = self.adapter(connection, kind)
+            adapt = self.adapter(connection, kind, target)
             self.slots[field.attname] = (index, adapt)
             default = None if getattr(field, "auto_now", False) else field.get_default()
             self.template.append(self.NULL if default is None else default if adapt is None else adapt(default))
 
-    def adapter(self, connection, kind: str) -> Callable | None:
-        """The function turning a Python value of a field of ``kind`` into its value here (None: as it is)."""
+    def adapter(self, connection, kind: str, field) -> Callable | None:
+        """The function turning a Python value of ``field``, of ``kind``, into its value here (None: as it is)."""
         raise NotImplementedError
 
     def row(self, values: dict, base: list | None = None) -> list:
@@ -436,9 +436,9 @@ class _SQLiteTable(_Table):
     """Values as Django's SQLite backend stores them, inserted ``ROWS_PER_STATEMENT`` rows to an INSERT.
 
     UUIDs as 32-char hex (task ids as their 16 bytes), datetimes as Django's naive strings (the task domain's as
-    integers: ``tasks.models.CompactDateTimeField``), JSON as text,
-    booleans as 0/1. A multi-row INSERT (fewer rows under SQLite's parameter
-    limit) saves most of the per-statement cost of ``executemany``.
+    integers: ``tasks.models.CompactDateTimeField``), history rows' choices as their one-character codes
+    (``tasks.models.CodedChoiceField``), JSON as text, booleans as 0/1. A multi-row INSERT (fewer rows under
+    SQLite's parameter limit) saves most of the per-statement cost of ``executemany``.
     """
 
     ROWS_PER_STATEMENT = 100
@@ -449,17 +449,15 @@ class _SQLiteTable(_Table):
         self.per_statement = max(1, min(self.ROWS_PER_STATEMENT, connection.features.max_query_params // self.width))
         self.one = f"({', '.join(['?'] * self.width)})"
 
-    def adapter(self, connection, kind: str) -> Callable | None:
+    def adapter(self, connection, kind: str, field) -> Callable | None:
         if kind == "UUIDField":
             return _hex
         if kind == "CompactUUIDField":
             return _uuid_bytes
         if kind == "DateTimeField":
             return _remembered(_naive_text(connection.timezone))
-        if kind == "CompactDateTimeField":  # the field's own integer
-            from tasks.models import CompactDateTimeField
-
-            return _remembered(partial(CompactDateTimeField().get_db_prep_value, connection=connection, prepared=True))
+        if kind in ("CompactDateTimeField", "CodedChoiceField"):  # the field's own integer or code
+            return _remembered(partial(field.get_db_prep_value, connection=connection, prepared=True))
         if kind == "JSONField":
             return json.dumps
         if kind == "BooleanField":
@@ -495,7 +493,7 @@ class _PostgresTable(_Table):
 
     NULL = "\\N"
 
-    def adapter(self, connection, kind: str) -> Callable | None:
+    def adapter(self, connection, kind: str, field) -> Callable | None:
         if kind in ("UUIDField", "CompactUUIDField"):
             return _hex
         if kind in ("DateTimeField", "CompactDateTimeField"):
@@ -506,7 +504,7 @@ class _PostgresTable(_Table):
             return lambda value: "t" if value else "f"
         if kind == "BinaryField":  # bytea's hex input, its backslash doubled for COPY's text format
             return lambda value: "\\\\x" + _digest_bytes(value).hex()
-        if kind in ("CharField", "TextField"):
+        if kind in ("CharField", "TextField", "CodedChoiceField"):
             return _copy_text
         if kind.endswith(("IntegerField", "AutoField", "FloatField")):
             return str

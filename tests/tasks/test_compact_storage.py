@@ -1,7 +1,9 @@
-"""What a task's ids and chain head take in the database, and that every way of reading them still finds them.
+"""What a task's ids, chain head and history choices take in the database, and that every way of reading them still
+finds them.
 
 Task ids are 16 bytes on both engines (``tasks.models.CompactUUIDField``: a BLOB on SQLite, ``uuid`` on PostgreSQL),
-in the task's row and in every row that refers to it; the chain head is 32 bytes, as the history rows' links are.
+in the task's row and in every row that refers to it; the chain head is 32 bytes, as the history rows' links are. A
+history row's event, states and channel are one character on SQLite (``tasks.models.CodedChoiceField``).
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import uuid
 
 import pytest
 from django.db import connection
+from django.db.migrations.loader import MigrationLoader
 
 from persistence import mirror
 from tasks import db_triggers, services
 from tasks.admin.lists import id_prefix_q
 from tasks.audit import Channel
-from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskOutput
-from tasks.selectors import task_outputs, verify_audit_chains
+from tasks.models import CodedChoiceField, HistoryPurgeGrant, Task, TaskHistory, TaskOutput
+from tasks.selectors import count_history_by_kind, task_outputs, verify_audit_chains
+from tests.api_support import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -102,3 +106,64 @@ def test_sqlite_reads_an_id_still_held_as_hex_digits(user):
     assert stored("tasks_taskoutput", "task_id", "task_id", task.pk.hex) == [("text", 32)]
     assert Task.objects.values_list("pk", flat=True).get() == task.pk
     assert TaskOutput.objects.values_list("task_id", flat=True).get() == task.pk
+
+
+CODED = [f for f in TaskHistory._meta.concrete_fields if isinstance(f, CodedChoiceField)]
+
+
+def test_a_history_rows_choices_are_one_character_on_sqlite(user):
+    task = submitted(user)
+    columns = ", ".join(f"{f.column}, length({f.column})" for f in CODED)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM tasks_taskhistory WHERE task_id = %s",
+            [Task._meta.pk.get_db_prep_value(task.pk, connection)],
+        )
+        [stored_row] = cursor.fetchall()
+    created = task.history.get()
+    names = [getattr(created, f.attname) for f in CODED]
+    assert names == ["created", "", "queued", "api"]
+    lengths = stored_row[1::2]
+    if connection.vendor == "sqlite":
+        assert lengths == (1, 0, 1, 1), stored_row
+    else:
+        assert stored_row[0::2] == tuple(names)
+
+
+def test_every_read_and_filter_of_a_coded_choice_speaks_names(user):
+    task = submitted(user)
+    services.cancel(task.pk, actor=user, channel=Channel.ADMIN, reason="coded")
+    rows = TaskHistory.objects.filter(task=task)
+    assert list(rows.order_by("seq").values_list("event", "state_from", "state_to", "channel")) == [
+        ("created", "", "queued", "api"),
+        ("transition", "queued", "cancelled", "admin"),
+    ]
+    assert rows.filter(event="transition", state_to__in=["cancelled", "failed"], channel="admin").count() == 1
+    assert rows.filter(state_from="").get().seq == 1
+    assert rows.exclude(channel="api").get().seq == 2
+    kinds = {(k["event"], k["state_from"], k["state_to"], k["channel"]): k["n"] for k in count_history_by_kind()}
+    assert kinds == {("created", "", "queued", "api"): 1, ("transition", "queued", "cancelled", "admin"): 1}
+    response = client_for(user).get(f"/api/tasks/history/{task.pk}")
+    assert [(r["event"], r["state_to"], r["channel"]) for r in response.json()["results"]] == [
+        ("created", "queued", "api"),
+        ("transition", "cancelled", "admin"),
+    ]
+    assert list(verify_audit_chains()) == []
+
+
+def test_every_choice_has_a_code_and_codes_only_grow():
+    """A code is what stored rows mean: the codes a migration recorded stay first, in their order."""
+    recorded = MigrationLoader(None, ignore_no_migrations=True).project_state().apps.get_model("tasks", "TaskHistory")
+    for field in CODED:
+        assert {value for value, _ in field.choices} - {""} <= set(field.codes), field.name
+        assert len(set(field.codes)) == len(field.codes), field.name
+        before = recorded._meta.get_field(field.name).codes
+        assert field.codes[: len(before)] == before, field.name
+
+
+@pytest.mark.parametrize("value", ["carrier-pigeon", "x", ""])
+def test_a_value_with_no_code_is_stored_as_its_text(value):
+    field = TaskHistory._meta.get_field("channel")
+    stored_value = field.get_db_prep_value(value, connection)
+    assert stored_value == value
+    assert field.from_db_value(stored_value, None, connection) == value
