@@ -39,14 +39,18 @@ _NAIVE_EPOCH = datetime(1970, 1, 1)
 
 def naive_utc(microseconds: int) -> datetime:
     """The naive UTC time ``microseconds`` after the Unix epoch: what Django reads a time's text as."""
-    return _NAIVE_EPOCH + timedelta(microseconds=microseconds)
+    return _NAIVE_EPOCH + timedelta(0, 0, microseconds)  # positional: half the cost of the keyword
 
 
 def _read_time(raw: bytes) -> datetime | None:
-    """The driver's converter of columns declared ``datetime`` or ``timestamp``: an integer (the text SQLite
-    hands a converter) is microseconds since the epoch, anything else Django's text."""
-    text = raw.decode()
-    return naive_utc(int(text)) if text.lstrip("-").isdigit() else parse_datetime(text)
+    """The driver's converter of columns declared ``datetime`` or ``timestamp``: an integer (the digits SQLite
+    hands a converter) is microseconds since the epoch; Django's text has its year's dash at index 4."""
+    if raw[4:5] != b"-":
+        try:
+            return naive_utc(int(raw))
+        except ValueError:  # neither form: as Django reads it
+            pass
+    return parse_datetime(raw.decode())
 
 
 # Converters are the driver's, for every connection of the process: Django registers its own at import.

@@ -137,3 +137,12 @@ def test_sqlite_reads_a_time_still_held_as_text(task):
         assert cursor.fetchone() == ("text",)
     assert Task.objects.values_list("heartbeat_at", flat=True).get() == MOMENT
     assert Task.objects.annotate(hour=TruncHour("heartbeat_at")).values_list("hour", flat=True).get().hour == 1
+
+
+def test_sqlite_reads_a_time_in_neither_form_as_django_does(task):
+    """Django's own converter reads text that is no time as None; so does the one that also reads integers."""
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's timestamptz has one form")
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE tasks_task SET heartbeat_at = %s", ["not a time"])
+    assert Task.objects.values_list("heartbeat_at", flat=True).get() is None
