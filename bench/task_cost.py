@@ -9,6 +9,12 @@ broker round trip, so only the work of the task itself is counted: the claim, th
 with its metrics, the history rows, the mirror writes after each commit. Commits are counted on the connection,
 statements with ``connection.execute_wrapper``, threads at ``Thread.start``; with ``--profile N``, cProfile's top N
 entries by cumulative time. The broker queue and mirror keys carry a token of the run and are deleted afterwards.
+
+It also measures what the drained tasks take in the database, as ``bench.scale``'s storage does (after a VACUUM):
+the growth of the tables that hold a row or more per task (``TASK_TABLES``: the task, its history, outputs, search
+index and Celery's result row) and of their indexes from before the tasks were submitted to after they were
+drained, divided by their number: the real writer's rows, where ``bench.scale``'s data set holds leaner history
+rows and no result rows.
 """
 
 from __future__ import annotations
@@ -28,6 +34,14 @@ from bench.redis_keys import delete_keys
 from bench.report import record
 
 BROKER_URL = "redis://127.0.0.1:6379/11"
+# Tables with a row (or more) per drained task; everything else in the database is the same whatever the tasks.
+TASK_TABLES = (
+    "tasks_task",
+    "tasks_taskhistory",
+    "tasks_taskoutput",
+    "tasks_task_search",
+    "django_celery_results_taskresult",
+)
 
 
 class Counts:
@@ -116,6 +130,7 @@ def main() -> None:
 
     try:
         run(submitted(10))  # warm-up
+        empty = table_bytes(connection)
         tasks = submitted(args.tasks)
         profiler = cProfile.Profile() if args.profile else None
         with Counts(connection) as counts:
@@ -145,8 +160,26 @@ def main() -> None:
         print(f"  {name + ' per task':<28} {value:>8.2f}")
         record("task_cost", f"{name} per echo task", engine=args.engine, value=value, unit="", size=n)
     print("  statements by kind: " + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(counts.statements.items())))
+    grown = table_bytes(connection)
+    grown.subtract(empty)
+    print(f"  bytes per drained task (its tables and their indexes, after a VACUUM): {grown.total() / n:,.0f}")
+    for (name, kind), size in grown.most_common():
+        if size / n >= 1:
+            print(f"    {name:<52} {kind:<12} {size / n:>8,.0f}")
+    record("task_cost", "bytes per drained echo task", engine=args.engine, value=grown.total() / n, unit="B", size=n)
     if profiler:
         pstats.Stats(profiler).strip_dirs().sort_stats("cumulative").print_stats(args.profile)
+
+
+def table_bytes(connection: Any) -> Counter[tuple[str, str]]:
+    """Bytes of each component (name, kind) of the TASK_TABLES and their indexes, after a VACUUM."""
+    from bench.scale import storage_components
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("VACUUM")
+        components, _ = storage_components(cursor, connection.vendor)
+    return Counter({(name, kind): size for table, name, kind, size in components if table in TASK_TABLES})
 
 
 if __name__ == "__main__":
