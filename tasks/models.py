@@ -99,7 +99,7 @@ class CompactUUIDField(models.UUIDField):
 
 class CompactDateTimeField(models.DateTimeField):
     """A time stored on SQLite as microseconds since the Unix epoch (UTC) in an integer of up to 8 bytes, not
-    Django's 26 characters of text: some 325 bytes a completed task over its row, its history, outputs and the
+    Django's 26 characters of text: some 310 bytes a completed task over its row, its history, outputs and the
     indexes that hold a time (PostgreSQL's ``timestamptz`` is 8 bytes already). Integers order as the times do;
     the SQLite backend (``crux.db``) reads both forms back and its date functions in SQL take both. Where the
     connection is not in UTC (a database ``TIME_ZONE``), the time is Django's text, as Django writes it."""
@@ -134,8 +134,8 @@ CompactDateTimeField.register_lookup(_year_by_function(ExtractIsoYear))
 
 
 class CodedChoiceField(models.CharField):
-    """A choice stored on SQLite as one character, its position in ``codes``, not its name (8 to 11 characters):
-    some 90 bytes a completed task over its history rows' event, states and channel. ``codes`` only ever grows at
+    """A choice stored on SQLite as one character, its position in ``codes``, not its name (3 to 11 characters):
+    some 100 bytes a completed task over its history rows' event, states and channel. ``codes`` only ever grows at
     its end: a code is what a stored row means. A value not in ``codes`` is stored as its text and read back as it
     is; the empty string stays empty. PostgreSQL stores the name."""
 
