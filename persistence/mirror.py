@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -28,6 +28,7 @@ from prometheus_client import Counter
 from redis import Redis
 from redis.exceptions import NoScriptError, RedisError
 
+from tasks.models import epoch_microseconds
 from tasks.states import TERMINAL_STATES
 
 logger = logging.getLogger(__name__)
@@ -120,16 +121,6 @@ def task_key(task_id: Any) -> str:
     return f"{key_prefix()}{task_id}"
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(1970, 1, 1)  # for the naive UTC datetimes of SQLite rows
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def version_of(updated_at: datetime) -> int:
-    """Microseconds since the epoch, exact (no float rounding), as the entry's version."""
-    return (updated_at - _EPOCH) // _MICROSECOND
-
-
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -140,7 +131,7 @@ def snapshot(values: dict[str, Any]) -> dict[str, Any]:
     doc["id"] = str(doc["id"])
     for name in ("created_at", "updated_at", "started_at", "completed_at", "deleted_at"):
         doc[name] = _iso(doc[name])
-    doc["version"] = version_of(values["updated_at"])
+    doc["version"] = epoch_microseconds(values["updated_at"])  # the entry's version
     return doc
 
 
@@ -260,8 +251,7 @@ def batch_of_rows(rows: Sequence[Sequence[Any]]) -> Batch:
             doc["id"] = task_id = str(task_id)
         elif len(task_id) == 32:
             doc["id"] = task_id = f"{task_id[:8]}-{task_id[8:12]}-{task_id[12:16]}-{task_id[16:20]}-{task_id[20:]}"
-        updated_at = row[_UPDATED_AT]
-        doc["version"] = (updated_at - (_EPOCH if updated_at.tzinfo else _NAIVE_EPOCH)) // _MICROSECOND
+        doc["version"] = epoch_microseconds(row[_UPDATED_AT])
         ids.append(task_id)
         payloads.append(encode(doc))
     prefix = key_prefix()

@@ -97,6 +97,17 @@ class CompactUUIDField(models.UUIDField):
         return bytes.fromhex(value) if isinstance(value, str) and connection.vendor == "sqlite" else value
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def epoch_microseconds(moment: datetime) -> int:
+    """Microseconds from the Unix epoch to ``moment``, exact (no float rounding); a naive moment is UTC (Django's
+    on SQLite, read raw)."""
+    return (moment - (_EPOCH if moment.tzinfo else _NAIVE_EPOCH)) // _MICROSECOND
+
+
 class CompactDateTimeField(models.DateTimeField):
     """A time stored on SQLite as microseconds since the Unix epoch (UTC) in an integer of up to 8 bytes, not
     Django's 26 characters of text: some 310 bytes a completed task over its row, its history, outputs and the
@@ -104,19 +115,13 @@ class CompactDateTimeField(models.DateTimeField):
     the SQLite backend (``crux.db``) reads both forms back and its date functions in SQL take both. Where the
     connection is not in UTC (a database ``TIME_ZONE``), the time is Django's text, as Django writes it."""
 
-    _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-    _MICROSECOND = timedelta(microseconds=1)
-
     def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
         if connection.vendor != "sqlite" or connection.timezone_name != "UTC":
             return super().get_db_prep_value(value, connection, prepared)
         if not prepared:
             value = self.get_prep_value(value)
-        if not isinstance(value, datetime):
-            return value
-        if timezone.is_naive(value):  # settings.USE_TZ off: Django's naive times are the connection's (UTC)
-            value = value.replace(tzinfo=UTC)
-        return (value - self._EPOCH) // self._MICROSECOND
+        # A naive time (settings.USE_TZ off) is the connection's: UTC.
+        return epoch_microseconds(value) if isinstance(value, datetime) else value
 
 
 def _year_by_function(extract: type[Transform]) -> type[Transform]:
