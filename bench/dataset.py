@@ -456,7 +456,9 @@ class _SQLiteTable(_Table):
             return _uuid_bytes
         if kind == "DateTimeField":
             return _remembered(_naive_text(connection.timezone))
-        if kind in ("CompactDateTimeField", "CodedChoiceField"):  # the field's own integer or code
+        if kind == "CompactDateTimeField":
+            return _remembered(_epoch_integer(connection.alias))
+        if kind == "CodedChoiceField":  # the field's own code
             return _remembered(partial(field.get_db_prep_value, connection=connection, prepared=True))
         if kind == "JSONField":
             return json.dumps
@@ -547,6 +549,17 @@ def _remembered(adapt: Callable[[datetime], str]) -> Callable[[datetime], str]:
         return text
 
     return adapt_remembered
+
+
+@cache
+def _epoch_integer(alias: str) -> Callable[[datetime], int]:
+    """What ``tasks.models.CompactDateTimeField`` stores on the SQLite database ``alias``: one function for every
+    such field, so that ``_remembered`` keeps one memory for all of them, as for Django's times."""
+    from django.db import connections
+
+    from tasks.models import CompactDateTimeField
+
+    return partial(CompactDateTimeField().get_db_prep_value, connection=connections[alias], prepared=True)
 
 
 @cache
