@@ -53,6 +53,11 @@ class StaleState(Conflict):
     field = "state"
 
 
+class TaskChanged(StaleState):
+    """A task read without its row lock was written by someone else before this write (``Task.keep_read``): the
+    write did nothing, and its transaction must be rolled back (the caller reads the task again, under the lock)."""
+
+
 class ClaimLost(Conflict):
     """A worker's attempt no longer holds its task (cancelled, or recovered after a stall and maybe claimed
     again): whatever it still tries to write is refused, and its handler stops."""

@@ -28,7 +28,7 @@ from django_celery_results.managers import TaskResultManager
 from django_celery_results.models import TaskResult
 
 from tasks.audit import Channel, HistoryEvent, current_context
-from tasks.exceptions import AppendOnlyViolation, HardDeleteRefused, UntrackedWrite
+from tasks.exceptions import AppendOnlyViolation, HardDeleteRefused, TaskChanged, UntrackedWrite
 from tasks.keys import KEY_ID_MAX_LENGTH
 from tasks.redaction import redact_fields
 from tasks.states import TaskState, check_state, check_transition
@@ -251,6 +251,8 @@ class TaskQuerySet(models.QuerySet):
 # Where a task's locked read kept for its next save is held (``Task.keep_locked_read``): on the instance and, for
 # the last such read, on the database connection.
 _LAST_LOCKED_READ = "_crux_locked_read"
+# Where an unlocked read kept for the task's next save (``Task.keep_read``) is held, on the instance.
+_UNLOCKED_READ = "_crux_unlocked_read"
 
 
 def _copied(value: Any) -> Any:
@@ -433,17 +435,24 @@ class Task(models.Model):
         is taken there). A failure after that dooms the caller's transaction.
         So is a task a service has just read under its row lock in the same
         transaction (``keep_locked_read``): its values are the committed ones and
-        the row is not read again; any other save locks and reads the row first.
+        the row is not read again. A task read without the lock (``keep_read``) is
+        written as a compare-and-set on its version, its changed fields only. Any
+        other save locks and reads the row first.
         """
-        update_fields = kwargs.get("update_fields")
-        if update_fields is not None:
-            kwargs["update_fields"] = set(update_fields) | {"updated_at", "history_count", "history_head"}
         using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
         adding = self._state.adding
         if adding:
             check_state(self.state)
             current_context()
         kept = None if adding else self._kept_locked_read(using)
+        unlocked: dict[str, Any] | None = self.__dict__.pop(_UNLOCKED_READ, None)
+        if unlocked is not None and not adding:
+            kept = unlocked
+            if kwargs.get("update_fields") is None:
+                kwargs["update_fields"] = self._changed_since(unlocked)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None:
+            kwargs["update_fields"] = set(update_fields) | {"updated_at", "history_count", "history_head"}
         with transaction.atomic(using=using, savepoint=not adding and kept is None):
             if adding or kept is not None:
                 before = kept
@@ -452,10 +461,11 @@ class Task(models.Model):
             if before is not None and before["state"] != self.state:
                 check_transition(before["state"], self.state)
             self._audit_before = before
+            self._expected_version = None if unlocked is None else unlocked["history_count"]
             try:
                 super().save(*args, **kwargs)
             finally:
-                del self._audit_before
+                del self._audit_before, self._expected_version
 
     def clean(self) -> None:
         soft, hard = self.soft_time_limit, self.time_limit
@@ -485,6 +495,34 @@ class Task(models.Model):
         transaction.on_commit(read, using=using)
         setattr(connections[using], _LAST_LOCKED_READ, read)
         self.__dict__[_LAST_LOCKED_READ] = read
+
+    def keep_read(self) -> None:
+        """This instance was just read without the row lock (``services.unlocked_task``): its next save is a
+        compare-and-set on what was read. It writes the fields changed since the read, with the read's values as the
+        committed ones (the history row's changes, the previous head of its chain), only if the row's
+        ``history_count`` is still the one read, and raises TaskChanged, having written nothing, if it is not.
+
+        ``history_count`` is the version of every tracked field: a change of one writes a history row, which moves
+        it, and nothing else may (``TaskQuerySet.update`` refuses them). The untracked fields others may write
+        meanwhile (a lease, a dispatch confirmation) keep their values unless this save changes them. The read
+        need not be in the save's transaction, so on SQLite the write lock is taken at the save's UPDATE, after the
+        work that prepares it.
+        """
+        fields = self._meta.concrete_fields
+        self.__dict__[_UNLOCKED_READ] = {f.attname: _copied(getattr(self, f.attname)) for f in fields}
+
+    def _changed_since(self, read: dict[str, Any]) -> set[str]:
+        """The names of the concrete fields whose value differs from ``read`` (attname to value)."""
+        fields = self._meta.concrete_fields
+        return {f.name for f in fields if not f.primary_key and getattr(self, f.attname) != read[f.attname]}
+
+    def _do_update(self, base_qs: Any, using: Any, pk_val: Any, values: Any, *rest: Any) -> Any:
+        """Django's UPDATE; for a save of a ``keep_read`` instance, only where the version read is still the row's."""
+        if getattr(self, "_expected_version", None) is None:
+            return super()._do_update(base_qs, using, pk_val, values, *rest)
+        if not base_qs.filter(pk=pk_val, history_count=self._expected_version)._update(values):
+            raise TaskChanged(f"task {pk_val} was changed by another write since it was read")
+        return True
 
     def _kept_locked_read(self, using: str) -> dict[str, Any] | None:
         """The values ``keep_locked_read`` kept for this save, if still valid (see there); else None (read again).

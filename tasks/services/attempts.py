@@ -16,6 +16,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 from django.conf import settings
@@ -31,7 +32,7 @@ from tasks.ids import TaskId
 from tasks.models import METRIC_FIELDS, OutputType, Task, TaskOutput
 from tasks.redaction import redact_text
 from tasks.registry import HandlerOptions, handler_options
-from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown, start_ahead
+from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown, start_ahead, write_task
 from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)
@@ -83,51 +84,53 @@ def time_limits(task: Task) -> TimeLimits:
 def claim(task_id: TaskId, *, worker_id: str, in_transaction: Callable[[Task], None] | None = None) -> Task | None:
     """Move a queued task to running for a new attempt, or return None (duplicate delivery).
 
-    A compare-and-set under the row lock: a delivery of a task that is already
+    A compare-and-set (``write_task``): a delivery of a task that is already
     running or finished does nothing, so a task never runs twice at once.
     ``in_transaction`` is called with the running task before the claim commits (and only if it claimed).
     """
-    with transaction.atomic():
-        try:
-            task = locked_task(task_id)
-        except TaskNotFound:
-            logger.warning("delivery of unknown task %s ignored", task_id)
-            return None
-        if task.state != TaskState.QUEUED:
-            logger.info("duplicate delivery of task %s ignored: it is %s", task.pk, task.state)
-            return None
-        start = start_ahead(task, timezone.now())
-        if start is not None:
-            _hold_back(task, start)
-            return None
-        if task.is_deleted:
-            apply_transition(
-                task,
-                TaskState.CANCELLED,
-                actor=WORKER_ACTOR,
-                channel=Channel.WORKER,
-                reason="soft-deleted before it started; not run",
-            )
-            return None
-        claimed = apply_transition(
+    try:
+        return write_task(task_id, partial(_claim, worker_id=worker_id, in_transaction=in_transaction))
+    except TaskNotFound:
+        logger.warning("delivery of unknown task %s ignored", task_id)
+        return None
+
+
+def _claim(task: Task, *, worker_id: str, in_transaction: Callable[[Task], None] | None) -> Task | None:
+    if task.state != TaskState.QUEUED:
+        logger.info("duplicate delivery of task %s ignored: it is %s", task.pk, task.state)
+        return None
+    start = start_ahead(task, timezone.now())
+    if start is not None:
+        _hold_back(task, start)
+        return None
+    if task.is_deleted:
+        apply_transition(
             task,
-            TaskState.RUNNING,
+            TaskState.CANCELLED,
             actor=WORKER_ACTOR,
             channel=Channel.WORKER,
-            reason=(
-                f"claimed by {worker_id} for attempt {task.attempt_count + 1} of {task.max_attempts} "
-                f"({time_limits(task).describe()})"
-            ),
-            attempt_count=task.attempt_count + 1,
-            worker_id=worker_id,
-            lease_expires_at=lease_deadline(),
-            heartbeat_at=timezone.now(),
-            progress=0.0,
-            current_phase="",
+            reason="soft-deleted before it started; not run",
         )
-        if in_transaction is not None:
-            in_transaction(claimed)
-        return claimed
+        return None
+    claimed = apply_transition(
+        task,
+        TaskState.RUNNING,
+        actor=WORKER_ACTOR,
+        channel=Channel.WORKER,
+        reason=(
+            f"claimed by {worker_id} for attempt {task.attempt_count + 1} of {task.max_attempts} "
+            f"({time_limits(task).describe()})"
+        ),
+        attempt_count=task.attempt_count + 1,
+        worker_id=worker_id,
+        lease_expires_at=lease_deadline(),
+        heartbeat_at=timezone.now(),
+        progress=0.0,
+        current_phase="",
+    )
+    if in_transaction is not None:
+        in_transaction(claimed)
+    return claimed
 
 
 def _hold_back(task: Task, start: datetime) -> None:
@@ -221,34 +224,60 @@ def finish_attempt(
     figures commit together, or neither does; so does what ``in_transaction`` writes, called with the task once
     the outcome is applied.
     """
-    with transaction.atomic():
-        task = locked_task(task_id)
-        if (task.state, task.attempt_count, task.worker_id) != (TaskState.RUNNING, attempt, worker_id):
-            logger.warning(
-                "outcome of task %s attempt %s discarded: it is now %s at attempt %s",
-                task.pk,
-                attempt,
-                task.state,
-                task.attempt_count,
-            )
-            return None
-        for name, value in checked_metrics(metrics or {}).items():
-            setattr(task, name, value)
-        if error:
-            ended = _fail_or_retry(task, attempt, error, retry_at=retry_at, permanent=permanent)
-        else:
-            ended = apply_transition(
-                task,
-                TaskState.COMPLETED,
-                actor=WORKER_ACTOR,
-                channel=Channel.WORKER,
-                reason=f"completed on attempt {attempt}",
-                result=result,
-                progress=1.0,
-            )
-        if in_transaction is not None:
-            in_transaction(ended)
-        return ended
+    return write_task(
+        task_id,
+        partial(
+            _finish,
+            attempt=attempt,
+            worker_id=worker_id,
+            result=result,
+            error=error,
+            retry_at=retry_at,
+            permanent=permanent,
+            metrics=metrics or {},
+            in_transaction=in_transaction,
+        ),
+    )
+
+
+def _finish(
+    task: Task,
+    *,
+    attempt: int,
+    worker_id: str,
+    result: Any,
+    error: str,
+    retry_at: datetime | None,
+    permanent: bool,
+    metrics: dict[str, Any],
+    in_transaction: Callable[[Task], None] | None,
+) -> Task | None:
+    if (task.state, task.attempt_count, task.worker_id) != (TaskState.RUNNING, attempt, worker_id):
+        logger.warning(
+            "outcome of task %s attempt %s discarded: it is now %s at attempt %s",
+            task.pk,
+            attempt,
+            task.state,
+            task.attempt_count,
+        )
+        return None
+    for name, value in checked_metrics(metrics).items():
+        setattr(task, name, value)
+    if error:
+        ended = _fail_or_retry(task, attempt, error, retry_at=retry_at, permanent=permanent)
+    else:
+        ended = apply_transition(
+            task,
+            TaskState.COMPLETED,
+            actor=WORKER_ACTOR,
+            channel=Channel.WORKER,
+            reason=f"completed on attempt {attempt}",
+            result=result,
+            progress=1.0,
+        )
+    if in_transaction is not None:
+        in_transaction(ended)
+    return ended
 
 
 def _live_attempt(task_id: TaskId, attempt: int, worker_id: str) -> QuerySet[Task]:
@@ -319,28 +348,30 @@ def record_metrics(task_id: TaskId, *, attempt: int, worker_id: str, **fields: A
         raise _claim_lost(task_id, attempt, worker_id)
 
 
-def _new_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:
-    """A validated output with credentials masked in its text; ``task`` is a Task or a task id."""
+def _checked_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:
+    """A validated output, not saved yet; ``task`` is a Task or a task id."""
     refuse_unknown(fields, OUTPUT_FIELDS)
     output = TaskOutput(**({"task": task} if isinstance(task, Task) else {"task_id": task}), **fields)
     try:
         output.full_clean(exclude=["task"])
     except ValidationError as exc:
         raise InvalidTaskData(exc.message_dict) from None
-    output.save()
     return output
 
 
 def record_output(
     task_id: TaskId, output_type: str, content: str, *, attempt: int, worker_id: str, **meta: Any
 ) -> TaskOutput:
-    """An output a running attempt produced (stdout, a log line, an artifact).
+    """An output a running attempt produced (stdout, a log line, an artifact), credentials in its text masked.
 
-    Written under the row lock only while the attempt holds its claim, else ClaimLost.
+    Written under the row lock only while the attempt holds its claim, else ClaimLost. It is checked before the
+    transaction, so that the write lock (SQLite) is held for the claim's check and the INSERT only.
     """
+    output = _checked_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
     with transaction.atomic():
         _hold_claim(task_id, attempt, worker_id)
-        return _new_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
+        output.save()
+    return output
 
 
 def add_output(task_id: TaskId, **fields: Any) -> TaskOutput:
@@ -349,4 +380,6 @@ def add_output(task_id: TaskId, **fields: Any) -> TaskOutput:
         task = locked_task(task_id)
         if task.is_deleted:
             raise TaskError(f"task {task.pk} is deleted: restore it before adding outputs", field="task_id")
-        return _new_output(task, fields)
+        output = _checked_output(task, fields)
+        output.save()
+        return output

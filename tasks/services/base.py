@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -14,11 +15,13 @@ from django.utils import timezone
 
 from tasks import dispatch
 from tasks.audit import Actor, audited
-from tasks.exceptions import InvalidTaskData, TaskNotFound
+from tasks.exceptions import InvalidTaskData, TaskChanged, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
 from tasks.registry import handler_options, payload_checker, payload_errors, registered_names
 from tasks.states import TERMINAL_STATES, TaskState, check_transition
+
+logger = logging.getLogger(__name__)
 
 WORKER_ACTOR = "system:worker"
 RECOVERY_ACTOR = "system:recovery"
@@ -78,6 +81,40 @@ def locked_task(task_id: TaskId) -> Task:
         raise TaskNotFound(pk) from None
     task.keep_locked_read()
     return task
+
+
+def unlocked_task(task_id: TaskId) -> Task:
+    """The task as committed now, its row not locked; TaskNotFound if there is none. Its next save is a
+    compare-and-set on this read (``Task.keep_read``): TaskChanged if another write came between."""
+    pk = parse_task_id(task_id)
+    try:
+        task = Task.objects.get(pk=pk)
+    except Task.DoesNotExist:
+        raise TaskNotFound(pk) from None
+    task.keep_read()
+    return task
+
+
+Written = TypeVar("Written")
+
+
+def write_task(task_id: TaskId, write: Callable[[Task], Written]) -> Written:
+    """``write(task)`` in a transaction: first with the task read without its row lock, its save a compare-and-set
+    on that read (``unlocked_task``), and again with the task read under the lock (``locked_task``) if another
+    write came between. TaskNotFound if there is no task.
+
+    Whatever ``write`` decides and prepares before its save (validation, the history row and its MAC) then runs
+    before the save takes the write lock, which on SQLite every writer of the database waits for: the worker's
+    claim and outcome hold it for their statements and commit only. A ``write`` that saves nothing takes no lock.
+    """
+    task = unlocked_task(task_id)
+    try:
+        with transaction.atomic():
+            return write(task)
+    except TaskChanged as exc:
+        logger.info("%s: writing it again under its row lock", exc)
+    with transaction.atomic():
+        return write(locked_task(task_id))
 
 
 def refuse_unknown(fields: dict[str, Any], allowed: Collection[str]) -> None:

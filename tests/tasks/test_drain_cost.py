@@ -4,6 +4,8 @@
   row (SUCCESS, FAILURE, RETRY) with the outcome, not in commits of their own; Celery's tools still read them.
 - A task read under its row lock (``services.locked_task``) is saved without a second locked read and without a
   savepoint, only when that read is provably the same transaction's; every other save reads the row again.
+- The claim and the outcome read the task before their transactions and save it as a compare-and-set on that read
+  (``services.write_task``): a write that another overtook writes nothing and is made again under the row lock.
 - The metrics row is a plain UPDATE or INSERT under the task's lock, its text redacted.
 
 Counting: commits are counted with a spy on the connection's ``commit`` (the real commit runs), statements with
@@ -16,9 +18,10 @@ import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from unittest import mock
 
@@ -34,12 +37,12 @@ from crux.celery import app
 from tasks import services
 from tasks.audit import Channel, audited
 from tasks.dispatch import EXECUTE_TASK
-from tasks.exceptions import IllegalTransition, InvalidTaskData
+from tasks.exceptions import IllegalTransition, InvalidTaskData, TaskChanged
 from tasks.execution import HeartbeatThread, execute
 from tasks.models import CeleryResult, Task, TaskHistory
 from tasks.redaction import REDACTED
 from tasks.selectors import verify_audit_chains
-from tasks.services.base import locked_task
+from tasks.services.base import locked_task, unlocked_task, write_task
 from tasks.tasks import AttemptFailed
 from tests.tasks import test_worker
 from tests.tasks.test_queues import submit as submit_to_cluster
@@ -120,7 +123,8 @@ def test_an_echo_task_commits_three_times_and_its_result_row_is_celerys(user):
     assert counts.kinds["SAVEPOINT"] == 0, counts  # the result rows are upserts (tasks.models.CeleryResultManager)
     # history x2, the output, the result row twice (STARTED, then SUCCESS: an INSERT that updates)
     assert counts.kinds["INSERT"] == 5 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 6, counts
-    assert counts.task_reads == 3, counts  # the claim's and the outcome's locked reads, the output's claim check
+    # The output's claim check; the claim and the outcome read the task before their transactions.
+    assert counts.task_reads == 1, counts
     assert [h.state_to for h in TaskHistory.objects.filter(task=task).order_by("seq")] == [
         "queued",
         "running",
@@ -275,6 +279,121 @@ def test_a_kept_read_serves_one_save_only(user):
             read.save()
     assert (first.task_reads, second.task_reads) == (0, 1)
     assert [row.seq for row in TaskHistory.objects.filter(task=task).order_by("seq")] == [1, 2, 3]
+
+
+# The worker's writes: a compare-and-set on a read taken without the row lock.
+
+
+def _in_threads(*works: Callable[[], Any]) -> None:
+    """Each of ``works`` on a thread and a database connection of its own, at the same time; returns once all
+    have committed (concurrent writers)."""
+    failures: list[BaseException] = []
+
+    def run(work: Callable[[], Any]) -> None:
+        try:
+            work()
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(work,)) for work in works]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads) and not failures, failures
+
+
+def _states(task: Task) -> list[str]:
+    return [h.state_to for h in TaskHistory.objects.filter(task=task).order_by("seq")]
+
+
+def test_the_claim_and_the_outcome_read_the_task_before_their_transactions(user):
+    task = submit(user)
+    with counted() as counts:
+        services.claim(task.pk, worker_id=WORKER)
+        services.finish_attempt(task.pk, attempt=1, worker_id=WORKER, result={})
+    # No read inside either transaction: its first statement is the UPDATE, where SQLite's write lock is taken.
+    assert (counts.task_reads, counts.commits, counts.kinds["SELECT"]) == (0, 2, 2), counts
+    assert _states(task) == ["queued", "running", "completed"]
+    assert not [p for p in verify_audit_chains() if p.subject == f"task {task.pk}"]
+
+
+def test_a_save_of_a_read_another_write_overtook_writes_nothing(user):
+    task = submit(user)
+    read = unlocked_task(task.pk)
+    _cancel(task, user)
+    read.title = "late"
+    with pytest.raises(TaskChanged), transaction.atomic(), audited(user, channel=Channel.API, reason="late"):
+        read.save()
+    row = Task.objects.get(pk=task.pk)
+    assert (row.state, row.title, row.history_count) == ("cancelled", "echo task", 2)
+    assert _states(task) == ["queued", "cancelled"]
+
+
+def test_a_write_overtaken_between_its_read_and_its_save_is_made_again_under_the_row_lock(user):
+    task = submit(user)
+    versions: list[int] = []
+
+    def rename(current: Task) -> Task:
+        versions.append(current.history_count)
+        if len(versions) == 1:
+            _in_threads(
+                lambda: services.update_task(
+                    task.pk, actor=user, channel=Channel.API, reason="theirs", description="theirs"
+                )
+            )
+        current.title = "mine"
+        with audited(user, channel=Channel.API, reason="mine"):
+            current.save()
+        return current
+
+    write_task(task.pk, rename)
+    assert versions == [1, 2], "read without the lock, then again under it once the first save found it changed"
+    row = Task.objects.get(pk=task.pk)
+    assert (row.title, row.description, row.history_count) == ("mine", "theirs", 3)
+    rows = list(TaskHistory.objects.filter(task=task).order_by("seq"))
+    assert [r.details["changes"] for r in rows[1:]] == [
+        {"description": ["", "theirs"]},
+        {"title": ["echo task", "mine"]},
+    ]
+    assert not [p for p in verify_audit_chains() if p.subject == f"task {task.pk}"]
+
+
+def test_a_save_of_an_unlocked_read_keeps_what_others_wrote_to_the_fields_it_leaves(user):
+    task = submit(user)
+    read = unlocked_task(task.pk)
+    Task.objects.filter(pk=task.pk).update(dispatch_epoch="confirmed-meanwhile")  # untracked: the version stays
+    read.title = "renamed"
+    with transaction.atomic(), audited(user, channel=Channel.API, reason="rename"):
+        read.save()
+    row = Task.objects.get(pk=task.pk)
+    assert (row.title, row.dispatch_epoch, row.history_count) == ("renamed", "confirmed-meanwhile", 2)
+
+
+def test_two_deliveries_claiming_at_once_run_the_task_once(user):
+    task = submit(user)
+    both_read = threading.Barrier(2)
+    read_unlocked = unlocked_task
+    claims: dict[str, Task | None] = {}
+
+    def read_then_wait(task_id: Any) -> Task:
+        read = read_unlocked(task_id)
+        both_read.wait(timeout=10)  # each delivery has read the task queued before either writes
+        return read
+
+    def deliver(worker: str) -> None:
+        claims[worker] = services.claim(task.pk, worker_id=worker)
+
+    with mock.patch("tasks.services.base.unlocked_task", side_effect=read_then_wait):
+        _in_threads(*(partial(deliver, worker) for worker in ("celery@a:1", "celery@b:1")))
+    (winner,) = [w for w, claimed in claims.items() if claimed is not None]
+    assert len(claims) == 2
+    row = Task.objects.get(pk=task.pk)
+    assert (row.state, row.attempt_count, row.worker_id) == ("running", 1, winner)
+    assert _states(task) == ["queued", "running"]
+    assert not [p for p in verify_audit_chains() if p.subject == f"task {task.pk}"]
 
 
 def test_a_result_row_is_one_row_per_delivery_written_by_one_statement_each_and_redacted():
