@@ -62,33 +62,19 @@ def attempt_histograms() -> tuple[Any, Any]:
     return duration, wait
 
 
-@task_postrun.connect
-def observe_attempt(sender: Any = None, args: Any = None, retval: Any = None, **kwargs: Any) -> None:
-    """In the worker, once a delivery of task work made an attempt (it completed, failed or waits for its retry;
-    a duplicate or a lost claim ran nothing): its run time and queue wait, read from the task's row (one query;
-    observed here because the attempt's own code belongs to the task domain). The wait is known for attempts that
-    completed or failed: a retry clears the publish its attempt was claimed from."""
-    from celery.exceptions import Retry
-
-    from tasks import selectors  # imported late: this module loads before Django's apps
-    from tasks.dispatch import EXECUTE_TASK
-    from tasks.tasks import AttemptFailed
-
-    if getattr(sender, "name", None) != EXECUTE_TASK or not args:
+def observe_attempt(sender: Any = None, task: Any = None, **kwargs: Any) -> None:
+    """Once an attempt's outcome is committed (``tasks.hooks.attempt_ended``, in the process that ran it): its run
+    time and queue wait, from the task as the outcome left it. The wait is known for attempts that completed or
+    failed: a retry clears the publish its attempt was claimed from."""
+    outcome = {"completed": "completed", "failed": "failed", "queued": "retry"}.get(task.state)
+    if task.started_at is None or outcome is None:
         return
-    if retval != "completed" and not isinstance(retval, AttemptFailed | Retry):
-        return
-    timing = selectors.attempt_timing(args[0])
-    outcome = {"completed": "completed", "failed": "failed", "queued": "retry"}.get(timing.state if timing else "")
-    if timing is None or timing.started_at is None or outcome is None:
-        return
-    queue = timing.queue or settings.CELERY_TASK_DEFAULT_QUEUE
+    queue = task.queue or settings.CELERY_TASK_DEFAULT_QUEUE
     duration, wait = attempt_histograms()
-    duration.labels(timing.handler, queue, outcome).observe(
-        max(0.0, (timing.ended_at - timing.started_at).total_seconds())
-    )
-    if outcome != "retry" and timing.dispatched_at is not None and timing.dispatched_at <= timing.started_at:
-        wait.labels(timing.handler, queue).observe((timing.started_at - timing.dispatched_at).total_seconds())
+    ended_at = task.completed_at or task.updated_at
+    duration.labels(task.handler, queue, outcome).observe(max(0.0, (ended_at - task.started_at).total_seconds()))
+    if outcome != "retry" and task.dispatched_at is not None and task.dispatched_at <= task.started_at:
+        wait.labels(task.handler, queue).observe((task.started_at - task.dispatched_at).total_seconds())
 
 
 @worker_process_shutdown.connect

@@ -35,7 +35,7 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from tasks import services
+from tasks import hooks, services
 from tasks.exceptions import ClaimLost, PermanentFailure, Retry, SoftTimeLimitExceeded
 from tasks.models import Task, TaskOutput
 from tasks.registry import get_handler
@@ -349,4 +349,5 @@ def execute(
     )
     if outcome is None:
         return "discarded"
+    hooks.attempt_ended.send(sender=Task, task=outcome)
     return outcome.state

@@ -88,6 +88,10 @@ def deletion_refusal(*, kind: str, task_count: int, deliberate: bool, unlimited:
 # Sent with ``task_id`` after a running attempt's progress or phase was written.
 progress_reported = Signal()
 
+# Sent with ``task``, as the outcome of an attempt left it (completed, failed, or queued for its retry), once that
+# outcome is committed: the worker observes the attempt's run time and queue wait from it (``crux.celery``).
+attempt_ended = Signal()
+
 # Sent with ``tasks`` and ``using`` after new tasks were inserted together (``tasks.history.create_tasks``): no
 # ``post_save`` is sent for them.
 tasks_created = Signal()

@@ -12,7 +12,7 @@
   which worker instances hold running attempts.
 """
 
-from tasks.selectors.attempts import AttemptEnd, AttemptTiming, attempt_end, attempt_timing, running_instances
+from tasks.selectors.attempts import AttemptEnd, attempt_end, running_instances
 from tasks.selectors.figures import (
     QueueDepth,
     activity_per_hour,
@@ -58,7 +58,6 @@ from tasks.selectors.workers import (
 
 __all__ = [
     "AttemptEnd",
-    "AttemptTiming",
     "ChainProblem",
     "LiveWorker",
     "OutputTail",
@@ -66,7 +65,6 @@ __all__ = [
     "TaskPage",
     "activity_per_hour",
     "attempt_end",
-    "attempt_timing",
     "count_alive_by",
     "count_by_state",
     "count_events_since",

@@ -11,15 +11,6 @@ from tasks.models import Task
 from tasks.states import TaskState
 
 
-class AttemptTiming(NamedTuple):
-    handler: str
-    queue: str  # '' = the default queue
-    state: str  # the state the attempt left the task in
-    dispatched_at: datetime | None  # the publish the attempt was claimed from (None once a retry waits unpublished)
-    started_at: datetime | None
-    ended_at: datetime  # completed_at of a finished task, else its last change (the retry's transition)
-
-
 class AttemptEnd(NamedTuple):
     error: str  # the attempt's error, as stored (redacted)
     retry_at: datetime | None  # when a retry waits for, None if it does not wait
@@ -38,14 +29,3 @@ def running_instances(node_name: str) -> set[str]:
         "worker_id", flat=True
     )
     return {worker_id[len(node_name) + 1 :].split(":")[0] for worker_id in worker_ids}
-
-
-def attempt_timing(task_id: TaskId) -> AttemptTiming | None:
-    """When the task's last attempt was published, claimed and ended, with its handler and queue (None if the task
-    is gone): the worker observes run time and queue wait from it once an attempt has ended."""
-    fields = ("handler", "queue", "state", "dispatched_at", "started_at", "completed_at", "updated_at")
-    row = Task.objects.filter(pk=parse_task_id(task_id)).values_list(*fields).first()
-    if row is None:
-        return None
-    handler, queue, state, dispatched_at, started_at, completed_at, updated_at = row
-    return AttemptTiming(handler, queue, state, dispatched_at, started_at, completed_at or updated_at)
