@@ -55,6 +55,8 @@ UNTRACKED_FIELDS = frozenset(
         "history_count",
         "history_head",
         "dispatch_epoch",
+        # Derived from the id and dispatch_count (``dispatch.celery_id``), which the history records.
+        "celery_task_id",
     }
     | set(METRIC_FIELDS)
 )

@@ -52,10 +52,14 @@ class TimeLimits:
     hard: float | None = None
 
     def describe(self) -> str:
+        """The limits as a claim's reason names them: "no time limits", or "time limits soft 20s, hard none"."""
+        if self.soft is None and self.hard is None:
+            return "no time limits"
+
         def seconds(value: float | None) -> str:
             return "none" if value is None else f"{value:g}s"
 
-        return f"soft time limit {seconds(self.soft)}, hard time limit {seconds(self.hard)}"
+        return f"time limits soft {seconds(self.soft)}, hard {seconds(self.hard)}"
 
 
 def _declared(task: Task) -> HandlerOptions:
@@ -117,10 +121,8 @@ def _claim(task: Task, *, worker_id: str, in_transaction: Callable[[Task], None]
         TaskState.RUNNING,
         actor=WORKER_ACTOR,
         channel=Channel.WORKER,
-        reason=(
-            f"claimed by {worker_id} for attempt {task.attempt_count + 1} of {task.max_attempts} "
-            f"({time_limits(task).describe()})"
-        ),
+        # The worker, attempt and start are the row's changes: the reason adds what is in force beside them.
+        reason=f"claimed for attempt {task.attempt_count + 1} of {task.max_attempts}, {time_limits(task).describe()}",
         attempt_count=task.attempt_count + 1,
         worker_id=worker_id,
         lease_expires_at=lease_deadline(),
