@@ -7,8 +7,10 @@ Each task is run through Celery's own tracer (``celery.app.trace.build_tracer``:
 runs for a delivery: prerun, the task with its STARTED row, the result row, postrun), in this process, with no
 broker round trip, so only the work of the task itself is counted: the claim, the handler's output, the outcome
 with its metrics, the history rows, the mirror writes after each commit. Commits are counted on the connection,
-statements with ``connection.execute_wrapper``, threads at ``Thread.start``; with ``--profile N``, cProfile's top N
-entries by cumulative time. The broker queue and mirror keys carry a token of the run and are deleted afterwards.
+statements with ``connection.execute_wrapper``, threads at ``Thread.start``, and on SQLite the time the database's
+write lock is held (from a transaction's first statement to its commit: what every other writer, a second worker
+process say, waits for); with ``--profile N``, cProfile's top N entries by cumulative time. The broker queue and
+mirror keys carry a token of the run and are deleted afterwards.
 
 It also measures what the drained tasks take in the database, as ``bench.scale``'s storage does (after a VACUUM):
 the growth of the tables that hold a row or more per task (``TASK_TABLES``: the task, its history, outputs, search
@@ -45,12 +47,15 @@ TASK_TABLES = (
 
 
 class Counts:
-    """Commits, statements by kind and thread starts while a block runs in this process."""
+    """Commits, statements by kind, thread starts and (SQLite) the time the write lock is held while a block runs in
+    this process."""
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
         self.commits = self.threads = 0
         self.statements: Counter[str] = Counter()
+        self.lock_held = 0.0  # seconds, from the write lock's taking (a transaction's first statement) to its release
+        self._lock_taken: float | None = None
 
     def statement(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
         kind = sql.split(None, 1)[0].upper()
@@ -73,13 +78,32 @@ class Counts:
         self.restore = (real_commit, real_start)
         self.connection.commit = commit
         threading.Thread.start = start  # type: ignore[method-assign]
+        if hasattr(self.connection, "_acquire_write_lock"):  # crux.db's SQLite: the lock every writer waits for
+            self._time_write_lock()
         self.wrapper = self.connection.execute_wrapper(self.statement)
         self.wrapper.__enter__()
         return self
 
+    def _time_write_lock(self) -> None:
+        acquire, release = self.connection._acquire_write_lock, self.connection._release_write_lock
+
+        def acquire_timed() -> None:
+            acquire()
+            self._lock_taken = time.perf_counter()
+
+        def release_timed() -> None:
+            if self._lock_taken is not None:
+                self.lock_held += time.perf_counter() - self._lock_taken
+                self._lock_taken = None
+            release()
+
+        self.connection._acquire_write_lock, self.connection._release_write_lock = acquire_timed, release_timed
+
     def __exit__(self, *exc: object) -> None:
         self.wrapper.__exit__(*exc)
         self.connection.commit, threading.Thread.start = self.restore
+        self.connection.__dict__.pop("_acquire_write_lock", None)
+        self.connection.__dict__.pop("_release_write_lock", None)
 
 
 def main() -> None:
@@ -156,6 +180,8 @@ def main() -> None:
         "SQL statements": sum(counts.statements.values()) / n,
         "threads started": counts.threads / n,
     }
+    if connection.vendor == "sqlite":
+        figures["write lock held ms"] = counts.lock_held / n * 1000
     for name, value in figures.items():
         print(f"  {name + ' per task':<28} {value:>8.2f}")
         record("task_cost", f"{name} per echo task", engine=args.engine, value=value, unit="", size=n)
