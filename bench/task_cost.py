@@ -25,6 +25,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import statistics
 import threading
 import time
 from collections import Counter
@@ -55,11 +56,16 @@ class Counts:
         self.commits = self.threads = 0
         self.statements: Counter[str] = Counter()
         self.lock_held = 0.0  # seconds, from the write lock's taking (a transaction's first statement) to its release
+        # Per transaction that took the lock: (seconds held, seconds from its taking to the first write statement).
+        self.held: list[tuple[float, float]] = []
         self._lock_taken: float | None = None
+        self._first_write: float | None = None
 
     def statement(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
         kind = sql.split(None, 1)[0].upper()
         self.statements[kind] += 1
+        if kind in ("INSERT", "UPDATE", "DELETE") and self._lock_taken is not None and self._first_write is None:
+            self._first_write = time.perf_counter() - self._lock_taken
         if kind in ("INSERT", "UPDATE", "DELETE") and not self.connection.in_atomic_block:
             self.statements["(autocommit write)"] += 1
         return execute(sql, params, many, context)
@@ -93,8 +99,10 @@ class Counts:
 
         def release_timed() -> None:
             if self._lock_taken is not None:
-                self.lock_held += time.perf_counter() - self._lock_taken
-                self._lock_taken = None
+                held = time.perf_counter() - self._lock_taken
+                self.lock_held += held
+                self.held.append((held, held if self._first_write is None else self._first_write))
+                self._lock_taken = self._first_write = None
             release()
 
         self.connection._acquire_write_lock, self.connection._release_write_lock = acquire_timed, release_timed
@@ -186,6 +194,12 @@ def main() -> None:
         print(f"  {name + ' per task':<28} {value:>8.2f}")
         record("task_cost", f"{name} per echo task", engine=args.engine, value=value, unit="", size=n)
     print("  statements by kind: " + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(counts.statements.items())))
+    if counts.held:
+        held, before_write = (statistics.median(column) * 1000 for column in zip(*counts.held, strict=True))
+        print(
+            f"  write lock held per transaction, median {held:.2f} ms, of which {before_write:.2f} ms before its "
+            f"first write ({len(counts.held) / n:.0f} transactions a task)"
+        )
     grown = table_bytes(connection)
     grown.subtract(empty)
     print(f"  bytes per drained task (its tables and their indexes, after a VACUUM): {grown.total() / n:,.0f}")
