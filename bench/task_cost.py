@@ -64,10 +64,11 @@ class Counts:
     def statement(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
         kind = sql.split(None, 1)[0].upper()
         self.statements[kind] += 1
-        if kind in ("INSERT", "UPDATE", "DELETE") and self._lock_taken is not None and self._first_write is None:
-            self._first_write = time.perf_counter() - self._lock_taken
-        if kind in ("INSERT", "UPDATE", "DELETE") and not self.connection.in_atomic_block:
-            self.statements["(autocommit write)"] += 1
+        if kind in ("INSERT", "UPDATE", "DELETE"):
+            if self._lock_taken is not None and self._first_write is None:
+                self._first_write = time.perf_counter() - self._lock_taken
+            if not self.connection.in_atomic_block:
+                self.statements["(autocommit write)"] += 1
         return execute(sql, params, many, context)
 
     def __enter__(self) -> Counts:

@@ -251,6 +251,15 @@ class TaskQuerySet(models.QuerySet):
         return self.filter(deleted_at__isnull=False)
 
 
+def insert_statements(row: models.Model, using: str, **on_conflict: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """The INSERT of one new ``row`` (SQL and parameters), compiled as ``bulk_create`` compiles it but without its
+    checks and preparation of a batch; ``on_conflict``: InsertQuery's (``on_conflict``, ``update_fields``,
+    ``unique_fields``)."""
+    query = InsertQuery(type(row), **on_conflict)
+    query.insert_values([f for f in row._meta.concrete_fields if not f.primary_key], [row])
+    return query.get_compiler(using).as_sql()
+
+
 # Where a task's locked read kept for its next save is held (``Task.keep_locked_read``): on the instance and, for
 # the last such read, on the database connection.
 _LAST_LOCKED_READ = "_crux_locked_read"
@@ -622,9 +631,7 @@ class TaskHistory(models.Model):
         INSERT, so that only the two statements run while SQLite's write lock
         is held (crux/db/base.py), not the ORM's work of building them.
         """
-        query = InsertQuery(type(self))
-        query.insert_values([f for f in self._meta.local_concrete_fields if not f.primary_key], [self])
-        [(sql, params)] = query.get_compiler(using).as_sql()
+        [(sql, params)] = insert_statements(self, using)
         return sql, params
 
     @staticmethod
@@ -926,15 +933,15 @@ class CeleryResultManager(TaskResultManager):
         redact_fields(row)  # an INSERT sends no pre_save: the redaction every result row gets, done here
         using = using or router.db_for_write(self.model)
         options = TaskResult._meta  # the proxy's table
-        query = InsertQuery(
-            self.model,
+        statements = insert_statements(
+            row,
+            using,
             on_conflict=OnConflict.UPDATE,
             update_fields=[options.get_field(name) for name in (*fields, "date_done")],
             unique_fields=[options.get_field("task_id")],
         )
-        query.insert_values([f for f in options.concrete_fields if not f.primary_key], [row])
         with connections[using].cursor() as cursor:
-            for statement in query.get_compiler(using).as_sql():
+            for statement in statements:
                 cursor.execute(*statement)
         return row
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from tasks import dispatch
@@ -74,11 +75,7 @@ def locked_task(task_id: TaskId) -> Task:
 
     Its values are kept as the committed ones for its next save in this transaction (``Task.keep_locked_read``):
     the change the caller makes is saved without reading the row a second time."""
-    pk = parse_task_id(task_id)
-    try:
-        task = Task.objects.select_for_update().get(pk=pk)
-    except Task.DoesNotExist:
-        raise TaskNotFound(pk) from None
+    task = _read_task(Task.objects.select_for_update(), task_id)
     task.keep_locked_read()
     return task
 
@@ -86,13 +83,17 @@ def locked_task(task_id: TaskId) -> Task:
 def unlocked_task(task_id: TaskId) -> Task:
     """The task as committed now, its row not locked; TaskNotFound if there is none. Its next save is a
     compare-and-set on this read (``Task.keep_read``): TaskChanged if another write came between."""
-    pk = parse_task_id(task_id)
-    try:
-        task = Task.objects.get(pk=pk)
-    except Task.DoesNotExist:
-        raise TaskNotFound(pk) from None
+    task = _read_task(Task.objects.all(), task_id)
     task.keep_read()
     return task
+
+
+def _read_task(tasks: QuerySet[Task], task_id: TaskId) -> Task:
+    pk = parse_task_id(task_id)
+    try:
+        return tasks.get(pk=pk)
+    except Task.DoesNotExist:
+        raise TaskNotFound(pk) from None
 
 
 Written = TypeVar("Written")
