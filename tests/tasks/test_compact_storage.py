@@ -12,13 +12,14 @@ import uuid
 
 import pytest
 from django.db import connection
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.loader import MigrationLoader
 
 from persistence import mirror
 from tasks import db_triggers, services
 from tasks.admin.lists import id_prefix_q
 from tasks.audit import Channel
-from tasks.models import CodedChoiceField, HistoryPurgeGrant, Task, TaskHistory, TaskOutput
+from tasks.models import CodedChoiceField, HistoryPurgeGrant, KeyOrderIndex, Task, TaskHistory, TaskOutput
 from tasks.selectors import count_history_by_kind, task_outputs, verify_audit_chains
 from tests.api_support import client_for
 
@@ -167,3 +168,38 @@ def test_a_value_with_no_code_is_stored_as_its_text(value):
     stored_value = field.get_db_prep_value(value, connection)
     assert stored_value == value
     assert field.from_db_value(stored_value, None, connection) == value
+
+
+def index_columns(table: str, name: str) -> list[str]:
+    with connection.cursor() as cursor:
+        return connection.introspection.get_constraints(cursor, table)[name]["columns"]
+
+
+def test_the_output_index_holds_the_id_only_where_an_entry_does_not_end_with_it_already(user):
+    """On SQLite every index entry ends with the rowid, which a task output's id is: the index leaves it out."""
+    expected = ["task_id"] if connection.vendor == "sqlite" else ["task_id", "id"]
+    assert index_columns("tasks_taskoutput", "output_task_order") == expected
+
+
+def test_a_tasks_outputs_are_read_in_id_order_through_the_index_with_no_sort(user):
+    task = submitted(user)
+    for line in ("second", "third"):
+        services.add_output(task.pk, output_type="stdout", content=line)
+    other = services.submit_task(owner=user, actor=user, channel=Channel.API, title="other")
+    services.add_output(other.pk, output_type="stdout", content="not this task's")
+    assert [out.content for out in task_outputs(task.pk)] == ["a line", "second", "third"]
+    newest_first = TaskOutput.objects.filter(task_id=task.pk).order_by("-id")
+    assert [out.content for out in newest_first] == ["third", "second", "a line"]
+    if connection.vendor == "sqlite":
+        for query in (task_outputs(task.pk), newest_first):
+            sql, params = query.query.sql_with_params()
+            with connection.cursor() as cursor:
+                cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+                plan = " ".join(row[-1] for row in cursor.fetchall())
+            assert "output_task_order" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_key_order_index_must_end_with_the_primary_key():
+    index = KeyOrderIndex(fields=["task", "created_at"], name="not_by_key")
+    with pytest.raises(ValueError, match="primary key"):
+        index.create_sql(TaskOutput, BaseDatabaseSchemaEditor(connection))
