@@ -28,7 +28,7 @@ from prometheus_client import Counter
 from redis import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from tasks.models import epoch_microseconds
+from tasks.models import Task, epoch_microseconds
 from tasks.states import TERMINAL_STATES
 
 logger = logging.getLogger(__name__)
@@ -229,6 +229,8 @@ def batch_of_docs(docs: Iterable[dict[str, Any]]) -> Batch:
 
 
 _ID, _STATE, _UPDATED_AT = (MIRRORED_FIELDS.index(name) for name in ("id", "state", "updated_at"))
+# SQLite holds a task's state as its code (``tasks.models.CodedChoiceField``), which the raw rows give.
+_STATE_FIELD = Task._meta.get_field("state")
 
 
 def batch_of_rows(rows: Sequence[Sequence[Any]]) -> Batch:
@@ -237,10 +239,11 @@ def batch_of_rows(rows: Sequence[Sequence[Any]]) -> Batch:
     The same entries as ``batch_of_docs`` of their snapshots, without building each
     snapshot: the driver's values go to the encoder as they are. SQLite gives the id
     as its 16 bytes (``tasks.models.CompactUUIDField``; 32 hex digits in a database
-    not yet migrated) and naive datetimes (UTC: USE_TZ is on); PostgreSQL, through
-    ``raw_rows``, the id's text and aware datetimes.
+    not yet migrated), naive datetimes (UTC: USE_TZ is on) and the state's code;
+    PostgreSQL, through ``raw_rows``, the id's text, aware datetimes and the state.
     """
     ids: list[str] = []
+    states: list[str] = []
     payloads: list[bytes] = []
     for row in rows:
         doc = dict(zip(MIRRORED_FIELDS, row, strict=True))
@@ -251,11 +254,13 @@ def batch_of_rows(rows: Sequence[Sequence[Any]]) -> Batch:
             doc["id"] = task_id = str(task_id)
         elif len(task_id) == 32:
             doc["id"] = task_id = f"{task_id[:8]}-{task_id[8:12]}-{task_id[12:16]}-{task_id[16:20]}-{task_id[20:]}"
+        doc["state"] = state = _STATE_FIELD.from_db_value(row[_STATE], None, None)
         doc["version"] = epoch_microseconds(row[_UPDATED_AT])
         ids.append(task_id)
+        states.append(state)
         payloads.append(encode(doc))
     prefix = key_prefix()
-    return Batch(ids, [prefix + task_id for task_id in ids], payloads, _expiring(row[_STATE] for row in rows))
+    return Batch(ids, [prefix + task_id for task_id in ids], payloads, _expiring(states))
 
 
 def raw_rows(query: QuerySet, size: int) -> Iterator[list[tuple[Any, ...]]]:

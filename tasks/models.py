@@ -143,9 +143,10 @@ CompactDateTimeField.register_lookup(_year_by_function(ExtractIsoYear))
 
 class CodedChoiceField(models.CharField):
     """A choice stored on SQLite as one character, its position in ``codes``, not its name (3 to 11 characters):
-    some 100 bytes a completed task over its history rows' event, states and channel. ``codes`` only ever grows at
-    its end: a code is what a stored row means. A value not in ``codes`` is stored as its text and read back as it
-    is; the empty string stays empty. PostgreSQL stores the name."""
+    some 100 bytes a completed task over its history rows' event, states and channel, and the task's state in its
+    row and its index. ``codes`` only ever grows at its end: a code is what a stored row means. A value not in
+    ``codes`` is stored as its text and read back as it is; the empty string stays empty. PostgreSQL stores the
+    name."""
 
     CODE_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -179,6 +180,9 @@ class CodedChoiceField(models.CharField):
 EVENT_CODES = ("created", "transition", "edit", "soft_delete", "restore", "unarchive")
 STATE_CODES = ("pending", "queued", "running", "completed", "failed", "cancelled", "interrupted")
 CHANNEL_CODES = ("api", "admin", "worker", "command", "recovery", "retention", "system", "shell", "schedule", "celery")
+# The task's own state, coded in the names' order: ordering by state is the same on both engines. A state added
+# later takes the next code; a test holds the order, and says when a new state would break it.
+TASK_STATE_CODES = ("cancelled", "completed", "failed", "interrupted", "pending", "queued", "running")
 
 
 class KeyOrderIndex(models.Index):
@@ -303,7 +307,9 @@ class Task(models.Model):
     title = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     role = models.CharField(max_length=64, blank=True)
-    state = models.CharField(max_length=16, choices=TaskState.choices, default=TaskState.PENDING)
+    state = CodedChoiceField(
+        max_length=16, choices=TaskState.choices, default=TaskState.PENDING, codes=TASK_STATE_CODES
+    )
     handler = models.CharField(max_length=100, default="echo", help_text="Registered handler that runs the task.")
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,

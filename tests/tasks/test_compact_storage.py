@@ -14,6 +14,7 @@ import pytest
 from django.db import connection
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.loader import MigrationLoader
+from django.test import override_settings
 
 from persistence import mirror
 from tasks import db_triggers, services
@@ -154,12 +155,35 @@ def test_every_read_and_filter_of_a_coded_choice_speaks_names(user):
 
 def test_every_choice_has_a_code_and_codes_only_grow():
     """A code is what stored rows mean: the codes a migration recorded stay first, in their order."""
-    recorded = MigrationLoader(None, ignore_no_migrations=True).project_state().apps.get_model("tasks", "TaskHistory")
-    for field in CODED:
-        assert {value for value, _ in field.choices} - {""} <= set(field.codes), field.name
-        assert len(set(field.codes)) == len(field.codes), field.name
-        before = recorded._meta.get_field(field.name).codes
-        assert field.codes[: len(before)] == before, field.name
+    recorded = MigrationLoader(None, ignore_no_migrations=True).project_state().apps
+    for model in (TaskHistory, Task):
+        for field in [f for f in model._meta.concrete_fields if isinstance(f, CodedChoiceField)]:
+            assert {value for value, _ in field.choices} - {""} <= set(field.codes), field.name
+            assert len(set(field.codes)) == len(field.codes), field.name
+            before = recorded.get_model("tasks", model.__name__)._meta.get_field(field.name).codes
+            assert field.codes[: len(before)] == before, field.name
+
+
+def test_a_tasks_state_is_one_character_on_sqlite_and_orders_as_its_name_on_both_engines(user):
+    field = Task._meta.get_field("state")
+    assert list(field.codes) == sorted(field.codes), "ordering by state would differ between the engines"
+    task = submitted(user)
+    cancelled = services.submit_task(owner=user, actor=user, channel=Channel.API, title="to cancel")
+    services.cancel(cancelled.pk, actor=user, channel=Channel.ADMIN, reason="coded state")
+    assert stored("tasks_task", "state", "id", Task._meta.pk.get_db_prep_value(task.pk, connection)) == (
+        [("text", 1)] if connection.vendor == "sqlite" else [("character varying", len("queued") + 1)]
+    )
+    assert list(Task.objects.order_by("state").values_list("state", flat=True)) == ["cancelled", "queued"]
+    assert list(Task.objects.order_by("-state").values_list("state", flat=True)) == ["queued", "cancelled"]
+    assert Task.objects.filter(state__in=["cancelled", "failed"]).get().pk == cancelled.pk
+    assert Task.objects.exclude(state="queued").get().pk == cancelled.pk
+    assert Task.objects.get(pk=task.pk).state == "queued"
+    tasks = Task.objects.order_by("pk")
+    rows = [row for batch in mirror.raw_rows(tasks.values_list(*mirror.MIRRORED_FIELDS), 10) for row in batch]
+    with override_settings(MIRROR_TERMINAL_TTL=60):
+        raw, orm = mirror.batch_of_rows(rows), mirror.batch_of_docs(mirror.snapshot_of(t) for t in tasks)
+    assert (raw.payloads, raw.expiring) == (orm.payloads, orm.expiring), "the mirror's raw read names the state"
+    assert sorted(raw.expiring) == ["0", "1"]
 
 
 @pytest.mark.parametrize("value", ["carrier-pigeon", "x", ""])
