@@ -49,8 +49,9 @@ from bench.report import record, summary
 
 MB = 1_000_000
 RATIO_GOAL = 1.5
-# MB per 1,000 completed tasks: the goal is <= 0.6 on SQLite; the specification asks < 1 of the store, whichever it is.
-STORAGE_GOALS = {"sqlite": (0.6, "≤ 0.6 MB"), "postgres": (1.0, "< 1 MB (the original specification)")}
+# MB per 1,000 completed tasks: issue 16 asks <= 1 on both engines (its moonshot: 0.6), the specification < 1.
+STORAGE_GOAL = 1.0
+STORAGE_MOONSHOT = 0.6
 INDEX_SHARE_GOAL = 0.20
 ABSENT_WORD = "kubernetes"  # in no title or description the data-set builder writes
 
@@ -296,8 +297,8 @@ def report_storage(engine: str, storage: dict[str, Any]) -> None:
     print(f"{f'everything else ({len(components) - len(shown)} smaller components)':<59} "
           f"{rest / tasks:>7,.0f} {rest / total:>7.1%}")  # fmt: skip
     print(f"{'total':<59} {total / tasks:>7,.0f} {1:>7.1%}")
-    limit, goal = STORAGE_GOALS[engine]
-    met = per_1000 <= limit if engine == "sqlite" else per_1000 < limit
+    met = per_1000 <= STORAGE_GOAL
+    goal = f"≤ {STORAGE_GOAL:g} MB; moonshot ≤ {STORAGE_MOONSHOT:g} MB"
     print(
         f"per 1,000 completed tasks: {per_1000:.2f} MB (goal {goal}); "
         f"indexes: {share:.1%} of the total (goal < {INDEX_SHARE_GOAL:.0%})"

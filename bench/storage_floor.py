@@ -47,9 +47,9 @@ from typing import Any, NamedTuple
 
 from bench.dataset import ROOT, configure, ensure, git_revision
 from bench.report import record
-from bench.scale import INDEX_SHARE_GOAL, MB, run_child, storage_components
+from bench.scale import INDEX_SHARE_GOAL, MB, STORAGE_GOAL, run_child, storage_components
 
-BUDGET_BYTES = 1000  # 1 MB per 1,000 completed tasks
+BUDGET_BYTES = STORAGE_GOAL * MB / 1000  # a task's share of the goal per 1,000 completed tasks
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 # The user's JSON, by field, with the value a NULL stands for.
