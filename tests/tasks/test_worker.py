@@ -57,6 +57,25 @@ from tasks.audit import Channel
 services.cancel(sys.argv[1], actor="ops:test", channel=Channel.COMMAND, reason="stop it")
 """
 
+# Cancels a task the moment it runs: Django is set up before the task is even submitted (its id comes on stdin), so a
+# loaded machine cannot let a short task finish while the cancelling process starts.
+CANCEL_ONCE_RUNNING = """
+import sys, time
+import django
+django.setup()
+from tasks import services
+from tasks.audit import Channel
+from tasks.models import Task
+print("ready", flush=True)
+task_id = sys.stdin.readline().strip()
+deadline = time.monotonic() + 60
+while Task.objects.get(pk=task_id).state != "running":
+    if time.monotonic() > deadline:
+        sys.exit("the task never ran")
+    time.sleep(0.02)
+services.cancel(task_id, actor="ops:test", channel=Channel.COMMAND, reason="stop it")
+"""
+
 
 class Cluster:
     """Worker and beat processes sharing the test database and a private Redis broker."""
@@ -283,13 +302,19 @@ def test_a_crash_between_commit_and_publish_is_healed_by_the_sweep(cluster, priv
 def test_cancel_terminates_a_running_task(cluster, tmp_path):
     log = tmp_path / "executions.log"
     cluster.worker(concurrency=1)
+    canceller = subprocess.Popen(
+        [sys.executable, "-c", CANCEL_ONCE_RUNNING],
+        cwd=ROOT,
+        env=cluster.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert canceller.stdout.readline().strip() == "ready", canceller.communicate(timeout=30)[1]
     (task_id,) = cluster.submit(1, "record", payload={"log": str(log), "duration": 3})
-    deadline = time.monotonic() + 30
-    while Task.objects.get(pk=task_id).state != "running":
-        assert time.monotonic() < deadline, cluster.logs()
-        time.sleep(0.1)
-    done = cluster.run_script(CANCEL, task_id)
-    assert done.returncode == 0, done.stderr
+    _, errors = canceller.communicate(f"{task_id}\n", timeout=90)
+    assert canceller.returncode == 0, errors + cluster.logs()
     time.sleep(4)
     task = Task.objects.get(pk=task_id)
     assert task.state == "cancelled" and task.result is None
