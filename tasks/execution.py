@@ -19,6 +19,7 @@ the process: Celery's prefork parent starts a new child, and the redelivered mes
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -67,6 +68,9 @@ class TaskContext:
         self.limits = limits or services.TimeLimits()
         self.started = time.monotonic()
         self.claim_lost = threading.Event()
+        # What this attempt wrote to the task row since its claim (progress, phase, figures; untracked fields): the
+        # claim's values with these are the row its outcome is a compare-and-set on (``services.finish_attempt``).
+        self.written: dict[str, Any] = {}
 
     def elapsed(self) -> float:
         """Seconds since the attempt started."""
@@ -87,14 +91,14 @@ class TaskContext:
             raise
 
     def progress(self, fraction: float, phase: str | None = None) -> None:
-        self._guarded(services.report_progress, progress=fraction, phase=phase)
+        self.written.update(self._guarded(services.report_progress, progress=fraction, phase=phase))
 
     def output(self, output_type: str, content: str, **meta: Any) -> TaskOutput:
         output: TaskOutput = self._guarded(services.record_output, output_type, content, **meta)
         return output
 
     def metrics(self, **fields: Any) -> None:
-        self._guarded(services.record_metrics, **fields)
+        self.written.update(self._guarded(services.record_metrics, **fields))
 
 
 class Heartbeat:
@@ -315,7 +319,8 @@ def execute(
     try:
         handler = get_handler(task.handler)
         with soft_time_limit(limits.soft):
-            result = handler(ctx, dict(task.request_payload))
+            # The handler's own copy: the task's values stay the claim's, which the outcome is a compare-and-set on.
+            result = handler(ctx, copy.deepcopy(task.request_payload))
         json.dumps(result)
     except ClaimLost as exc:
         ctx.claim_lost.set()
@@ -336,6 +341,8 @@ def execute(
     if ctx.claim_lost.is_set():
         return "discarded"
     elapsed = time.perf_counter() - started
+    for name, value in ctx.written.items():
+        setattr(task, name, value)  # the row as committed: the claim's values and this attempt's writes since
     outcome = services.finish_attempt(
         task.pk,
         attempt=task.attempt_count,
@@ -346,6 +353,7 @@ def execute(
         permanent=permanent,
         metrics={"processing_time_seconds": round(elapsed, 6)},
         in_transaction=in_transaction,
+        claimed=task,
     )
     if outcome is None:
         return "discarded"

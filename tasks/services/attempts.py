@@ -215,6 +215,7 @@ def finish_attempt(
     permanent: bool = False,
     metrics: dict[str, Any] | None = None,
     in_transaction: Callable[[Task], None] | None = None,
+    claimed: Task | None = None,
 ) -> Task | None:
     """Record the outcome of an attempt: completed with ``result``, or ``error`` (retried or failed).
 
@@ -225,6 +226,10 @@ def finish_attempt(
     ``metrics`` (METRIC_FIELDS) are written in the outcome's own UPDATE of the task row, so an outcome and its
     figures commit together, or neither does; so does what ``in_transaction`` writes, called with the task once
     the outcome is applied.
+
+    ``claimed``: the task as ``claim`` returned it, with what the attempt wrote since (progress, figures) set on it.
+    The outcome is then a compare-and-set on those values, the task not read again: a write by anyone else since
+    the claim moved its version, and the outcome is made on the task read under its lock instead.
     """
     return write_task(
         task_id,
@@ -239,6 +244,7 @@ def finish_attempt(
             metrics=metrics or {},
             in_transaction=in_transaction,
         ),
+        committed=claimed,
     )
 
 
@@ -304,19 +310,21 @@ def renew_lease(task_id: TaskId, *, attempt: int, worker_id: str) -> bool:
 
 def report_progress(
     task_id: TaskId, *, attempt: int, worker_id: str, progress: float, phase: str | None = None
-) -> None:
-    """Live progress of a running attempt (no history row: it is telemetry, which the mirror follows).
+) -> dict[str, Any]:
+    """Live progress of a running attempt (no history row: it is telemetry, which the mirror follows); returns the
+    values written.
 
     One conditional UPDATE: nothing is written, and ClaimLost raised, if the attempt lost its claim.
     """
     if not 0.0 <= progress <= 1.0:
         raise InvalidTaskData({"progress": ["Ensure this value is between 0 and 1."]})
-    fields: dict[str, Any] = {"progress": progress, "updated_at": timezone.now()}
+    fields: dict[str, Any] = {"progress": progress}
     if phase is not None:
         fields["current_phase"] = redact_text(phase)[:100]  # an UPDATE sends no pre_save: redacted here
-    if not _live_attempt(task_id, attempt, worker_id).update(**fields):
+    if not _live_attempt(task_id, attempt, worker_id).update(**fields, updated_at=timezone.now()):
         raise _claim_lost(task_id, attempt, worker_id)
     hooks.progress_reported.send(sender=Task, task_id=task_id)
+    return fields
 
 
 def checked_metrics(fields: dict[str, Any]) -> dict[str, Any]:
@@ -338,8 +346,9 @@ def checked_metrics(fields: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
-def record_metrics(task_id: TaskId, *, attempt: int, worker_id: str, **fields: Any) -> None:
-    """Set a running attempt's execution figures (the named ones; the others keep their values).
+def record_metrics(task_id: TaskId, *, attempt: int, worker_id: str, **fields: Any) -> dict[str, Any]:
+    """Set a running attempt's execution figures (the named ones; the others keep their values); returns the values
+    written.
 
     One conditional UPDATE of the task row (the figures are not tracked: no history row): nothing is written, and
     ClaimLost raised, if the attempt lost its claim.
@@ -348,6 +357,7 @@ def record_metrics(task_id: TaskId, *, attempt: int, worker_id: str, **fields: A
     attempt_rows = _live_attempt(task_id, attempt, worker_id)
     if not (attempt_rows.update(**figures) if figures else attempt_rows.exists()):
         raise _claim_lost(task_id, attempt, worker_id)
+    return figures
 
 
 def _checked_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:

@@ -99,16 +99,23 @@ def _read_task(tasks: QuerySet[Task], task_id: TaskId) -> Task:
 Written = TypeVar("Written")
 
 
-def write_task(task_id: TaskId, write: Callable[[Task], Written]) -> Written:
+def write_task(task_id: TaskId, write: Callable[[Task], Written], *, committed: Task | None = None) -> Written:
     """``write(task)`` in a transaction: first with the task read without its row lock, its save a compare-and-set
     on that read (``unlocked_task``), and again with the task read under the lock (``locked_task``) if another
     write came between. TaskNotFound if there is no task.
+
+    ``committed``: an instance whose values are the row's as this process last committed it (the worker's claim,
+    with what the attempt wrote since to untracked fields set on it) stands for the first read, with no query.
 
     Whatever ``write`` decides and prepares before its save (validation, the history row and its MAC) then runs
     before the save takes the write lock, which on SQLite every writer of the database waits for: the worker's
     claim and outcome hold it for their statements and commit only. A ``write`` that saves nothing takes no lock.
     """
-    task = unlocked_task(task_id)
+    if committed is None:
+        task = unlocked_task(task_id)
+    else:
+        task = committed
+        task.keep_read()
     try:
         with transaction.atomic():
             return write(task)

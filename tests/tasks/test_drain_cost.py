@@ -4,8 +4,10 @@
   row (SUCCESS, FAILURE, RETRY) with the outcome, not in commits of their own; Celery's tools still read them.
 - A task read under its row lock (``services.locked_task``) is saved without a second locked read and without a
   savepoint, only when that read is provably the same transaction's; every other save reads the row again.
-- The claim and the outcome read the task before their transactions and save it as a compare-and-set on that read
-  (``services.write_task``): a write that another overtook writes nothing and is made again under the row lock.
+- The claim reads the task before its transaction and saves it as a compare-and-set on that read
+  (``services.write_task``); the outcome is a compare-and-set on the task as the claim committed it, with what the
+  attempt wrote since, and reads nothing. A write that another overtook writes nothing and is made again under the
+  row lock.
 - The metrics row is a plain UPDATE or INSERT under the task's lock, its text redacted.
 
 Counting: commits are counted with a spy on the connection's ``commit`` (the real commit runs), statements with
@@ -34,6 +36,7 @@ from django.db.models.functions import Now
 from django_celery_results.models import TaskResult
 
 from crux.celery import app
+from persistence import mirror
 from tasks import services
 from tasks.audit import Channel, audited
 from tasks.dispatch import EXECUTE_TASK
@@ -63,6 +66,7 @@ class Counts:
     kinds: Counter[str] = field(default_factory=Counter)
     autocommit_writes: int = 0
     task_reads: int = 0
+    task_selects: int = 0  # every read of the task row, in a transaction or not
 
 
 @contextmanager
@@ -79,8 +83,9 @@ def counted() -> Iterator[Counts]:
         counts.kinds[kind] += 1
         if kind in ("INSERT", "UPDATE", "DELETE") and not connection.in_atomic_block:
             counts.autocommit_writes += 1
-        if kind == "SELECT" and 'FROM "tasks_task"' in sql and connection.in_atomic_block:
-            counts.task_reads += 1
+        if kind == "SELECT" and 'FROM "tasks_task"' in sql:
+            counts.task_selects += 1
+            counts.task_reads += connection.in_atomic_block
         return run(sql, params, many, context)
 
     with mock.patch.object(connection, "commit", side_effect=commit), connection.execute_wrapper(execute):
@@ -121,11 +126,11 @@ def test_an_echo_task_commits_three_times_and_its_result_row_is_celerys(user):
     # The claim (with the STARTED row), echo's output, the outcome (its metrics in its UPDATE, the SUCCESS row).
     assert counts.commits == 3 and counts.autocommit_writes == 0, counts
     assert counts.kinds["SAVEPOINT"] == 0, counts  # the result rows are upserts (tasks.models.CeleryResultManager)
-    # history x2, the output, the result row twice (STARTED, then SUCCESS: an INSERT that updates); the claim's and
-    # the outcome's reads and UPDATEs, the output's claim check (the run time is observed from the ended task)
-    assert counts.kinds["INSERT"] == 5 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 5, counts
-    # The output's claim check; the claim and the outcome read the task before their transactions.
-    assert counts.task_reads == 1, counts
+    # history x2, the output, the result row twice (STARTED, then SUCCESS: an INSERT that updates); the claim's read,
+    # the claim's and the outcome's UPDATEs, the output's claim check (the run time is observed from the ended task)
+    assert counts.kinds["INSERT"] == 5 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 4, counts
+    # The output's claim check; the claim reads the task before its transaction, the outcome not at all.
+    assert (counts.task_reads, counts.task_selects) == (1, 2), counts
     assert [h.state_to for h in TaskHistory.objects.filter(task=task).order_by("seq")] == [
         "queued",
         "running",
@@ -318,6 +323,61 @@ def test_the_claim_and_the_outcome_read_the_task_before_their_transactions(user)
     # No read inside either transaction: its first statement is the UPDATE, where SQLite's write lock is taken.
     assert (counts.task_reads, counts.commits, counts.kinds["SELECT"]) == (0, 2, 2), counts
     assert _states(task) == ["queued", "running", "completed"]
+    assert not [p for p in verify_audit_chains() if p.subject == f"task {task.pk}"]
+
+
+def test_an_outcome_writes_over_the_claim_and_the_attempts_own_writes_without_reading_the_task(user):
+    """The outcome is a compare-and-set on the task as its claim committed it, with what the attempt wrote since
+    (progress, phase, figures) set on it: the task is read once, by the claim, and the row, its mirror entry and
+    its history are what a read before the outcome gave."""
+    task = submit(user, handler="agent_demo", request_payload={"max_iterations": 2, "converge_after": 2, "delay": 0})
+    with counted() as counts:
+        trace(task)
+    row = Task.objects.get(pk=task.pk)
+    assert (row.state, row.progress, row.current_phase) == ("completed", 1.0, "done")
+    assert (row.iterations, row.stop_reason, row.converged, row.prompt_tokens > 0) == (2, "evaluator_stop", True, True)
+    assert row.processing_time_seconds is not None and row.lease_expires_at is None
+    outputs, progress_reports = row.outputs.count(), 3
+    # The claim's read, each output's claim check, the mirror's read after each progress report: none is the outcome's.
+    assert (outputs, counts.task_selects) == (3, 1 + outputs + progress_reports), counts
+    assert mirror.sync(mirror.client(), [mirror.snapshot_of(row)], write=False) == "0", "the mirror holds the row"
+    assert _states(task) == ["queued", "running", "completed"]
+    completed = TaskHistory.objects.get(task=task, seq=3)
+    assert set(completed.details["changes"]) == {"result", "completed_at"}, completed.details
+    assert not [p for p in verify_audit_chains() if p.subject == f"task {task.pk}"]
+
+
+def edit_midway(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """A handler whose task someone else edits while it runs, which then reports its progress."""
+    services.update_task(ctx.task_id, actor="ops:test", channel=Channel.COMMAND, reason="meanwhile", description="new")
+    ctx.progress(0.5, phase="after the edit")
+    return {"edited": True}
+
+
+def test_an_outcome_after_another_write_during_the_attempt_is_made_on_the_task_read_under_its_lock(user, settings):
+    settings.TASK_HANDLERS = {**settings.TASK_HANDLERS, "edit_midway": f"{__name__}.edit_midway"}
+    task = submit(user, handler="edit_midway")
+    with counted() as counts:
+        trace(task)
+    row = Task.objects.get(pk=task.pk)
+    assert (row.state, row.description, row.current_phase, row.result) == (
+        "completed",
+        "new",
+        "after the edit",
+        {"edited": True},
+    )
+    # The claim's read, the edit's locked read, the mirror's after the progress report, then the outcome's locked
+    # read: its compare-and-set on the claim's values found the version moved.
+    assert (counts.task_selects, counts.task_reads) == (4, 2), counts
+    rows = list(TaskHistory.objects.filter(task=task).order_by("seq"))
+    assert [(r.event, r.state_to) for r in rows] == [
+        ("created", "queued"),
+        ("transition", "running"),
+        ("edit", "running"),
+        ("transition", "completed"),
+    ]
+    assert "description" not in rows[3].details["changes"], "diffed against the edited row"
+    assert mirror.sync(mirror.client(), [mirror.snapshot_of(row)], write=False) == "0"
     assert not [p for p in verify_audit_chains() if p.subject == f"task {task.pk}"]
 
 
