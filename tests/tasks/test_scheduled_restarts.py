@@ -51,10 +51,10 @@ def test_a_scheduled_task_survives_worker_and_redis_restarts_and_starts_on_time(
 
     # While they wait: the task worker is killed and replaced, and the broker's Redis is killed and restarted
     # empty on the same port (beat and the housekeeping worker reconnect to it).
+    connected = cluster.logs_in_full().count("Connected to")
     os.killpg(first_worker.pid, signal.SIGKILL)
     first_worker.wait(timeout=30)
     private_redis.restart()
-    connected = cluster.logs_in_full().count("Connected to")
     cluster.worker(1)
     # The new worker and the housekeeping worker (which runs crux.dispatch_due) both connect to the new broker.
     wait_for(lambda: cluster.logs_in_full().count("Connected to") >= connected + 2, cluster, "workers reconnected")
