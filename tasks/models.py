@@ -197,7 +197,8 @@ class KeyOrderIndex(models.Index):
             raise ValueError(f"{self.name}: the last field must be the primary key")
         if schema_editor.connection.vendor != "sqlite":
             return super().create_sql(model, schema_editor, using, **kwargs)
-        return models.Index(fields=fields, name=self.name).create_sql(model, schema_editor, using, **kwargs)
+        _path, args, options = self.deconstruct()  # the same index (its condition, included columns...) but the key
+        return models.Index(*args, **{**options, "fields": fields}).create_sql(model, schema_editor, using, **kwargs)
 
 
 class DigestField(models.BinaryField):

@@ -14,6 +14,7 @@ import pytest
 from django.db import connection
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.loader import MigrationLoader
+from django.db.models import Q
 from django.test import override_settings
 
 from persistence import mirror
@@ -221,6 +222,13 @@ def test_a_tasks_outputs_are_read_in_id_order_through_the_index_with_no_sort(use
                 cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
                 plan = " ".join(row[-1] for row in cursor.fetchall())
             assert "output_task_order" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_key_order_index_keeps_its_condition_where_it_leaves_the_key_out():
+    index = KeyOrderIndex(fields=["task", "id"], name="log_order", condition=Q(output_type="log"))
+    sql = str(index.create_sql(TaskOutput, connection.SchemaEditorClass(connection)))
+    assert "WHERE" in sql and "log" in sql, sql
+    assert ('"id"' in sql) == (connection.vendor != "sqlite"), sql
 
 
 def test_a_key_order_index_must_end_with_the_primary_key():
