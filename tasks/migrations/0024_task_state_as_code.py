@@ -16,10 +16,14 @@ CODE_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TASK_STATE_CODES = ("cancelled", "completed", "failed", "interrupted", "pending", "queued", "running")
 
 
+# The partial indexes whose condition names a state.
+STATE_INDEXES = ("task_running_lease", "task_queued_dispatch", "task_queued_epoch", "task_queued_due")
+
+
 def _state_indexes(apps):
     """The task's model in ``apps`` and its indexes whose condition names a state."""
     model = apps.get_model("tasks", "Task")
-    return model, [index for index in model._meta.indexes if index.condition and "state" in str(index.condition)]
+    return model, [index for index in model._meta.indexes if index.name in STATE_INDEXES]
 
 
 def _rewrite(schema_editor, *, to_codes: bool) -> None:
