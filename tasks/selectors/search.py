@@ -9,6 +9,7 @@ the rows to candidates first. The condition itself is always the same
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import reduce
 from operator import and_
 from typing import Any
@@ -23,9 +24,9 @@ from tasks.models import TaskQuerySet
 # Words found in more rows than that are common enough for the plain scan in list order to fill a page
 # (and the capped count) sooner than reading every candidate would.
 SEARCH_CANDIDATE_LIMIT = 20_000
-# SQLite, beyond this many rows: the share of rows the index holds candidates in is first measured on the newest
-# this many (a rowid range of the index, so its cost does not grow with the table).
-SEARCH_SAMPLE_ROWS = 10_000
+# SQLite: the newest this many candidates are read first. Fewer than that are all the candidates; else their
+# share of the rows they span decides between every candidate and the newest ones with the scan below them.
+SEARCH_NEWEST_CANDIDATES = 500
 # The page the choice between the index and the plain scan is made for (API_PAGE_SIZE's default).
 SEARCH_PAGE_ROWS = 50
 
@@ -35,16 +36,17 @@ def search_tasks(queryset: TaskQuerySet, terms: list[str]) -> TaskQuerySet:
 
     The condition is always the same ``icontains`` per term. On PostgreSQL it uses the pg_trgm indexes
     as it stands; on SQLite the trigram FTS table first narrows it to candidate rows (a superset of the
-    matches), unless the terms are too common for that to pay (``_scan_pays``, SEARCH_CANDIDATE_LIMIT).
+    matches): every candidate, or where the terms are too common for reading them all to pay, the newest
+    candidates and every row older than them (``_sqlite_candidates``).
     """
     if not terms:
         return queryset
     connection = connections[queryset.db]
     if connection.vendor == "sqlite":
         candidates = _sqlite_candidates(connection, terms)
-        if candidates == "[]":
-            return queryset.none()
         if candidates is not None:
+            if candidates.rowids == "[]" and candidates.below is None:
+                return queryset.none()
             queryset = queryset.filter(_RowIdIn(candidates))
     return queryset.filter(reduce(and_, (Q(title__icontains=t) | Q(description__icontains=t) for t in terms)))
 
@@ -75,42 +77,58 @@ def _scan_pays(candidates: int, rows: int, table: int) -> bool:
     return candidates * candidates * table > SEARCH_PAGE_ROWS * rows * rows
 
 
-def _sqlite_candidates(connection: Any, terms: list[str]) -> str | None:
-    """The rowids (a JSON array) of the rows holding every term's trigrams, or None: no term of 3+
-    characters, more than SEARCH_CANDIDATE_LIMIT such rows, or so many that the plain scan pays (``_scan_pays``,
-    measured on the newest SEARCH_SAMPLE_ROWS rows of a larger table, before reading every candidate)."""
+@dataclass(frozen=True)
+class _Candidates:
+    """Rowids (a JSON array) that hold every term's trigrams and, with ``below``, every row under that rowid too:
+    a superset of the matches either way."""
+
+    rowids: str
+    below: int | None = None
+
+
+def _sqlite_candidates(connection: Any, terms: list[str]) -> _Candidates | None:
+    """The rows the search narrows its condition to on SQLite, or None (no term of 3+ characters: every row).
+
+    The newest SEARCH_NEWEST_CANDIDATES candidates are read first. Fewer than that are every candidate. Else,
+    with their share of the rowids they span, every candidate when the index pays (``_scan_pays``, up to
+    SEARCH_CANDIDATE_LIMIT of them); otherwise the newest candidates and every older row: the list's scan in its
+    order then reads, among the newest rows, only the candidates, and goes on below them as the plain scan does.
+    """
     query = _trigram_query(terms)
     if query is None:
         return None
     with connection.cursor() as cursor:
-        cursor.execute("SELECT MAX(rowid) FROM tasks_task")
-        table = cursor.fetchone()[0] or 0
-        if table > SEARCH_SAMPLE_ROWS:
-            cursor.execute(
-                f"SELECT COUNT(*) FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH %s AND rowid > %s",
-                [query, table - SEARCH_SAMPLE_ROWS],
-            )
-            if _scan_pays(cursor.fetchone()[0], SEARCH_SAMPLE_ROWS, table):
-                return None
         cursor.execute(
-            f"SELECT COUNT(*), json_group_array(rowid) FROM (SELECT rowid FROM {SEARCH_TABLE} "
-            f"WHERE {SEARCH_TABLE} MATCH %s LIMIT %s)",
-            [query, SEARCH_CANDIDATE_LIMIT + 1],
+            f"SELECT COUNT(*), json_group_array(rowid), MIN(rowid) FROM (SELECT rowid FROM {SEARCH_TABLE} "
+            f"WHERE {SEARCH_TABLE} MATCH %s ORDER BY rowid DESC LIMIT %s)",
+            [query, SEARCH_NEWEST_CANDIDATES],
         )
-        count, rowids = cursor.fetchone()
-    if count > SEARCH_CANDIDATE_LIMIT or (table <= SEARCH_SAMPLE_ROWS and _scan_pays(count, table, table)):
-        return None
-    return rowids
+        newest, rowids, oldest = cursor.fetchone()
+        if newest < SEARCH_NEWEST_CANDIDATES:
+            return _Candidates(rowids)
+        cursor.execute("SELECT MAX(rowid) FROM tasks_task")
+        table = cursor.fetchone()[0]
+        if not _scan_pays(newest, table - oldest + 1, table):
+            cursor.execute(
+                f"SELECT COUNT(*), json_group_array(rowid) FROM (SELECT rowid FROM {SEARCH_TABLE} "
+                f"WHERE {SEARCH_TABLE} MATCH %s LIMIT %s)",
+                [query, SEARCH_CANDIDATE_LIMIT + 1],
+            )
+            count, every = cursor.fetchone()
+            if count <= SEARCH_CANDIDATE_LIMIT:
+                return _Candidates(every)
+    return _Candidates(rowids, below=oldest)
 
 
 class _RowIdIn(Expression):
-    """SQLite: the task's implicit rowid is in a JSON array (the search index's candidates)."""
+    """SQLite: the task's implicit rowid is one of the candidates (a JSON array) or, if they have a ``below``,
+    under it."""
 
     output_field = BooleanField()
 
-    def __init__(self, rowids: str, alias: str | None = None) -> None:
+    def __init__(self, candidates: _Candidates, alias: str | None = None) -> None:
         super().__init__()
-        self.rowids, self.alias = rowids, alias
+        self.candidates, self.alias = candidates, alias
 
     def resolve_expression(self, query: Any = None, *args: Any, **kwargs: Any) -> _RowIdIn:
         resolved = self.copy()
@@ -126,6 +144,11 @@ class _RowIdIn(Expression):
     def get_group_by_cols(self) -> list:
         return []
 
-    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[str, ...]]:
-        table = compiler.quote_name_unless_alias(self.alias)
-        return f"{table}.rowid IN (SELECT value FROM json_each(%s))", (self.rowids,)
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+        rowid = f"{compiler.quote_name_unless_alias(self.alias)}.rowid"
+        listed = f"{rowid} IN (SELECT value FROM json_each(%s))"
+        if self.candidates.below is None:
+            return listed, (self.candidates.rowids,)
+        # The unary + keeps the older rows' bound out of the planner's reach: as a rowid range, with the list,
+        # it would read every older row by rowid and sort them all, instead of the list's scan in its order.
+        return f"({listed} OR +{rowid} < %s)", (self.candidates.rowids, self.candidates.below)
