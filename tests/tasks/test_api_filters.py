@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from tasks.models import Task
@@ -361,11 +362,31 @@ def test_the_window_starts_after_the_newest_tasks(dataset: Dataset) -> None:
     assert newest_window_start("default", 0) == stamps[0]
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
-def test_the_count_leaves_the_planner_as_it_found_it(dataset: Dataset, api: Any, settings: Any) -> None:
-    """The count turns bitmap scans off for its one statement only, inside the request's transaction too."""
+def _count_leaves_the_planner_as_it_found_it(api: Any, settings: Any) -> list[str]:
+    """The statements of a list whose count runs; asserts that bitmap scans are on again after it."""
     settings.API_COUNT_WINDOW = 3
-    assert api.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data["count_exact"] is False
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data["count_exact"] is False
     with connection.cursor() as cursor:
         cursor.execute("SHOW enable_bitmapscan")
         assert cursor.fetchone()[0] == "on"
+    statements = [query["sql"] for query in queries.captured_queries]
+    assert "SET LOCAL enable_bitmapscan = off" in statements
+    return statements
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
+def test_the_count_leaves_the_planner_as_it_found_it(dataset: Dataset, api: Any, settings: Any) -> None:
+    """The count turns bitmap scans off for its one statement only, inside the caller's transaction too (the test's
+    here): it restores the setting it read."""
+    statements = _count_leaves_the_planner_as_it_found_it(api, settings)
+    assert any("set_config('enable_bitmapscan'" in sql for sql in statements)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
+def test_the_count_in_its_own_transaction_needs_no_restore(dataset: Dataset, api: Any, settings: Any) -> None:
+    """Outside any transaction the count's own ends its SET LOCAL: it reads and restores nothing (two round trips
+    fewer), and the setting is on again after it."""
+    statements = _count_leaves_the_planner_as_it_found_it(api, settings)
+    assert not any("enable_bitmapscan'" in sql for sql in statements)
