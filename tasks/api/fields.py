@@ -19,6 +19,7 @@ from rest_framework.utils.serializer_helpers import BindingDict
 
 from tasks.models import Task
 from tasks.registry import registered_names
+from tasks.selectors import username_column
 
 REASON_MAX_LENGTH = 500
 
@@ -283,6 +284,23 @@ class SharedFieldsMixin(serializers.Serializer):
                     value = None
             representation[name] = None if value is None else field.to_representation(value)
         return representation
+
+
+@extend_schema_field({"type": "string", "nullable": True, "readOnly": True})
+class UsernameField(serializers.Field):
+    """The username of the user a task's ``relation`` (owner, deleted_by) names, or null: from the page's join
+    column (``selectors.username_column``) where the task has one, else through the relation."""
+
+    def __init__(self, relation: str, **kwargs: Any) -> None:
+        super().__init__(source="*", read_only=True, **kwargs)
+        self.relation = relation
+
+    def to_representation(self, task: Task) -> str | None:
+        name = task.__dict__.get(username_column(self.relation), _MISSING)
+        if name is not _MISSING:
+            return name
+        user = getattr(task, self.relation)
+        return None if user is None else user.get_username()
 
 
 class RejectUnknownFieldsMixin(serializers.Serializer):

@@ -18,6 +18,7 @@ from tasks.api.fields import (
     StrictCharField,
     StrictDateTimeField,
     StrictModelSerializer,
+    UsernameField,
     handler_field,
     json_object,
 )
@@ -27,18 +28,14 @@ from tasks.services import EDITABLE_FIELDS, IDEMPOTENCY_KEY_MAX_LENGTH, task_que
 from tasks.states import TaskState
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import User
+    pass
 
 
 class TaskSerializer(SharedFieldsMixin, serializers.ModelSerializer):
     """A task as clients see it; state, owner and audit fields are never written through it."""
 
-    owner: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True, allow_null=True
-    )
-    deleted_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True, allow_null=True
-    )
+    owner = UsernameField("owner", help_text="Username of the task's owner.")
+    deleted_by = UsernameField("deleted_by", help_text="Username of whoever soft-deleted the task.")
     payload = serializers.JSONField(source="request_payload", read_only=True)
     is_deleted = serializers.BooleanField(read_only=True)
 

@@ -36,7 +36,7 @@ from tasks.selectors.history import (
     verify_audit_chains,
     with_previous_links,
 )
-from tasks.selectors.lists import TaskPage, newest_window_start, task_page
+from tasks.selectors.lists import TaskPage, newest_window_start, task_page, username_column
 from tasks.selectors.outputs import OutputTail, output_tail, task_outputs
 from tasks.selectors.search import search_tasks
 from tasks.selectors.visibility import (
@@ -95,6 +95,7 @@ __all__ = [
     "task_list",
     "task_outputs",
     "task_page",
+    "username_column",
     "verify_audit_chains",
     "visible_tasks",
     "with_previous_links",

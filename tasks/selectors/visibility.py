@@ -38,7 +38,7 @@ def may_change(user: Viewer, task: Task, *, perm: str) -> bool:
 
 def visible_tasks(user: User, *, include_deleted: bool | None = None) -> TaskQuerySet:
     """Tasks ``user`` may see; deleted ones only if asked for (default: if they may see the trash)."""
-    tasks = Task.objects.select_related("owner", "deleted_by")
+    tasks = Task.objects.all()
     if not user.is_staff:
         tasks = tasks.filter(owner=user)
     if include_deleted is None:
@@ -56,7 +56,9 @@ def find_visible_task(
 ) -> Task:
     """The task if ``user`` may see it; a malformed id is InvalidTaskData naming ``field``, else TaskNotFound."""
     pk = parse_task_id(task_id, field=field)
-    task = visible_tasks(user, include_deleted=include_deleted).filter(pk=pk).first()
+    task = (
+        visible_tasks(user, include_deleted=include_deleted).select_related("owner", "deleted_by").filter(pk=pk).first()
+    )
     if task is None:
         raise TaskNotFound(pk)
     return task

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from persistence import mirror
 from tasks.models import IdempotencyKey, Task, TaskHistory, TaskOutput
@@ -207,6 +208,41 @@ def test_detail_and_history(api: Any, task_in: Any) -> None:
         (4, "completed"),
     ]
     assert all(rows[i]["prev_hash"] == rows[i - 1]["hash"] for i in range(1, len(rows)))
+
+
+def test_users_are_named_in_lists_details_and_answers(
+    api: Any, staff_perm: Any, other_user: Any, task_in: Any, user: Any
+) -> None:
+    """``owner`` and ``deleted_by`` are usernames (null when unset) wherever a task is shown. A list page reads
+    them as join columns: its statements do not grow with its tasks (no user read per task)."""
+    staff = client_for(staff_perm)
+    mine, theirs = task_in("queued"), task_in("queued", owner=other_user)
+    gone = task_in("completed", deleted=True)
+    by_id = {t.pk: t for t in (mine, theirs, gone)}
+    expected = {
+        str(pk): (task.owner.username, task.deleted_by.username if task.deleted_by else None)
+        for pk, task in by_id.items()
+    }
+    assert expected[str(gone.pk)] == (user.username, user.username) and expected[str(mine.pk)][1] is None
+
+    def page(**filters: str) -> tuple[dict[str, tuple[str, str | None]], int]:
+        with CaptureQueriesContext(connection) as queries:
+            response = staff.get("/api/tasks/persistent", {"include_deleted": "true", **filters})
+        assert response.status_code == 200, response.content
+        names = {t["id"]: (t["owner"], t["deleted_by"]) for t in response.data["results"]}
+        return names, len(queries.captured_queries)
+
+    page()  # the client's first request also reads its token
+    one, statements_for_one = page(states="completed")
+    every, statements_for_every = page()
+    assert every == expected and list(one) == [str(gone.pk)]
+    assert statements_for_every == statements_for_one
+    for task in by_id.values():
+        detail = staff.get(f"/api/tasks/{task.pk}").data
+        assert (detail["owner"], detail["deleted_by"]) == expected[str(task.pk)]
+    answer = api.post("/api/tasks/", {"title": "named", "handler": "echo"}, format="json")
+    assert answer.status_code == 201, answer.content
+    assert (answer.data["owner"], answer.data["deleted_by"]) == (user.username, None)
 
 
 def test_unknown_task_is_404(api: Any) -> None:
