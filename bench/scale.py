@@ -15,7 +15,10 @@ stack, DRF, token authentication, throttles in Redis) as the non-staff owner
 ``bench0``, which is what an API client sees: its own fifth of the tasks. One
 list is also asked for as staff (all owners). Each round asks every measure
 once, so noise on a shared machine falls on all of them alike; the first
-``--warmups`` rounds are not counted.
+``--warmups`` rounds are not counted. The sizes take their rounds in turn (the
+children wait for the parent's word before each round, one at a time), so a
+machine that slows down or speeds up during the run does so for every size
+alike, and the ratios between sizes do not measure its drift.
 
 Storage is measured on a separate database of completed tasks only
 (``crux_bench_storage_{N}``: each with its 4 history rows, 2 outputs and a
@@ -77,7 +80,8 @@ STAFF_MEASURES = {"list: same, as staff (all owners)"}
 
 
 def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -> dict[str, Any]:
-    """In this process: time every measure on the data set of ``size`` tasks; timings in ms."""
+    """In this process: time every measure on the data set of ``size`` tasks; timings in ms. Once ready, and after
+    each round, it says so on stdout (``READY``) and waits for a line on stdin before the next round."""
     os.environ["ALLOWED_HOSTS"] = "testserver"
     os.environ["API_THROTTLE_READ"] = "1000000000/minute"  # the throttle still runs (a Redis INCR), never refuses
     configure(engine, f"crux_bench_{size}", fresh=fresh)
@@ -108,6 +112,7 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -
     times: dict[str, list[float]] = {name: [] for name in MEASURES}
     matches: dict[str, int] = {}
     for round_ in range(warmups + runs):
+        _await_turn()
         for name, (kind, query) in MEASURES.items():
             if query is None:
                 url = f"/api/tasks/history/{history_ids[round_]}"
@@ -123,7 +128,18 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -
                 times[name].append(elapsed)
             if kind != "history":
                 matches[name] = response.json()["count"]
-    return {"tasks": Task.objects.count(), "times": times, "matches": matches}
+    tasks = Task.objects.count()
+    _await_turn()
+    return {"tasks": tasks, "times": times, "matches": matches}
+
+
+READY = "bench.scale: ready for a round"
+
+
+def _await_turn() -> None:
+    """A child: say it is ready, and wait for the parent's word (a line on stdin) to go on."""
+    print(READY, flush=True)
+    sys.stdin.readline()
 
 
 def _rfc3339(moment: Any) -> str:
@@ -206,13 +222,20 @@ def storage_components(cursor: Any, vendor: str) -> tuple[list[list[Any]], int]:
     return components, total
 
 
+def _child_command(args: argparse.Namespace, path: Path, *flags: str) -> list[str]:
+    command = [sys.executable, "-m", "bench.scale", "--engine", args.engine, *flags, "--out", str(path)]
+    return [*command, "--fresh"] if args.fresh else command
+
+
+def _output_path() -> Path:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
+        return Path(out.name)
+
+
 def run_child(args: argparse.Namespace, *flags: str) -> dict[str, Any]:
     """Run this module in a fresh process with ``flags`` and return what it wrote."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
-        path = Path(out.name)
-    command = [sys.executable, "-m", "bench.scale", "--engine", args.engine, *flags, "--out", str(path)]
-    if args.fresh:
-        command.append("--fresh")
+    path = _output_path()
+    command = _child_command(args, path, *flags)
     try:
         done = subprocess.run(command, cwd=ROOT, check=False)
         if done.returncode:
@@ -220,6 +243,52 @@ def run_child(args: argparse.Namespace, *flags: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     finally:
         path.unlink(missing_ok=True)
+
+
+def measure_sizes(args: argparse.Namespace, sizes: list[int]) -> dict[int, dict[str, Any]]:
+    """Each size in a child process of its own (``measure_size``), started one after the other (a data set may be
+    built on the way), then given their rounds in turn: one child measures while the others wait."""
+    children: dict[int, tuple[subprocess.Popen[str], Path]] = {}
+    rounds = ["--runs", str(args.runs), "--warmups", str(args.warmups)]
+    try:
+        for size in sizes:
+            path = _output_path()
+            command = _child_command(args, path, "--child-size", str(size), *rounds)
+            child = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            children[size] = (child, path)
+            _until_ready(child, command)
+        for _ in range(args.warmups + args.runs):
+            for child, _path in children.values():
+                _go(child)
+                _until_ready(child, child.args)
+        by_size = {}
+        for size, (child, path) in children.items():
+            _go(child)
+            child.stdout.read()  # type: ignore[union-attr]  # a pipe: Popen(stdout=PIPE)
+            if child.wait():
+                raise SystemExit(f"{' '.join(child.args)} failed with exit status {child.returncode}")
+            by_size[size] = json.loads(path.read_text())
+        return by_size
+    finally:
+        for child, path in children.values():
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            path.unlink(missing_ok=True)
+
+
+def _go(child: subprocess.Popen[str]) -> None:
+    child.stdin.write("go\n")  # type: ignore[union-attr]  # a pipe: Popen(stdin=PIPE)
+    child.stdin.flush()  # type: ignore[union-attr]
+
+
+def _until_ready(child: subprocess.Popen[str], command: Any) -> None:
+    """Pass on what the child prints until it says it is ready; a child that ends first has failed."""
+    for line in child.stdout:  # type: ignore[union-attr]  # a pipe: Popen(stdout=PIPE)
+        if line.rstrip("\n") == READY:
+            return
+        print(line, end="")
+    raise SystemExit(f"{' '.join(command)} ended with exit status {child.wait()} before its rounds were done")
 
 
 def report_timings(engine: str, runs: int, warmups: int, by_size: dict[int, dict[str, Any]]) -> None:
@@ -337,10 +406,8 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(measure_storage(args.engine, args.child_storage, args.fresh)))
         return
     sizes = sorted({int(size) for size in args.sizes.split(",") if size.strip()})
-    rounds = ["--runs", str(args.runs), "--warmups", str(args.warmups)]
     if sizes:
-        by_size = {size: run_child(args, "--child-size", str(size), *rounds) for size in sizes}
-        report_timings(args.engine, args.runs, args.warmups, by_size)
+        report_timings(args.engine, args.runs, args.warmups, measure_sizes(args, sizes))
     if args.storage_tasks:
         report_storage(args.engine, run_child(args, "--child-storage", str(args.storage_tasks)))
 
