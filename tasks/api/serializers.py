@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -26,9 +26,6 @@ from tasks.models import OutputType, Task, TaskHistory, TaskOutput
 from tasks.selectors import previous_link
 from tasks.services import EDITABLE_FIELDS, IDEMPOTENCY_KEY_MAX_LENGTH, task_queues
 from tasks.states import TaskState
-
-if TYPE_CHECKING:
-    pass
 
 
 class TaskSerializer(SharedFieldsMixin, serializers.ModelSerializer):

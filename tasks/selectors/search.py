@@ -20,9 +20,9 @@ from django.db.models import BooleanField, Expression, Q
 from tasks.db_triggers import SEARCH_TABLE
 from tasks.models import TaskQuerySet
 
-# SQLite: at most this many candidate rows are taken from the trigram index.
-# Words found in more rows than that are common enough for the plain scan in list order to fill a page
-# (and the capped count) sooner than reading every candidate would.
+# SQLite: at most this many candidate rows are taken from the trigram index. Words found in more rows than that
+# are common enough for the scan in list order to fill a page (and the capped count) sooner than reading every
+# candidate would: they keep the newest candidates and every row older than them.
 SEARCH_CANDIDATE_LIMIT = 20_000
 # SQLite: the newest this many candidates are read first. Fewer than that are all the candidates; else their
 # share of the rows they span decides between every candidate and the newest ones with the scan below them.
