@@ -146,3 +146,28 @@ def test_sqlite_reads_a_time_in_neither_form_as_django_does(task):
     with connection.cursor() as cursor:
         cursor.execute("UPDATE tasks_task SET heartbeat_at = %s", ["not a time"])
     assert Task.objects.values_list("heartbeat_at", flat=True).get() is None
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="the project's SQLite backend")
+@pytest.mark.parametrize("use_tz, zone", [(True, None), (True, "Europe/Paris"), (False, None)])
+def test_sqlite_converts_every_kind_of_time_as_django_does(use_tz, zone, settings):
+    """The backend's converter gives what Django's gives, for every kind of value a read hands it (a naive time,
+    an aware one, text, an integer, None), whatever USE_TZ and the database's TIME_ZONE."""
+    from django.db.backends.sqlite3.operations import DatabaseOperations as DjangoOperations
+
+    settings.USE_TZ = use_tz
+    connection.settings_dict["TIME_ZONE"] = zone
+    connection.__dict__.pop("timezone", None)
+    try:
+        field = Task._meta.get_field("created_at")
+        naive = datetime(2026, 3, 29, 1, 59, 58, 999_999)
+        for value in (naive, MOMENT, "2026-03-29 01:59:58.999999", 1_774_749_598_999_999, None):
+            ours = connection.ops.convert_datetimefield_value(value, field, connection)
+            plain = 1_774_749_598_999_999
+            djangos = DjangoOperations.convert_datetimefield_value(
+                connection.ops, naive if value == plain else value, field, connection
+            )
+            assert (ours, getattr(ours, "tzinfo", None)) == (djangos, getattr(djangos, "tzinfo", None)), value
+    finally:
+        connection.settings_dict["TIME_ZONE"] = None
+        connection.__dict__.pop("timezone", None)
