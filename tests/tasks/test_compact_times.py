@@ -156,6 +156,7 @@ def test_sqlite_converts_every_kind_of_time_as_django_does(use_tz, zone, setting
     from django.db.backends.sqlite3.operations import DatabaseOperations as DjangoOperations
 
     settings.USE_TZ = use_tz
+    original_zone = connection.settings_dict["TIME_ZONE"]
     connection.settings_dict["TIME_ZONE"] = zone
     connection.__dict__.pop("timezone", None)
     try:
@@ -169,5 +170,5 @@ def test_sqlite_converts_every_kind_of_time_as_django_does(use_tz, zone, setting
             )
             assert (ours, getattr(ours, "tzinfo", None)) == (djangos, getattr(djangos, "tzinfo", None)), value
     finally:
-        connection.settings_dict["TIME_ZONE"] = None
+        connection.settings_dict["TIME_ZONE"] = original_zone
         connection.__dict__.pop("timezone", None)
