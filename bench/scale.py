@@ -256,11 +256,11 @@ def measure_sizes(args: argparse.Namespace, sizes: list[int]) -> dict[int, dict[
             command = _child_command(args, path, "--child-size", str(size), *rounds)
             child = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             children[size] = (child, path)
-            _until_ready(child, command)
+            _until_ready(child)
         for _ in range(args.warmups + args.runs):
             for child, _path in children.values():
                 _go(child)
-                _until_ready(child, child.args)
+                _until_ready(child)
         by_size = {}
         for size, (child, path) in children.items():
             _go(child)
@@ -282,13 +282,13 @@ def _go(child: subprocess.Popen[str]) -> None:
     child.stdin.flush()  # type: ignore[union-attr]
 
 
-def _until_ready(child: subprocess.Popen[str], command: Any) -> None:
+def _until_ready(child: subprocess.Popen[str]) -> None:
     """Pass on what the child prints until it says it is ready; a child that ends first has failed."""
     for line in child.stdout:  # type: ignore[union-attr]  # a pipe: Popen(stdout=PIPE)
         if line.rstrip("\n") == READY:
             return
         print(line, end="")
-    raise SystemExit(f"{' '.join(command)} ended with exit status {child.wait()} before its rounds were done")
+    raise SystemExit(f"{' '.join(child.args)} ended with exit status {child.wait()} before its rounds were done")
 
 
 def report_timings(engine: str, runs: int, warmups: int, by_size: dict[int, dict[str, Any]]) -> None:

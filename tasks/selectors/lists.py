@@ -61,7 +61,7 @@ def task_page(queryset: TaskQuerySet, *, offset: int, limit: int, cap: int, wind
     hold (at most ``cap``), never less than the tasks up to the page's end and the one after it.
     """
     usernames = {username_column(relation): F(f"{relation}__username") for relation in USER_RELATIONS}
-    rows = list(queryset.select_related(None).annotate(**usernames)[offset : offset + limit + 1])
+    rows = list(queryset.annotate(**usernames)[offset : offset + limit + 1])
     has_next = len(rows) > limit
     tasks = rows[:limit]
     if not has_next and (tasks or offset == 0):
