@@ -354,6 +354,48 @@ def test_few_matches_are_counted_exactly_whatever_the_window(dataset: Dataset, a
     assert beyond["results"] == [] and beyond["count_exact"] is False and beyond["next"] is None
 
 
+@pytest.mark.parametrize("ordering", ["-created_at", "title"])
+@pytest.mark.parametrize("search", ["", "login"])
+def test_a_count_is_what_the_window_holds_and_runs_only_where_it_can_change_it(
+    search: str, ordering: str, dataset: Dataset, api: Any, settings: Any
+) -> None:
+    """Every window, offset and limit: the count is task_page's definition, computed here from the table (exact
+    on the last page or when the table fits the window, else the window's matches, at least the page's end and
+    one more). The count's statement runs unless the list is read newest first and the row after the page is
+    older than the window: then every match the window holds was read, and counting them could not change it."""
+    settings.API_EXACT_COUNT_LIMIT = 2
+    table = list(Task.objects.order_by("-created_at", "-pk"))
+    matches = [t for t in dataset.tasks if search in f"{t.title} {t.description}".lower()]
+    if ordering == "title":
+        matches.sort(key=lambda task: task.title)
+    for window, offset, limit in itertools.product(range(len(table) + 1), range(4), range(1, 4)):
+        settings.API_COUNT_WINDOW = window
+        cap = offset + limit + settings.API_EXACT_COUNT_LIMIT
+        has_next = len(matches) > offset + limit
+        last_page = not has_next and (matches[offset : offset + limit] or offset == 0)
+        if last_page:
+            expected = (offset + len(matches[offset : offset + limit]), True)
+        elif window >= len(table):
+            expected = (min(len(matches), cap), len(matches) <= cap)
+        else:
+            held = sum(task in table[:window] for task in matches)
+            expected = (max(min(held, cap), offset + limit + 1) if has_next else min(held, cap), False)
+        query = {"search": search, "offset": offset, "limit": limit, "ordering": ordering}
+        with CaptureQueriesContext(connection) as queries:
+            data = api.get("/api/tasks/persistent", query).data
+        case = (window, offset, limit)
+        assert [row["id"] for row in data["results"]] == [str(t.pk) for t in matches[offset : offset + limit]], case
+        assert (data["count"], data["count_exact"]) == expected, case
+        counted = any(query["sql"].startswith("SELECT COUNT(*) FROM") for query in queries.captured_queries)
+        read_past = (
+            ordering == "-created_at"
+            and window < len(table)
+            and has_next
+            and matches[offset + limit] not in table[:window]
+        )
+        assert counted == (not last_page and not read_past), case
+
+
 def test_the_window_starts_after_the_newest_tasks(dataset: Dataset) -> None:
     """newest_window_start: the created_at of the task just older than the window, None when the table fits."""
     stamps = sorted(Task.objects.values_list("created_at", flat=True), reverse=True)
@@ -364,7 +406,7 @@ def test_the_window_starts_after_the_newest_tasks(dataset: Dataset) -> None:
 
 def _count_leaves_the_planner_as_it_found_it(api: Any, settings: Any) -> list[str]:
     """The statements of a list whose count runs; asserts that bitmap scans are on again after it."""
-    settings.API_COUNT_WINDOW = 3
+    settings.API_COUNT_WINDOW = 5  # the row after the page (the 5th newest) is in it: the count runs
     with CaptureQueriesContext(connection) as queries:
         assert api.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data["count_exact"] is False
     with connection.cursor() as cursor:
