@@ -88,7 +88,7 @@ def task_page(queryset: TaskQuerySet, *, offset: int, limit: int, cap: int, wind
 def _newest_first(queryset: TaskQuerySet) -> bool:
     """Whether ``queryset`` lists newest first: ordered by ``created_at`` descending before anything else."""
     query = queryset.query
-    ordering = query.order_by or (Task._meta.ordering if query.default_ordering else ())
+    ordering = query.order_by or (Task._meta.ordering if query.default_ordering else None) or ()
     return bool(ordering) and ordering[0] == "-created_at"
 
 
