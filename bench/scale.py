@@ -99,6 +99,10 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -
             # Autovacuum's first job after a load (an insert-driven VACUUM since PostgreSQL 13: the visibility map,
             # which index-only scans read) and its statistics; autovacuum is off on this server.
             cursor.execute("VACUUM (ANALYZE)")
+    else:
+        from persistence.planner import refresh_statistics
+
+        refresh_statistics()  # what beat's crux.sqlite_statistics has done by the time a table holds this many
     users = get_user_model().objects
     owner = users.get(username="bench0")
     staff, _ = users.get_or_create(username="bench-staff", defaults={"is_staff": True})

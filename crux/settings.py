@@ -464,6 +464,14 @@ SQLITE_SNAPSHOT_KEEP = env.int("SQLITE_SNAPSHOT_KEEP", default=24)
 SQLITE_SNAPSHOT_TICK_SECONDS = min(10.0, SQLITE_SNAPSHOT_SECONDS / 10)
 if SQLITE_SNAPSHOT_SECONDS > 0 and DATABASES["default"]["ENGINE"] == "crux.db":
     CELERY_BEAT_SCHEDULE["sqlite-snapshot"] = {"task": "crux.sqlite_snapshot", "schedule": SQLITE_SNAPSHOT_TICK_SECONDS}
+# SQLite only: how often beat's job checks the planner's statistics of the task table (persistence.planner), taken
+# again once the table has grown or shrunk by a quarter since (0: never).
+SQLITE_STATISTICS_SECONDS = env.float("SQLITE_STATISTICS_SECONDS", default=3600.0)
+if SQLITE_STATISTICS_SECONDS > 0 and DATABASES["default"]["ENGINE"] == "crux.db":
+    CELERY_BEAT_SCHEDULE["sqlite-statistics"] = {
+        "task": "crux.sqlite_statistics",
+        "schedule": SQLITE_STATISTICS_SECONDS,
+    }
 # A second location for backups and purge archives, each copy verified by checksum: the storage alias "backups_copy"
 # (Django's storage API), a FileSystemStorage at BACKUP_COPY_DIR here (unset: no copy); any other backend, such as
 # django-storages' S3Storage, is a matter of configuring that alias.

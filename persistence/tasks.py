@@ -1,5 +1,5 @@
 """Housekeeping jobs (beat, on the housekeeping queue): the recovery sweep, due tasks, the mirror reconcile, the daily
-backup and its restore drill, the check that drills keep passing, SQLite snapshots."""
+backup and its restore drill, the check that drills keep passing, SQLite snapshots and planner statistics."""
 
 import logging
 
@@ -10,6 +10,7 @@ from persistence.backup import backup
 from persistence.dispatch import redispatch_lost
 from persistence.drills import check_drills, run_drill
 from persistence.models import DrillTrigger
+from persistence.planner import refresh_statistics
 from persistence.services import reconcile_mirror
 from persistence.snapshots import enabled, snapshot_due, snapshots, take_snapshot
 from tasks import services
@@ -91,3 +92,13 @@ def sqlite_snapshot() -> str | None:
     result = take_snapshot()
     logger.info("snapshot written in %.2fs: %s (%s)", result.seconds, result.path, result.checksum)
     return str(result.path)
+
+
+@shared_task(name="crux.sqlite_statistics", ignore_result=True)
+def sqlite_statistics() -> bool:
+    """Refresh SQLite's planner statistics of the task table when it has grown or shrunk by a quarter (or has
+    none); nothing on PostgreSQL."""
+    analyzed = refresh_statistics()
+    if analyzed:
+        logger.info("planner statistics of the task table refreshed")
+    return analyzed
