@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import reduce
-from operator import and_
+from operator import and_, or_
 from typing import Any
 
 from django.db import connections
 from django.db.models import BooleanField, Expression, Q
+from django.db.models.expressions import Col
+from django.db.models.lookups import IContains
+from django.db.models.sql.where import WhereNode
 
 from tasks.db_triggers import SEARCH_TABLE
 from tasks.models import TaskQuerySet
@@ -29,6 +32,8 @@ SEARCH_CANDIDATE_LIMIT = 20_000
 SEARCH_NEWEST_CANDIDATES = 500
 # The page the choice between the index and the plain scan is made for (API_PAGE_SIZE's default).
 SEARCH_PAGE_ROWS = 50
+# The columns a search's terms are looked for in.
+SEARCHED_FIELDS = ("title", "description")
 
 
 def search_tasks(queryset: TaskQuerySet, terms: list[str]) -> TaskQuerySet:
@@ -48,7 +53,26 @@ def search_tasks(queryset: TaskQuerySet, terms: list[str]) -> TaskQuerySet:
             if candidates.rowids == "[]" and candidates.below is None:
                 return queryset.none()
             queryset = queryset.filter(_RowIdIn(candidates))
-    return queryset.filter(reduce(and_, (Q(title__icontains=t) | Q(description__icontains=t) for t in terms)))
+    return queryset.filter(
+        reduce(and_, (reduce(or_, (Q(**{f"{name}__icontains": t}) for name in SEARCHED_FIELDS)) for t in terms))
+    )
+
+
+def searches_text(queryset: TaskQuerySet) -> bool:
+    """Whether ``queryset``'s condition holds a search's term (``search_tasks``: ``icontains`` on a searched
+    column), at any depth."""
+
+    def holds_term(node: WhereNode) -> bool:
+        return any(
+            holds_term(child)
+            if isinstance(child, WhereNode)
+            else isinstance(child, IContains)
+            and isinstance(child.lhs, Col)
+            and child.lhs.target.name in SEARCHED_FIELDS
+            for child in node.children
+        )
+
+    return holds_term(queryset.query.where)
 
 
 def _trigram_query(terms: list[str]) -> str | None:

@@ -432,3 +432,16 @@ def test_the_count_in_its_own_transaction_needs_no_restore(dataset: Dataset, api
     fewer), and the setting is on again after it."""
     statements = _count_leaves_the_planner_as_it_found_it(api, settings)
     assert not any("enable_bitmapscan'" in sql for sql in statements)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
+def test_a_count_without_search_terms_is_one_statement(dataset: Dataset, api: Any, settings: Any) -> None:
+    """Only a search's trigram index tempts the planner into a bitmap scan: a list of other filters counts its
+    window in one statement, without the transaction and the setting around it."""
+    settings.API_COUNT_WINDOW = 5
+    with CaptureQueriesContext(connection) as queries:
+        data = api.get("/api/tasks/persistent", {"limit": 1, "roles": "backend,frontend"}).data
+    assert (data["count"], data["count_exact"]) == (3, False)  # Retry, Cleanup and Audit: the window holds 3
+    statements = [query["sql"] for query in queries.captured_queries]
+    assert sum(sql.startswith("SELECT COUNT(*) FROM") for sql in statements) == 1
+    assert not any("enable_bitmapscan" in sql for sql in statements)
