@@ -41,6 +41,50 @@ def test_postgresql_commits_synchronously():
         assert cursor.fetchone()[0] == "on"
 
 
+@pytest.mark.django_db
+def test_postgresql_plans_with_the_configured_random_page_cost():
+    if connection.vendor != "postgresql":
+        pytest.skip("applies to the PostgreSQL run")
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW random_page_cost")
+        assert float(cursor.fetchone()[0]) == 1.1
+
+
+@pytest.mark.parametrize(
+    ("cost", "url_options", "expected"),
+    [
+        ("", "", "-c random_page_cost=1.1"),
+        ("2.5", "?options=-c%20statement_timeout%3D5000", "-c statement_timeout=5000 -c random_page_cost=2.5"),
+        ("0", "?options=-c%20statement_timeout%3D5000", "-c statement_timeout=5000"),
+        ("0", "", None),
+    ],
+)
+def test_the_random_page_cost_joins_the_options_the_url_gives(cost, url_options, expected):
+    """POSTGRES_RANDOM_PAGE_COST (1.1 unless set; 0: the server's own) is added to libpq's options, after any the
+    DATABASE_URL gives; the settings are read in a process of their own, as a deployment reads its environment."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://crux@db.invalid:5432/crux{url_options}",
+        "POSTGRES_RANDOM_PAGE_COST": cost,
+    }
+    if not cost:
+        del env["POSTGRES_RANDOM_PAGE_COST"]
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from crux import settings; print(settings.DATABASES['default']['OPTIONS'].get('options'))",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == str(expected)
+
+
 CHILD = """
 import os, signal, sys
 import django
