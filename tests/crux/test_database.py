@@ -31,23 +31,20 @@ def test_sqlite_runs_wal_with_full_sync_and_immediate_transactions():
 
 
 @pytest.mark.django_db
-def test_postgresql_commits_synchronously():
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("synchronous_commit", "on"),  # an acknowledged commit is on disk
+        ("fsync", "on"),
+        ("random_page_cost", "1.1"),  # POSTGRES_RANDOM_PAGE_COST's default, on Crux's connections
+    ],
+)
+def test_postgresql_commits_synchronously_and_plans_for_memory(setting, value):
     if connection.vendor != "postgresql":
         pytest.skip("applies to the PostgreSQL run")
     with connection.cursor() as cursor:
-        cursor.execute("SHOW synchronous_commit")
-        assert cursor.fetchone()[0] == "on"
-        cursor.execute("SHOW fsync")
-        assert cursor.fetchone()[0] == "on"
-
-
-@pytest.mark.django_db
-def test_postgresql_plans_with_the_configured_random_page_cost():
-    if connection.vendor != "postgresql":
-        pytest.skip("applies to the PostgreSQL run")
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW random_page_cost")
-        assert float(cursor.fetchone()[0]) == 1.1
+        cursor.execute(f"SHOW {setting}")
+        assert cursor.fetchone()[0] == value
 
 
 @pytest.mark.parametrize(
