@@ -27,6 +27,9 @@ from tests.conftest import RUN_PREFIX, child_database_url, redis_caches
 pytest_plugins = ["tests.api_support"]
 
 ROOT = Path(__file__).resolve().parents[2]
+# Readiness's deadline where the parts expected to answer must answer on a loaded machine (PostgreSQL's check opens a
+# connection each time, which took over the default 0.2 s beside a parallel run) and a hanging part fails by it.
+HEALTHY_PARTS_DEADLINE = 0.5
 CELERY_WORKER = [
     *(sys.executable, "-m", "celery", "-A", "crux", "worker"),
     *("-P", "solo", "--without-gossip", "--without-mingle", "-l", "WARNING"),
@@ -143,11 +146,12 @@ def test_readiness_names_a_hanging_broker_within_its_deadline(
     settings.CELERY_BROKER_URL = hanging_server.url
     # The probe waits up to 5 s for the broker's answer: every request below comes while it still waits.
     settings.CELERY_BROKER_TRANSPORT_OPTIONS = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS, "socket_timeout": 5}
+    settings.HEALTH_TIMEOUT = HEALTHY_PARTS_DEADLINE
     client = client_for(staff)
     for attempt in range(3):
         response, took = timed_get(client, path)
         print(f"readiness with a hanging broker, answer {attempt + 1}: {took * 1000:.0f} ms")
-        assert took < 1.0  # the deadline is HEALTH_TIMEOUT (0.2 s); generous for a loaded machine
+        assert took < 1.5  # the deadline, generously for a loaded machine
         assert (response.status_code, response.data["status"]) == (200, "degraded")
         assert {"broker", "worker"} <= set(response.data["failing"])
         assert "no answer within" in response.data["checks"]["broker"]["detail"]
@@ -161,9 +165,10 @@ def test_readiness_names_a_hanging_redis_within_its_deadline(
 ) -> None:
     settings.CELERY_BROKER_URL = private_redis.url  # a broker that answers (with no worker)
     settings.CACHES = redis_caches(hanging_server.url)
+    settings.HEALTH_TIMEOUT = HEALTHY_PARTS_DEADLINE
     response, took = timed_get(APIClient(), "/api/health/ready")
     print(f"readiness with a hanging Redis: {took * 1000:.0f} ms")
-    assert took < 1.0
+    assert took < 1.5
     assert (response.status_code, response.data["status"]) == (200, "degraded")
     assert "redis" in response.data["failing"] and "broker" not in response.data["failing"]
 
