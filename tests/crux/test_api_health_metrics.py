@@ -22,14 +22,11 @@ from rest_framework.test import APIClient
 from crux.health import run_checks
 from tasks.models import Task
 from tests.api_support import client_for
-from tests.conftest import RUN_PREFIX, child_database_url, redis_caches
+from tests.conftest import HEALTHY_PARTS_DEADLINE, RUN_PREFIX, child_database_url, redis_caches
 
 pytest_plugins = ["tests.api_support"]
 
 ROOT = Path(__file__).resolve().parents[2]
-# Readiness's deadline where the parts expected to answer must answer on a loaded machine (PostgreSQL's check opens a
-# connection each time, which took over the default 0.2 s beside a parallel run) and a hanging part fails by it.
-HEALTHY_PARTS_DEADLINE = 0.5
 CELERY_WORKER = [
     *(sys.executable, "-m", "celery", "-A", "crux", "worker"),
     *("-P", "solo", "--without-gossip", "--without-mingle", "-l", "WARNING"),

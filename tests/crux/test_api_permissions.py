@@ -10,6 +10,7 @@ import pytest
 
 from tasks.models import Task
 from tests.api_support import ROLES, TASK_PERMISSIONS, client_for, grant, snapshot
+from tests.conftest import HEALTHY_PARTS_DEADLINE
 
 pytest_plugins = ["tests.api_support"]
 pytestmark = pytest.mark.django_db
@@ -105,9 +106,7 @@ def test_permission_matrix(case: Case, role: str, users: dict[str, Any], task_in
 def test_health_matrix(users: dict[str, Any], private_redis: Any, settings: Any) -> None:
     """Health is public (for probes), so every role gets the same status; only staff see details."""
     settings.CELERY_BROKER_URL = private_redis.url  # a broker of our own, with no worker listening
-    # Room for a loaded machine: PostgreSQL's check opens a connection each time (over 0.2 s beside a parallel run,
-    # and a failing database is a 503); the worker, which nothing runs here, fails at the deadline whatever it is.
-    settings.HEALTH_TIMEOUT = 0.5
+    settings.HEALTH_TIMEOUT = HEALTHY_PARTS_DEADLINE  # the worker, which nothing runs here, fails by it
     for role in ROLES:
         response = client_for(users[role]).get("/api/health/")
         assert (response.status_code, response.data["status"]) == (200, "degraded"), role
@@ -160,11 +159,10 @@ def test_owner_with_delete_permission_deletes_own_task(user: Any, task_in: Any) 
 
 
 def test_an_invalid_token_is_401_even_on_public_endpoints(db: Any, settings: Any) -> None:
-    """Readiness identifies the caller once the database and Redis answered (else it answers 503 to anyone): its
-    deadline leaves room for PostgreSQL's check, a connection of its own, on a loaded machine."""
+    """Readiness identifies the caller once the database and Redis answered (else it answers 503 to anyone)."""
     from rest_framework.test import APIClient
 
-    settings.HEALTH_TIMEOUT = 0.5
+    settings.HEALTH_TIMEOUT = HEALTHY_PARTS_DEADLINE
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
     assert client.get("/api/tasks/").status_code == 401
