@@ -42,7 +42,7 @@ def test_a_task_with_every_kind_of_value_is_rendered_as_drf_renders_it(task_in: 
         "completed",
         description="every kind",
         acceptance_criteria={"tests": ["pass", {"nested": [1, 2.5, True, None]}]},
-        metadata={"team": "α", "count": 3},
+        metadata={"team": "\u00e9quipe", "count": 3},
         retry_backoff=1.5,
         soft_time_limit=30.0,
         time_limit=60,
