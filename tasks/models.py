@@ -24,6 +24,7 @@ from django.db.models.constants import OnConflict
 from django.db.models.functions import ExtractIsoYear, ExtractYear
 from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual, LessThan, LessThanOrEqual
 from django.db.models.sql import InsertQuery
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 from django_celery_results.managers import TaskResultManager
 from django_celery_results.models import TaskResult
@@ -583,6 +584,48 @@ class Task(models.Model):
     @classmethod
     def tracked_fields(cls) -> list[models.Field]:
         return [f for f in cls._meta.concrete_fields if f.name not in UNTRACKED_FIELDS and not f.primary_key]
+
+
+# Where a database connection (one per thread) keeps its compiled reads of a task by primary key: ``read_task``.
+_PK_READS = "_crux_task_pk_reads"
+
+
+def read_task(pk: uuid.UUID, using: str, *, lock: bool = False) -> Task | None:
+    """The task ``pk`` as the database holds it now, or None; with ``lock``, its row locked until the end of the
+    caller's transaction (``select_for_update``). What ``Task.objects.filter(pk=pk).first()`` reads, with its SQL
+    compiled once per connection: Django builds and compiles the query of the task's 58 columns anew for every read
+    (260 of the 340 µs one took), and each write of a service reads its task first."""
+    connection = connections[using]
+    reads: dict[bool, _PkRead] = connection.__dict__.setdefault(_PK_READS, {})
+    compiled = reads.get(lock)
+    if compiled is None:
+        compiled = reads[lock] = _PkRead(connection, lock=lock)
+    return compiled(pk)
+
+
+class _PkRead:
+    """One connection's read of a task by primary key: its SQL, the columns' model fields and their converters."""
+
+    def __init__(self, connection: Any, *, lock: bool) -> None:
+        tasks = Task._base_manager.using(connection.alias).filter(pk=uuid.UUID(int=0)).order_by()
+        self.compiler = (tasks.select_for_update() if lock else tasks).query.get_compiler(connection=connection)
+        self.sql = self.compiler.as_sql()[0]
+        columns = [column for column, _, _ in self.compiler.select]
+        self.names = [column.target.attname for column in columns]
+        self.converters = self.compiler.get_converters(columns)
+        self.connection, self.lock = connection, lock
+
+    def __call__(self, pk: uuid.UUID) -> Task | None:
+        connection = self.connection
+        if self.lock and connection.features.has_select_for_update and connection.get_autocommit():
+            raise TransactionManagementError("select_for_update cannot be used outside of a transaction.")
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [Task._meta.pk.get_db_prep_value(pk, connection)])
+            rows = cursor.fetchall()
+        if not rows:
+            return None
+        values = next(iter(self.compiler.apply_converters(rows, self.converters))) if self.converters else rows[0]
+        return Task.from_db(connection.alias, self.names, values)
 
 
 class TaskHistoryQuerySet(models.QuerySet):

@@ -10,15 +10,14 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import QuerySet
+from django.db import router, transaction
 from django.utils import timezone
 
 from tasks import dispatch
 from tasks.audit import Actor, audited
 from tasks.exceptions import InvalidTaskData, TaskChanged, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
-from tasks.models import Task
+from tasks.models import Task, read_task
 from tasks.registry import handler_options, payload_checker, payload_errors, registered_names
 from tasks.states import TERMINAL_STATES, TaskState, check_transition
 
@@ -75,7 +74,7 @@ def locked_task(task_id: TaskId) -> Task:
 
     Its values are kept as the committed ones for its next save in this transaction (``Task.keep_locked_read``):
     the change the caller makes is saved without reading the row a second time."""
-    task = _read_task(Task.objects.select_for_update(), task_id)
+    task = _read_task(task_id, lock=True)
     task.keep_locked_read()
     return task
 
@@ -83,17 +82,17 @@ def locked_task(task_id: TaskId) -> Task:
 def unlocked_task(task_id: TaskId) -> Task:
     """The task as committed now, its row not locked; TaskNotFound if there is none. Its next save is a
     compare-and-set on this read (``Task.keep_read``): TaskChanged if another write came between."""
-    task = _read_task(Task.objects.all(), task_id)
+    task = _read_task(task_id, lock=False)
     task.keep_read()
     return task
 
 
-def _read_task(tasks: QuerySet[Task], task_id: TaskId) -> Task:
+def _read_task(task_id: TaskId, *, lock: bool) -> Task:
     pk = parse_task_id(task_id)
-    try:
-        return tasks.get(pk=pk)
-    except Task.DoesNotExist:
-        raise TaskNotFound(pk) from None
+    task = read_task(pk, router.db_for_write(Task) if lock else router.db_for_read(Task), lock=lock)
+    if task is None:
+        raise TaskNotFound(pk)
+    return task
 
 
 Written = TypeVar("Written")
