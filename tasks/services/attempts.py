@@ -21,15 +21,15 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models import Field, QuerySet
 from django.utils import timezone
 
 from tasks import hooks
 from tasks.audit import Channel, audited, format_timestamp
 from tasks.exceptions import ClaimLost, InvalidTaskData, TaskError, TaskNotFound
-from tasks.ids import TaskId
-from tasks.models import METRIC_FIELDS, OutputType, Task, TaskOutput
+from tasks.ids import TaskId, parse_task_id
+from tasks.models import METRIC_FIELDS, OutputType, Task, TaskOutput, read_task
 from tasks.redaction import redact_text
 from tasks.registry import HandlerOptions, handler_options
 from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown, start_ahead, write_task
@@ -288,8 +288,13 @@ def _finish(
     return ended
 
 
+def _claim_held(attempt: int, worker_id: str) -> dict[str, Any]:
+    """What a task holds while ``attempt`` on ``worker_id`` holds its claim: the condition of the attempt's writes."""
+    return {"state": TaskState.RUNNING, "attempt_count": attempt, "worker_id": worker_id}
+
+
 def _live_attempt(task_id: TaskId, attempt: int, worker_id: str) -> QuerySet[Task]:
-    return Task.objects.filter(pk=task_id, state=TaskState.RUNNING, attempt_count=attempt, worker_id=worker_id)
+    return Task.objects.filter(pk=task_id, **_claim_held(attempt, worker_id))
 
 
 def _claim_lost(task_id: TaskId, attempt: int, worker_id: str) -> ClaimLost:
@@ -297,8 +302,12 @@ def _claim_lost(task_id: TaskId, attempt: int, worker_id: str) -> ClaimLost:
 
 
 def _hold_claim(task_id: TaskId, attempt: int, worker_id: str) -> None:
-    """Inside the caller's transaction: lock the task row, or raise ClaimLost if the attempt lost its claim."""
-    if _live_attempt(task_id, attempt, worker_id).select_for_update().values_list("pk", flat=True).first() is None:
+    """Inside the caller's transaction: lock the task row, or raise ClaimLost if the attempt lost its claim.
+
+    The row is read by ``read_task``, whose SQL is compiled once: compiling the filtered query was 190 of the 280 µs
+    this check took, for every output an attempt writes."""
+    task = read_task(parse_task_id(task_id), router.db_for_write(Task), lock=True)
+    if task is None or any(getattr(task, name) != value for name, value in _claim_held(attempt, worker_id).items()):
         raise _claim_lost(task_id, attempt, worker_id)
 
 

@@ -1,5 +1,6 @@
 """Execution in-process (no broker): claim, outcome, duplicates, leases, recovery, re-dispatch."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -159,6 +160,35 @@ def test_a_write_of_an_attempt_that_lost_its_claim_is_refused_and_writes_nothing
     with pytest.raises(ClaimLost, match="no longer holds its claim"):
         STALE_WRITES[write](task.pk)
     assert written_by_attempts(task) == before
+
+
+ATTEMPT_WRITES = {
+    "output": lambda pk, attempt, worker: services.record_output(pk, "stdout", "x", attempt=attempt, worker_id=worker),
+    "metrics": lambda pk, attempt, worker: services.record_metrics(pk, attempt=attempt, worker_id=worker, iterations=7),
+    "progress": lambda pk, attempt, worker: services.report_progress(
+        pk, attempt=attempt, worker_id=worker, progress=0.5, phase="p"
+    ),
+}
+
+
+@pytest.mark.parametrize("write", list(ATTEMPT_WRITES))
+@pytest.mark.parametrize(("attempt", "worker_id"), [(2, WORKER), (0, WORKER), (1, "celery@other:1"), (1, "")])
+def test_a_write_naming_another_attempt_or_worker_is_refused_and_writes_nothing(user, write, attempt, worker_id):
+    """Each part of the claim is checked, by the output's locked read as by the other writes' conditional UPDATE;
+    the claim's own attempt and worker then write."""
+    task = submit(user)
+    services.claim(task.pk, worker_id=WORKER)
+    before = written_by_attempts(task)
+    with pytest.raises(ClaimLost, match="no longer holds its claim"):
+        ATTEMPT_WRITES[write](task.pk, attempt, worker_id)
+    assert written_by_attempts(task) == before
+    ATTEMPT_WRITES[write](task.pk, 1, WORKER)
+    assert written_by_attempts(task) != before
+
+
+def test_an_output_for_a_task_that_is_not_there_is_refused(user):
+    with pytest.raises(ClaimLost, match="no longer holds its claim"):
+        services.record_output(uuid.uuid4(), "stdout", "x", attempt=1, worker_id=WORKER)
 
 
 def test_a_stale_heartbeat_and_outcome_change_nothing(user):
