@@ -117,6 +117,15 @@ def test_a_locked_read_holds_the_row_until_its_transaction_ends(tasks: list[Task
 
 
 @pytest.mark.usefixtures("live_db")
+def test_a_read_after_the_connection_closed_opens_a_new_one(tasks: list[Task]) -> None:
+    """The compiled read outlives the database connection it was compiled on (CONN_MAX_AGE, a server restart)."""
+    assert read_task(tasks[0].pk, "default").pk == tasks[0].pk
+    connection.close()
+    assert connection.connection is None
+    assert fields_of(read_task(tasks[2].pk, "default")) == fields_of(Task.objects.get(pk=tasks[2].pk))
+
+
+@pytest.mark.usefixtures("live_db")
 def test_each_thread_reads_through_its_own_connection(tasks: list[Task]) -> None:
     read_task(tasks[0].pk, "default")
     seen: list[Any] = []
