@@ -140,14 +140,16 @@ def figures(task):
     return Task.objects.filter(pk=task.pk).values(*METRIC_FIELDS).get()
 
 
-STALE_WRITES = {
-    "output": lambda pk: services.record_output(pk, "stdout", "late", attempt=1, worker_id=WORKER),
-    "metrics": lambda pk: services.record_metrics(pk, attempt=1, worker_id=WORKER, iterations=99),
-    "progress": lambda pk: services.report_progress(pk, attempt=1, worker_id=WORKER, progress=0.9, phase="late"),
+ATTEMPT_WRITES = {
+    "output": lambda pk, attempt, worker: services.record_output(pk, "stdout", "x", attempt=attempt, worker_id=worker),
+    "metrics": lambda pk, attempt, worker: services.record_metrics(pk, attempt=attempt, worker_id=worker, iterations=7),
+    "progress": lambda pk, attempt, worker: services.report_progress(
+        pk, attempt=attempt, worker_id=worker, progress=0.5, phase="p"
+    ),
 }
 
 
-@pytest.mark.parametrize("write", list(STALE_WRITES))
+@pytest.mark.parametrize("write", list(ATTEMPT_WRITES))
 @pytest.mark.parametrize("lost_by", ["takeover", "cancel"])
 def test_a_write_of_an_attempt_that_lost_its_claim_is_refused_and_writes_nothing(user, write, lost_by):
     task = submit(user)
@@ -158,17 +160,8 @@ def test_a_write_of_an_attempt_that_lost_its_claim_is_refused_and_writes_nothing
         services.cancel(task.pk, actor=user, channel=Channel.API, reason="stop")
     before = written_by_attempts(task)
     with pytest.raises(ClaimLost, match="no longer holds its claim"):
-        STALE_WRITES[write](task.pk)
+        ATTEMPT_WRITES[write](task.pk, 1, WORKER)
     assert written_by_attempts(task) == before
-
-
-ATTEMPT_WRITES = {
-    "output": lambda pk, attempt, worker: services.record_output(pk, "stdout", "x", attempt=attempt, worker_id=worker),
-    "metrics": lambda pk, attempt, worker: services.record_metrics(pk, attempt=attempt, worker_id=worker, iterations=7),
-    "progress": lambda pk, attempt, worker: services.report_progress(
-        pk, attempt=attempt, worker_id=worker, progress=0.5, phase="p"
-    ),
-}
 
 
 @pytest.mark.parametrize("write", list(ATTEMPT_WRITES))
