@@ -30,7 +30,7 @@ def fields_of(task: Task) -> dict[str, tuple[type, Any]]:
 
 @pytest.fixture
 def tasks(task_in: Any) -> list[Task]:
-    """Tasks whose rows hold every kind of value: JSON, times set and unset, a deleted one, a result."""
+    """Tasks whose rows hold every kind of value: JSON objects, times set and unset, an edited one, a deleted one."""
     done = task_in("completed", metadata={"team": "\u00e9quipe", "n": [1, 2.5, None]}, acceptance_criteria={"a": True})
     services.update_task(done.pk, actor=done.owner, channel=Channel.API, reason="test", description="described")
     return [task_in("pending"), task_in("running"), Task.objects.get(pk=done.pk), task_in("failed", deleted=True)]
