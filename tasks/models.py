@@ -590,11 +590,14 @@ class Task(models.Model):
 _PK_READS = "_crux_task_pk_reads"
 
 
-def read_task(pk: uuid.UUID, using: str, *, lock: bool = False) -> Task | None:
+def read_task(pk: uuid.UUID, using: str | None = None, *, lock: bool = False) -> Task | None:
     """The task ``pk`` as the database holds it now, or None; with ``lock``, its row locked until the end of the
     caller's transaction (``select_for_update``). What ``Task.objects.filter(pk=pk).first()`` reads, with its SQL
     compiled once per connection: Django builds and compiles the query of the task's 58 columns anew for every read
-    (about 290 of the 350 µs one took), and each write of a service reads its task first."""
+    (about 290 of the 350 µs one took), and each write of a service reads its task first. ``using``: by default the
+    router's database, for a write when locked, as a queryset picks it."""
+    if using is None:
+        using = router.db_for_write(Task) if lock else router.db_for_read(Task)
     connection = connections[using]
     reads: dict[bool, _PkRead] = connection.__dict__.setdefault(_PK_READS, {})
     compiled = reads.get(lock)

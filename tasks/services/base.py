@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from tasks import dispatch
@@ -89,7 +89,7 @@ def unlocked_task(task_id: TaskId) -> Task:
 
 def _read_task(task_id: TaskId, *, lock: bool) -> Task:
     pk = parse_task_id(task_id)
-    task = read_task(pk, router.db_for_write(Task) if lock else router.db_for_read(Task), lock=lock)
+    task = read_task(pk, lock=lock)
     if task is None:
         raise TaskNotFound(pk)
     return task
