@@ -461,7 +461,7 @@ class _SQLiteTable(_Table):
         if kind == "CodedChoiceField":  # the field's own code
             return _remembered(partial(field.get_db_prep_value, connection=connection, prepared=True))
         if kind == "JSONField":
-            return json.dumps
+            return partial(connection.ops.adapt_json_value, encoder=field.encoder)
         if kind == "BooleanField":
             return int
         if kind == "BinaryField":

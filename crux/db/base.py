@@ -17,12 +17,13 @@ Its operations read a UUID column's value back whether it holds the UUID's 16 by
 (``tasks.models.CompactUUIDField``) or Django's 32 hex digits, and a time whether it holds
 microseconds since the Unix epoch in UTC (``tasks.models.CompactDateTimeField``) or Django's
 text; Django's date functions in SQL (``Trunc``, ``__date``, ``.dates()``, a difference of two
-times) take both forms too.
+times) take both forms too. JSON is written without spaces after its separators.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import uuid
@@ -89,6 +90,11 @@ _TIME_FUNCTIONS: dict[str, tuple[int, Callable[..., Any], tuple[int, ...]]] = {
 
 
 class DatabaseOperations(operations.DatabaseOperations):
+    def adapt_json_value(self, value: Any, encoder: type[json.JSONEncoder] | None) -> str:
+        """A JSON field's text without the space Django's ``json.dumps`` writes after each ``,`` and ``:``: a byte
+        less per item and key of every stored JSON value (SQLite keeps the text as given; it reads both forms)."""
+        return json.dumps(value, cls=encoder, separators=(",", ":"))
+
     def convert_uuidfield_value(self, value: Any, expression: Any, connection: Any) -> uuid.UUID | None:
         if isinstance(value, bytes):
             return uuid.UUID(bytes=value)
