@@ -506,7 +506,10 @@ class _PostgresTable(_Table):
             return lambda value: "t" if value else "f"
         if kind == "BinaryField":  # bytea's hex input, its backslash doubled for COPY's text format
             return lambda value: "\\\\x" + _digest_bytes(value).hex()
-        if kind in ("CharField", "TextField", "CodedChoiceField"):
+        if kind == "CodedChoiceField":  # the field's own code where it codes on PostgreSQL, else the name
+            prepare = partial(field.get_db_prep_value, connection=connection, prepared=True)
+            return lambda value: _copy_text(prepare(value))
+        if kind in ("CharField", "TextField"):
             return _copy_text
         if kind.endswith(("IntegerField", "AutoField", "FloatField")):
             return str

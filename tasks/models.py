@@ -143,29 +143,35 @@ CompactDateTimeField.register_lookup(_year_by_function(ExtractIsoYear))
 
 
 class CodedChoiceField(models.CharField):
-    """A choice stored on SQLite as one character, its position in ``codes``, not its name (3 to 11 characters):
-    some 100 bytes a completed task over its history rows' event, states and channel, and the task's state in its
-    row and its index. ``codes`` only ever grows at its end: a code is what a stored row means. A value not in
-    ``codes`` is stored as its text and read back as it is; the empty string stays empty. PostgreSQL stores the
-    name."""
+    """A choice stored as one character, its position in ``codes``, not its name (3 to 11 characters), on the
+    engines ``coded_on`` names (SQLite by default; elsewhere the name): some 100 bytes a completed task over its
+    history rows' event, states and channel, its outputs' types, and the task's state in its row and its index.
+    ``codes`` only ever grows at its end: a code is what a stored row means. A value not in ``codes`` is stored as
+    its text and read back as it is; the empty string stays empty. Reads give the name whichever form a row holds."""
 
     CODE_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    DEFAULT_CODED_ON = ("sqlite",)
 
-    def __init__(self, *args: Any, codes: tuple[str, ...] = (), **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, codes: tuple[str, ...] = (), coded_on: tuple[str, ...] = DEFAULT_CODED_ON, **kwargs: Any
+    ) -> None:
         if len(codes) > len(self.CODE_DIGITS):
             raise ValueError(f"at most {len(self.CODE_DIGITS)} codes")
         self.codes = tuple(codes)
+        self.coded_on = tuple(coded_on)
         self._code_of = {value: self.CODE_DIGITS[index] for index, value in enumerate(self.codes)}
         super().__init__(*args, **kwargs)
 
     def deconstruct(self) -> Any:
         name, path, args, kwargs = super().deconstruct()
         kwargs["codes"] = self.codes
+        if self.coded_on != self.DEFAULT_CODED_ON:
+            kwargs["coded_on"] = self.coded_on
         return name, path, args, kwargs
 
     def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
         value = super().get_db_prep_value(value, connection, prepared)
-        if connection.vendor == "sqlite" and isinstance(value, str):
+        if connection.vendor in self.coded_on and isinstance(value, str):
             return self._code_of.get(value, value)
         return value
 
@@ -177,6 +183,8 @@ class CodedChoiceField(models.CharField):
         return value
 
 
+# The engines a history row's and an output's choices are coded on (CodedChoiceField's ``coded_on``).
+BOTH_ENGINES = ("sqlite", "postgresql")
 # What each code of a history row's coded columns means (CodedChoiceField): append only.
 EVENT_CODES = ("created", "transition", "edit", "soft_delete", "restore", "unarchive")
 STATE_CODES = ("pending", "queued", "running", "completed", "failed", "cancelled", "interrupted")
@@ -647,9 +655,11 @@ class TaskHistory(models.Model):
 
     task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="history", db_index=False)
     seq = models.PositiveIntegerField()
-    event = CodedChoiceField(max_length=16, choices=HistoryEvent.choices, codes=EVENT_CODES)
-    state_from = CodedChoiceField(max_length=16, choices=TaskState.choices, blank=True, codes=STATE_CODES)
-    state_to = CodedChoiceField(max_length=16, choices=TaskState.choices, codes=STATE_CODES)
+    event = CodedChoiceField(max_length=16, choices=HistoryEvent.choices, codes=EVENT_CODES, coded_on=BOTH_ENGINES)
+    state_from = CodedChoiceField(
+        max_length=16, choices=TaskState.choices, blank=True, codes=STATE_CODES, coded_on=BOTH_ENGINES
+    )
+    state_to = CodedChoiceField(max_length=16, choices=TaskState.choices, codes=STATE_CODES, coded_on=BOTH_ENGINES)
     actor = models.CharField(max_length=150)
     actor_user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -660,7 +670,7 @@ class TaskHistory(models.Model):
         blank=True,
         related_name="+",
     )
-    channel = CodedChoiceField(max_length=16, choices=Channel.choices, codes=CHANNEL_CODES)
+    channel = CodedChoiceField(max_length=16, choices=Channel.choices, codes=CHANNEL_CODES, coded_on=BOTH_ENGINES)
     reason = models.TextField(blank=True)
     error_message = models.TextField(blank=True)
     details = models.JSONField(default=dict, blank=True)
@@ -735,9 +745,15 @@ class OutputType(models.TextChoices):
     COMMIT = "commit", "commit"
 
 
+# What each code of an output's type means (CodedChoiceField): append only.
+OUTPUT_TYPE_CODES = ("stdout", "stderr", "log", "artifact", "commit")
+
+
 class TaskOutput(models.Model):
     task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="outputs", db_index=False)
-    output_type = models.CharField(max_length=16, choices=OutputType.choices)
+    output_type = CodedChoiceField(
+        max_length=16, choices=OutputType.choices, codes=OUTPUT_TYPE_CODES, coded_on=BOTH_ENGINES
+    )
     content = models.TextField(blank=True)
     created_at = CompactDateTimeField(default=timezone.now)
     file_path = models.CharField(max_length=500, blank=True)

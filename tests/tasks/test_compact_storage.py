@@ -3,14 +3,17 @@ finds them.
 
 Task ids are 16 bytes on both engines (``tasks.models.CompactUUIDField``: a BLOB on SQLite, ``uuid`` on PostgreSQL),
 in the task's row and in every row that refers to it; the chain head is 32 bytes, as the history rows' links are. A
-history row's event, states and channel are one character on SQLite (``tasks.models.CodedChoiceField``).
+history row's event, states and channel are one character on both engines, a task's state on SQLite
+(``tasks.models.CodedChoiceField``).
 """
 
 from __future__ import annotations
 
+import importlib
 import uuid
 
 import pytest
+from django.apps import apps
 from django.db import connection
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.loader import MigrationLoader
@@ -114,7 +117,7 @@ def test_sqlite_reads_an_id_still_held_as_hex_digits(user):
 CODED = [f for f in TaskHistory._meta.concrete_fields if isinstance(f, CodedChoiceField)]
 
 
-def test_a_history_rows_choices_are_one_character_on_sqlite(user):
+def test_a_history_rows_choices_are_one_character_on_both_engines(user):
     task = submitted(user)
     columns = ", ".join(f"{f.column}, length({f.column})" for f in CODED)
     with connection.cursor() as cursor:
@@ -126,11 +129,71 @@ def test_a_history_rows_choices_are_one_character_on_sqlite(user):
     created = task.history.get()
     names = [getattr(created, f.attname) for f in CODED]
     assert names == ["created", "", "queued", "api"]
-    lengths = stored_row[1::2]
-    if connection.vendor == "sqlite":
-        assert lengths == (1, 0, 1, 1), stored_row
-    else:
-        assert stored_row[0::2] == tuple(names)
+    assert stored_row == ("0", 1, "", 0, "1", 1, "0", 1), "each name's position in its field's codes"
+    assert all(f.coded_on == ("sqlite", "postgresql") for f in CODED)
+
+
+def test_a_coded_choice_keeps_its_name_on_an_engine_it_does_not_code_on():
+    """A task's state is coded on SQLite only (``coded_on``'s default): PostgreSQL's partial indexes and raw reads
+    name it."""
+    field = Task._meta.get_field("state")
+    assert field.coded_on == ("sqlite",)
+    assert field.get_db_prep_value("queued", connection) == ("5" if connection.vendor == "sqlite" else "queued")
+    assert "coded_on" not in field.deconstruct()[3], "the default stays out of migrations"
+    assert TaskHistory._meta.get_field("event").deconstruct()[3]["coded_on"] == ("sqlite", "postgresql")
+
+
+def raw_history_choices(task) -> list[tuple[str, ...]]:
+    columns = ", ".join(f.column for f in CODED)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM tasks_taskhistory WHERE task_id = %s ORDER BY seq",
+            [Task._meta.pk.get_db_prep_value(task.pk, connection)],
+        )
+        return cursor.fetchall()
+
+
+def test_migration_0025_codes_postgresql_history_rows_in_place_and_back(user):
+    """PostgreSQL rows written before migration 0025 hold the names: the migration rewrites them to codes (and its
+    reverse back), with the append-only triggers in place again after; reads and the chain are the same either
+    way. SQLite's rows hold codes since 0022: there it does nothing."""
+    migration = importlib.import_module("tasks.migrations.0025_history_choices_as_codes_on_postgresql")
+    task = submitted(user)
+    services.cancel(task.pk, actor=user, channel=Channel.ADMIN, reason="coded")
+    codes = [("0", "", "1", "0"), ("1", "1", "5", "1")]
+    names = [("created", "", "queued", "api"), ("transition", "queued", "cancelled", "admin")]
+    assert raw_history_choices(task) == codes
+
+    migration.to_names(apps, connection.schema_editor())
+    assert raw_history_choices(task) == (names if connection.vendor == "postgresql" else codes)
+    assert list(TaskHistory.objects.filter(task=task).order_by("seq").values_list(*[f.name for f in CODED])) == names
+    assert list(verify_audit_chains()) == []
+
+    migration.to_codes(apps, connection.schema_editor())
+    assert raw_history_choices(task) == codes
+    assert db_triggers.installed_history_triggers(connection) == set(db_triggers.HISTORY_TRIGGERS)
+    assert list(verify_audit_chains()) == []
+
+
+def test_an_outputs_type_is_one_character_on_both_engines_and_reads_as_its_name(user):
+    task = submitted(user)
+    services.add_output(task.pk, output_type="artifact", content="a file")
+    key = Task._meta.pk.get_db_prep_value(task.pk, connection)
+    kind = "text" if connection.vendor == "sqlite" else "character varying"
+    assert stored("tasks_taskoutput", "output_type", "task_id", key) == [(kind, 1 if kind == "text" else 2)] * 2
+    outputs = TaskOutput.objects.filter(task=task)
+    assert list(outputs.order_by("pk").values_list("output_type", flat=True)) == ["stdout", "artifact"]
+    assert outputs.get(output_type="artifact").content == "a file"
+    assert outputs.filter(output_type__in=["log", "stdout"]).get().content == "a line"
+    response = client_for(user).get(f"/api/tasks/outputs/{task.pk}")
+    assert [r["output_type"] for r in response.json()["results"]] == ["stdout", "artifact"]
+
+    migration = importlib.import_module("tasks.migrations.0026_output_type_as_code")
+    migration.to_names(apps, connection.schema_editor())
+    assert stored("tasks_taskoutput", "output_type", "task_id", key)[0][1] == len("stdout") + (kind != "text")
+    assert list(outputs.order_by("pk").values_list("output_type", flat=True)) == ["stdout", "artifact"]
+    migration.to_codes(apps, connection.schema_editor())
+    assert [size for _, size in stored("tasks_taskoutput", "output_type", "task_id", key)] == [1 + (kind != "text")] * 2
 
 
 def test_every_read_and_filter_of_a_coded_choice_speaks_names(user):
@@ -157,7 +220,7 @@ def test_every_read_and_filter_of_a_coded_choice_speaks_names(user):
 def test_every_choice_has_a_code_and_codes_only_grow():
     """A code is what stored rows mean: the codes a migration recorded stay first, in their order."""
     recorded = MigrationLoader(None, ignore_no_migrations=True).project_state().apps
-    for model in (TaskHistory, Task):
+    for model in (TaskHistory, Task, TaskOutput):
         for field in [f for f in model._meta.concrete_fields if isinstance(f, CodedChoiceField)]:
             assert {value for value, _ in field.choices} - {""} <= set(field.codes), field.name
             assert len(set(field.codes)) == len(field.codes), field.name
