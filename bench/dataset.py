@@ -411,8 +411,11 @@ class _Table:
 
         for index, field in enumerate(fields):
             target = field.target_field if field.is_relation else field
-            compact = (CompactUUIDField, CompactDateTimeField, CodedChoiceField)
-            kind = type(target).__name__ if isinstance(target, compact) else target.get_internal_type()
+            compact = (CompactUUIDField, CompactDateTimeField)
+            if isinstance(target, CodedChoiceField):  # its subclasses (CodedNameField) too
+                kind = "CodedChoiceField"
+            else:
+                kind = type(target).__name__ if isinstance(target, compact) else target.get_internal_type()
             adapt = self.adapter(connection, kind, target)
             self.slots[field.attname] = (index, adapt)
             default = None if getattr(field, "auto_now", False) else field.get_default()

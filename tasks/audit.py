@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 
 # Who acts on a task: a signed-in user, or a system component by its non-empty name ("system:worker").
 Actor: TypeAlias = "AbstractBaseUser | str"
+WORKER_ACTOR = "system:worker"
+RECOVERY_ACTOR = "system:recovery"
+CELERY_REVOKE_ACTOR = "celery:revoke"
+# The components that write a history row to many tasks: a history row's ``actor`` holds each as a code, its
+# position here (tasks.models.CodedNameField). Append only.
+SYSTEM_ACTORS = (WORKER_ACTOR, RECOVERY_ACTOR, CELERY_REVOKE_ACTOR)
 
 GENESIS_HASH = "0" * 64
 

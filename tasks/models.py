@@ -29,7 +29,7 @@ from django.utils import timezone
 from django_celery_results.managers import TaskResultManager
 from django_celery_results.models import TaskResult
 
-from tasks.audit import Channel, HistoryEvent, current_context
+from tasks.audit import SYSTEM_ACTORS, Channel, HistoryEvent, current_context
 from tasks.exceptions import AppendOnlyViolation, HardDeleteRefused, TaskChanged, UntrackedWrite
 from tasks.keys import KEY_ID_MAX_LENGTH
 from tasks.redaction import redact_fields
@@ -181,6 +181,24 @@ class CodedChoiceField(models.CharField):
             if 0 <= index < len(self.codes):
                 return self.codes[index]
         return value
+
+
+class CodedNameField(CodedChoiceField):
+    """Free text whose frequent values (``codes``: names the code itself writes, such as the worker's actor name)
+    are stored as one control character, which no other value can be: a name of one such character is refused.
+    Searching the text of such a field must also look for the codes of the names that match
+    (``names_containing``)."""
+
+    CODE_DIGITS = "".join(map(chr, range(1, 32)))
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        if isinstance(value, str) and len(value) == 1 and value in self.CODE_DIGITS:
+            raise ValueError(f"{self.name}: {value!r} would read back as a code")
+        return super().get_db_prep_value(value, connection, prepared)
+
+    def names_containing(self, text: str) -> list[str]:
+        """The coded names that hold ``text``, case-insensitively: what ``icontains`` finds in their stored codes."""
+        return [name for name in self.codes if text.casefold() in name.casefold()]
 
 
 # The engines a history row's and an output's choices are coded on (CodedChoiceField's ``coded_on``).
@@ -660,7 +678,7 @@ class TaskHistory(models.Model):
         max_length=16, choices=TaskState.choices, blank=True, codes=STATE_CODES, coded_on=BOTH_ENGINES
     )
     state_to = CodedChoiceField(max_length=16, choices=TaskState.choices, codes=STATE_CODES, coded_on=BOTH_ENGINES)
-    actor = models.CharField(max_length=150)
+    actor = CodedNameField(max_length=150, codes=SYSTEM_ACTORS, coded_on=BOTH_ENGINES)
     actor_user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.DO_NOTHING,

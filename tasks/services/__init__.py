@@ -15,6 +15,7 @@ the Redis mirror follows after commit. By owner:
 - ``workers``: the worker registry (a worker instance's heartbeat, its stop; forgetting long-gone ones).
 """
 
+from tasks.audit import RECOVERY_ACTOR, WORKER_ACTOR
 from tasks.models import METRIC_FIELDS
 from tasks.services.attempts import (
     OUTPUT_FIELDS,
@@ -34,9 +35,7 @@ from tasks.services.attempts import (
 from tasks.services.base import (
     CREATE_FIELDS,
     EDITABLE_FIELDS,
-    RECOVERY_ACTOR,
     TRANSITION_FIELDS,
-    WORKER_ACTOR,
     check_queue,
     task_queues,
 )

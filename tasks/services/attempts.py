@@ -26,13 +26,13 @@ from django.db.models import Field, QuerySet
 from django.utils import timezone
 
 from tasks import hooks
-from tasks.audit import Channel, audited, format_timestamp
+from tasks.audit import WORKER_ACTOR, Channel, audited, format_timestamp
 from tasks.exceptions import ClaimLost, InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import METRIC_FIELDS, OutputType, Task, TaskOutput, read_task
 from tasks.redaction import redact_text
 from tasks.registry import HandlerOptions, handler_options
-from tasks.services.base import WORKER_ACTOR, apply_transition, locked_task, refuse_unknown, start_ahead, write_task
+from tasks.services.base import apply_transition, locked_task, refuse_unknown, start_ahead, write_task
 from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)

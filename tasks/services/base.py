@@ -23,9 +23,6 @@ from tasks.states import TERMINAL_STATES, TaskState, check_transition
 
 logger = logging.getLogger(__name__)
 
-WORKER_ACTOR = "system:worker"
-RECOVERY_ACTOR = "system:recovery"
-
 # What clients may set on a task (at creation or by an edit).
 EDITABLE_FIELDS = frozenset(
     {

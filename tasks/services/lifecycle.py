@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tasks import dispatch, hooks
-from tasks.audit import Actor, Channel, actor_label, audited
+from tasks.audit import CELERY_REVOKE_ACTOR, Actor, Channel, actor_label, audited
 from tasks.exceptions import AttemptLimitReached, StaleState, TaskError, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
 from tasks.models import Task
@@ -89,9 +89,6 @@ def cancel(task_id: TaskId, *, actor: Actor, channel: str, reason: str) -> Task:
             publish = task.celery_task_id or str(task.pk)
             transaction.on_commit(partial(dispatch.revoke, publish, terminate=was == TaskState.RUNNING))
     return task
-
-
-CELERY_REVOKE_ACTOR = "celery:revoke"
 
 
 def cancel_revoked(celery_task_id: str, *, hostname: str, terminated: bool, signal: str = "") -> Task | None:

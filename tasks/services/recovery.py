@@ -21,12 +21,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from tasks.audit import Channel, audited, format_timestamp
+from tasks.audit import RECOVERY_ACTOR, Channel, audited, format_timestamp
 from tasks.dispatch import task_id_of
 from tasks.ids import uuid_or_none
 from tasks.models import Task
 from tasks.services.base import (
-    RECOVERY_ACTOR,
     apply_transition,
     locked_task,
     mark_published,

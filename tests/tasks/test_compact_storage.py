@@ -19,11 +19,12 @@ from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations.loader import MigrationLoader
 from django.db.models import Q
 from django.test import override_settings
+from django.urls import reverse
 
 from persistence import mirror
 from tasks import db_triggers, services
 from tasks.admin.lists import id_prefix_q
-from tasks.audit import Channel
+from tasks.audit import SYSTEM_ACTORS, WORKER_ACTOR, Channel
 from tasks.models import CodedChoiceField, HistoryPurgeGrant, KeyOrderIndex, Task, TaskHistory, TaskOutput
 from tasks.selectors import count_history_by_kind, task_outputs, verify_audit_chains
 from tests.api_support import client_for
@@ -114,7 +115,7 @@ def test_sqlite_reads_an_id_still_held_as_hex_digits(user):
     assert TaskOutput.objects.values_list("task_id", flat=True).get() == task.pk
 
 
-CODED = [f for f in TaskHistory._meta.concrete_fields if isinstance(f, CodedChoiceField)]
+CODED = [TaskHistory._meta.get_field(name) for name in ("event", "state_from", "state_to", "channel")]
 
 
 def test_a_history_rows_choices_are_one_character_on_both_engines(user):
@@ -196,6 +197,67 @@ def test_an_outputs_type_is_one_character_on_both_engines_and_reads_as_its_name(
     assert [size for _, size in stored("tasks_taskoutput", "output_type", "task_id", key)] == [1 + (kind != "text")] * 2
 
 
+def test_the_workers_actor_is_one_character_and_a_users_name_is_kept(user, admin_client):
+    """A history row's actor holds a system component of ``SYSTEM_ACTORS`` as its code (a control character, on
+    both engines), a user's name as it is; reads, filters, the admin's search and the chain speak names."""
+    task = submitted(user)
+    services.claim(task.pk, worker_id="w1")
+    rows = TaskHistory.objects.filter(task=task).order_by("seq")
+    assert list(rows.values_list("actor", flat=True)) == [user.username, WORKER_ACTOR]
+    assert stored_actors(task) == [user.username, chr(1 + SYSTEM_ACTORS.index(WORKER_ACTOR))]
+    assert rows.get(actor=WORKER_ACTOR).seq == 2
+    assert rows.filter(actor__in=[WORKER_ACTOR, user.username]).count() == 2
+    response = client_for(user).get(f"/api/tasks/history/{task.pk}")
+    assert [r["actor"] for r in response.json()["results"]] == [user.username, WORKER_ACTOR]
+    assert list(verify_audit_chains()) == []
+
+    def searched(term: str) -> list[int]:
+        page = admin_client.get(reverse("admin:tasks_taskhistory_changelist"), {"q": term})
+        assert page.status_code == 200
+        return sorted(row.seq for row in page.context["cl"].result_list if row.task_id == task.pk)
+
+    assert searched("WORKER") == [2], "a coded name is found by any part of it, in any case"
+    assert searched("system:") == [2]
+    assert searched(user.username[1:]) == [1]
+    assert searched("submitted") == [1], "the other searched field still counts"
+
+
+def test_an_actor_that_would_read_back_as_a_code_is_refused_and_nothing_written(user):
+    task = submitted(user)
+    for actor in (chr(1), chr(3)):
+        with pytest.raises(ValueError, match="would read back as a code"):
+            services.transition(task.pk, "cancelled", actor=actor, channel=Channel.API, reason="x")
+    assert Task.objects.get(pk=task.pk).state == "queued"
+    assert TaskHistory.objects.filter(task=task).count() == 1
+
+
+def test_migration_0027_codes_system_actors_in_place_and_back(user):
+    migration = importlib.import_module("tasks.migrations.0027_system_actors_as_codes")
+    task = submitted(user)
+    services.claim(task.pk, worker_id="w1")
+    migration.to_names(apps, connection.schema_editor())
+    assert stored_actors(task) == [user.username, WORKER_ACTOR]
+    assert list(TaskHistory.objects.filter(task=task).order_by("seq").values_list("actor", flat=True)) == [
+        user.username,
+        WORKER_ACTOR,
+    ]
+    assert list(verify_audit_chains()) == []
+    migration.to_codes(apps, connection.schema_editor())
+    assert stored_actors(task) == [user.username, "\x01"]
+    assert db_triggers.installed_history_triggers(connection) == set(db_triggers.HISTORY_TRIGGERS)
+    assert list(verify_audit_chains()) == []
+
+
+def stored_actors(task) -> list[str]:
+    """The actors of ``task``'s history rows as the database holds them, in order."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT actor FROM tasks_taskhistory WHERE task_id = %s ORDER BY seq",
+            [Task._meta.pk.get_db_prep_value(task.pk, connection)],
+        )
+        return [actor for (actor,) in cursor.fetchall()]
+
+
 def test_every_read_and_filter_of_a_coded_choice_speaks_names(user):
     task = submitted(user)
     services.cancel(task.pk, actor=user, channel=Channel.ADMIN, reason="coded")
@@ -222,7 +284,7 @@ def test_every_choice_has_a_code_and_codes_only_grow():
     recorded = MigrationLoader(None, ignore_no_migrations=True).project_state().apps
     for model in (TaskHistory, Task, TaskOutput):
         for field in [f for f in model._meta.concrete_fields if isinstance(f, CodedChoiceField)]:
-            assert {value for value, _ in field.choices} - {""} <= set(field.codes), field.name
+            assert {value for value, _ in field.choices or ()} - {""} <= set(field.codes), field.name
             assert len(set(field.codes)) == len(field.codes), field.name
             before = recorded.get_model("tasks", model.__name__)._meta.get_field(field.name).codes
             assert field.codes[: len(before)] == before, field.name
