@@ -128,16 +128,22 @@ def test_a_lock_timeout_mid_transaction_answers_503_and_writes_nothing(api: Any)
 
 @pytest.fixture
 def tiny_tablespace(api: Any) -> Iterator[None]:
-    """PostgreSQL's tables of tasks and history moved onto a 256 KB file system: a disk that really fills up."""
+    """PostgreSQL's tables of tasks and history moved onto a file system with 256 KB more than they take: a disk
+    that really fills up. They are compacted first: the row versions earlier tests rolled back are still in their
+    files, which can outgrow any fixed size."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root")
+    tables = ("tasks_task", "tasks_taskhistory")
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM (FULL) {', '.join(tables)}")
+        cursor.execute("SELECT sum(pg_table_size(name::regclass)) FROM unnest(%s::text[]) AS name", [list(tables)])
+        size_kb = int(cursor.fetchone()[0]) // 1024 + 256
     mountpoint = Path(tempfile.mkdtemp(prefix="crux-tiny-", dir="/tmp"))  # a path the postgres user can reach
     mountpoint.chmod(0o755)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)], check=False)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mountpoint)], check=False)
     if mounted.returncode != 0:
         mountpoint.rmdir()
         pytest.skip("this machine cannot mount a tmpfs")
-    tables = ("tasks_task", "tasks_taskhistory")
     try:
         shutil.chown(mountpoint, "postgres", "postgres")
         with connection.cursor() as cursor:
