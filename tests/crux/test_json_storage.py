@@ -6,8 +6,11 @@ result, metadata and history details. Values read back, compare and filter as th
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 
 from tasks.models import Task, TaskHistory
@@ -88,3 +91,13 @@ def test_a_whole_value_compares_as_written_now(make_task):
 
     assert list(Task.objects.filter(metadata=value)) == [task]
     assert list(Task.objects.filter(metadata__depth={"level": 2})) == [task]
+
+
+def test_a_fields_own_encoder_is_used_and_its_text_is_compact_too():
+    """A JSON field given an encoder (Django's, for times and decimals) writes through it, without spaces too."""
+    value = {"at": datetime(2026, 12, 2, 13, 0, tzinfo=UTC), "amount": Decimal("1.50"), "items": [1, 2]}
+    text = connection.ops.adapt_json_value(value, DjangoJSONEncoder)
+    assert text == json.dumps(value, cls=DjangoJSONEncoder, separators=(",", ":"))
+    assert json.loads(text) == {"at": "2026-12-02T13:00:00Z", "amount": "1.50", "items": [1, 2]}
+    with pytest.raises(TypeError):
+        connection.ops.adapt_json_value(value, None)  # no encoder: a time is no JSON, as with json.dumps
