@@ -220,6 +220,7 @@ def test_the_workers_actor_is_one_character_and_a_users_name_is_kept(user, admin
     assert searched("system:") == [2]
     assert searched(user.username[1:]) == [1]
     assert searched("submitted") == [1], "the other searched field still counts"
+    searched("\x01")  # a control character typed as a term is answered (200), never an error
 
 
 def test_an_actor_that_would_read_back_as_a_code_is_refused_and_nothing_written(user):
