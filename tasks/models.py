@@ -22,7 +22,7 @@ from django.db import connections, models, router, transaction
 from django.db.models import Transform
 from django.db.models.constants import OnConflict
 from django.db.models.functions import ExtractIsoYear, ExtractYear
-from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual, LessThan, LessThanOrEqual
+from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual, IContains, LessThan, LessThanOrEqual
 from django.db.models.sql import InsertQuery
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
@@ -186,8 +186,7 @@ class CodedChoiceField(models.CharField):
 class CodedNameField(CodedChoiceField):
     """Free text whose frequent values (``codes``: names the code itself writes, such as the worker's actor name)
     are stored as one control character, which no other value can be: a name of one such character is refused.
-    Searching the text of such a field must also look for the codes of the names that match
-    (``names_containing``)."""
+    Its ``icontains`` finds the coded names too (``_CodedNameIContains``)."""
 
     CODE_DIGITS = "".join(map(chr, range(1, 32)))
 
@@ -196,9 +195,26 @@ class CodedNameField(CodedChoiceField):
             raise ValueError(f"{self.name}: {value!r} would read back as a code")
         return super().get_db_prep_value(value, connection, prepared)
 
-    def names_containing(self, text: str) -> list[str]:
-        """The coded names that hold ``text``, case-insensitively: what ``icontains`` finds in their stored codes."""
-        return [name for name in self.codes if text.casefold() in name.casefold()]
+
+@CodedNameField.register_lookup
+class _CodedNameIContains(IContains):
+    """``icontains`` on the stored text, or the value is one of the coded names that hold the term (in any case):
+    a LIKE alone would miss them, their text being a code."""
+
+    def as_sql(self, compiler: Any, connection: Any) -> Any:
+        sql, params = super().as_sql(compiler, connection)
+        field = self.lhs.output_field
+        if not isinstance(self.rhs, str) or not isinstance(field, CodedNameField):
+            return sql, params
+        coded = [name for name in field.codes if self.rhs.casefold() in name.casefold()]
+        if not coded:
+            return sql, params
+        column, column_params = compiler.compile(self.lhs)
+        stored = [field.get_db_prep_value(name, connection) for name in coded]
+        return (
+            f"({sql} OR {column} IN ({', '.join(['%s'] * len(stored))}))",
+            (*params, *column_params, *stored),
+        )
 
 
 # The engines a history row's and an output's choices are coded on (CodedChoiceField's ``coded_on``).

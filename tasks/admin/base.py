@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Model, Q
+from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import formats, timezone
 from django.utils.html import format_html
@@ -13,7 +13,7 @@ from django.utils.text import smart_split, unescape_string_literal
 
 from tasks.admin.lists import id_prefix_q
 from tasks.admin.timeline import state_colour
-from tasks.models import CodedNameField, TaskHistory
+from tasks.models import TaskHistory
 
 
 def can_view_tasks(request: HttpRequest) -> bool:
@@ -35,13 +35,12 @@ def transition_html(row: TaskHistory) -> str:
     return state_badge_html(row.state_to)
 
 
-def task_search_q(term: str, text_fields: tuple[str, ...], id_field: str = "pk", model: type[Model] | None = None) -> Q:
+def task_search_q(term: str, text_fields: tuple[str, ...], id_field: str = "pk") -> Q:
     """One search term: a task id (full, or a prefix such as the 8-character short id) or text.
 
     A term of eight or more hex digits (a short id or longer) is searched as an id
     only: an indexed range instead of a scan of every title and description (2 s at
-    1M tasks). Shorter hex terms ("cafe") match ids and text. A text field of ``model``
-    that stores some names as codes (``CodedNameField``) also matches those names.
+    1M tasks). Shorter hex terms ("cafe") match ids and text.
     """
     id_q = id_prefix_q(term, id_field)
     if id_q is not None and len(term.replace("-", "")) >= 8:
@@ -49,9 +48,6 @@ def task_search_q(term: str, text_fields: tuple[str, ...], id_field: str = "pk",
     q = Q()
     for name in text_fields:
         q |= Q(**{f"{name}__icontains": term})
-        field = model._meta.get_field(name) if model is not None else None
-        if isinstance(field, CodedNameField) and (coded := field.names_containing(term)):
-            q |= Q(**{f"{name}__in": coded})
     return q | id_q if id_q is not None else q
 
 

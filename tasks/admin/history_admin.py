@@ -97,7 +97,7 @@ class TaskHistoryAdmin(ReadOnlyAdmin):
         if len(terms) == 1 and (pk := uuid_or_none(terms[0])) is not None:
             return queryset.filter(task_id=pk), False
         for term in terms:
-            queryset = queryset.filter(task_search_q(term, self.search_fields, id_field="task_id", model=TaskHistory))
+            queryset = queryset.filter(task_search_q(term, self.search_fields, id_field="task_id"))
         return queryset, False
 
     @admin.display(description="when", ordering="pk")

@@ -207,6 +207,9 @@ def test_the_workers_actor_is_one_character_and_a_users_name_is_kept(user, admin
     assert stored_actors(task) == [user.username, chr(1 + SYSTEM_ACTORS.index(WORKER_ACTOR))]
     assert rows.get(actor=WORKER_ACTOR).seq == 2
     assert rows.filter(actor__in=[WORKER_ACTOR, user.username]).count() == 2
+    assert list(rows.filter(actor__icontains="Worker").values_list("seq", flat=True)) == [2], "a coded name's part"
+    assert list(rows.filter(actor__icontains=user.username[1:]).values_list("seq", flat=True)) == [1]
+    assert not rows.filter(actor__icontains="nobody").exists()
     response = client_for(user).get(f"/api/tasks/history/{task.pk}")
     assert [r["actor"] for r in response.json()["results"]] == [user.username, WORKER_ACTOR]
     assert list(verify_audit_chains()) == []
