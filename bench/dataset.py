@@ -407,11 +407,11 @@ class _Table:
         self.columns = ", ".join(quote(f.column) for f in fields)
         self.slots: dict[str, tuple[int, Callable | None]] = {}
         self.template: list = []
-        from tasks.models import CodedChoiceField, CompactDateTimeField, CompactUUIDField
+        from tasks.models import CodedChoiceField, CompactDateTimeField, CompactUUIDField, CompressedTextField
 
         for index, field in enumerate(fields):
             target = field.target_field if field.is_relation else field
-            compact = (CompactUUIDField, CompactDateTimeField)
+            compact = (CompactUUIDField, CompactDateTimeField, CompressedTextField)
             if isinstance(target, CodedChoiceField):  # its subclasses (CodedNameField) too
                 kind = "CodedChoiceField"
             else:
@@ -463,6 +463,8 @@ class _SQLiteTable(_Table):
             return _remembered(_epoch_integer(connection.alias))
         if kind == "CodedChoiceField":  # the field's own code
             return _remembered(partial(field.get_db_prep_value, connection=connection, prepared=True))
+        if kind == "CompressedTextField":  # a long text's zlib stream where that pays
+            return partial(field.get_db_prep_value, connection=connection, prepared=True)
         if kind == "JSONField":
             return partial(connection.ops.adapt_json_value, encoder=field.encoder)
         if kind == "BooleanField":
@@ -512,7 +514,7 @@ class _PostgresTable(_Table):
         if kind == "CodedChoiceField":  # the field's own code where it codes on PostgreSQL, else the name
             prepare = partial(field.get_db_prep_value, connection=connection, prepared=True)
             return lambda value: _copy_text(prepare(value))
-        if kind in ("CharField", "TextField"):
+        if kind in ("CharField", "TextField", "CompressedTextField"):
             return _copy_text
         if kind.endswith(("IntegerField", "AutoField", "FloatField")):
             return str

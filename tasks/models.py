@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import uuid
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -275,6 +276,39 @@ class DigestField(models.BinaryField):
 
     def value_to_string(self, obj: models.Model) -> str:
         return str(self.to_python(self.value_from_object(obj)))
+
+
+class CompressedTextField(models.TextField):
+    """Text stored on SQLite compressed where that pays: a value of COMPRESS_MIN_BYTES or more of UTF-8 whose zlib
+    stream (RFC 1950, with its checksum) is at most COMPRESS_MAX_RATIO of them is written as that stream, a BLOB;
+    any other value as its text. Reads give the text back whichever form a row holds, so rows written before keep
+    theirs. PostgreSQL keeps the text (its TOAST compresses the long values of a row itself).
+
+    A compressed row holds no text for SQL to compare, so the column takes no lookup but ``isnull``: a filter on
+    it fails loudly on both engines rather than miss the compressed rows on one."""
+
+    COMPRESS_MIN_BYTES = 256
+    COMPRESS_MAX_RATIO = 0.875
+    COMPRESS_LEVEL = 6
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        value = super().get_db_prep_value(value, connection, prepared)
+        if connection.vendor != "sqlite" or not isinstance(value, str) or len(value) < self.COMPRESS_MIN_BYTES // 4:
+            return value  # under a quarter of the bytes in characters: under the bytes in UTF-8 too
+        text = value.encode()
+        if len(text) < self.COMPRESS_MIN_BYTES:
+            return value
+        stream = zlib.compress(text, self.COMPRESS_LEVEL)
+        return stream if len(stream) <= len(text) * self.COMPRESS_MAX_RATIO else value
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        return zlib.decompress(value).decode() if isinstance(value, bytes) else value
+
+    def get_lookup(self, lookup_name: str) -> Any:
+        return super().get_lookup(lookup_name) if lookup_name == "isnull" else None
+
+    def get_transform(self, lookup_name: str) -> Any:
+        return None
 
 
 class TaskQuerySet(models.QuerySet):
@@ -788,7 +822,7 @@ class TaskOutput(models.Model):
     output_type = CodedChoiceField(
         max_length=16, choices=OutputType.choices, codes=OUTPUT_TYPE_CODES, coded_on=BOTH_ENGINES
     )
-    content = models.TextField(blank=True)
+    content = CompressedTextField(blank=True)
     created_at = CompactDateTimeField(default=timezone.now)
     file_path = models.CharField(max_length=500, blank=True)
     file_size = models.PositiveBigIntegerField(null=True, blank=True)

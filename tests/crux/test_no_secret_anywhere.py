@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,13 +97,24 @@ def wait_until_finished(ids: list[str], processes: Processes, timeout: float = 9
 
 
 def sql_dump() -> str:
-    """Every row of every table of the database, read raw (whatever model, app or library owns it)."""
+    """Every row of every table of the database, read raw (whatever model, app or library owns it), a compressed
+    value (an output's long content on SQLite) as the text it holds."""
     rows = []
     with connection.cursor() as cursor:
         for table in connection.introspection.table_names():
             cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")
-            rows.append(f"{table}: {cursor.fetchall()!r}")
+            rows.append(f"{table}: {[tuple(map(expanded, row)) for row in cursor.fetchall()]!r}")
     return "\n".join(rows)
+
+
+def expanded(value: Any) -> Any:
+    """A zlib stream's text, any other value as it is."""
+    if isinstance(value, bytes | memoryview):
+        try:
+            return zlib.decompress(value).decode()
+        except (zlib.error, UnicodeDecodeError):
+            return value
+    return value
 
 
 def test_no_secret_is_stored_logged_exported_or_backed_up(
