@@ -47,6 +47,8 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
             ],
             # The smallest schema that holds a completed task with its audit, on the same 10,000 tasks.
             ["bench.storage_floor", "--engine", engine, "--tasks", "10000"],
+            # An agent's outputs (logs, tracebacks, artifacts) as stored against plain text.
+            ["bench.outputs", "--engine", engine, "--count", "2000"],
             ["bench.locate", "--tasks", str(largest), "--engine", engine, "--lookups", "100"],
             ["bench.admin", "--tasks", str(largest), "--engine", engine, "--runs", "10"],
             # The restore of a JSON backup takes about 1 ms a task: 100,000 here; BENCHMARKS.md runs 1M by hand.
