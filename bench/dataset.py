@@ -514,7 +514,10 @@ class _PostgresTable(_Table):
         if kind == "CodedChoiceField":  # the field's own code where it codes on PostgreSQL, else the name
             prepare = partial(field.get_db_prep_value, connection=connection, prepared=True)
             return lambda value: _copy_text(prepare(value))
-        if kind in ("CharField", "TextField", "CompressedTextField"):
+        if kind == "CompressedTextField":  # bytea: the field's bytes (compressed where that pays), as BinaryField's
+            prepare = partial(field.get_db_prep_value, connection=connection, prepared=True)
+            return lambda value: "\\\\x" + prepare(value).hex()
+        if kind in ("CharField", "TextField"):
             return _copy_text
         if kind.endswith(("IntegerField", "AutoField", "FloatField")):
             return str

@@ -279,30 +279,48 @@ class DigestField(models.BinaryField):
 
 
 class CompressedTextField(models.TextField):
-    """Text stored on SQLite compressed where that pays: a value of COMPRESS_MIN_BYTES or more of UTF-8 whose zlib
-    stream (RFC 1950, with its checksum) is at most COMPRESS_MAX_RATIO of them is written as that stream, a BLOB;
-    any other value as its text. Reads give the text back whichever form a row holds, so rows written before keep
-    theirs. PostgreSQL keeps the text (its TOAST compresses the long values of a row itself).
+    """Text stored compressed where that pays: a value of COMPRESS_MIN_BYTES or more of UTF-8 whose zlib stream
+    (RFC 1950, with its checksum) is at most COMPRESS_MAX_RATIO of them is written as COMPRESSED_TAG and that
+    stream, any other value as its text. Reads give the text back whichever form a row holds.
+
+    SQLite keeps the text as TEXT and the compressed value as a BLOB in the same column. PostgreSQL's column is
+    ``bytea`` (its TOAST compresses only rows over 2 KB, and a text column holds no bytes): the text as its UTF-8,
+    which never starts with the tag (a NUL), since a value that does is stored compressed whatever the ratio.
 
     A compressed row holds no text for SQL to compare, so the column takes no lookup but ``isnull``: a filter on
-    it fails loudly on both engines rather than miss the compressed rows on one."""
+    it fails loudly on both engines rather than miss the compressed rows."""
 
     COMPRESS_MIN_BYTES = 256
     COMPRESS_MAX_RATIO = 0.875
     COMPRESS_LEVEL = 6
+    COMPRESSED_TAG = b"\x00"
+
+    def db_type(self, connection: Any) -> str | None:
+        return "bytea" if connection.vendor == "postgresql" else super().db_type(connection)
 
     def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
         value = super().get_db_prep_value(value, connection, prepared)
-        if connection.vendor != "sqlite" or not isinstance(value, str) or len(value) < self.COMPRESS_MIN_BYTES // 4:
+        if not isinstance(value, str):
+            return value
+        as_text = connection.vendor != "postgresql"
+        if as_text and len(value) < self.COMPRESS_MIN_BYTES // 4 and not value.startswith("\x00"):
             return value  # under a quarter of the bytes in characters: under the bytes in UTF-8 too
         text = value.encode()
-        if len(text) < self.COMPRESS_MIN_BYTES:
-            return value
-        stream = zlib.compress(text, self.COMPRESS_LEVEL)
-        return stream if len(stream) <= len(text) * self.COMPRESS_MAX_RATIO else value
+        tagged = text.startswith(self.COMPRESSED_TAG)
+        if len(text) >= self.COMPRESS_MIN_BYTES or tagged:
+            stream = zlib.compress(text, self.COMPRESS_LEVEL)
+            if tagged or len(stream) <= len(text) * self.COMPRESS_MAX_RATIO:
+                return self.COMPRESSED_TAG + stream
+        return value if as_text else text
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
-        return zlib.decompress(value).decode() if isinstance(value, bytes) else value
+        if isinstance(value, memoryview):
+            value = value.tobytes()
+        if not isinstance(value, bytes):
+            return value
+        if value.startswith(self.COMPRESSED_TAG):
+            return zlib.decompress(value[len(self.COMPRESSED_TAG) :]).decode()
+        return value.decode()
 
     def get_lookup(self, lookup_name: str) -> Any:
         return super().get_lookup(lookup_name) if lookup_name == "isnull" else None

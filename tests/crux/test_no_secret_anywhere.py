@@ -37,7 +37,7 @@ from rest_framework.authtoken.models import Token
 
 from tasks import services
 from tasks.audit import Channel
-from tasks.models import Task
+from tasks.models import CompressedTextField, Task
 from tasks.redaction import REDACTED
 from tasks.states import TERMINAL_STATES
 from tests.api_support import grant
@@ -108,10 +108,11 @@ def sql_dump() -> str:
 
 
 def expanded(value: Any) -> Any:
-    """A zlib stream's text, any other value as it is."""
+    """Bytes that hold an output's content (compressed, or PostgreSQL's UTF-8) as its text; any other value as it
+    is."""
     if isinstance(value, bytes | memoryview):
         try:
-            return zlib.decompress(value).decode()
+            return CompressedTextField().from_db_value(value, None, connection)
         except (zlib.error, UnicodeDecodeError):
             return value
     return value

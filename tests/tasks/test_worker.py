@@ -449,10 +449,11 @@ def test_a_worker_paused_past_its_lease_writes_nothing_after_the_takeover(cluste
     assert [ln for ln in lines if ln.startswith("wrote 1 ")] == ["wrote 1 0", "wrote 1 1", "wrote 1 2"]
     task = Task.objects.get(pk=task_id)
     assert (task.state, task.attempt_count, task.result) == ("completed", 2, {"attempt": 2})
-    stale_outputs = task.outputs.filter(content__startswith="attempt 1 ")
-    assert sorted(stale_outputs.values_list("content", flat=True)) == [f"attempt 1 step {i}" for i in range(3)]
-    assert not stale_outputs.filter(created_at__gte=takeover).exists()
-    assert task.outputs.filter(content__startswith="attempt 2 ").count() == 40
+    outputs = list(task.outputs.all())  # the content takes no SQL filter (it may be stored compressed)
+    stale_outputs = [output for output in outputs if output.content.startswith("attempt 1 ")]
+    assert sorted(output.content for output in stale_outputs) == [f"attempt 1 step {i}" for i in range(3)]
+    assert all(output.created_at < takeover for output in stale_outputs)
+    assert sum(output.content.startswith("attempt 2 ") for output in outputs) == 40
     assert (task.iterations, task.stop_reason) == (39, "attempt 2")
     assert task.current_phase == "attempt 2 step 39"
     assert transitions(task_id) == ["queued", "running", "interrupted", "queued", "running", "completed"]
