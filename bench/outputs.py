@@ -113,9 +113,12 @@ def measure_kind(kind: str, items: list[str]) -> dict[str, float]:
         if connection.vendor == "sqlite":  # the table's own definition, under another name
             cursor.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'tasks_taskoutput'")
             cursor.execute(cursor.fetchone()[0].replace('"tasks_taskoutput"', PLAIN_TABLE, 1))
-        else:
+        else:  # its definition, with the text column the content had before it was compressed
             cursor.execute(f"CREATE TABLE {PLAIN_TABLE} (LIKE tasks_taskoutput INCLUDING ALL)")
-        cursor.execute(f"INSERT INTO {PLAIN_TABLE} SELECT * FROM tasks_taskoutput")
+            cursor.execute(f"ALTER TABLE {PLAIN_TABLE} ALTER COLUMN content TYPE text USING ''")
+        columns = [field.column for field in TaskOutput._meta.concrete_fields]
+        copied = ", ".join("''" if column == "content" else column for column in columns)
+        cursor.execute(f"INSERT INTO {PLAIN_TABLE} ({', '.join(columns)}) SELECT {copied} FROM tasks_taskoutput")
         # The content as the API gives it back (masked as stored), as plain text.
         rows = [(output.content, output.pk) for output in TaskOutput.objects.all()]
         cursor.executemany(f"UPDATE {PLAIN_TABLE} SET content = %s WHERE id = %s", rows)
