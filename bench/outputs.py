@@ -182,6 +182,7 @@ def main() -> None:
         if kind == "all":
             totals = sizes
     record("outputs", "bytes per output of the mix, stored", engine=args.engine, value=totals["stored"], unit="B")
+    record("outputs", "bytes per output of the mix, as plain text", engine=args.engine, value=totals["plain"], unit="B")
     record(
         "outputs",
         "bytes per output of the mix: stored / plain text",
