@@ -303,7 +303,7 @@ class CompressedTextField(models.TextField):
         if not isinstance(value, str):
             return value
         as_text = connection.vendor != "postgresql"
-        if as_text and len(value) < self.COMPRESS_MIN_BYTES // 4 and not value.startswith("\x00"):
+        if as_text and len(value) < self.COMPRESS_MIN_BYTES // 4 and not value.startswith(self.COMPRESSED_TAG.decode()):
             return value  # under a quarter of the bytes in characters: under the bytes in UTF-8 too
         text = value.encode()
         tagged = text.startswith(self.COMPRESSED_TAG)

@@ -97,8 +97,8 @@ def wait_until_finished(ids: list[str], processes: Processes, timeout: float = 9
 
 
 def sql_dump() -> str:
-    """Every row of every table of the database, read raw (whatever model, app or library owns it), a compressed
-    value (an output's long content on SQLite) as the text it holds."""
+    """Every row of every table of the database, read raw (whatever model, app or library owns it), an output's
+    content held as bytes (compressed, or PostgreSQL's UTF-8) as the text it is."""
     rows = []
     with connection.cursor() as cursor:
         for table in connection.introspection.table_names():
