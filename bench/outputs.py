@@ -1,5 +1,5 @@
 """What an agent's outputs take in the database, stored as Crux stores them (``tasks.models.CompressedTextField``:
-a long content compressed on SQLite) against the same contents as plain text in the same run; and what the
+a long content compressed, on both engines) against the same contents as plain text in the same run; and what the
 compression costs a write and a read.
 
     python -m bench.outputs --engine sqlite --count 2000
@@ -31,6 +31,7 @@ from typing import Any
 
 from bench.dataset import ROOT, WORDS, configure, git_revision
 from bench.report import record
+from bench.scale import storage_components
 
 PLAIN_TABLE = "bench_plain_outputs"
 LEVELS = ("DEBUG", "INFO", "INFO", "INFO", "WARNING", "ERROR")
@@ -85,13 +86,15 @@ def contents(count: int, seed: int = 16) -> list[tuple[str, str]]:
     return [(kind, makers[kind](rng, at)) for at, kind in enumerate(kinds)]
 
 
-def table_bytes(cursor: Any, vendor: str, table: str) -> int:
-    """The table's bytes: its b-tree and overflow pages (SQLite) or its heap and TOAST (PostgreSQL)."""
-    if vendor == "sqlite":
-        cursor.execute("SELECT SUM(pgsize) FROM dbstat WHERE name = %s", [table])
-    else:
-        cursor.execute("SELECT pg_table_size(%s)", [table])
-    return int(cursor.fetchone()[0] or 0)
+def table_bytes(cursor: Any, vendor: str) -> dict[str, int]:
+    """Each table's bytes as ``bench.scale`` counts them: its b-tree with its overflow pages (SQLite) or its heap
+    and its TOAST (PostgreSQL)."""
+    components, _ = storage_components(cursor, vendor)
+    sizes: dict[str, int] = {}
+    for table, _name, kind, size in components:
+        if kind in ("table", "TOAST"):
+            sizes[table] = sizes.get(table, 0) + size
+    return sizes
 
 
 def measure_kind(kind: str, items: list[str]) -> dict[str, float]:
@@ -124,11 +127,10 @@ def measure_kind(kind: str, items: list[str]) -> dict[str, float]:
         cursor.executemany(f"UPDATE {PLAIN_TABLE} SET content = %s WHERE id = %s", rows)
         if connection.vendor == "sqlite":
             cursor.execute("VACUUM")
-            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         else:  # rewritten: the rows of the kind measured before leave no free space behind
             cursor.execute("VACUUM FULL")
-        stored = table_bytes(cursor, connection.vendor, "tasks_taskoutput")
-        plain = table_bytes(cursor, connection.vendor, PLAIN_TABLE)
+        sizes = table_bytes(cursor, connection.vendor)
+        stored, plain = sizes["tasks_taskoutput"], sizes[PLAIN_TABLE]
         cursor.execute(f"DROP TABLE {PLAIN_TABLE}")
     text = sum(len(content.encode()) for content in items)
     return {"count": len(items), "text": text / len(items), "stored": stored / len(items), "plain": plain / len(items)}
