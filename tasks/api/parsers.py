@@ -9,9 +9,10 @@ itself raised RecursionError. Here the body is read up to API_SUBMIT_MAX_BYTES
 nesting measured by a linear scan before it is decoded (deeper than
 API_JSON_MAX_DEPTH: 400), numbers must be finite (and integers convertible:
 typed fields then bound them to their column), and every key and string must be
-storable text (tasks.api.fields.unstorable_text). Refusals name the top-level
-field they came in; a body that is not JSON at all, or not an object, answers
-``{"detail": ...}`` since no field applies.
+storable text (tasks.api.fields.unstorable_text). Refusals name the field they
+came in as a serializer would: the top-level field and, in a list of objects (a
+batch's tasks), the item's index and its field; a body that is not JSON at all,
+or not an object, answers ``{"detail": ...}`` since no field applies.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import codecs
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import IO, Any, NoReturn
 
 from django.conf import settings
@@ -51,8 +52,9 @@ def body_too_large_message(setting: str = BODY_LIMIT) -> str:
     return f"The request body is larger than {limit} bytes ({setting}); send a smaller payload."
 
 
-# The characters that open or close a nesting level, delimit a string, escape inside one or end an object's key.
-_STRUCTURE = re.compile(r'[\[\]{}":\\]')
+# The characters that open or close a nesting level, delimit a string, escape inside one, end an object's key or
+# separate a list's items.
+_STRUCTURE = re.compile(r'[\[\]{}":,\\]')
 
 
 def _printable(name: str) -> str:
@@ -60,16 +62,34 @@ def _printable(name: str) -> str:
     return name if unstorable_text(name) is None else name.encode("ascii", "backslashreplace").decode()
 
 
-def check_nesting(text: str, limit: int) -> None:
-    """400 if the JSON ``text`` nests arrays and objects deeper than ``limit``, naming the top-level key it is under.
+def refuse_at(path: Sequence[str | int], message: str) -> NoReturn:
+    """Refuse a body for what lies at ``path`` (keys and list indexes from the top), keyed as a serializer keys
+    its errors: by the top-level field and, through a list, by the item's index and that item's field (a batch's
+    ``{"tasks": {"3": {"title": [...]}}}``). Deeper keys (a payload's own) are reported at that field. ParseError
+    when the body is not an object: no field applies."""
+    if not path or not isinstance(path[0], str):
+        raise ParseError(message)
+    named = list(path[:1])
+    if len(path) > 1 and isinstance(path[1], int):
+        named += path[1:3] if len(path) > 2 and isinstance(path[2], str) else path[1:2]
+    detail: Any = [message]
+    for step in reversed(named):
+        detail = {_printable(step) if isinstance(step, str) else str(step): detail}
+    raise ValidationError(detail)
 
-    One pass over the structural characters only (strings skipped), without recursion and before decoding.
+
+def check_nesting(text: str, limit: int) -> None:
+    """400 if the JSON ``text`` nests arrays and objects deeper than ``limit``, naming where (``refuse_at``).
+
+    One pass over the structural characters only (strings skipped), without recursion and before decoding. Each
+    open array or object keeps its step: an array the index of its current item (its commas so far), an object
+    the span of its current key.
     """
-    depth = 0
+    steps: list[Any] = []
     in_string = False
     skip_to = -1
     string_start = 0
-    last_string = key = (0, 0)  # spans in ``text``: the last string closed at depth 1, the last top-level key
+    last_string = (0, 0)  # the span in ``text`` of the last string closed
     for match in _STRUCTURE.finditer(text):
         position, char = match.start(), match.group()
         if position < skip_to:
@@ -79,29 +99,33 @@ def check_nesting(text: str, limit: int) -> None:
                 skip_to = position + 2
             elif char == '"':
                 in_string = False
-                if depth == 1:
-                    last_string = (string_start, position + 1)
+                last_string = (string_start, position + 1)
         elif char == '"':
             in_string, string_start = True, position
-        elif char == ":" and depth == 1:
-            key = last_string
+        elif char == ":" and steps:
+            steps[-1] = last_string
+        elif char == "," and steps and isinstance(steps[-1], int):
+            steps[-1] += 1
         elif char in "[{":
-            depth += 1
-            if depth > limit:
-                _too_deep(text[key[0] : key[1]], limit)
-        elif char in "]}":
-            depth -= 1
+            steps.append(0 if char == "[" else None)
+            if len(steps) > limit:
+                _too_deep(text, steps[:-1], limit)
+        elif char in "]}" and steps:
+            steps.pop()
 
 
-def _too_deep(key: str, limit: int) -> NoReturn:
-    message = f"JSON nested deeper than {limit} levels (API_JSON_MAX_DEPTH)."
-    try:
-        field = json.loads(key) if key else None
-    except ValueError:
-        field = None
-    if not isinstance(field, str):
-        raise ParseError(message)
-    raise ValidationError({_printable(field): [message]})
+def _too_deep(text: str, steps: list[Any], limit: int) -> NoReturn:
+    path: list[str | int] = []
+    for step in steps[:3]:  # all refuse_at names
+        if isinstance(step, tuple):
+            try:
+                step = json.loads(text[step[0] : step[1]])
+            except ValueError:
+                break
+        if not isinstance(step, (str, int)):
+            break
+        path.append(step)
+    refuse_at(path, f"JSON nested deeper than {limit} levels (API_JSON_MAX_DEPTH).")
 
 
 # Stands for an integer with more digits than Python converts (sys.get_int_max_str_digits()); refused by name.
@@ -127,27 +151,27 @@ def unstorable(value: Any) -> str | None:
 
 
 def check_storable(data: Any) -> None:
-    """ValidationError naming the top-level field of the first key or value in ``data`` that cannot be stored
-    (ParseError if ``data`` is not an object: no field applies).
+    """Refuse ``data`` for the first key or value in it, in document order, that cannot be stored, naming where
+    (``refuse_at``).
 
     Iterative, so a wide or deep document never recurses (its depth was bounded before decoding).
     """
-    fields: Any = data.items() if isinstance(data, Mapping) else [("", data)]
-    for field, value in fields:
-        stack: list[Any] = [field, value]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, Mapping):
-                for key, child in item.items():
-                    stack += (key, child)
-            elif isinstance(item, list):
-                stack.extend(item)
-            else:
-                problem = unstorable(item)
-                if problem is not None and not isinstance(data, Mapping):
-                    raise ParseError(problem)
-                if problem is not None:
-                    raise ValidationError({_printable(field): [problem]})
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while stack:
+        path, item = stack.pop()
+        key = path[-1] if path else None
+        if isinstance(key, str) and (problem := unstorable_text(key)) is not None:
+            refuse_at(path, problem)
+        if isinstance(item, Mapping):
+            children: list[tuple[str | int, Any]] = list(item.items())
+        elif isinstance(item, list):
+            children = list(enumerate(item))
+        else:
+            problem = unstorable(item)
+            if problem is not None:
+                refuse_at(path, problem)
+            continue
+        stack += [((*path, step), child) for step, child in reversed(children)]
 
 
 class StrictJSONParser(JSONParser):

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 from urllib.parse import quote, urlencode
 
 import pytest
 from django.test import Client, RequestFactory
+from rest_framework.exceptions import ValidationError
 from rest_framework.test import APIRequestFactory, force_authenticate
 
 from crux.errors import is_api
-from tasks.api.parsers import check_nesting
+from tasks.api.parsers import check_nesting, check_storable
 from tasks.api.views import TaskListView
 from tasks.models import Task, TaskHistory, TaskOutput
 from tests.api_support import client_for
@@ -355,6 +357,25 @@ def test_nesting_is_measured_without_recursion() -> None:
     for text in ("[" * 33, '{"a": "\\\\", "b": [[[]]]}', "[" * 1_000_000):
         with pytest.raises(Exception, match="API_JSON_MAX_DEPTH"):
             check_nesting(text, 2 if "b" in text else 32)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"payload": {"a": [[[[]]]]}}', {"payload": ANY}),
+        ('{"tasks": [{"t": "x,y]}", "u": [1, 2]}, {"v": 0, "payload": [[[[]]]]}]}', {"tasks": {"1": {"payload": ANY}}}),
+        ('{"tasks": [1, [[[[]]]]]}', {"tasks": {"1": ANY}}),
+        ('{"ids": ["a", "b\\"\\",", "c", "\\u0000"]}', {"ids": {"3": ANY}}),
+        ('{"tasks": [{"a": "ok"}, {"b": {"c": ["\\u0000"]}}]}', {"tasks": {"1": {"b": ANY}}}),
+        ('{"a": "\\u0000", "b\\u0000": 1}', {"a": ANY}),  # the first in document order
+        ('{"a": 1, "b\\u0000": "\\u0000"}', {"b\x00": ANY}),  # a key before its value
+    ],
+)
+def test_a_refusal_names_the_field_and_item_it_came_in(text: str, where: dict) -> None:
+    with pytest.raises(ValidationError) as refused:
+        check_nesting(text, 4)
+        check_storable(json.loads(text))
+    assert refused.value.detail == where
 
 
 def test_a_body_at_the_depth_limit_is_stored(door: Any) -> None:

@@ -112,6 +112,35 @@ def test_one_bad_item_refuses_the_batch_naming_its_index_and_field(bad: dict, fi
     assert nothing_written()
 
 
+# What the parser refuses before any serializer runs, written into item 2 as raw JSON text.
+UNSTORABLE = [
+    ('"title": "a\\u0000b"', "title", "Null characters"),
+    ('"description": "\\ud800"', "description", "Lone surrogate"),
+    ('"idempotency_key": "k\\u0000"', "idempotency_key", "Null characters"),
+    ('"payload": {"deep": {"\\u0000": 1}}', "payload", "Null characters"),
+    ('"payload": {"n": NaN}', "payload", "not a number"),
+    ('"priority": 1' + "0" * 5000, "priority", "more digits"),
+    ('"payload": ' + "[" * 40 + "]" * 40, "payload", "API_JSON_MAX_DEPTH"),
+    ('"ti\\u0000tle": 1', "ti\x00tle", "Null characters"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("text", "field", "message"), UNSTORABLE, ids=[u[1] + ":" + u[2] for u in UNSTORABLE])
+def test_an_unstorable_value_in_an_item_is_refused_naming_its_index_and_field(
+    text: str, field: str, message: str, api: Any
+) -> None:
+    items = [json.dumps(item(i)) for i in range(4)]
+    items[2] = items[2][:-1] + ", " + text + "}"
+    response = api.post(BATCH, '{"tasks": [' + ", ".join(items) + "]}", content_type="application/json")
+    assert response.status_code == 400, response.content
+    errors = response.json()
+    assert list(errors) == ["tasks"] and list(errors["tasks"]) == ["2"], errors
+    assert list(errors["tasks"]["2"]) == [field], errors
+    assert message in errors["tasks"]["2"][field][0]
+    assert nothing_written()
+
+
 @pytest.mark.django_db
 def test_each_item_is_refused_with_the_errors_it_gets_alone(user: Any) -> None:
     items: list[dict[str, Any]] = [
