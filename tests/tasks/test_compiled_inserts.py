@@ -1,0 +1,121 @@
+"""A one-row INSERT compiled once (``tasks.models.insert_statements``): each later row's statement is the one
+Django's compiler gives for that row, on both engines; a row with an expression for a value, or a database whose
+binary placeholder may not be plain, is compiled in full."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.db.models import Value
+from django.db.models.constants import OnConflict
+from django.db.models.functions import Upper
+from django.db.models.sql import InsertQuery
+
+from tasks import models, services
+from tasks.audit import Channel
+from tasks.models import CeleryResult, Task, TaskHistory, insert_statements
+
+pytestmark = pytest.mark.django_db
+
+MOMENT = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)  # what ``auto_now`` writes, the same in both compilations
+
+
+def compiled_by_django(row: Any, fields: Any = None, **on_conflict: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    query = InsertQuery(type(row), **on_conflict)
+    query.insert_values(fields or [f for f in row._meta.concrete_fields if not f.primary_key], [row])
+    return query.get_compiler(connection.alias).as_sql()
+
+
+def comparable(statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Statements with psycopg's JSON adapters (which define no equality) as the values they wrap."""
+    return [(sql, tuple(p.obj if type(p).__name__ == "Jsonb" else p for p in params)) for sql, params in statements]
+
+
+def tasks_of_every_shape(user: Any) -> list[Task]:
+    shapes = [
+        {"title": "plain"},
+        {"title": "é ✓ 💡", "description": "x" * 5000, "request_payload": {"nested": [1, None, {"a": "b"}]}},
+        {"title": "limits", "soft_time_limit": 1.5, "time_limit": 9, "priority": 0, "queue": "", "owner": None},
+        {"title": "result", "result": {"answer": 42}, "metadata": {}, "history_head": b"\x00" * 32},
+    ]
+    return [Task(**{"owner": user, **shape}) for shape in shapes]
+
+
+def history_rows(user: Any) -> list[TaskHistory]:
+    task = services.create_task(owner=user, actor=user, channel=Channel.API, title="source")
+    services.update_task(task.pk, actor=user, channel=Channel.API, reason="edited", description="changed")
+    rows = list(TaskHistory.objects.filter(task=task))
+    return [
+        TaskHistory(
+            **{f.attname: getattr(row, f.attname) for f in TaskHistory._meta.concrete_fields if not f.primary_key}
+        )
+        for row in rows
+    ]
+
+
+def test_every_later_row_gets_the_statement_django_compiles_for_it(user: Any) -> None:
+    models._COMPILED_INSERTS.clear()
+    tasks = tasks_of_every_shape(user)
+    fields = Task._meta.concrete_fields
+    with mock.patch("django.utils.timezone.now", return_value=MOMENT):
+        for rows, chosen in ((tasks, fields), (history_rows(user), None)):
+            insert_statements(rows[0], connection.alias, chosen)  # compiles and keeps the SQL
+            for row in rows[1:]:
+                mine = insert_statements(row, connection.alias, chosen)
+                assert comparable(mine) == comparable(compiled_by_django(row, chosen)), type(row).__name__
+    kept = {key[0]: entry for key, entry in models._COMPILED_INSERTS.items()}
+    assert kept[Task] is not None and kept[TaskHistory] is not None  # the later rows took the kept SQL
+
+
+def test_an_upsert_of_a_result_row_reuses_its_conflict_clause(user: Any) -> None:
+    options = CeleryResult._meta
+    conflict = {
+        "on_conflict": OnConflict.UPDATE,
+        "update_fields": [options.get_field(name) for name in ("status", "result", "date_done")],
+        "unique_fields": [options.get_field("task_id")],
+    }
+    rows = [CeleryResult(task_id=f"t{i}", status="SUCCESS", result=f'"{i}"') for i in range(3)]
+    with mock.patch("django.utils.timezone.now", return_value=MOMENT):
+        for row in rows:
+            mine = insert_statements(row, connection.alias, **conflict)
+            assert mine == compiled_by_django(row, **conflict)
+            assert "ON CONFLICT" in mine[0][0]
+    for row in rows:  # and the statements run: one row per task id, updated in place
+        with connection.cursor() as cursor:
+            cursor.execute(*insert_statements(row, connection.alias, **conflict)[0])
+            cursor.execute(*insert_statements(row, connection.alias, **conflict)[0])
+    assert CeleryResult.objects.filter(task_id__in=["t0", "t1", "t2"]).count() == 3
+
+
+def test_a_value_given_as_an_expression_is_compiled_in_full(user: Any) -> None:
+    models._COMPILED_INSERTS.clear()
+    plain, shouted = tasks_of_every_shape(user)[:2]
+    insert_statements(plain, connection.alias)
+    shouted.title = Upper(Value("shouted"))
+    [(sql, params)] = insert_statements(shouted, connection.alias)
+    assert "UPPER" in sql and "shouted" in params
+    [kept] = models._COMPILED_INSERTS.values()  # still kept for the next plain row, which takes it
+    assert kept is not None and insert_statements(plain, connection.alias)[0][0] == kept.sql
+
+
+def test_a_database_whose_binary_placeholder_may_not_be_plain_compiles_every_row(user: Any) -> None:
+    models._COMPILED_INSERTS.clear()
+    plain = tasks_of_every_shape(user)[0]
+    with mock.patch.object(connection, "vendor", "mysql"):  # MySQL's is "_binary %s" for bytes, "%s" for None
+        insert_statements(plain, connection.alias)
+    assert list(models._COMPILED_INSERTS.values()) == [None]
+
+
+def test_tasks_saved_through_the_kept_sql_read_back_as_written(user: Any) -> None:
+    created = [
+        services.create_task(owner=user, actor=user, channel=Channel.API, title=f"t{i}", request_payload={"i": i})
+        for i in range(3)
+    ]
+    for task in created:
+        stored = Task.objects.get(pk=task.pk)
+        assert (stored.title, stored.request_payload, stored.history_count) == (task.title, task.request_payload, 1)
+        assert stored.history_head == task.history_head and stored.created_at == task.created_at
