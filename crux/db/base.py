@@ -27,7 +27,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -89,6 +89,9 @@ _TIME_FUNCTIONS: dict[str, tuple[int, Callable[..., Any], tuple[int, ...]]] = {
 }
 
 
+# Truncations that are a whole number of microseconds of UTC (a day is, in UTC, but not in a zone with its own days).
+_UNIT_MICROSECONDS = {"second": 1_000_000, "minute": 60_000_000, "hour": 3_600_000_000}
+
 _COMPACT_SEPARATORS = (",", ":")
 _COMPACT_JSON = json.JSONEncoder(separators=_COMPACT_SEPARATORS)
 
@@ -100,6 +103,19 @@ class DatabaseOperations(operations.DatabaseOperations):
         if encoder is None:
             return _COMPACT_JSON.encode(value)  # one encoder for all: 1.1 µs a small value, json.dumps's 1.3
         return json.dumps(value, cls=encoder, separators=_COMPACT_SEPARATORS)
+
+    def datetime_trunc_sql(  # type: ignore[override]  # django-stubs: Django before 4.2 returned the SQL alone
+        self, lookup_type: str, sql: str, params: Sequence[Any], tzname: str | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        """Django's, but an integer time (microseconds of UTC) truncated to its second, minute or hour of UTC by
+        arithmetic in SQL, where Django calls a Python function for each row (25 µs: 1.4 s for a day's chart at a
+        million tasks). Text, a time before 1970 and any other zone or unit go to Django's function."""
+        trunc_sql, trunc_params = super().datetime_trunc_sql(lookup_type, sql, params, tzname)  # type: ignore[str-unpack]
+        unit = _UNIT_MICROSECONDS.get(lookup_type.lower())
+        if unit is None or self.connection.timezone_name != "UTC" or tzname not in (None, "UTC"):
+            return trunc_sql, tuple(trunc_params)
+        arithmetic = f"CASE WHEN typeof({sql}) = 'integer' AND ({sql}) >= 0 THEN ({sql}) - ({sql}) %% {unit}"
+        return f"{arithmetic} ELSE {trunc_sql} END", (*params, *params, *params, *params, *trunc_params)
 
     def convert_uuidfield_value(self, value: Any, expression: Any, connection: Any) -> uuid.UUID | None:
         if isinstance(value, bytes):
