@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.dataset import ROOT, configure, git_revision
+from bench.redis_keys import clear_private_broker
 from bench.report import record
 
 SUBMIT_LUA = """
@@ -146,14 +147,7 @@ def main() -> None:
         Path(batch_script.name).unlink(missing_ok=True)
         import redis
 
-        broker_db = redis.Redis.from_url(broker)
-        keys = [
-            *broker_db.scan_iter(match="*celery*"),
-            *broker_db.scan_iter(match="_kombu*"),
-            *broker_db.scan_iter(match=f"{os.environ['REDIS_KEY_PREFIX']}:*"),  # the publish receipts, the epoch
-        ]
-        if keys:
-            broker_db.delete(*keys)
+        clear_private_broker(redis.Redis.from_url(broker))
 
     def median(values: list[float]) -> float:
         return sorted(values)[len(values) // 2]

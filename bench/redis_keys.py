@@ -7,6 +7,8 @@ with a token of its own and deletes only what carries that token.
 
 from __future__ import annotations
 
+import os
+
 from redis import Redis
 
 BINDING_SETS = ("_kombu.binding.*", "_kombu.binding_permanent.*")
@@ -37,3 +39,12 @@ def delete_keys(client: Redis, *tokens: str) -> int:
         if not client.exists(f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"):
             client.zrem(BINDING_DEADLINES, exchange)
     return deleted
+
+
+def clear_private_broker(client: Redis) -> None:
+    """Empty the broker database a benchmark has to itself (the HTTP and stream benchmarks' web processes publish
+    to the default queue): Celery's queues, kombu's bindings, and this run's publish receipts and broker epoch."""
+    patterns = ("*celery*", "_kombu*", f"{os.environ['REDIS_KEY_PREFIX']}:*")
+    keys = [key for pattern in patterns for key in client.scan_iter(match=pattern, count=1000)]
+    if keys:
+        client.delete(*keys)

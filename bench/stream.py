@@ -39,6 +39,7 @@ from typing import Any
 
 from bench.dataset import ROOT, configure, git_revision
 from bench.http import SUBMIT_LUA, wrk
+from bench.redis_keys import clear_private_broker
 from bench.report import record, summary
 
 BROKER_URL = "redis://127.0.0.1:6379/13"
@@ -232,10 +233,7 @@ def main() -> None:
         Path(script.name).unlink(missing_ok=True)
         import redis
 
-        broker = redis.Redis.from_url(BROKER_URL)
-        keys = list(broker.scan_iter(match="*celery*")) + list(broker.scan_iter(match="_kombu*"))
-        if keys:
-            broker.delete(*keys)
+        clear_private_broker(redis.Redis.from_url(BROKER_URL))
 
     rate_alone = statistics.median(r["rate"] for r in alone)
     rate_followed = statistics.median(r["rate"] for r in followed)
