@@ -123,7 +123,7 @@ def activity_per_hour(now: datetime, hours: int) -> list[dict[str, Any]]:
         for row in Task.objects.filter(created_at__gte=start)
         .annotate(hour=TruncHour("created_at", tzinfo=UTC))
         .values("hour")
-        .annotate(n=Count("pk"))
+        .annotate(n=Count("*"))  # from the index on created_at alone, as ``_counts_by`` counts
         .order_by("hour")
     }
     finished = {
