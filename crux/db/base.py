@@ -29,7 +29,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from django.db.backends.sqlite3 import _functions, base, operations  # type: ignore[attr-defined]  # unstubbed
@@ -135,6 +135,13 @@ class DatabaseOperations(operations.DatabaseOperations):
         return super().convert_datetimefield_value(value, expression, connection)
 
 
+@lru_cache(maxsize=1024)
+def _qmark_style(query: str) -> str:
+    """A statement's ``%s`` placeholders as SQLite's ``?``, as Django's cursor converts them, kept per statement:
+    Django runs its regular expression over every statement it sends (the same few dozen, over and over)."""
+    return base.FORMAT_QMARK_REGEX.sub("?", query).replace("%%", "%")
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     ops_class = DatabaseOperations
     _lock_fd: int | None = None
@@ -196,6 +203,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
             def executemany(self, query: str, param_list: Any) -> Any:
                 begin()
                 return super().executemany(query, param_list)
+
+            def convert_query(self, query: str, *, param_names: Any = None) -> str:
+                if param_names is None:
+                    return _qmark_style(query)
+                return super().convert_query(query, param_names=param_names)
 
         return Cursor
 

@@ -152,3 +152,24 @@ def test_sqlite_writers_queue_on_a_kernel_lock_held_for_the_transaction(live_db)
         assert lock_is_free()
     finally:
         os.close(probe)
+
+
+@pytest.mark.django_db
+def test_sqlite_statements_are_converted_as_djangos_cursor_converts_them_then_kept():
+    """crux.db keeps each statement's ``?`` form: the same text Django's cursor makes, ``%%`` and named styles too."""
+    if connection.vendor != "sqlite":
+        pytest.skip("the conversion is SQLite's cursor's")
+    from django.db.backends.sqlite3.base import SQLiteCursorWrapper
+
+    from crux.db.base import _qmark_style
+
+    statements = ["SELECT %s, '%%s', '%%' || %s", "SELECT 1", "UPDATE t SET a = %s WHERE b = %s AND c LIKE '%%x'"]
+    with connection.cursor() as cursor:
+        mine = cursor.cursor  # the driver-level cursor of crux.db's class
+        for sql in statements:
+            django = SQLiteCursorWrapper.convert_query(mine, sql)
+            assert mine.convert_query(sql) == mine.convert_query(sql) == django
+        assert mine.convert_query("SELECT %(a)s", param_names=["a"]) == "SELECT :a"
+        cursor.execute("SELECT %s || '%%'", ["50"])
+        assert cursor.fetchone() == ("50%",)
+    assert _qmark_style.cache_info().hits >= len(statements)
