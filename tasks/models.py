@@ -24,7 +24,7 @@ from django.db.models import Transform
 from django.db.models.constants import OnConflict
 from django.db.models.functions import ExtractIsoYear, ExtractYear
 from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual, IContains, LessThan, LessThanOrEqual
-from django.db.models.sql import InsertQuery
+from django.db.models.sql import InsertQuery, UpdateQuery
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 from django_celery_results.managers import TaskResultManager
@@ -442,6 +442,83 @@ def _reusable(
     return _CompiledInsert(sql, fields)
 
 
+class _CompiledUpdate(NamedTuple):
+    sql: str
+    where: tuple[models.Field, ...]
+
+
+# The SQL of a one-row UPDATE by model, database, fields set (and which of them are set to NULL) and the fields of
+# its WHERE: Django compiles it anew for every save (about 150 µs of a task's), where only its parameters change.
+_COMPILED_UPDATES: dict[tuple[Any, ...], _CompiledUpdate | None] = {}
+
+
+def update_statement(
+    model: type[models.Model], using: str, values: Sequence[tuple[models.Field, Any, Any]], **where: Any
+) -> tuple[str, tuple[Any, ...]]:
+    """The UPDATE of ``model``'s rows matching ``where`` (field name to value, each an exact match) that sets
+    ``values`` (Django's ``(field, model, value)`` of ``Model._do_update``, each value already ``pre_save``'d):
+    SQL and parameters, as ``QuerySet._update`` compiles them.
+
+    Compiled once per model, database, fields set, which of them are NULL, and fields matched; then only the
+    parameters are prepared, each as Django's compiler prepares it (``get_db_prep_save`` for a value set, the
+    field's prep for a value matched). An expression, a model instance for a value or a field with a placeholder
+    of its own compiles in full, and so does a model with parents (whose save updates several tables)."""
+    connection = connections[using]
+    where = dict(sorted(where.items()))  # the order of a filter's conditions (``Q`` sorts its keywords)
+    prepared: list[Any] = []
+    for field, _, value in values:
+        if hasattr(value, "resolve_expression") or hasattr(value, "prepare_database_save"):
+            return _compiled_update(model, using, values, where)
+        prepared.append(field.get_db_prep_save(value, connection=connection))
+    key = (model, using, tuple(f for f, _, _ in values), tuple(p is None for p in prepared), tuple(where))
+    compiled = _COMPILED_UPDATES.get(key)
+    if compiled is None:
+        statement = _compiled_update(model, using, values, where)
+        if key not in _COMPILED_UPDATES:
+            fields = tuple(model._meta.pk if name == "pk" else model._meta.get_field(name) for name in where)
+            reusable = not model._meta.parents and all(_plain_placeholder(f, connection.vendor) for f, _, _ in values)
+            mine = _CompiledUpdate(statement[0], fields)  # type: ignore[arg-type]  # concrete fields, by name
+            _COMPILED_UPDATES[key] = mine if reusable and _same_order(mine, prepared, where, using, statement) else None
+        return statement
+    return compiled.sql, _update_params(compiled, prepared, where, using)
+
+
+def _same_order(
+    compiled: _CompiledUpdate,
+    prepared: list[Any],
+    where: dict[str, Any],
+    using: str,
+    statement: tuple[str, tuple[Any, ...]],
+) -> bool:
+    """Whether Django's own parameters are the kept UPDATE's: as many, and the values matched last and equal. The
+    values set come first, from the same ``get_db_prep_save`` in the same order (they are counted, not compared: a
+    JSON value's adapter on PostgreSQL compares equal to no other)."""
+    mine, djangos = _update_params(compiled, prepared, where, using), statement[1]
+    matched = len(where)
+    return len(mine) == len(djangos) and mine[len(mine) - matched :] == djangos[len(djangos) - matched :]
+
+
+def _update_params(
+    compiled: _CompiledUpdate, prepared: list[Any], where: dict[str, Any], using: str
+) -> tuple[Any, ...]:
+    """The parameters of a kept UPDATE: the values set (NULLs are written in its SQL), then the values matched, each
+    prepared as an exact lookup prepares it."""
+    connection = connections[using]
+    matched = (
+        field.get_db_prep_value(field.get_prep_value(value), connection, prepared=True)
+        for field, value in zip(compiled.where, where.values(), strict=True)
+    )
+    return (*(value for value in prepared if value is not None), *matched)
+
+
+def _compiled_update(
+    model: type[models.Model], using: str, values: Sequence[tuple[models.Field, Any, Any]], where: dict[str, Any]
+) -> tuple[str, tuple[Any, ...]]:
+    query = cast(UpdateQuery, model._base_manager.using(using).filter(**where).query.chain(UpdateQuery))
+    query.add_update_fields(list(values))
+    return query.get_compiler(using).as_sql()
+
+
 # Where a task's locked read kept for its next save is held (``Task.keep_locked_read``): on the instance and, for
 # the last such read, on the database connection.
 _LAST_LOCKED_READ = "_crux_locked_read"
@@ -706,6 +783,19 @@ class Task(models.Model):
         fields = self._meta.concrete_fields
         self.__dict__[_UNLOCKED_READ] = {f.attname: _copied(getattr(self, f.attname)) for f in fields}
 
+    def fields_as_read(self) -> list[str]:
+        """The names of the fields (foreign keys aside) whose value is still the one its kept read (``keep_read``,
+        ``keep_locked_read``) found: the value the database holds, which its checks passed when it was written."""
+        read = self.__dict__.get(_UNLOCKED_READ)
+        if read is None:
+            locked: _LockedRead | None = self.__dict__.get(_LAST_LOCKED_READ)
+            read = {} if locked is None else locked.values
+        return [
+            f.name
+            for f in self._meta.concrete_fields
+            if not f.is_relation and f.attname in read and getattr(self, f.attname) == read[f.attname]
+        ]
+
     def _changed_since(self, read: dict[str, Any]) -> set[str]:
         """The names of the concrete fields whose value differs from ``read`` (attname to value)."""
         fields = self._meta.concrete_fields
@@ -723,12 +813,18 @@ class Task(models.Model):
         return []
 
     def _do_update(self, base_qs: Any, using: Any, pk_val: Any, values: Any, *rest: Any) -> Any:
-        """Django's UPDATE; for a save of a ``keep_read`` instance, only where the version read is still the row's."""
-        if getattr(self, "_expected_version", None) is None:
+        """Django's UPDATE, its SQL compiled once for every save of the same fields (``update_statement``); for a
+        save of a ``keep_read`` instance, only where the version read is still the row's."""
+        expected = getattr(self, "_expected_version", None)
+        if not values:
             return super()._do_update(base_qs, using, pk_val, values, *rest)
-        if not base_qs.filter(pk=pk_val, history_count=self._expected_version)._update(values):
+        where = {"pk": pk_val} if expected is None else {"pk": pk_val, "history_count": expected}
+        with connections[using].cursor() as cursor:
+            cursor.execute(*update_statement(type(self), using, values, **where))
+            updated = cursor.rowcount
+        if expected is not None and not updated:
             raise TaskChanged(f"task {pk_val} was changed by another write since it was read")
-        return True
+        return updated > 0
 
     def _kept_locked_read(self, using: str) -> dict[str, Any] | None:
         """The values ``keep_locked_read`` kept for this save, if still valid (see there); else None (read again).
@@ -762,27 +858,32 @@ class Task(models.Model):
 _PK_READS = "_crux_task_pk_reads"
 
 
-def read_task(pk: uuid.UUID, using: str | None = None, *, lock: bool = False) -> Task | None:
+def read_task(
+    pk: uuid.UUID, using: str | None = None, *, lock: bool = False, only: tuple[str, ...] = ()
+) -> Task | None:
     """The task ``pk`` as the database holds it now, or None; with ``lock``, its row locked until the end of the
     caller's transaction (``select_for_update``). What ``Task.objects.filter(pk=pk).first()`` reads, with its SQL
     compiled once per connection: Django builds and compiles the query of the task's 58 columns anew for every read
     (about 290 of the 350 µs one took), and each write of a service reads its task first. ``using``: by default the
-    router's database, for a write when locked, as a queryset picks it."""
+    router's database, for a write when locked, as a queryset picks it. ``only``: read these fields alone (and the
+    id; the others are deferred), as ``.only()`` does: a check of a few of them builds no instance of 58."""
     if using is None:
         using = router.db_for_write(Task) if lock else router.db_for_read(Task)
     connection = connections[using]
-    reads: dict[bool, _PkRead] = connection.__dict__.setdefault(_PK_READS, {})
-    compiled = reads.get(lock)
+    reads: dict[tuple[bool, tuple[str, ...]], _PkRead] = connection.__dict__.setdefault(_PK_READS, {})
+    compiled = reads.get((lock, only))
     if compiled is None:
-        compiled = reads[lock] = _PkRead(connection, lock=lock)
+        compiled = reads[lock, only] = _PkRead(connection, lock=lock, only=only)
     return compiled(pk)
 
 
 class _PkRead:
     """One connection's read of a task by primary key: its SQL, the columns' model fields and their converters."""
 
-    def __init__(self, connection: Any, *, lock: bool) -> None:
+    def __init__(self, connection: Any, *, lock: bool, only: tuple[str, ...]) -> None:
         tasks = Task._base_manager.using(connection.alias).filter(pk=uuid.UUID(int=0)).order_by()
+        if only:
+            tasks = tasks.only(*only)
         self.compiler = (tasks.select_for_update() if lock else tasks).query.get_compiler(connection=connection)
         self.sql = self.compiler.as_sql()[0]
         columns = [column for column, _, _ in self.compiler.select]

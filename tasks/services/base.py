@@ -201,9 +201,13 @@ def validate_task(task: Task, *, payload: bool = False, batch: BatchChecks | Non
     ``payload=True``, so a bad payload is refused with field-level messages (``{"payload": {field: [...]}}``) before
     anything is written, never discovered at run time. An unregistered handler is the caller's refusal, not this one.
     ``batch``: one of the tasks of a batch, checked with what the batch's earlier tasks left (``BatchChecks``).
+    A task read for a change has the fields it did not change left unchecked (``Task.fields_as_read``): a field's
+    checks depend on its value alone (no constraint of Task spans fields), and the stored value passed them.
     """
     errors: dict[str, Any] = {}
     skipped, fresh = ([], []) if batch is None else batch.unchecked(task)
+    if batch is None and not Task._meta.constraints:
+        skipped = task.fields_as_read()
     try:
         task.full_clean(exclude=[*_UNCHECKED_RELATIONS, *skipped], validate_unique=False)
     except ValidationError as exc:

@@ -1,6 +1,6 @@
-"""A one-row INSERT compiled once (``tasks.models.insert_statements``): each later row's statement is the one
-Django's compiler gives for that row, on both engines; a row with an expression for a value, or a database whose
-binary placeholder may not be plain, is compiled in full."""
+"""A one-row INSERT compiled once (``tasks.models.insert_statements``), and an UPDATE (``update_statement``): each
+later row's statement is the one Django's compiler gives for that row, on both engines; a row with an expression for
+a value, or a database whose binary placeholder may not be plain, is compiled in full."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Value
 from django.db.models.constants import OnConflict
 from django.db.models.functions import Upper
-from django.db.models.sql import InsertQuery
+from django.db.models.sql import InsertQuery, UpdateQuery
 
 from tasks import models, services
-from tasks.audit import Channel
-from tasks.models import CeleryResult, Task, TaskHistory, insert_statements
+from tasks.audit import Channel, audited
+from tasks.exceptions import TaskChanged
+from tasks.models import CeleryResult, Task, TaskHistory, insert_statements, update_statement
+from tasks.services.base import unlocked_task
 
 pytestmark = pytest.mark.django_db
 
@@ -119,3 +121,69 @@ def test_tasks_saved_through_the_kept_sql_read_back_as_written(user: Any) -> Non
         stored = Task.objects.get(pk=task.pk)
         assert (stored.title, stored.request_payload, stored.history_count) == (task.title, task.request_payload, 1)
         assert stored.history_head == task.history_head and stored.created_at == task.created_at
+
+
+def update_compiled_by_django(values: list[tuple[Any, Any, Any]], **where: Any) -> tuple[str, tuple[Any, ...]]:
+    query = Task._base_manager.filter(**where).query.chain(UpdateQuery)
+    query.add_update_fields(values)
+    return query.get_compiler(connection.alias).as_sql()
+
+
+def saved_values(task: Task, *names: str) -> list[tuple[Any, Any, Any]]:
+    """What ``Model._save_table`` hands ``_do_update`` for a save of ``names``: each field with its ``pre_save``."""
+    fields = [Task._meta.get_field(name) for name in names]
+    return [(field, None, field.pre_save(task, False)) for field in fields]
+
+
+def test_every_later_update_gets_the_statement_django_compiles_for_it(user: Any) -> None:
+    models._COMPILED_UPDATES.clear()
+    tasks = tasks_of_every_shape(user)
+    with audited(user, channel=Channel.API, reason="shapes"):
+        for task in tasks:
+            task.save()
+    changes = [
+        {"state": "running", "worker_id": "w:1:2", "lease_expires_at": MOMENT, "progress": 0.0},
+        {"state": "completed", "worker_id": "", "lease_expires_at": None, "progress": 1.0},  # a NULL: its own SQL
+        {"state": "queued", "worker_id": "w:é", "lease_expires_at": MOMENT, "progress": 0.5},
+    ]
+    names = ["state", "worker_id", "lease_expires_at", "progress", "result", "updated_at", "history_head"]
+    with mock.patch("django.utils.timezone.now", return_value=MOMENT):
+        for task, change in zip(tasks, [*changes, changes[0]], strict=True):
+            for name, value in change.items():
+                setattr(task, name, value)
+            values = saved_values(task, *names)
+            for where in ({"pk": task.pk}, {"pk": task.pk, "history_count": 7}):
+                mine = update_statement(Task, connection.alias, values, **where)
+                assert comparable([mine]) == comparable([update_compiled_by_django(values, **where)]), change
+    kept = list(models._COMPILED_UPDATES.values())
+    # Three patterns of NULLs (the lease, the result) by two WHEREs; the third task took the first one's statement.
+    assert len(kept) == 6 and all(entry is not None for entry in kept)
+
+
+def test_an_update_with_an_expression_is_compiled_in_full(user: Any) -> None:
+    models._COMPILED_UPDATES.clear()
+    task = tasks_of_every_shape(user)[0]
+    with audited(user, channel=Channel.API, reason="plain"):
+        task.save()
+    update_statement(Task, connection.alias, saved_values(task, "title"), pk=task.pk)
+    task.title = Upper(Value("shouted"))
+    sql, params = update_statement(Task, connection.alias, saved_values(task, "title"), pk=task.pk)
+    assert "UPPER" in sql and "shouted" in params
+    assert len(models._COMPILED_UPDATES) == 1  # the plain one, kept
+
+
+def test_a_save_of_a_stale_read_writes_nothing_through_the_kept_sql(user: Any) -> None:
+    """The version check is in the kept UPDATE's WHERE: a save of a task read before another write refuses."""
+    models._COMPILED_UPDATES.clear()
+    task = services.create_task(owner=user, actor=user, channel=Channel.API, title="raced")
+    for attempt in range(2):  # the first save of each kind compiles, the second takes the kept statement
+        stale, fresh = unlocked_task(task.pk), unlocked_task(task.pk)
+        fresh.description = f"fresh {attempt}"
+        with transaction.atomic(), audited(user, channel=Channel.API, reason="fresh"):
+            fresh.save()
+        stale.description = f"stale {attempt}"
+        with pytest.raises(TaskChanged), transaction.atomic(), audited(user, channel=Channel.API, reason="stale"):
+            stale.save()
+        row = Task.objects.get(pk=task.pk)
+        assert (row.description, row.history_count) == (f"fresh {attempt}", 2 + attempt)
+    assert [entry is not None for entry in models._COMPILED_UPDATES.values()] == [True]

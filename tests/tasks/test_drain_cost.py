@@ -45,7 +45,7 @@ from tasks.execution import HeartbeatThread, execute
 from tasks.models import CeleryResult, Task, TaskHistory
 from tasks.redaction import REDACTED
 from tasks.selectors import verify_audit_chains
-from tasks.services.base import locked_task, unlocked_task, write_task
+from tasks.services.base import locked_task, unlocked_task, validate_task, write_task
 from tasks.tasks import AttemptFailed
 from tests.tasks import test_worker
 from tests.tasks.test_queues import submit as submit_to_cluster
@@ -431,6 +431,31 @@ def test_a_save_of_an_unlocked_read_keeps_what_others_wrote_to_the_fields_it_lea
         read.save()
     row = Task.objects.get(pk=task.pk)
     assert (row.title, row.dispatch_epoch, row.history_count) == ("renamed", "confirmed-meanwhile", 2)
+
+
+@pytest.mark.parametrize("read", [unlocked_task, locked_task], ids=["unlocked", "locked"])
+def test_a_change_checks_the_fields_it_changed_and_leaves_the_stored_ones(user, read):
+    """``validate_task`` of a task read for a change: a bad value set is refused by its field, nothing written; a
+    stored value is not checked again (what is stored passed its checks when written)."""
+    task = submit(user)
+    with connection.cursor() as cursor:  # a stored value its field's checks refuse (the database takes it)
+        cursor.execute(
+            "UPDATE tasks_task SET priority = 99 WHERE id = %s", [Task._meta.pk.get_db_prep_value(task.pk, connection)]
+        )
+    with transaction.atomic():
+        current = read(task.pk)
+        assert {"priority", "title"} <= set(current.fields_as_read())
+        validate_task(current)  # the stored priority is left alone
+        current.title, current.max_attempts = "t" * 201, 0
+        assert not {"title", "max_attempts"} & set(current.fields_as_read())
+        with pytest.raises(InvalidTaskData) as refused:
+            validate_task(current)
+    assert set(refused.value.errors) == {"title", "max_attempts"}
+    assert Task.objects.get(pk=task.pk).title == "echo task"
+    fresh = Task(title="t" * 201, owner=user)  # a new task: every field checked
+    assert fresh.fields_as_read() == []
+    with pytest.raises(InvalidTaskData):
+        validate_task(fresh)
 
 
 def test_two_deliveries_claiming_at_once_run_the_task_once(user):
