@@ -377,10 +377,16 @@ _COMPILED_INSERTS: dict[tuple[Any, ...], _CompiledInsert | None] = {}
 
 
 def insert_statements(
-    row: models.Model, using: str, fields: Sequence[models.Field] | None = None, **on_conflict: Any
+    row: models.Model,
+    using: str,
+    fields: Sequence[models.Field] | None = None,
+    *,
+    returning: bool = False,
+    **on_conflict: Any,
 ) -> list[tuple[str, tuple[Any, ...]]]:
     """The INSERT of one new ``row`` (SQL and parameters) into ``fields`` (its concrete fields but the primary
     key by default), compiled as ``bulk_create`` compiles it but without its checks and preparation of a batch;
+    ``returning``: the statement returns the row's primary key (where the database can: ``RETURNING``);
     ``on_conflict``: InsertQuery's (``on_conflict``, ``update_fields``, ``unique_fields``).
 
     The SQL is compiled once per model, database, fields and conflict handling; then only the parameters are
@@ -396,6 +402,7 @@ def insert_statements(
         on_conflict.get("on_conflict"),
         tuple(on_conflict.get("update_fields") or ()),
         tuple(on_conflict.get("unique_fields") or ()),
+        returning,
     )
     compiled = _COMPILED_INSERTS.get(key)
     if compiled is not None:
@@ -408,7 +415,10 @@ def insert_statements(
             return [(compiled.sql, params)]
     query = InsertQuery(type(row), **on_conflict)
     query.insert_values(chosen, [row])
-    statements = query.get_compiler(using).as_sql()
+    compiler = query.get_compiler(using)
+    if returning:
+        compiler.returning_fields = [row._meta.pk]
+    statements = compiler.as_sql()
     if key not in _COMPILED_INSERTS:
         _COMPILED_INSERTS[key] = _reusable(statements, chosen, using)
     return statements
@@ -1036,6 +1046,24 @@ class TaskOutput(models.Model):
 
     def __str__(self) -> str:
         return f"{self.output_type} of {self.task_id}"
+
+    def compiled_insert(self, using: str) -> tuple[str, tuple[Any, ...]] | None:
+        """This new output's INSERT returning its id (SQL and parameters), its text redacted and compressed now,
+        to run later with ``run_insert``: a worker runs it under its task's row lock, which on SQLite is the write
+        lock every writer waits for, then held for the claim's check and this statement alone, not for the ORM's
+        work of building it. None where the database cannot return the id from the INSERT (save it instead)."""
+        if not connections[using].features.can_return_columns_from_insert:
+            return None
+        redact_fields(self)  # an INSERT sends no pre_save: the redaction every output gets, done here
+        [(sql, params)] = insert_statements(self, using, returning=True)
+        return sql, params
+
+    def run_insert(self, using: str, compiled: tuple[str, tuple[Any, ...]]) -> None:
+        """Run ``compiled_insert``'s statement: the output is then saved, with its id."""
+        with connections[using].cursor() as cursor:
+            cursor.execute(*compiled)
+            (self.pk,) = cursor.fetchone()
+        self._state.adding, self._state.db = False, using
 
 
 class CLISession(models.Model):

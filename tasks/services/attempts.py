@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models import Field, QuerySet
 from django.utils import timezone
 
@@ -386,13 +386,19 @@ def record_output(
 ) -> TaskOutput:
     """An output a running attempt produced (stdout, a log line, an artifact), credentials in its text masked.
 
-    Written under the row lock only while the attempt holds its claim, else ClaimLost. It is checked before the
-    transaction, so that the write lock (SQLite) is held for the claim's check and the INSERT only.
+    Written under the row lock only while the attempt holds its claim, else ClaimLost. It is checked, redacted
+    and its INSERT built before the transaction (``TaskOutput.compiled_insert``), so that the write lock (SQLite)
+    is held for the claim's check and the INSERT only.
     """
     output = _checked_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
-    with transaction.atomic():
+    using = router.db_for_write(TaskOutput)
+    compiled = output.compiled_insert(using)
+    with transaction.atomic(using=using):
         _hold_claim(task_id, attempt, worker_id)
-        output.save()
+        if compiled is None:
+            output.save(using=using)
+        else:
+            output.run_insert(using, compiled)
     return output
 
 

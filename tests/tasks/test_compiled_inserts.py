@@ -18,7 +18,8 @@ from django.db.models.sql import InsertQuery, UpdateQuery
 from tasks import models, services
 from tasks.audit import Channel, audited
 from tasks.exceptions import TaskChanged
-from tasks.models import CeleryResult, Task, TaskHistory, insert_statements, update_statement
+from tasks.models import CeleryResult, Task, TaskHistory, TaskOutput, insert_statements, update_statement
+from tasks.redaction import REDACTED
 from tasks.services.base import unlocked_task
 
 pytestmark = pytest.mark.django_db
@@ -187,3 +188,48 @@ def test_a_save_of_a_stale_read_writes_nothing_through_the_kept_sql(user: Any) -
         row = Task.objects.get(pk=task.pk)
         assert (row.description, row.history_count) == (f"fresh {attempt}", 2 + attempt)
     assert [entry is not None for entry in models._COMPILED_UPDATES.values()] == [True]
+
+
+def test_an_output_inserted_through_its_kept_statement_is_the_row_save_writes(user: Any) -> None:
+    """A worker's output (``record_output``): redacted, compressed, its id returned; the same row as ``save()``
+    writes for it, and each later output's statement the one Django compiles with ``RETURNING``."""
+    models._COMPILED_INSERTS.clear()
+    task = services.submit_task(owner=user, actor=user, channel=Channel.API, title="outputs", handler="echo")
+    claimed = services.claim(task.pk, worker_id="w1")
+    assert claimed is not None
+    secret = "token sk_live_51Hx9Kq2eZvKYlo2CabcdEFGH"
+    contents = [f"line {i} {secret} " + "é" * (i * 900) for i in range(3)]  # the last long enough to compress
+    written = [
+        services.record_output(task.pk, "log", text, attempt=1, worker_id="w1", file_path=f"/tmp/{i}")
+        for i, text in enumerate(contents)
+    ]
+    assert [o.pk for o in written] == sorted(o.pk for o in written) and not any(o._state.adding for o in written)
+    saved = [TaskOutput(task_id=task.pk, output_type="log", content=text, file_path=f"/tmp/{i}") for i, text in
+             enumerate(contents)]  # fmt: skip
+    for output in saved:
+        output.created_at = written[0].created_at
+        output.save()
+    columns = [f.attname for f in TaskOutput._meta.concrete_fields if f.attname not in ("id", "created_at")]
+    rows = {row.pop("id"): row for row in TaskOutput.objects.filter(task=task).values(*columns, "id")}
+    assert [rows[o.pk] for o in written] == [rows[o.pk] for o in saved]
+    assert REDACTED in rows[written[0].pk]["content"] and secret not in repr(rows)
+    later = TaskOutput(task_id=task.pk, output_type="log", content="later")
+    mine = later.compiled_insert(connection.alias)
+    query = InsertQuery(TaskOutput)
+    query.insert_values([f for f in TaskOutput._meta.concrete_fields if not f.primary_key], [later])
+    compiler = query.get_compiler(connection.alias)
+    compiler.returning_fields = [TaskOutput._meta.pk]
+    assert mine == compiler.as_sql()[0] and "RETURNING" in mine[0]
+    kept = [entry for key, entry in models._COMPILED_INSERTS.items() if key[0] is TaskOutput]
+    assert len(kept) == 1 and kept[0] is not None  # the later outputs took it
+
+
+def test_a_database_that_cannot_return_the_id_saves_the_output(user: Any) -> None:
+    task = services.submit_task(owner=user, actor=user, channel=Channel.API, title="outputs", handler="echo")
+    services.claim(task.pk, worker_id="w1")
+    with mock.patch.object(connection.features, "can_return_columns_from_insert", False):
+        assert TaskOutput(task_id=task.pk, output_type="log", content="x").compiled_insert(connection.alias) is None
+        if connection.vendor != "sqlite":  # psycopg has no last row id to fall back on: PostgreSQL always returns
+            return
+        output = services.record_output(task.pk, "log", "saved", attempt=1, worker_id="w1")
+    assert TaskOutput.objects.get(pk=output.pk).content == "saved"
