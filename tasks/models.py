@@ -389,9 +389,9 @@ def insert_statements(
     ``returning``: the statement returns the row's primary key (where the database can: ``RETURNING``);
     ``on_conflict``: InsertQuery's (``on_conflict``, ``update_fields``, ``unique_fields``).
 
-    The SQL is compiled once per model, database, fields and conflict handling; then only the parameters are
-    prepared, each as Django's compiler prepares it (``pre_save``, then ``get_db_prep_save``). A row with an
-    expression for a value is compiled in full, as is every row of an INSERT whose values are not plain
+    The SQL is compiled once per model, database, fields, conflict handling and returning; then only the
+    parameters are prepared, each as Django's compiler prepares it (``pre_save``, then ``get_db_prep_save``). A row
+    with an expression for a value is compiled in full, as is every row of an INSERT whose values are not plain
     placeholders.
     """
     chosen = tuple(fields or [f for f in row._meta.concrete_fields if not f.primary_key])
@@ -469,7 +469,7 @@ def update_statement(
     ``values`` (Django's ``(field, model, value)`` of ``Model._do_update``, each value already ``pre_save``'d):
     SQL and parameters, as ``QuerySet._update`` compiles them.
 
-    Compiled once per model, database, fields set, which of them are NULL, and fields matched; then only the
+    Compiled once per model, database, fields set, fields matched and which of either are NULL; then only the
     parameters are prepared, each as Django's compiler prepares it (``get_db_prep_save`` for a value set, the
     field's prep for a value matched). An expression, a model instance for a value or a field with a placeholder
     of its own compiles in full, and so does a model with parents (whose save updates several tables)."""
@@ -480,7 +480,8 @@ def update_statement(
         if hasattr(value, "resolve_expression") or hasattr(value, "prepare_database_save"):
             return _compiled_update(model, using, values, where)
         prepared.append(field.get_db_prep_save(value, connection=connection))
-    key = (model, using, tuple(f for f, _, _ in values), tuple(p is None for p in prepared), tuple(where))
+    nulls = tuple(p is None for p in prepared), tuple(v is None for v in where.values())  # NULL, IS NULL: no %s
+    key = (model, using, tuple(f for f, _, _ in values), nulls, tuple(where))
     compiled = _COMPILED_UPDATES.get(key)
     if compiled is None:
         statement = _compiled_update(model, using, values, where)
@@ -504,19 +505,20 @@ def _same_order(
     values set come first, from the same ``get_db_prep_save`` in the same order (they are counted, not compared: a
     JSON value's adapter on PostgreSQL compares equal to no other)."""
     mine, djangos = _update_params(compiled, prepared, where, using), statement[1]
-    matched = len(where)
+    matched = sum(value is not None for value in where.values())
     return len(mine) == len(djangos) and mine[len(mine) - matched :] == djangos[len(djangos) - matched :]
 
 
 def _update_params(
     compiled: _CompiledUpdate, prepared: list[Any], where: dict[str, Any], using: str
 ) -> tuple[Any, ...]:
-    """The parameters of a kept UPDATE: the values set (NULLs are written in its SQL), then the values matched, each
-    prepared as an exact lookup prepares it."""
+    """The parameters of a kept UPDATE: the values set, then the values matched, each prepared as an exact lookup
+    prepares it (a NULL set or matched is written in its SQL: ``= NULL``, ``IS NULL``)."""
     connection = connections[using]
     matched = (
         field.get_db_prep_value(field.get_prep_value(value), connection, prepared=True)
         for field, value in zip(compiled.where, where.values(), strict=True)
+        if value is not None
     )
     return (*(value for value in prepared if value is not None), *matched)
 

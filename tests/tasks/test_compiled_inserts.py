@@ -161,6 +161,19 @@ def test_every_later_update_gets_the_statement_django_compiles_for_it(user: Any)
     assert len(kept) == 6 and all(entry is not None for entry in kept)
 
 
+def test_a_match_on_null_keeps_a_statement_of_its_own(user: Any) -> None:
+    """``field=None`` compiles to ``IS NULL``, with no parameter: it never takes the statement of a value."""
+    models._COMPILED_UPDATES.clear()
+    task = services.create_task(owner=user, actor=user, channel=Channel.API, title="nulls")
+    values = saved_values(task, "title")
+    for run_after in (None, MOMENT, None, MOMENT):
+        where = {"pk": task.pk, "run_after": run_after}
+        mine = update_statement(Task, connection.alias, values, **where)
+        assert mine == update_compiled_by_django(values, **where)
+        assert ("IS NULL" in mine[0]) is (run_after is None)
+    assert len(models._COMPILED_UPDATES) == 2 and None not in models._COMPILED_UPDATES.values()
+
+
 def test_an_update_with_an_expression_is_compiled_in_full(user: Any) -> None:
     models._COMPILED_UPDATES.clear()
     task = tasks_of_every_shape(user)[0]
