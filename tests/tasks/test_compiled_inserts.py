@@ -166,7 +166,7 @@ def test_a_match_on_null_keeps_a_statement_of_its_own(user: Any) -> None:
     models._COMPILED_UPDATES.clear()
     task = services.create_task(owner=user, actor=user, channel=Channel.API, title="nulls")
     values = saved_values(task, "title")
-    for run_after in (None, MOMENT, None, MOMENT):
+    for run_after in (MOMENT, None, None, MOMENT):  # a value first: its kept statement must not serve the NULL
         where = {"pk": task.pk, "run_after": run_after}
         mine = update_statement(Task, connection.alias, values, **where)
         assert mine == update_compiled_by_django(values, **where)
