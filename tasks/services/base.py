@@ -127,6 +127,9 @@ def refuse_unknown(fields: dict[str, Any], allowed: Collection[str]) -> None:
         raise InvalidTaskData({name: ["This field cannot be set here."] for name in unknown})
 
 
+# A field's checks (``Field.clean``) depend on its value alone, so a value known to have passed them need not be
+# checked again, unless Task declares constraints (one over a skipped field would not be checked).
+_FIELD_CHECKS_SKIPPABLE = not Task._meta.constraints
 # Foreign keys are left to the database's constraints: Django's check of them is a query per key on every save.
 _UNCHECKED_RELATIONS = tuple(f.name for f in Task._meta.concrete_fields if f.is_relation)
 _CHECKED_FIELDS = tuple(f.name for f in Task._meta.concrete_fields if not f.is_relation)
@@ -149,7 +152,6 @@ class BatchChecks:
         self._positions = {field.attname: i for i, field in enumerate(fields) if not field.is_relation}
         self._payload_checkers: dict[str, Callable[[Any], dict[str, Any]]] = {}
         self._passed: set[tuple[str, type, Any]] = set()
-        self._skips = not Task._meta.constraints
 
     def new_task(self, owner: Any, values: dict[str, Any]) -> Task:
         """``Task(owner=owner, **values)``, its field values given in order (Django's fast path, as a read row)."""
@@ -180,7 +182,7 @@ class BatchChecks:
             if kind.__hash__ is None:
                 continue
             key = (name, kind, value)
-            if self._skips and key in self._passed:
+            if _FIELD_CHECKS_SKIPPABLE and key in self._passed:
                 passed.append(name)
             else:
                 fresh.append(key)
@@ -206,7 +208,7 @@ def validate_task(task: Task, *, payload: bool = False, batch: BatchChecks | Non
     """
     errors: dict[str, Any] = {}
     skipped, fresh = ([], []) if batch is None else batch.unchecked(task)
-    if batch is None and not Task._meta.constraints:
+    if batch is None and _FIELD_CHECKS_SKIPPABLE:
         skipped = task.fields_as_read()
     try:
         task.full_clean(exclude=[*_UNCHECKED_RELATIONS, *skipped], validate_unique=False)

@@ -27,10 +27,15 @@ pytestmark = pytest.mark.django_db
 MOMENT = datetime(2026, 12, 2, 9, 30, tzinfo=UTC)  # what ``auto_now`` writes, the same in both compilations
 
 
-def compiled_by_django(row: Any, fields: Any = None, **on_conflict: Any) -> list[tuple[str, tuple[Any, ...]]]:
+def compiled_by_django(
+    row: Any, fields: Any = None, *, returning: bool = False, **on_conflict: Any
+) -> list[tuple[str, tuple[Any, ...]]]:
     query = InsertQuery(type(row), **on_conflict)
     query.insert_values(fields or [f for f in row._meta.concrete_fields if not f.primary_key], [row])
-    return query.get_compiler(connection.alias).as_sql()
+    compiler = query.get_compiler(connection.alias)
+    if returning:
+        compiler.returning_fields = [row._meta.pk]
+    return compiler.as_sql()
 
 
 def comparable(statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, tuple[Any, ...]]]:
@@ -228,11 +233,7 @@ def test_an_output_inserted_through_its_kept_statement_is_the_row_save_writes(us
     assert REDACTED in rows[written[0].pk]["content"] and secret not in repr(rows)
     later = TaskOutput(task_id=task.pk, output_type="log", content="later")
     mine = later.compiled_insert(connection.alias)
-    query = InsertQuery(TaskOutput)
-    query.insert_values([f for f in TaskOutput._meta.concrete_fields if not f.primary_key], [later])
-    compiler = query.get_compiler(connection.alias)
-    compiler.returning_fields = [TaskOutput._meta.pk]
-    assert mine == compiler.as_sql()[0] and "RETURNING" in mine[0]
+    assert [mine] == compiled_by_django(later, returning=True) and "RETURNING" in mine[0]
     kept = [entry for key, entry in models._COMPILED_INSERTS.items() if key[0] is TaskOutput]
     assert len(kept) == 1 and kept[0] is not None  # the later outputs took it
 
