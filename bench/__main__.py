@@ -51,6 +51,8 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
             ["bench.outputs", "--engine", engine, "--count", "2000"],
             ["bench.locate", "--tasks", str(largest), "--engine", engine, "--lookups", "100"],
             ["bench.admin", "--tasks", str(largest), "--engine", engine, "--runs", "10"],
+            # The counters /metrics derives from history: the tally against grouping every history row.
+            ["bench.figures", "--tasks", str(largest), "--engine", engine],
             # The restore of a JSON backup takes about 1 ms a task: 100,000 here; BENCHMARKS.md runs 1M by hand.
             ["bench.restore", "--tasks", str(min(largest, recovery_tasks)), "--engine", engine],
             ["bench.task_cost", "--engine", engine],

@@ -7,8 +7,9 @@ Two sources, so that every answer is the same whichever process serves it and no
   prometheus-client's multiprocess mode: each process writes its values to a file of
   ``PROMETHEUS_MULTIPROC_DIR`` and a scrape sums the files of every process, those that ended included.
 - Everything else is read from SQL at scrape time, so it covers every process and every machine: tasks by state,
-  the trash, counters derived from the history rows (submissions, transitions, deletions, recoveries) plus the rows
-  purges removed (``retention.PurgedHistoryCount``), queues, workers, the deletion breaker, the last backup, purge
+  the trash, counters derived from the history rows (submissions, transitions, deletions, recoveries: the tally of
+  the rows under its mark, ``tasks.models.HistoryTally``, and the rows above it) plus the rows purges removed
+  (``retention.PurgedHistoryCount``), queues, workers, the deletion breaker, the last backup, purge
   and audit verification, the last backup drill, and a sample of the Redis mirror compared with SQL. Any other
   collector registered on prometheus-client's default registry is served too.
 """
@@ -70,8 +71,8 @@ def _families() -> dict[str, Any]:
 
 
 class TaskCollector(Collector):
-    """Task counts by state, and counters derived from history: the rows in SQL plus those purges removed, so a
-    purge never lowers a counter (one GROUP BY on each table)."""
+    """Task counts by state, and counters derived from history: the rows in SQL (the tally's counts and the rows
+    above its mark grouped) plus those purges removed, so a purge never lowers a counter."""
 
     def describe(self) -> Iterator[Any]:
         yield from _families().values()

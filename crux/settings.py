@@ -500,6 +500,9 @@ AUDIT_KEY_FILE, AUDIT_KEYS = _keys(
 AUDIT_CHECKPOINT_DIR = Path(env("AUDIT_CHECKPOINT_DIR", default=str(BACKUP_DIR / "checkpoints")))
 AUDIT_CHECKPOINT_SECONDS = env.float("AUDIT_CHECKPOINT_SECONDS", default=3600.0)
 CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {"task": "crux.audit_checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS}
+# How often beat adds the history rows written since to the tally /metrics reads (tasks.services.tally).
+HISTORY_TALLY_SECONDS = env.float("HISTORY_TALLY_SECONDS", default=60.0)
+CELERY_BEAT_SCHEDULE["history-tally"] = {"task": "crux.history_tally", "schedule": HISTORY_TALLY_SECONDS}
 if ENABLE_AUTO_PURGE:
     CELERY_BEAT_SCHEDULE["auto-purge"] = {"task": "crux.auto_purge", "schedule": AUTO_PURGE_SECONDS}
 

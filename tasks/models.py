@@ -994,6 +994,46 @@ class TaskHistory(models.Model):
         raise AppendOnlyViolation("task history is append-only; only a retention purge removes it")
 
 
+# What a history row is counted by in the counters derived from history (/metrics): its kind.
+HISTORY_KIND = ("event", "state_from", "state_to", "channel")
+
+
+class HistoryTally(models.Model):
+    """History rows of each kind whose id is at most the tally's mark (``HistoryTallyMark``): the counters derived
+    from history read these counts and group only the rows above the mark, not the whole history at every scrape.
+
+    Kept by ``tasks.services.tally``: beat's ``crux.history_tally`` adds the rows written since the mark and moves
+    it; a purge's erase takes off, and an unarchive's reinstate adds back, the rows under the mark it removes or
+    brings back, in its own transaction. A derived figure, not audit data: ``verify_audit`` never reads it.
+    """
+
+    event = CodedChoiceField(max_length=16, choices=HistoryEvent.choices, codes=EVENT_CODES, coded_on=BOTH_ENGINES)
+    state_from = CodedChoiceField(
+        max_length=16, choices=TaskState.choices, blank=True, codes=STATE_CODES, coded_on=BOTH_ENGINES
+    )
+    state_to = CodedChoiceField(max_length=16, choices=TaskState.choices, codes=STATE_CODES, coded_on=BOTH_ENGINES)
+    channel = CodedChoiceField(max_length=16, choices=Channel.choices, codes=CHANNEL_CODES, coded_on=BOTH_ENGINES)
+    count = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=list(HISTORY_KIND), name="history_tally_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.event} rows ({self.state_from}->{self.state_to} via {self.channel})"
+
+
+class HistoryTallyMark(models.Model):
+    """The highest history id ``HistoryTally`` counts (one row, id 1; none: 0). When it was set, every history row
+    under it had been committed or rolled back, so no row can appear under it later (history ids are never reused:
+    SQLite's AUTOINCREMENT, PostgreSQL's sequence)."""
+
+    upto = models.BigIntegerField(default=0)
+    advanced_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"history tallied up to id {self.upto}"
+
+
 class HistoryPurgeGrant(models.Model):
     """The narrow hook past the history DELETE trigger, which an INSERT cannot forge.
 

@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from django.db.models import Count, Min, Q, QuerySet
-from django.db.models.functions import TruncHour, TruncMinute
+from django.db.models import Count, F, Min, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce, TruncHour, TruncMinute
 
 from tasks.audit import Channel, HistoryEvent
-from tasks.models import Task, TaskHistory, TaskOutput
+from tasks.models import HISTORY_KIND, HistoryTally, HistoryTallyMark, Task, TaskHistory, TaskOutput
 from tasks.states import TERMINAL_STATES, TaskState
 
 
@@ -105,12 +105,37 @@ def last_recovery_at() -> datetime | None:
     return newest.first()
 
 
-def count_history_by_kind(task_ids: Collection[UUID] | None = None) -> list[Mapping[str, Any]]:
-    """History rows grouped by (event, state_from, state_to, channel), each with its count ``n``: of every task, or
-    of ``task_ids`` only (what a purge is about to remove)."""
+def count_history_by_kind(
+    task_ids: Collection[UUID] | None = None, *, above: int | None = None, upto: int | None = None
+) -> list[Mapping[str, Any]]:
+    """History rows grouped by kind (``HISTORY_KIND``: event, state_from, state_to, channel), each with its count
+    ``n``: of every task, or of ``task_ids`` only (what a purge is about to remove); with ``above`` and ``upto``, only
+    the rows whose id is greater than the one and at most the other.
+
+    Every task's: the tally's counts (``HistoryTally``) and the rows above its mark grouped, read in one statement
+    (one snapshot: a move of the mark between two reads would count rows twice or not at all), so a scrape reads the
+    rows written since the last advance, not the whole history."""
+    if task_ids is None and above is None and upto is None:
+        marks = HistoryTallyMark.objects.filter(pk=1).values("upto")
+        # The mark as read in the statement is the one the tally goes with; the mark read before it is what lets
+        # PostgreSQL's planner expect few rows above it (for an unknown bound it plans a third of the table).
+        newer = TaskHistory.objects.filter(pk__gt=marks.values_list("upto", flat=True).first() or 0)
+        tallied = HistoryTally.objects.order_by().values(*HISTORY_KIND).annotate(n=F("count"))
+        rows = tallied.union(_history_by_kind(newer.filter(pk__gt=Coalesce(Subquery(marks), 0))), all=True)
+        counts: Counter[tuple[str, ...]] = Counter()
+        for row in rows:
+            counts[tuple(row[name] for name in HISTORY_KIND)] += row["n"]
+        return [{**dict(zip(HISTORY_KIND, kind, strict=True)), "n": n} for kind, n in counts.items() if n]
     history = TaskHistory.objects.all() if task_ids is None else TaskHistory.objects.filter(task_id__in=task_ids)
-    rows = history.order_by().values("event", "state_from", "state_to", "channel")
-    return list(rows.annotate(n=Count("pk")))
+    if above is not None:
+        history = history.filter(pk__gt=above)
+    if upto is not None:
+        history = history.filter(pk__lte=upto)
+    return list(_history_by_kind(history))
+
+
+def _history_by_kind(history: QuerySet[TaskHistory]) -> QuerySet[TaskHistory, dict[str, Any]]:
+    return history.order_by().values(*HISTORY_KIND).annotate(n=Count("pk"))
 
 
 def activity_per_hour(now: datetime, hours: int) -> list[dict[str, Any]]:

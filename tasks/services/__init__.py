@@ -10,6 +10,8 @@ the Redis mirror follows after commit. By owner:
 - ``attempts``: what a worker writes (claim, lease, progress, outputs, metrics, outcome).
 - ``recovery``: lost attempts and lost messages.
 - ``removal``: erase for a purge, reinstate from an archive, load a backup's rows.
+- ``tally``: the history tally the counters derived from history read (beat's advance; a purge's and an
+  unarchive's share).
 - ``schedules``: periodic schedules (save, delete, fire) and the lease that lets one beat send.
 - ``bulk``: one change to many tasks, all in one transaction or none.
 - ``workers``: the worker registry (a worker instance's heartbeat, its stop; forgetting long-gone ones).
@@ -87,6 +89,7 @@ from tasks.services.submission import (
     submit_task,
     submit_task_once,
 )
+from tasks.services.tally import advance_history_tally
 from tasks.services.workers import WorkerReport, forget_workers, report_worker, stop_worker
 
 __all__ = [
@@ -109,6 +112,7 @@ __all__ = [
     "TimeLimits",
     "WorkerReport",
     "add_output",
+    "advance_history_tally",
     "apply_to_all",
     "cancel",
     "cancel_revoked",

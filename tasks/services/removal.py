@@ -25,7 +25,9 @@ from tasks.ids import TaskId, parse_task_id
 from tasks.models import HistoryPurgeGrant, Task, TaskHistory, TaskOutput
 from tasks.records import RETIRED_METRICS_MODEL, current_fields, deserialize, retired_metrics, with_retired_metrics
 from tasks.redaction import REDACTED_APPS, redact_fields
+from tasks.selectors import count_history_by_kind
 from tasks.services.attempts import checked_metrics
+from tasks.services.tally import add_to_tally, locked_mark
 
 
 def erase_tasks(task_ids: Sequence[TaskId], *, batch_size: int = 500) -> int:
@@ -40,6 +42,7 @@ def erase_tasks(task_ids: Sequence[TaskId], *, batch_size: int = 500) -> int:
     for start in range(0, len(task_ids), batch_size):
         ids = [parse_task_id(t) for t in task_ids[start : start + batch_size]]
         with transaction.atomic():
+            _untally(ids)
             db_triggers.admit_purge(connection)
             HistoryPurgeGrant.objects.filter(task_id__in=ids).delete()
             HistoryPurgeGrant.objects.bulk_create([_signed_grant(i) for i in ids])
@@ -48,6 +51,13 @@ def erase_tasks(task_ids: Sequence[TaskId], *, batch_size: int = 500) -> int:
             erased += models.QuerySet.delete(Task.objects.filter(pk__in=ids))[1].get(Task._meta.label, 0)
             HistoryPurgeGrant.objects.filter(task_id__in=ids).delete()
     return erased
+
+
+def _untally(task_ids: list[UUID]) -> None:
+    """Take the tasks' history rows under the tally's mark off the tally, before they are erased."""
+    mark = locked_mark()
+    if mark.upto:
+        add_to_tally(count_history_by_kind(task_ids, upto=mark.upto), sign=-1)
 
 
 def _signed_grant(task_id: UUID) -> HistoryPurgeGrant:
@@ -77,9 +87,12 @@ def reinstate(
     if (archived.history_count, archived.history_head) != tuple(history_head):
         raise TaskError(f"archive of task {archived.pk} does not match its ledger entry (history head differs)")
     _resign_if_unkeyed(archived, by_model.get(TaskHistory, []), history_head)
+    mark = locked_mark()
     for model in (Task, TaskHistory, TaskOutput):
         if model in by_model:
             models.QuerySet.bulk_create(model._base_manager.all(), by_model[model])
+    if mark.upto:  # its rows keep their ids: those under the mark are the tally's again
+        add_to_tally(count_history_by_kind([archived.pk], upto=mark.upto))
     task = Task.objects.select_for_update().get(pk=archived.pk)
     with audited(actor, channel=channel, reason=reason, event=HistoryEvent.UNARCHIVE):
         task.save()
