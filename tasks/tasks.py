@@ -156,12 +156,12 @@ def audit_checkpoint() -> str:
 @shared_task(name="crux.history_tally", ignore_result=True)
 def history_tally() -> int:
     """Add the history rows written since the tally's mark to the tally (``services.advance_history_tally``), so a
-    scrape of /metrics groups only the rows written since. On a lock it cannot take in time, it waits for its next
-    run: the counters stay exact meanwhile, only the rows above the mark take longer to group."""
+    scrape of /metrics groups only the rows written since. On a lock it cannot take in time, it stops where it is
+    until its next run: the counters stay exact meanwhile, only the rows above the mark take longer to group."""
     try:
         added = services.advance_history_tally()
     except OperationalError as exc:
-        logger.warning("history tally not advanced this time: %s", exc)
+        logger.warning("history tally stopped short of the newest row until its next run: %s", exc)
         return 0
     logger.info("history tally: %s rows added", added)
     return added

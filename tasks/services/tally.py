@@ -20,8 +20,10 @@ from tasks.models import HISTORY_KIND, HistoryTally, HistoryTallyMark, TaskHisto
 from tasks.selectors import count_history_by_kind
 
 # PostgreSQL: how long the advance waits for the transactions writing history rows to end before it gives up until
-# its next run (a transaction of Crux's own writes a task's rows in milliseconds).
-ADVANCE_LOCK_TIMEOUT_MS = 5000
+# its next run. While its SHARE request waits in the lock queue, every writer that comes after it waits too, so this
+# bounds the stall a long transaction (a bulk change of thousands of tasks) could cause; a task's own change takes
+# milliseconds.
+ADVANCE_LOCK_TIMEOUT_MS = 200
 # The most history ids one transaction of the advance counts (about 0.1 s of SQLite's write lock).
 ADVANCE_CHUNK_IDS = 100_000
 

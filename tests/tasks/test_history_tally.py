@@ -7,20 +7,24 @@ PostgreSQL a row of a transaction still open when the tally advances is counted 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.models import Count
 
+from crux.celery import route_task
 from tasks import services
 from tasks.audit import Channel
 from tasks.models import HISTORY_KIND, HistoryTally, HistoryTallyMark, Task, TaskHistory
 from tasks.records import task_entries
 from tasks.selectors import count_history_by_kind
 from tasks.services import tally
+from tasks.tasks import history_tally
 
 
 def ground_truth() -> Counter[tuple[str, ...]]:
@@ -64,6 +68,16 @@ def test_counts_equal_grouping_every_row_before_and_after_advances(make_task: An
     assert counted() == ground_truth()
     assert services.advance_history_tally() == 5
     assert counted() == ground_truth()
+
+
+@pytest.mark.django_db
+def test_beat_advances_the_tally_on_the_housekeeping_queue(make_task: Any) -> None:
+    run(make_task(), "queued", "running")
+    entry = settings.CELERY_BEAT_SCHEDULE["history-tally"]
+    assert entry == {"task": history_tally.name, "schedule": settings.HISTORY_TALLY_SECONDS}
+    assert route_task(history_tally.name, (), {}, {}) == {"queue": settings.CELERY_HOUSEKEEPING_QUEUE}
+    assert history_tally.apply().get() == 3 == TaskHistory.objects.count()
+    assert mark() == TaskHistory.objects.latest("pk").pk and counted() == ground_truth()
 
 
 @pytest.mark.django_db
@@ -131,7 +145,7 @@ def test_erasing_and_reinstating_tasks_keep_the_counts_whichever_side_of_the_mar
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite's writers take turns: none is open")
 def test_postgresql_a_row_still_uncommitted_when_the_tally_advances_is_counted(
-    user: Any, monkeypatch: pytest.MonkeyPatch
+    user: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A transaction that drew a history id and has not committed, while a later id is committed: the advance waits
     for it (the history table in SHARE mode) instead of moving its mark past a row it cannot see yet."""
@@ -155,9 +169,11 @@ def test_postgresql_a_row_still_uncommitted_when_the_tally_advances_is_counted(
         later = services.create_task(owner=user, actor=user, channel=Channel.API, title="fast")
         assert TaskHistory.objects.get(task=later).pk > drawn[0]  # committed, above the open one's row
 
-        monkeypatch.setattr(tally, "ADVANCE_LOCK_TIMEOUT_MS", 200)
-        with pytest.raises(OperationalError, match="lock timeout"):
+        with pytest.raises(OperationalError, match="lock timeout"):  # within ADVANCE_LOCK_TIMEOUT_MS
             services.advance_history_tally()
+        with caplog.at_level(logging.WARNING, logger="tasks.tasks"):
+            assert history_tally.apply().get() == 0  # beat's job: logged, tried again at its next run
+        assert "stopped short of the newest row" in caplog.text
         assert mark() == 0
 
         advancing = threading.Thread(target=lambda: (services.advance_history_tally(), connection.close()))
