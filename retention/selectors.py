@@ -10,11 +10,12 @@ from typing import Any
 from django.db.models import F, Max
 
 from retention.models import AuditVerification, DeletionBreaker, PurgedHistoryCount, PurgeLedger
+from tasks.models import HISTORY_KIND
 
 
 def purged_history_counts() -> list[Mapping[str, Any]]:
     """History rows purges removed, grouped like ``tasks.selectors.count_history_by_kind`` (count ``n``)."""
-    rows = PurgedHistoryCount.objects.order_by().values("event", "state_from", "state_to", "channel")
+    rows = PurgedHistoryCount.objects.order_by().values(*HISTORY_KIND)
     return list(rows.annotate(n=F("count")))
 
 

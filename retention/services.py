@@ -38,7 +38,7 @@ from tasks import selectors, services
 from tasks.audit import Actor, actor_label
 from tasks.exceptions import InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
-from tasks.models import Task
+from tasks.models import HISTORY_KIND, Task
 from tasks.states import TaskState
 
 logger = logging.getLogger(__name__)
@@ -216,14 +216,11 @@ def _purge_for_overwrite(task: Task, *, actor: Actor, channel: str) -> None:
         _erase_counted([task.pk])
 
 
-_KIND = ("event", "state_from", "state_to", "channel")
-
-
 def _erase_counted(task_ids: list[uuid.UUID]) -> int:
     """Erase whole tasks (``services.erase_tasks``), first adding their history rows, by kind, to the purged counts
     in the caller's transaction: counters derived from history (``crux/metrics.py``) never go back."""
     for row in selectors.count_history_by_kind(task_ids):
-        _add_purged({name: row[name] for name in _KIND}, row["n"])
+        _add_purged({name: row[name] for name in HISTORY_KIND}, row["n"])
     return services.erase_tasks(task_ids)
 
 
@@ -232,8 +229,8 @@ def _uncount_restored(task: Task) -> None:
     purged before they were kept), except the ``unarchive`` row just written, which no purge removed."""
     latest = selectors.latest_history(task, 1)[0][-1]
     for row in selectors.count_history_by_kind([task.pk]):
-        kind = {name: row[name] for name in _KIND}
-        n = row["n"] - (1 if kind == {name: getattr(latest, name) for name in _KIND} else 0)
+        kind = {name: row[name] for name in HISTORY_KIND}
+        n = row["n"] - (1 if kind == {name: getattr(latest, name) for name in HISTORY_KIND} else 0)
         if n:
             PurgedHistoryCount.objects.filter(**kind).update(count=Greatest(F("count") - n, 0))
 
