@@ -91,7 +91,7 @@ def report_timings(
     for name, values in rows.items():
         figures = summary(values)
         med = figures["median"]
-        print(f"{name:<{width}} {med:>8.2f} {figures['p95']:>8.2f} {figures['p99']:>8.2f} {med / base:>11.1f}")
+        print(f"{name:<{width}} {med:>8.2f} {figures['p95']:>8.2f} {figures['p99']:>8.2f} {_number(med / base):>11}")
         goal, met = judge(name, figures)
         record(section, name, engine=engine, size=size, value=med, unit="ms", p95=figures["p95"],
                p99=figures["p99"], ratio=med / base, goal=goal, met=met)  # fmt: skip
