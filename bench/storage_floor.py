@@ -562,7 +562,7 @@ def report(engine: str, count: int, current: dict[str, Any], floors: dict[str, d
     current_index = index_bytes(current["components"], search=False) / current["total"]
     current_search = index_bytes(current["components"], search=True) / current["total"]
     print(
-        f"current schema (bench.scale's storage measure, same tasks): {current_bytes:,.0f} bytes per task, "
+        f"current schema (the same tasks, the whole database as the floor's): {current_bytes:,.0f} bytes per task, "
         f"indexes {current_index:.1%} ({current_search:.1%} with the search index)"
     )
     for name, floor in floors.items():
