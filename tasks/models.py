@@ -965,6 +965,12 @@ class TaskHistory(models.Model):
         ordering = ["task", "seq"]
         verbose_name_plural = "task history"
         constraints = [models.UniqueConstraint(fields=["task", "seq"], name="taskhistory_task_seq")]
+        # The recovery sweep's rows alone (a few, against millions of others): when it last changed a task.
+        indexes = [
+            models.Index(
+                fields=["created_at"], name="history_recovery_created", condition=models.Q(channel=Channel.RECOVERY)
+            )
+        ]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.event} {self.state_from or '-'}->{self.state_to} by {self.actor}"

@@ -1,7 +1,7 @@
 """Counts of tasks and of their history: one function per figure, read by the stats, the dashboard and /metrics.
 
 Every query is a GROUP BY or a COUNT on an indexed column (state, created_at,
-the partial index on deleted tasks), or on the history rows written since a
+the partial index on deleted tasks), the history tally, or on the history rows written since a
 moment, read from the first of them by id (``history_since``: history ids grow
 with time, so no index on its time is kept), or reads a capped sample through an
 index (the durations of the latest completed tasks).
@@ -54,7 +54,9 @@ def count_in_trash() -> int:
 
 
 def count_history_rows() -> int:
-    return TaskHistory.objects.count()
+    """Every history row: the sum of the counts by kind (``count_history_by_kind``: the tally and the rows above its
+    mark), not a count of the whole table, which reads every row (a second at a million tasks on SQLite)."""
+    return sum(row["n"] for row in count_history_by_kind())
 
 
 def count_outputs() -> int:
@@ -100,9 +102,11 @@ def count_events_since(since: datetime, *events: str) -> dict[str, int]:
 
 
 def last_recovery_at() -> datetime | None:
-    """When the recovery channel last changed a task (the newest such row, read from the newest id back)."""
-    newest = TaskHistory.objects.filter(channel=Channel.RECOVERY).order_by("-pk").values_list("created_at", flat=True)
-    return newest.first()
+    """When the recovery channel last changed a task: the newest time of its rows, read from the partial index that
+    holds those rows alone (``history_recovery_created``). Read backwards through the history by id, a database
+    without any took 0.3 to 1.4 s at a million tasks to say so."""
+    newest = TaskHistory.objects.filter(channel=Channel.RECOVERY).order_by("-created_at")
+    return newest.values_list("created_at", flat=True).first()
 
 
 def count_history_by_kind(

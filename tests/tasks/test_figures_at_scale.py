@@ -1,7 +1,7 @@
 """The counts the dashboard, the stats and /metrics read, in the forms that stay fast at a million tasks: by state,
 role and provider, all tasks counted from an index less the trash's; a time truncated to its hour, minute or
 second of UTC by arithmetic in SQLite's SQL, the same instant Django's function gives; a day's chart in UTC hours
-whatever the time zone."""
+whatever the time zone; the last recovery read from the partial index of the recovery sweep's rows."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from tasks import selectors, services
 from tasks.audit import Channel
-from tasks.models import Task
+from tasks.models import Task, TaskHistory
 from tasks.states import TaskState
 
 pytestmark = pytest.mark.django_db
@@ -86,3 +86,28 @@ def test_the_days_chart_counts_in_hours_of_utc_whatever_the_time_zone(user: Any,
         chart = selectors.activity_per_hour(timezone.now(), 24)
     assert chart[-1]["created"] == 1 and sum(hour["created"] for hour in chart) == 1
     assert all(hour["hour"].minute == 0 and hour["hour"].utcoffset() == timedelta(0) for hour in chart)
+
+
+def test_the_last_recovery_is_the_newest_recovery_row_whatever_came_after(make_task: Any) -> None:
+    assert selectors.last_recovery_at() is None
+    first, second = make_task(), make_task()
+    for task in (first, second):
+        services.transition(task.pk, "queued", actor="system:test", channel=Channel.WORKER, reason="t")
+        services.transition(task.pk, "running", actor="system:test", channel=Channel.WORKER, reason="t")
+    services.transition(second.pk, "interrupted", actor=services.RECOVERY_ACTOR, channel=Channel.RECOVERY, reason="t")
+    services.transition(first.pk, "interrupted", actor=services.RECOVERY_ACTOR, channel=Channel.RECOVERY, reason="t")
+    services.transition(second.pk, "queued", actor="system:test", channel=Channel.WORKER, reason="later")
+    newest = TaskHistory.objects.filter(task=first, state_to="interrupted").get().created_at
+    assert selectors.last_recovery_at() == newest
+
+
+def test_the_last_recovery_reads_the_partial_index_of_recovery_rows() -> None:
+    """With the few rows of a test, PostgreSQL's planner would rather scan: forbid it."""
+    query = TaskHistory.objects.filter(channel=Channel.RECOVERY).order_by("-created_at").values("created_at")[:1]
+    sql, params = query.query.sql_with_params()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":  # in the test's transaction: SET LOCAL holds until its end
+            cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + ("QUERY PLAN " if connection.vendor == "sqlite" else "") + sql, params)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "history_recovery_created" in plan, plan

@@ -22,7 +22,7 @@ from tasks import services
 from tasks.audit import Channel
 from tasks.models import HISTORY_KIND, HistoryTally, HistoryTallyMark, Task, TaskHistory
 from tasks.records import task_entries
-from tasks.selectors import count_history_by_kind
+from tasks.selectors import count_history_by_kind, count_history_rows
 from tasks.services import tally
 from tasks.tasks import history_tally
 
@@ -58,16 +58,16 @@ def test_counts_equal_grouping_every_row_before_and_after_advances(make_task: An
     assert mark() == 0 and counted() == ground_truth()
 
     added = services.advance_history_tally()
-    assert added == TaskHistory.objects.count() == sum(ground_truth().values())
+    assert added == TaskHistory.objects.count() == sum(ground_truth().values()) == count_history_rows()
     assert mark() == TaskHistory.objects.latest("pk").pk
     assert counted() == ground_truth()
     assert services.advance_history_tally() == 0  # nothing new: the mark stays
 
     run(first[1], "running", "failed")  # kinds already tallied, and new ones, above the mark
     run(make_task(), "queued", "cancelled")
-    assert counted() == ground_truth()
+    assert counted() == ground_truth() and count_history_rows() == TaskHistory.objects.count()
     assert services.advance_history_tally() == 5
-    assert counted() == ground_truth()
+    assert counted() == ground_truth() and count_history_rows() == TaskHistory.objects.count()
 
 
 @pytest.mark.django_db
@@ -113,6 +113,7 @@ def test_a_scrape_reads_the_tally_not_every_row(make_task: Any) -> None:
     HistoryTally.objects.filter(pk=row.pk).update(count=row.count + 5)
     kind = tuple(getattr(row, name) for name in HISTORY_KIND)
     assert counted()[kind] == ground_truth()[kind] + 5
+    assert count_history_rows() == TaskHistory.objects.count() + 5  # the stats' total too
 
 
 @pytest.mark.django_db
@@ -128,7 +129,7 @@ def test_erasing_and_reinstating_tasks_keep_the_counts_whichever_side_of_the_mar
 
     assert services.erase_tasks([below.pk, above.pk]) == 2
     assert not TaskHistory.objects.exists()
-    assert counted() == ground_truth() == Counter()
+    assert counted() == ground_truth() == Counter() and count_history_rows() == 0
     assert sum(HistoryTally.objects.values_list("count", flat=True)) == 0
 
     for pk, head in heads.items():
@@ -137,9 +138,9 @@ def test_erasing_and_reinstating_tasks_keep_the_counts_whichever_side_of_the_mar
                 entries[pk], history_head=head, actor="ops:test", channel=Channel.COMMAND, reason="test"
             )
         assert reinstated.history.count() == head[0] + 1  # its rows, and the one saying it came back
-    assert counted() == ground_truth()
+    assert counted() == ground_truth() and count_history_rows() == TaskHistory.objects.count()
     services.advance_history_tally()
-    assert counted() == ground_truth()
+    assert counted() == ground_truth() and count_history_rows() == TaskHistory.objects.count()
 
 
 @pytest.mark.django_db(transaction=True)
