@@ -1,10 +1,11 @@
 """Counts of tasks and of their history: one function per figure, read by the stats, the dashboard and /metrics.
 
 Every query is a GROUP BY or a COUNT on an indexed column (state, created_at,
-the partial index on deleted tasks), the history tally, or on the history rows written since a
-moment, read from the first of them by id (``history_since``: history ids grow
-with time, so no index on its time is kept), or reads a capped sample through an
-index (the durations of the latest completed tasks).
+the partial index on deleted tasks), on the history tally, or on the history
+rows written since a moment, read from the first of them by id
+(``history_since``: history ids grow with time, so no index on every row's time
+is kept), or reads a capped sample through an index (the durations of the latest
+completed tasks, the recovery sweep's history rows).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def count_in_trash() -> int:
 
 def count_history_rows() -> int:
     """Every history row: the sum of the counts by kind (``count_history_by_kind``: the tally and the rows above its
-    mark), not a count of the whole table, which reads every row (a second at a million tasks on SQLite)."""
+    mark), not a count of the whole table, which reads every row (at a million tasks, 44 ms on SQLite, a second with
+    the pages cold, and 0.2 s on PostgreSQL)."""
     return sum(row["n"] for row in count_history_by_kind())
 
 
