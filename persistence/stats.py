@@ -24,13 +24,14 @@ def task_counts() -> dict[str, Any]:
     by_state = selectors.count_by_state()
     deleted = selectors.count_in_trash()
     alive = sum(by_state.values())
+    by = selectors.count_alive_by("provider", "role")
     return {
         "total": alive + deleted,
         "alive": alive,
         "deleted": deleted,
         "by_state": by_state,
-        "by_role": selectors.count_alive_by("role"),
-        "by_provider": selectors.count_alive_by("provider"),
+        "by_role": by["role"],
+        "by_provider": by["provider"],
     }
 
 

@@ -35,10 +35,15 @@ def test_live_counts_leave_the_trash_out_and_every_count_keeps_it(user: Any, mak
     every = selectors.count_by_state(include_deleted=True)
     assert every[TaskState.PENDING] == 5 and sum(every.values()) == 6
     assert set(every) == set(TaskState.values)  # zeros listed
-    assert selectors.count_alive_by("role") == {"coder": 3, "reviewer": 1}
-    assert selectors.count_alive_by("provider") == {"anthropic": 4}  # no live task holds "openai": left out
+    together = selectors.count_alive_by("provider", "role")  # one count over both, read once
+    # No live task holds "openai": left out.
+    assert together == {"provider": {"anthropic": 4}, "role": {"coder": 3, "reviewer": 1}}
+    assert selectors.count_alive_by("role") == {"role": together["role"]}
     services.restore(binned[0].pk, user=user, channel=Channel.API, reason="needed after all")
-    assert selectors.count_alive_by("provider") == {"anthropic": 4, "openai": 1}
+    assert selectors.count_alive_by("provider", "role") == {
+        "provider": {"anthropic": 4, "openai": 1},
+        "role": {"coder": 3, "reviewer": 2},
+    }
 
 
 # Times around the units' edges, as integers of microseconds on SQLite; Django's function is the reference.
