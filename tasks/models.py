@@ -12,18 +12,20 @@ import copy
 import math
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Self, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import connections, models, router, transaction
 from django.db.models import Transform
+from django.db.models.base import ModelState
 from django.db.models.constants import OnConflict
 from django.db.models.functions import ExtractIsoYear, ExtractYear
 from django.db.models.lookups import Exact, GreaterThan, GreaterThanOrEqual, IContains, LessThan, LessThanOrEqual
+from django.db.models.signals import post_init, pre_init
 from django.db.models.sql import InsertQuery, UpdateQuery
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
@@ -543,6 +545,38 @@ def _copied(value: Any) -> Any:
     return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
 
+class LoadedDirectly(models.Model):
+    """A model whose rows are read by the page (a task list, a task's history): ``from_db``, Django's hook for
+    loading a row, sets a full row's values on the new instance directly instead of through ``Model.__init__``,
+    which sets them one ``setattr`` at a time: 3.3 against 10.7 µs a task row, 1.8 against 5.3 a history row.
+
+    It sets what ``__init__`` would: every concrete field's value as it is, and the instance's state (saved, in
+    ``db``). No field of these models has a descriptor that changes a value set on a new instance (a foreign key's
+    only clears a related object cached on it). A row with deferred fields takes Django's own path, and so does
+    every row while any model has a ``pre_init`` or ``post_init`` receiver (none has: the signals' receivers are
+    those ``__init__`` would call)."""
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any) -> Self:
+        attnames = _ROW_ATTNAMES.get(cls)
+        if attnames is None:
+            attnames = _ROW_ATTNAMES[cls] = tuple(field.attname for field in cls._meta.concrete_fields)
+        if len(values) != len(attnames) or kwargs or pre_init.receivers or post_init.receivers:
+            return super().from_db(db, field_names, values, **kwargs)
+        instance = cls.__new__(cls)
+        instance.__dict__.update(zip(attnames, values, strict=True))
+        state = instance._state = ModelState()
+        state.adding, state.db = False, db
+        return instance
+
+
+# Each LoadedDirectly model's concrete fields' attribute names, in their order (a row's).
+_ROW_ATTNAMES: dict[type, tuple[str, ...]] = {}
+
+
 class _LockedRead:
     """A task's committed tracked values as read under its row lock, registered as a commit hook that does nothing:
     while Django still holds it, the read's transaction (and savepoint) is open."""
@@ -554,7 +588,7 @@ class _LockedRead:
         """Nothing to do at commit: the values are spent."""
 
 
-class Task(models.Model):
+class Task(LoadedDirectly):
     id = CompactUUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     title = models.CharField(max_length=200)
     description = models.TextField(blank=True)
@@ -927,7 +961,7 @@ class TaskHistoryQuerySet(models.QuerySet):
         raise AppendOnlyViolation("task history is append-only; only a retention purge removes it")
 
 
-class TaskHistory(models.Model):
+class TaskHistory(LoadedDirectly):
     """One row per change of a task, chained by hash to the previous row of that task."""
 
     task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="history", db_index=False)
@@ -1071,7 +1105,7 @@ class OutputType(models.TextChoices):
 OUTPUT_TYPE_CODES = ("stdout", "stderr", "log", "artifact", "commit")
 
 
-class TaskOutput(models.Model):
+class TaskOutput(LoadedDirectly):
     task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="outputs", db_index=False)
     output_type = CodedChoiceField(
         max_length=16, choices=OutputType.choices, codes=OUTPUT_TYPE_CODES, coded_on=BOTH_ENGINES

@@ -1,6 +1,7 @@
 """A task read by primary key (``tasks.models.read_task``) with SQL compiled once per connection: what every write of
 a service reads first. It must give what Django's ORM reads, field for field, lock as ``select_for_update`` locks,
-and refuse what it refuses."""
+and refuse what it refuses. And rows loaded without ``Model.__init__`` (``tasks.models.LoadedDirectly``): what
+Django's own loading gives them."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from unittest import mock
 
 import pytest
 from django.db import connection, connections, transaction
+from django.db.models import F, Model
+from django.db.models.signals import post_init
 from django.db.models.sql.compiler import SQLCompiler
 from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 
-from tasks import services
+from tasks import selectors, services
 from tasks.audit import Channel
 from tasks.exceptions import TaskNotFound
-from tasks.models import Task, read_task
+from tasks.models import Task, TaskHistory, TaskOutput, read_task
 from tasks.services.base import locked_task, unlocked_task
 
 pytest_plugins = ["tests.api_support"]
@@ -140,3 +143,60 @@ def test_each_thread_reads_through_its_own_connection(tasks: list[Task]) -> None
     thread.start()
     thread.join(10)
     assert seen == [(True, fields_of(Task.objects.get(pk=tasks[2].pk)))]
+
+
+def _django_loaded(model: type[Model], row: Model) -> Model:
+    """``row`` as Django's own ``Model.from_db`` (through ``Model.__init__``) makes it from the same values."""
+    names = [field.attname for field in model._meta.concrete_fields]
+    return Model.from_db.__func__(model, row._state.db, names, [getattr(row, name) for name in names])  # type: ignore[attr-defined]
+
+
+def _attributes(instance: Model) -> dict[str, Any]:
+    """Every attribute an instance holds (its values, annotations, cached relations) and its state."""
+    values = {name: value for name, value in vars(instance).items() if name != "_state"}
+    return {**values, "_state": (type(instance._state), instance._state.adding, instance._state.db)}
+
+
+@pytest.mark.django_db
+def test_rows_loaded_directly_hold_what_django_s_own_loading_gives(tasks: list[Task]) -> None:
+    """``LoadedDirectly.from_db`` skips ``Model.__init__``: each task, history and output row it loads (a list's
+    page with its users' names, a task's history) holds the attributes and state Django's own path gives them."""
+    running = tasks[1]
+    services.record_output(running.pk, "stdout", "a line", attempt=running.attempt_count, worker_id=running.worker_id)
+    reads: list[tuple[type[Model], list[Model]]] = [
+        (Task, list(Task.objects.annotate(owner_username=F("owner__username")))),
+        (Task, [read_task(task.pk, "default") for task in tasks]),
+        (TaskHistory, list(TaskHistory.objects.all())),
+        (TaskOutput, list(TaskOutput.objects.all())),
+    ]
+    for model, rows in reads:
+        assert rows
+        for row in rows:
+            assert type(row) is model
+            django_s = _django_loaded(model, row)
+            for name, value in vars(row).items():
+                if name not in vars(django_s):
+                    setattr(django_s, name, value)  # what the queryset set after loading: an annotation
+            assert _attributes(row) == _attributes(django_s)
+            assert row._state.adding is False and row._state.db == "default"
+    page = selectors.task_list(tasks[0].owner)
+    assert [task.owner.username for task in page] == [tasks[0].owner.username] * page.count()
+
+
+@pytest.mark.django_db
+def test_a_row_with_deferred_fields_or_a_model_init_receiver_takes_django_s_own_path(tasks: list[Task]) -> None:
+    [partial] = Task.objects.filter(pk=tasks[2].pk).only("title")
+    assert partial.get_deferred_fields() and partial.title == tasks[2].title
+    assert partial.description == tasks[2].description  # read when asked, as Django does
+    seen: list[Task] = []
+
+    def receiver(sender: type[Model], instance: Model, **kwargs: Any) -> None:
+        seen.append(instance)
+
+    post_init.connect(receiver, sender=Task)
+    try:
+        loaded = Task.objects.get(pk=tasks[2].pk)
+    finally:
+        post_init.disconnect(receiver, sender=Task)
+    assert seen == [loaded]
+    assert Task.objects.get(pk=tasks[2].pk) and seen == [loaded], "disconnected: loaded directly again"
