@@ -105,9 +105,11 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -
             # which index-only scans read) and its statistics; autovacuum is off on this server.
             cursor.execute("VACUUM (ANALYZE)")
     else:
-        from persistence.planner import refresh_statistics
+        from persistence.planner import merge_search_index, refresh_statistics
 
-        refresh_statistics()  # what beat's crux.sqlite_statistics has done by the time a table holds this many
+        # What beat's crux.sqlite_statistics and crux.search_index_merge have done by the time a table holds this many
+        refresh_statistics()
+        merge_search_index()
     users = get_user_model().objects
     owner = users.get(username="bench0")
     staff, _ = users.get_or_create(username="bench-staff", defaults={"is_staff": True})

@@ -479,6 +479,13 @@ if SQLITE_STATISTICS_SECONDS > 0 and DATABASES["default"]["ENGINE"] == "crux.db"
         "task": "crux.sqlite_statistics",
         "schedule": SQLITE_STATISTICS_SECONDS,
     }
+# SQLite only: how often beat's job merges the search index's segments into one (persistence.planner; 0: never).
+SQLITE_SEARCH_MERGE_SECONDS = env.float("SQLITE_SEARCH_MERGE_SECONDS", default=3600.0)
+if SQLITE_SEARCH_MERGE_SECONDS > 0 and DATABASES["default"]["ENGINE"] == "crux.db":
+    CELERY_BEAT_SCHEDULE["search-index-merge"] = {
+        "task": "crux.search_index_merge",
+        "schedule": SQLITE_SEARCH_MERGE_SECONDS,
+    }
 # A second location for backups and purge archives, each copy verified by checksum: the storage alias "backups_copy"
 # (Django's storage API), a FileSystemStorage at BACKUP_COPY_DIR here (unset: no copy); any other backend, such as
 # django-storages' S3Storage, is a matter of configuring that alias.

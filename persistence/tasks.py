@@ -1,5 +1,6 @@
 """Housekeeping jobs (beat, on the housekeeping queue): the recovery sweep, due tasks, the mirror reconcile, the daily
-backup and its restore drill, the check that drills keep passing, SQLite snapshots and planner statistics."""
+backup and its restore drill, the check that drills keep passing, SQLite snapshots, planner statistics and search index
+merges."""
 
 import logging
 
@@ -10,7 +11,7 @@ from persistence.backup import backup
 from persistence.dispatch import redispatch_lost
 from persistence.drills import check_drills, run_drill
 from persistence.models import DrillTrigger
-from persistence.planner import refresh_statistics
+from persistence.planner import merge_search_index, refresh_statistics
 from persistence.services import reconcile_mirror
 from persistence.snapshots import enabled, snapshot_due, snapshots, take_snapshot
 from tasks import services
@@ -102,3 +103,13 @@ def sqlite_statistics() -> bool:
     if analyzed:
         logger.info("planner statistics of the task table refreshed")
     return analyzed
+
+
+@shared_task(name="crux.search_index_merge", ignore_result=True)
+def search_index_merge() -> int:
+    """Merge SQLite's search index into one segment when inserts have split it (persistence.planner); the steps
+    that merged something. Nothing on PostgreSQL."""
+    steps = merge_search_index()
+    if steps:
+        logger.info("search index merged in %d steps", steps)
+    return steps
