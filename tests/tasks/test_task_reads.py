@@ -145,12 +145,6 @@ def test_each_thread_reads_through_its_own_connection(tasks: list[Task]) -> None
     assert seen == [(True, fields_of(Task.objects.get(pk=tasks[2].pk)))]
 
 
-def _django_loaded(model: type[Model], row: Model) -> Model:
-    """``row`` as Django's own ``Model.from_db`` (through ``Model.__init__``) makes it from the same values."""
-    names = [field.attname for field in model._meta.concrete_fields]
-    return Model.from_db.__func__(model, row._state.db, names, [getattr(row, name) for name in names])  # type: ignore[attr-defined]
-
-
 def _attributes(instance: Model) -> dict[str, Any]:
     """Every attribute an instance holds (its values, annotations, cached relations) and its state."""
     values = {name: value for name, value in vars(instance).items() if name != "_state"}
@@ -160,7 +154,8 @@ def _attributes(instance: Model) -> dict[str, Any]:
 @pytest.mark.django_db
 def test_rows_loaded_directly_hold_what_django_s_own_loading_gives(tasks: list[Task]) -> None:
     """``LoadedDirectly.from_db`` skips ``Model.__init__``: each task, history and output row it loads (a list's
-    page with its users' names, a task's history) holds the attributes and state Django's own path gives them."""
+    page with its users' names, ``read_task``) holds the attributes and state that Django's own ``from_db`` gives
+    an instance made from the row's values as ``values_list`` reads them (no instance made)."""
     running = tasks[1]
     services.record_output(running.pk, "stdout", "a line", attempt=running.attempt_count, worker_id=running.worker_id)
     reads: list[tuple[type[Model], list[Model]]] = [
@@ -169,18 +164,25 @@ def test_rows_loaded_directly_hold_what_django_s_own_loading_gives(tasks: list[T
         (TaskHistory, list(TaskHistory.objects.all())),
         (TaskOutput, list(TaskOutput.objects.all())),
     ]
-    for model, rows in reads:
-        assert rows
-        for row in rows:
-            assert type(row) is model
-            django_s = _django_loaded(model, row)
-            for name, value in vars(row).items():
-                if name not in vars(django_s):
-                    setattr(django_s, name, value)  # what the queryset set after loading: an annotation
-            assert _attributes(row) == _attributes(django_s)
-            assert row._state.adding is False and row._state.db == "default"
-    page = selectors.task_list(tasks[0].owner)
-    assert [task.owner.username for task in page] == [tasks[0].owner.username] * page.count()
+    with mock.patch.object(Model, "__init__", autospec=True, side_effect=Model.__init__) as init:
+        for model, rows in reads:
+            names = [field.attname for field in model._meta.concrete_fields]
+            stored = {values[0]: values for values in model.objects.values_list(*names)}
+            assert rows and len(stored) >= len(rows)
+            for row in rows:
+                assert type(row) is model
+                init.reset_mock()
+                django_s = Model.from_db.__func__(model, "default", names, stored[row.pk])  # type: ignore[attr-defined]
+                assert init.call_count == 1, "Django's own path"
+                if "owner_username" in vars(row):  # the queryset's annotation, set after loading
+                    django_s.owner_username = row.owner_username
+                assert _attributes(row) == _attributes(django_s)
+                assert row._state.adding is False and row._state.db == "default"
+        init.reset_mock()
+        page = list(selectors.task_list(tasks[0].owner))
+        made = [type(call.args[0]) for call in init.call_args_list]
+        assert page and Task not in made, "a page of tasks is loaded without Model.__init__"
+    assert [task.owner.username for task in page] == [tasks[0].owner.username] * len(page)
 
 
 @pytest.mark.django_db
@@ -199,4 +201,6 @@ def test_a_row_with_deferred_fields_or_a_model_init_receiver_takes_django_s_own_
     finally:
         post_init.disconnect(receiver, sender=Task)
     assert seen == [loaded]
-    assert Task.objects.get(pk=tasks[2].pk) and seen == [loaded], "disconnected: loaded directly again"
+    with mock.patch.object(Model, "__init__", autospec=True, side_effect=Model.__init__) as init:
+        assert Task.objects.get(pk=tasks[2].pk).pk == loaded.pk
+    assert Task not in [type(call.args[0]) for call in init.call_args_list], "no receiver left: loaded directly"
