@@ -1,6 +1,7 @@
 """SQLite's upkeep for reads (persistence.planner), each by a beat job on the housekeeping queue: the planner's
 statistics of the task table, taken from FEWEST_TASKS on and again after a quarter of growth, with which a filtered
-list with a date range reads the index on all its filters; the search index, merged into one segment."""
+list with a date range reads the index on all its filters; the search index, merged into one segment (its tests:
+tests/tasks/test_search_index.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from django.utils import timezone
 
 from crux.celery import route_task
 from persistence import planner
-from persistence.tasks import search_index_merge, sqlite_statistics
+from persistence.tasks import sqlite_statistics
 from tasks import services
 from tasks.audit import Channel
 from tasks.models import Task
@@ -115,39 +116,6 @@ def test_the_beat_job_runs_on_the_housekeeping_queue(statistics: None, submit: C
     submit(100)
     assert sqlite_statistics() is True
     assert sqlite_statistics() is False
-
-
-def _search_ids(owner: Any, words: str) -> list[str]:
-    response = client_for(owner).get("/api/tasks/persistent", {"search": words, "limit": 100})
-    assert response.status_code == 200
-    return [task["id"] for task in response.json()["results"]]
-
-
-@sqlite_only
-def test_the_search_index_split_by_inserts_is_merged_into_one_segment_that_finds_the_same_tasks(
-    live_db: Any, django_user_model: Any
-) -> None:
-    """Each task's own transaction writes a segment; FTS5's automerge leaves several. The beat job merges them, a
-    step a transaction until a step merges nothing, and then has nothing to do."""
-    owner = django_user_model.objects.create_user("searcher")
-    words = ("login", "cache", "billing", "export")
-    texts = {}
-    for i in range(40):
-        title, description = f"{words[i % 4]} {words[(i // 4) % 4]} task {i}", f"step {i} audit"
-        task = services.submit_task(owner=owner, actor=owner, channel=Channel.API, title=title, description=description)
-        texts[str(task.pk)] = f"{title}\n{description}"
-    assert planner.search_segments() > 1
-    found = {query: _search_ids(owner, query) for query in ("login", "cache export", "task 3", "audit", "kubernetes")}
-    for query, ids in found.items():
-        assert set(ids) == {pk for pk, text in texts.items() if all(word in text for word in query.split())}
-    assert [len(ids) for ids in found.values()] == [19, 5, 13, 40, 0]
-    with CaptureQueriesContext(connection) as queries:
-        steps = search_index_merge()
-    assert steps >= 1
-    assert sum("'merge'" in query["sql"] for query in queries.captured_queries) == steps + 1  # the last merged nothing
-    assert planner.search_segments() == 1
-    assert {query: _search_ids(owner, query) for query in found} == found
-    assert search_index_merge() == 0
 
 
 @sqlite_only

@@ -14,6 +14,8 @@ from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from persistence import planner
+from persistence.tasks import search_index_merge
 from tasks import db_triggers, services
 from tasks.audit import Channel, audited
 from tasks.models import Task
@@ -168,6 +170,33 @@ def test_new_edited_and_erased_tasks(user: Any, task_in: Any, api: Any) -> None:
         with connection.cursor() as cursor:  # raises if the index and tasks_task disagree
             table = db_triggers.SEARCH_TABLE
             cursor.execute(f"INSERT INTO {table}({table}, rank) VALUES ('integrity-check', 1)")
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's FTS5 search table")
+def test_the_index_split_by_single_inserts_is_merged_into_one_segment_that_finds_the_same_tasks(
+    live_db: Any, user: Any, api: Any
+) -> None:
+    """Each task's own transaction writes a segment; FTS5's automerge leaves several. Beat's job merges them
+    (``persistence.planner.merge_search_index``), a step a transaction until a step merges nothing, and then has
+    nothing to do."""
+    words = ("login", "cache", "billing", "export")
+    for i in range(40):
+        title, description = f"{words[i % 4]} {words[(i // 4) % 4]} task {i}", f"step {i} audit"
+        services.submit_task(owner=user, actor=user, channel=Channel.API, title=title, description=description)
+    assert planner.search_segments() > 1
+    searches = ("login", "cache export", "task 3", "audit", "kubernetes")
+    found = {search: ids(api.get("/api/tasks/persistent", {"search": search, "limit": 100})) for search in searches}
+    assert found == {search: oracle(user, search) for search in searches}
+    assert [len(found[search]) for search in searches] == [19, 5, 13, 40, 0]
+    with CaptureQueriesContext(connection) as queries:
+        steps = search_index_merge()
+    assert steps >= 1
+    assert sum("'merge'" in query["sql"] for query in queries.captured_queries) == steps + 1  # the last merged nothing
+    assert planner.search_segments() == 1
+    assert {
+        search: ids(api.get("/api/tasks/persistent", {"search": search, "limit": 100})) for search in searches
+    } == found
+    assert search_index_merge() == 0
 
 
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's FTS5 search table")
