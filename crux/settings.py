@@ -246,6 +246,9 @@ TASK_HANDLERS = {
 # worker is gone. Detection takes at most lease + sweep interval (25 s by default).
 TASK_LEASE_SECONDS = env.float("TASK_LEASE_SECONDS", default=20.0)
 RECOVERY_SWEEP_SECONDS = env.float("RECOVERY_SWEEP_SECONDS", default=5.0)
+# A handler's outputs are written with its next progress, metrics or outcome, or once the first waited this long
+# (tasks.execution.TaskContext); 0 writes each at once, in a transaction of its own.
+TASK_OUTPUT_FLUSH_SECONDS = env.float("TASK_OUTPUT_FLUSH_SECONDS", default=0.25)
 # SQL is the outbox, so a lost broker message never loses the task; only what is known lost is re-published
 # (persistence.dispatch): at once if the broker's epoch is gone (flushed or restarted Redis), and after this long
 # (doubling per retry) if the broker never confirmed the publish.

@@ -52,12 +52,24 @@ def end_process() -> None:
     os._exit(70)
 
 
+# Outputs waiting to be written that are written at once, whatever their age: so many, or so many characters.
+OUTPUT_BATCH_MAX = 100
+OUTPUT_BATCH_CHARS = 1_000_000
+
+
 class TaskContext:
     """What a handler may do while it runs: report progress, append outputs, record metrics.
 
     Each call writes only while the attempt holds its claim; after the claim is
     lost (seen by a write or by the heartbeat) every call raises ``ClaimLost``.
     A long handler polls ``soft_limit_reached`` to wind down before its hard limit.
+
+    An output is checked (its fields, the claim as committed) when the handler appends it, and written with the
+    attempt's next write: its progress, its metrics, its outcome, in their transaction, or by the heartbeat
+    thread once it has waited ``TASK_OUTPUT_FLUSH_SECONDS`` (at once past ``OUTPUT_BATCH_MAX`` outputs or
+    ``OUTPUT_BATCH_CHARS`` characters, or with the setting at 0). A short task's output thus commits with its
+    outcome, and a handler that writes many lines commits them in batches, not one transaction (and on SQLite
+    one turn of the write lock every writer waits for) each.
     """
 
     def __init__(self, task: Task, worker_id: str, limits: services.TimeLimits | None = None):
@@ -71,6 +83,11 @@ class TaskContext:
         # What this attempt wrote to the task row since its claim (progress, phase, figures; untracked fields): the
         # claim's values with these are the row its outcome is a compare-and-set on (``services.finish_attempt``).
         self.written: dict[str, Any] = {}
+        self._outputs: list[services.PreparedOutput] = []  # appended, not written yet, in their order
+        self._outputs_since: float | None = None  # when the first of them was appended
+        self._outputs_chars = 0
+        self._outputs_lock = threading.RLock()  # held while outputs are taken and written: they commit in order
+        self.wake = threading.Event()  # set when outputs start waiting: the heartbeat thread's cue to write them
 
     def elapsed(self) -> float:
         """Seconds since the attempt started."""
@@ -91,19 +108,74 @@ class TaskContext:
             raise
 
     def progress(self, fraction: float, phase: str | None = None) -> None:
-        self.written.update(self._guarded(services.report_progress, progress=fraction, phase=phase))
+        with self._writing_outputs() as outputs:
+            self.written.update(
+                self._guarded(services.report_progress, progress=fraction, phase=phase, outputs=outputs)
+            )
 
     def output(self, output_type: str, content: str, **meta: Any) -> TaskOutput:
-        output: TaskOutput = self._guarded(services.record_output, output_type, content, **meta)
-        return output
+        """Append an output (its id is set once it is written)."""
+        prepared: services.PreparedOutput = self._guarded(services.prepare_output, output_type, content, **meta)
+        with self._outputs_lock:
+            self._outputs.append(prepared)
+            self._outputs_chars += len(prepared.output.content)
+            if self._outputs_since is None:
+                self._outputs_since = time.monotonic()
+                self.wake.set()
+            if (
+                settings.TASK_OUTPUT_FLUSH_SECONDS <= 0
+                or len(self._outputs) >= OUTPUT_BATCH_MAX
+                or self._outputs_chars >= OUTPUT_BATCH_CHARS
+            ):
+                self.write_outputs()
+        return prepared.output
 
     def metrics(self, **fields: Any) -> None:
-        self.written.update(self._guarded(services.record_metrics, **fields))
+        with self._writing_outputs() as outputs:
+            self.written.update(self._guarded(services.record_metrics, outputs=outputs, **fields))
+
+    def outputs_due_in(self) -> float | None:
+        """Seconds until the waiting outputs are to be written (0: now), or None when none waits."""
+        since = self._outputs_since
+        if since is None:
+            return None
+        return max(0.0, since + settings.TASK_OUTPUT_FLUSH_SECONDS - time.monotonic())
+
+    def take_outputs(self) -> list[services.PreparedOutput]:
+        """The waiting outputs, no longer waiting: for the outcome, which writes them in its transaction."""
+        with self._outputs_lock:
+            taken, self._outputs = self._outputs, []
+            self._outputs_since, self._outputs_chars = None, 0
+            return taken
+
+    def write_outputs(self) -> None:
+        """Write the waiting outputs now, in a transaction of their own."""
+        with self._writing_outputs() as outputs:
+            if outputs:
+                self._guarded(services.record_outputs, outputs)
+
+    @contextmanager
+    def _writing_outputs(self) -> Iterator[list[services.PreparedOutput]]:
+        """The waiting outputs, taken for a write made inside the block (with no other write of them meanwhile);
+        put back first in line if it fails for any reason but a lost claim (which refuses them for good)."""
+        with self._outputs_lock:
+            taken = self.take_outputs()
+            try:
+                yield taken
+            except ClaimLost:
+                raise
+            except BaseException:
+                if taken:
+                    self._outputs[:0] = taken
+                    self._outputs_chars += sum(len(p.output.content) for p in taken)
+                    self._outputs_since = time.monotonic()  # tried again a flush period from now
+                raise
 
 
 class Heartbeat:
-    """Renews one attempt's lease every quarter lease; calls ``on_lost`` when the claim is gone or too stale, or
-    once the attempt passed its hard time limit (recorded first: ``terminated`` holds the outcome).
+    """Renews one attempt's lease every quarter lease and writes its outputs once they are due
+    (``TaskContext.outputs_due_in``); calls ``on_lost`` when the claim is gone or too stale, or once the attempt
+    passed its hard time limit (recorded first, with the outputs still waiting: ``terminated`` holds the outcome).
 
     It runs in the executing thread's ``HeartbeatThread`` from ``start()`` until ``stop()`` returns."""
 
@@ -115,12 +187,17 @@ class Heartbeat:
         self.terminated: Task | None = None
         self.acting = threading.Condition()  # held to start, and to end, a renewal or a termination
         self.busy = False
-        self.last_renewal = time.monotonic()
+        self.last_renewal = self.next_renewal = time.monotonic()
+        self.outputs_retry_at = 0.0  # after a failed write of the outputs, none is tried again before this
 
     def _next_wait(self) -> float:
-        if self.ctx.limits.hard is None:
-            return self.interval
-        return max(0.0, min(self.interval, self.ctx.limits.hard - self.ctx.elapsed()))
+        waits = [self.next_renewal - time.monotonic()]
+        if self.ctx.limits.hard is not None:
+            waits.append(self.ctx.limits.hard - self.ctx.elapsed())
+        outputs_due = self.ctx.outputs_due_in()
+        if outputs_due is not None:
+            waits.append(max(outputs_due, self.outputs_retry_at - time.monotonic()))
+        return max(0.0, min(waits))
 
     def _past_hard_limit(self) -> bool:
         hard = self.ctx.limits.hard
@@ -138,6 +215,7 @@ class Heartbeat:
                 worker_id=self.ctx.worker_id,
                 error=f"hard time limit of {hard:g}s exceeded: attempt terminated",
                 metrics={"processing_time_seconds": round(elapsed, 6)},
+                outputs=self.ctx.take_outputs(),
             )
         except Exception:
             logger.exception("recording the hard time limit of task %s failed", self.ctx.task_id)
@@ -155,26 +233,65 @@ class Heartbeat:
         self.on_lost()
 
     def keep(self) -> None:
-        """The renewals, in the heartbeat thread, until ``stop()`` (or the claim is lost, or the hard limit passed)."""
+        """The renewals and output writes, in the heartbeat thread, until ``stop()`` (or the claim is lost, or the
+        hard limit passed)."""
         self.last_renewal = time.monotonic()
-        while not self.stopped.wait(self._next_wait()):
+        self.next_renewal = self.last_renewal + self.interval
+        while True:
+            self.ctx.wake.clear()  # before the wait is reckoned: outputs appended (or a stop) from now on end it
+            if self.stopped.is_set():
+                return
+            self.ctx.wake.wait(self._next_wait())
             with self.acting:
                 if self.stopped.is_set():
                     return
                 self.busy = True
             try:
-                if not self._beat():
+                if not self._act():
                     return
             finally:
                 with self.acting:
                     self.busy = False
                     self.acting.notify_all()
 
-    def _beat(self) -> bool:
-        """One renewal (or the termination past the hard limit); False once the attempt is over for this thread."""
+    def _act(self) -> bool:
+        """What is due: the termination past the hard limit, the outputs' write, the renewal; False once the
+        attempt is over for this thread."""
         if self._past_hard_limit():
             self._terminate()
             return False
+        if self.ctx.outputs_due_in() == 0 and time.monotonic() >= self.outputs_retry_at and not self._write_outputs():
+            return False
+        if time.monotonic() >= self.next_renewal:
+            return self._beat()
+        return True
+
+    def _write_outputs(self) -> bool:
+        """Write the outputs that waited long enough; False if the claim is lost (the attempt is then stopped)."""
+        try:
+            self.ctx.write_outputs()
+        except ClaimLost:
+            return self._lost("claim gone")
+        except Exception:
+            logger.exception("writing the outputs of task %s failed; trying again in a quarter lease", self.ctx.task_id)
+            close_old_connections()
+            self.outputs_retry_at = time.monotonic() + self.interval
+        return True
+
+    def _lost(self, why: str) -> bool:
+        if self.stopped.is_set():
+            return False
+        logger.error(
+            "task %s attempt %s lost its lease (%s); stopping this execution", self.ctx.task_id, self.ctx.attempt, why
+        )
+        self.ctx.claim_lost.set()
+        self.on_lost()
+        return False
+
+    def _beat(self) -> bool:
+        """One renewal (the next a quarter lease later, whether it worked or not); False once the attempt is over
+        for this thread."""
+        self.next_renewal = time.monotonic() + self.interval
         try:
             renewed = services.renew_lease(self.ctx.task_id, attempt=self.ctx.attempt, worker_id=self.ctx.worker_id)
         except Exception:
@@ -186,17 +303,7 @@ class Heartbeat:
             return True
         stale = time.monotonic() - self.last_renewal > settings.TASK_LEASE_SECONDS * 0.75
         if renewed is False or stale:
-            if self.stopped.is_set():
-                return False
-            logger.error(
-                "task %s attempt %s lost its lease (%s); stopping this execution",
-                self.ctx.task_id,
-                self.ctx.attempt,
-                "claim gone" if renewed is False else "renewal failing",
-            )
-            self.ctx.claim_lost.set()
-            self.on_lost()
-            return False
+            return self._lost("claim gone" if renewed is False else "renewal failing")
         return True
 
     def start(self) -> None:
@@ -209,6 +316,7 @@ class Heartbeat:
         self.thread.withdraw(self)
         with self.acting:
             self.stopped.set()
+            self.ctx.wake.set()
             self.acting.wait_for(lambda: not self.busy, timeout=self.interval + 5)
 
 
@@ -341,6 +449,7 @@ def execute(
     if ctx.claim_lost.is_set():
         return "discarded"
     elapsed = time.perf_counter() - started
+    outputs = ctx.take_outputs()  # the heartbeat has stopped: nothing else writes them now
     for name, value in ctx.written.items():
         setattr(task, name, value)  # the row as committed: the claim's values and this attempt's writes since
     outcome = services.finish_attempt(
@@ -354,6 +463,7 @@ def execute(
         metrics={"processing_time_seconds": round(elapsed, 6)},
         in_transaction=in_transaction,
         claimed=task,
+        outputs=outputs,
     )
     if outcome is None:
         return "discarded"

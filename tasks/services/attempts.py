@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -216,6 +217,7 @@ def finish_attempt(
     metrics: dict[str, Any] | None = None,
     in_transaction: Callable[[Task], None] | None = None,
     claimed: Task | None = None,
+    outputs: Sequence[PreparedOutput] = (),
 ) -> Task | None:
     """Record the outcome of an attempt: completed with ``result``, or ``error`` (retried or failed).
 
@@ -224,8 +226,8 @@ def finish_attempt(
     Compare-and-set on (running, attempt, worker): if the task was cancelled or
     recovered meanwhile, the outcome is discarded (and logged), never applied twice.
     ``metrics`` (METRIC_FIELDS) are written in the outcome's own UPDATE of the task row, so an outcome and its
-    figures commit together, or neither does; so does what ``in_transaction`` writes, called with the task once
-    the outcome is applied.
+    figures commit together, or neither does; so do the attempt's ``outputs`` not written yet, and what
+    ``in_transaction`` writes, called with the task once the outcome is applied.
 
     ``claimed``: the task as ``claim`` returned it, with what the attempt wrote since (progress, figures) set on it.
     The outcome is then a compare-and-set on those values, the task not read again: a write by anyone else since
@@ -243,6 +245,7 @@ def finish_attempt(
             permanent=permanent,
             metrics=metrics or {},
             in_transaction=in_transaction,
+            outputs=outputs,
         ),
         committed=claimed,
     )
@@ -259,6 +262,7 @@ def _finish(
     permanent: bool,
     metrics: dict[str, Any],
     in_transaction: Callable[[Task], None] | None,
+    outputs: Sequence[PreparedOutput],
 ) -> Task | None:
     if (task.state, task.attempt_count, task.worker_id) != (TaskState.RUNNING, attempt, worker_id):
         logger.warning(
@@ -283,6 +287,8 @@ def _finish(
             result=result,
             progress=1.0,
         )
+    # After the outcome's save, which prepares its history row before its first statement takes the write lock.
+    write_outputs(outputs)
     if in_transaction is not None:
         in_transaction(ended)
     return ended
@@ -301,13 +307,14 @@ def _claim_lost(task_id: TaskId, attempt: int, worker_id: str) -> ClaimLost:
     return ClaimLost(f"task {task_id} attempt {attempt} on {worker_id} no longer holds its claim: write refused")
 
 
-def _hold_claim(task_id: TaskId, attempt: int, worker_id: str) -> None:
-    """Inside the caller's transaction: lock the task row, or raise ClaimLost if the attempt lost its claim.
+def _hold_claim(task_id: TaskId, attempt: int, worker_id: str, *, lock: bool = True) -> None:
+    """Inside the caller's transaction: lock the task row, or raise ClaimLost if the attempt lost its claim (without
+    ``lock``: check the claim as committed now, locking nothing).
 
     The row's claim alone is read by ``read_task``, whose SQL is compiled once: compiling the filtered query was 190
     of the 280 µs this check took, for every output an attempt writes, and building a task of all its fields 60."""
     held = _claim_held(attempt, worker_id)
-    task = read_task(parse_task_id(task_id), lock=True, only=tuple(held))
+    task = read_task(parse_task_id(task_id), lock=lock, only=tuple(held))
     if task is None or any(getattr(task, name) != value for name, value in held.items()):
         raise _claim_lost(task_id, attempt, worker_id)
 
@@ -319,20 +326,29 @@ def renew_lease(task_id: TaskId, *, attempt: int, worker_id: str) -> bool:
 
 
 def report_progress(
-    task_id: TaskId, *, attempt: int, worker_id: str, progress: float, phase: str | None = None
+    task_id: TaskId,
+    *,
+    attempt: int,
+    worker_id: str,
+    progress: float,
+    phase: str | None = None,
+    outputs: Sequence[PreparedOutput] = (),
 ) -> dict[str, Any]:
     """Live progress of a running attempt (no history row: it is telemetry, which the mirror follows); returns the
     values written.
 
-    One conditional UPDATE: nothing is written, and ClaimLost raised, if the attempt lost its claim.
+    One conditional UPDATE, with the attempt's ``outputs`` not written yet in its transaction: nothing is written,
+    and ClaimLost raised, if the attempt lost its claim.
     """
     if not 0.0 <= progress <= 1.0:
         raise InvalidTaskData({"progress": ["Ensure this value is between 0 and 1."]})
     fields: dict[str, Any] = {"progress": progress}
     if phase is not None:
         fields["current_phase"] = redact_text(phase)[:100]  # an UPDATE sends no pre_save: redacted here
-    if not _live_attempt(task_id, attempt, worker_id).update(**fields, updated_at=timezone.now()):
-        raise _claim_lost(task_id, attempt, worker_id)
+    with _outputs_joining(outputs):
+        if not _live_attempt(task_id, attempt, worker_id).update(**fields, updated_at=timezone.now()):
+            raise _claim_lost(task_id, attempt, worker_id)
+        write_outputs(outputs)
     hooks.progress_reported.send(sender=Task, task_id=task_id)
     return fields
 
@@ -356,18 +372,33 @@ def checked_metrics(fields: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
-def record_metrics(task_id: TaskId, *, attempt: int, worker_id: str, **fields: Any) -> dict[str, Any]:
+def record_metrics(
+    task_id: TaskId, *, attempt: int, worker_id: str, outputs: Sequence[PreparedOutput] = (), **fields: Any
+) -> dict[str, Any]:
     """Set a running attempt's execution figures (the named ones; the others keep their values); returns the values
     written.
 
-    One conditional UPDATE of the task row (the figures are not tracked: no history row): nothing is written, and
-    ClaimLost raised, if the attempt lost its claim.
+    One conditional UPDATE of the task row (the figures are not tracked: no history row), with the attempt's
+    ``outputs`` not written yet in its transaction: nothing is written, and ClaimLost raised, if the attempt lost
+    its claim.
     """
     figures = checked_metrics(fields)
     attempt_rows = _live_attempt(task_id, attempt, worker_id)
-    if not (attempt_rows.update(**figures) if figures else attempt_rows.exists()):
-        raise _claim_lost(task_id, attempt, worker_id)
+    with _outputs_joining(outputs):
+        if figures:
+            if not attempt_rows.update(**figures):
+                raise _claim_lost(task_id, attempt, worker_id)
+        elif outputs:
+            _hold_claim(task_id, attempt, worker_id)
+        elif not attempt_rows.exists():
+            raise _claim_lost(task_id, attempt, worker_id)
+        write_outputs(outputs)
     return figures
+
+
+def _outputs_joining(outputs: Sequence[PreparedOutput]) -> AbstractContextManager[Any]:
+    """The transaction a conditional write and the attempt's ``outputs`` commit in; with none, the write's own."""
+    return transaction.atomic(using=router.db_for_write(TaskOutput)) if outputs else nullcontext()
 
 
 def _checked_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:
@@ -381,25 +412,56 @@ def _checked_output(task: Task | TaskId, fields: dict[str, Any]) -> TaskOutput:
     return output
 
 
+@dataclass(frozen=True)
+class PreparedOutput:
+    """An output of a running attempt, checked, redacted and its INSERT built (``TaskOutput.compiled_insert``; None:
+    saved instead), to be written later in one of the attempt's transactions (``write_outputs``)."""
+
+    output: TaskOutput
+    insert: tuple[str, tuple[Any, ...]] | None
+
+
+def prepare_output(
+    task_id: TaskId, output_type: str, content: str, *, attempt: int, worker_id: str, **meta: Any
+) -> PreparedOutput:
+    """An output a running attempt produced (stdout, a log line, an artifact), credentials in its text masked,
+    ready to write: refused (``InvalidTaskData``) if it is not valid, and ``ClaimLost`` if the attempt no longer
+    holds its claim as committed now (a read, no lock: the write checks again, under the lock)."""
+    output = _checked_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
+    _hold_claim(task_id, attempt, worker_id, lock=False)
+    return PreparedOutput(output, output.compiled_insert(router.db_for_write(TaskOutput)))
+
+
+def write_outputs(outputs: Sequence[PreparedOutput]) -> None:
+    """Inside the caller's transaction, once it holds the attempt's claim: insert ``outputs`` in their order (their
+    ids, the order a task's outputs are read in, follow it)."""
+    using = router.db_for_write(TaskOutput)
+    for prepared in outputs:
+        if prepared.insert is None:
+            prepared.output.save(using=using, force_insert=True)
+        else:
+            prepared.output.run_insert(using, prepared.insert)
+
+
+def record_outputs(task_id: TaskId, outputs: Sequence[PreparedOutput], *, attempt: int, worker_id: str) -> None:
+    """Write a running attempt's prepared outputs in one transaction, under the task's row lock, only while the
+    attempt holds its claim, else ClaimLost and nothing is written. Everything but the claim's check and the
+    INSERTs was done before (``prepare_output``), so the write lock (SQLite) is held for those statements only."""
+    if not outputs:
+        return
+    with transaction.atomic(using=router.db_for_write(TaskOutput)):
+        _hold_claim(task_id, attempt, worker_id)
+        write_outputs(outputs)
+
+
 def record_output(
     task_id: TaskId, output_type: str, content: str, *, attempt: int, worker_id: str, **meta: Any
 ) -> TaskOutput:
-    """An output a running attempt produced (stdout, a log line, an artifact), credentials in its text masked.
-
-    Written under the row lock only while the attempt holds its claim, else ClaimLost. It is checked, redacted
-    and its INSERT built before the transaction (``TaskOutput.compiled_insert``), so that the write lock (SQLite)
-    is held for the claim's check and the INSERT only.
-    """
-    output = _checked_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
-    using = router.db_for_write(TaskOutput)
-    compiled = output.compiled_insert(using)
-    with transaction.atomic(using=using):
-        _hold_claim(task_id, attempt, worker_id)
-        if compiled is None:
-            output.save(using=using)
-        else:
-            output.run_insert(using, compiled)
-    return output
+    """An output a running attempt produced, written at once in a transaction of its own (``prepare_output``,
+    then ``record_outputs``)."""
+    prepared = prepare_output(task_id, output_type, content, attempt=attempt, worker_id=worker_id, **meta)
+    record_outputs(task_id, [prepared], attempt=attempt, worker_id=worker_id)
+    return prepared.output
 
 
 def add_output(task_id: TaskId, **fields: Any) -> TaskOutput:

@@ -117,20 +117,22 @@ def handlers(settings: Any) -> None:
     settings.TASK_HANDLERS = {**settings.TASK_HANDLERS, "flaky": "tests.handlers.flaky"}
 
 
-def test_an_echo_task_commits_three_times_and_its_result_row_is_celerys(user):
+def test_an_echo_task_commits_twice_and_its_result_row_is_celerys(user):
     task = submit(user, request_payload={"message": "hi"})
     with counted() as counts:
         trace(task)
     task.refresh_from_db()
     assert task.state == "completed"
-    # The claim (with the STARTED row), echo's output, the outcome (its metrics in its UPDATE, the SUCCESS row).
-    assert counts.commits == 3 and counts.autocommit_writes == 0, counts
+    # The claim (with the STARTED row), the outcome (echo's output, its metrics in its UPDATE, the SUCCESS row).
+    assert counts.commits == 2 and counts.autocommit_writes == 0, counts
     assert counts.kinds["SAVEPOINT"] == 0, counts  # the result rows are upserts (tasks.models.CeleryResultManager)
     # history x2, the output, the result row twice (STARTED, then SUCCESS: an INSERT that updates); the claim's read,
     # the claim's and the outcome's UPDATEs, the output's claim check (the run time is observed from the ended task)
     assert counts.kinds["INSERT"] == 5 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 4, counts
-    # The output's claim check; the claim reads the task before its transaction, the outcome not at all.
-    assert (counts.task_reads, counts.task_selects) == (1, 2), counts
+    # No read in a transaction: the claim reads the task before its own, the output's claim check is a read before
+    # the outcome's (which checks it again in its compare-and-set), the outcome reads nothing.
+    assert (counts.task_reads, counts.task_selects) == (0, 2), counts
+    assert task.outputs.get().created_at < task.completed_at
     assert [h.state_to for h in TaskHistory.objects.filter(task=task).order_by("seq")] == [
         "queued",
         "running",
@@ -172,7 +174,8 @@ def test_a_failure_is_a_failure_row_written_with_the_outcome(user):
         trace(task)
     task.refresh_from_db()
     assert task.state == "failed"
-    assert counts.commits == 3 and counts.autocommit_writes == 0, counts  # claim, stderr output, outcome
+    assert counts.commits == 2 and counts.autocommit_writes == 0, counts  # claim, outcome with the stderr output
+    assert task.outputs.get().output_type == "stderr"
     row = TaskResult.objects.get(task_id=task.celery_task_id)
     assert row.status == "FAILURE" and "AttemptFailed" in row.result and "no luck" in row.result
     assert row.traceback.startswith("tasks.tasks.AttemptFailed: ") and "no luck" in row.traceback
