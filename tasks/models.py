@@ -1381,8 +1381,9 @@ class CeleryResultManager(TaskResultManager):
             "task_kwargs": task_kwargs,
             "worker": worker,
         }
-        if "date_started" in kwargs:  # the backend's Now() for STARTED: the same moment, read here
-            fields["date_started"] = timezone.now()
+        started = kwargs.get("date_started")
+        if started is not None:  # the outcome's: when its attempt started; the backend's Now(): the same moment
+            fields["date_started"] = started if isinstance(started, datetime) else timezone.now()
         row = self.model(task_id=task_id, **fields)
         redact_fields(row)  # an INSERT sends no pre_save: the redaction every result row gets, done here
         using = using or router.db_for_write(self.model)

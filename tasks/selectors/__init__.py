@@ -12,7 +12,7 @@
   which worker instances hold running attempts.
 """
 
-from tasks.selectors.attempts import AttemptEnd, attempt_end, running_instances
+from tasks.selectors.attempts import AttemptEnd, RunningDelivery, attempt_end, running_delivery, running_instances
 from tasks.selectors.figures import (
     QueueDepth,
     activity_per_hour,
@@ -62,6 +62,7 @@ __all__ = [
     "LiveWorker",
     "OutputTail",
     "QueueDepth",
+    "RunningDelivery",
     "TaskPage",
     "activity_per_hour",
     "attempt_end",
@@ -90,6 +91,7 @@ __all__ = [
     "output_tail",
     "previous_link",
     "queue_depths",
+    "running_delivery",
     "running_instances",
     "search_tasks",
     "task_list",

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
-from tasks.ids import TaskId, parse_task_id
+from tasks.dispatch import task_id_of
+from tasks.ids import TaskId, parse_task_id, uuid_or_none
 from tasks.models import Task
 from tasks.states import TaskState
 
@@ -20,6 +21,30 @@ def attempt_end(task_id: TaskId) -> AttemptEnd:
     """The error and the retry time the task's last attempt recorded (empty if the task is gone)."""
     row = Task.objects.filter(pk=parse_task_id(task_id)).values_list("last_error", "run_after").first()
     return AttemptEnd(*row) if row is not None else AttemptEnd("", None)
+
+
+class RunningDelivery(NamedTuple):
+    hostname: str  # the worker's node name
+    pid: int | None  # the pool process running the attempt
+    started_at: datetime | None
+
+
+def running_delivery(celery_task_id: str) -> RunningDelivery | None:
+    """The attempt a delivery (its Celery id, ``<task id>.<publish count>``) claimed, while it runs: the task is
+    running and this publish is its current one; else None (and for an id that names no task)."""
+    pk = uuid_or_none(task_id_of(celery_task_id))
+    if pk is None:
+        return None
+    row = (
+        Task.objects.filter(pk=pk, state=TaskState.RUNNING, celery_task_id=celery_task_id)
+        .values_list("worker_id", "started_at")
+        .first()
+    )
+    if row is None:
+        return None
+    worker_id, started_at = row
+    parts = worker_id.rsplit(":", 2)  # "<node name>:<instance>:<pid>" (an older "<node name>:<pid>")
+    return RunningDelivery(parts[0], int(parts[-1]) if parts[-1].isdigit() else None, started_at)
 
 
 def running_instances(node_name: str) -> set[str]:

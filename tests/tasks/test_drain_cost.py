@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -123,12 +124,12 @@ def test_an_echo_task_commits_twice_and_its_result_row_is_celerys(user):
         trace(task)
     task.refresh_from_db()
     assert task.state == "completed"
-    # The claim (with the STARTED row), the outcome (echo's output, its metrics in its UPDATE, the SUCCESS row).
+    # The claim, the outcome (echo's output, its metrics in its UPDATE, the SUCCESS row).
     assert counts.commits == 2 and counts.autocommit_writes == 0, counts
-    assert counts.kinds["SAVEPOINT"] == 0, counts  # the result rows are upserts (tasks.models.CeleryResultManager)
-    # history x2, the output, the result row twice (STARTED, then SUCCESS: an INSERT that updates); the claim's read,
-    # the claim's and the outcome's UPDATEs, the output's claim check (the run time is observed from the ended task)
-    assert counts.kinds["INSERT"] == 5 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 4, counts
+    assert counts.kinds["SAVEPOINT"] == 0, counts  # the result row is an upsert (tasks.models.CeleryResultManager)
+    # history x2, the output, the result row once (SUCCESS, with the outcome); the claim's read, the claim's and the
+    # outcome's UPDATEs, the output's claim check (the run time is observed from the ended task)
+    assert counts.kinds["INSERT"] == 4 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 4, counts
     # No read in a transaction: the claim reads the task before its own, the output's claim check is a read before
     # the outcome's (which checks it again in its compare-and-set), the outcome reads nothing.
     assert (counts.task_reads, counts.task_selects) == (0, 2), counts
@@ -145,27 +146,56 @@ def test_an_echo_task_commits_twice_and_its_result_row_is_celerys(user):
         EXECUTE_TASK,
         HOSTNAME,
     )
-    assert row.date_started is not None and row.date_started <= row.date_done
+    assert row.date_started == task.started_at and row.date_started <= row.date_done
     assert json.loads(row.task_args) == repr((str(task.pk),))
     result = AsyncResult(task.celery_task_id, app=app)
     assert (result.state, result.result) == (states.SUCCESS, "completed")
 
 
 def look_at_result_row(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    """A handler that returns its own delivery's result row as it finds it (outside any transaction)."""
+    """A handler that returns what Celery's tools see of its own delivery while it runs (outside any transaction):
+    the result rows, ``AsyncResult``'s state and result, and the backend's start time."""
     task = Task.objects.get(pk=ctx.task_id)
-    row = TaskResult.objects.get(task_id=task.celery_task_id)
-    return {"status": row.status, "meta": json.loads(row.result), "started": row.date_started is not None}
+    seen = AsyncResult(task.celery_task_id, app=app)
+    return {
+        "rows": TaskResult.objects.filter(task_id=task.celery_task_id).count(),
+        "state": seen.state,
+        "meta": seen.result,
+        "started": app.backend.get_task_meta(task.celery_task_id)["date_started"] == task.started_at,
+    }
 
 
-def test_the_started_row_commits_with_the_claim(user, settings):
+def test_a_running_delivery_is_started_for_celery_read_from_the_task_with_no_row_until_its_outcome(user, settings):
     settings.TASK_HANDLERS = {**settings.TASK_HANDLERS, "look": f"{__name__}.look_at_result_row"}
     task = submit(user, handler="look")
     trace(task)
     task.refresh_from_db()
-    # What the handler saw of its own result row while it ran: committed with the claim, as Celery writes STARTED.
-    assert task.result == {"status": "STARTED", "meta": {"pid": os.getpid(), "hostname": HOSTNAME}, "started": True}
-    assert TaskResult.objects.get(task_id=task.celery_task_id).status == "SUCCESS"
+    # What the handler saw while it ran: no row, and STARTED with the meta Celery's track_started writes.
+    assert task.result == {
+        "rows": 0,
+        "state": "STARTED",
+        "meta": {"pid": os.getpid(), "hostname": HOSTNAME},
+        "started": True,
+    }
+    row = TaskResult.objects.get(task_id=task.celery_task_id)
+    assert (row.status, row.date_started) == ("SUCCESS", task.started_at)
+
+
+@pytest.mark.parametrize("delivery", ["another publish", "not running", "no such task", "not a task id"])
+def test_a_delivery_with_no_row_that_is_not_running_its_attempt_is_pending(user, delivery):
+    task = submit(user)
+    services.claim(task.pk, worker_id=f"{HOSTNAME}:1:2")
+    task.refresh_from_db()
+    assert AsyncResult(task.celery_task_id, app=app).state == states.STARTED  # the case each variant departs from
+    celery_id = {
+        "another publish": f"{task.pk}.{task.dispatch_count + 1}",
+        "no such task": f"{uuid.uuid4()}.1",
+        "not a task id": "celery-own-id",
+        "not running": task.celery_task_id,
+    }[delivery]
+    if delivery == "not running":
+        services.cancel(task.pk, actor=user, channel=Channel.API, reason="stop")
+    assert AsyncResult(celery_id, app=app).state == states.PENDING
 
 
 def test_a_failure_is_a_failure_row_written_with_the_outcome(user):
