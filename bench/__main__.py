@@ -56,7 +56,7 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
             # The restore of a JSON backup takes about 1 ms a task: 100,000 here; BENCHMARKS.md runs 1M by hand.
             ["bench.restore", "--tasks", str(min(largest, recovery_tasks)), "--engine", engine],
             ["bench.task_cost", "--engine", engine],
-            # Real workers against the bare Celery no-op and the floor of three synced commits (issue 16's goal).
+            # Real workers against the bare Celery no-op and the floor of two synced commits (issue 16's goal).
             ["bench.drain", "--engine", engine],
         ]
     return steps

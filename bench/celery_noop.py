@@ -3,11 +3,11 @@
     celery -A bench.celery_noop worker -Q <queue> -c N   # started by bench.drain, never by the application
 
 No Django, no result backend: what a bare Celery no-op drain is. The floor task (``bench.floor``) adds only the
-durable writes an attempt cannot do without, in raw SQL on the benchmark's database (``BENCH_FLOOR_URL``): three
-commits, as Crux's worker makes (the claim with its history row, the handler's output, the outcome with its history
-and metrics rows), each one synced to disk (SQLite in WAL mode with ``synchronous=FULL``, writers taking the
-database's write lock in turn as Crux's do; PostgreSQL's default ``synchronous_commit``). What it drains is the most
-any worker doing those commits can drain here: the ceiling of the durable design, measured.
+durable writes an attempt cannot do without, in raw SQL on the benchmark's database (``BENCH_FLOOR_URL``): two
+commits, as Crux's worker makes for an echo task (the claim with its history row; the outcome with the handler's
+output and its history and metrics rows), each one synced to disk (SQLite in WAL mode with ``synchronous=FULL``,
+writers taking the database's write lock in turn as Crux's do; PostgreSQL's default ``synchronous_commit``). What it
+drains is the most any worker doing those commits can drain here: the ceiling of the durable design, measured.
 Delivery is configured as Crux's workers are (late acks, prefetch multiplier 1,
 JSON), so both drains take messages from the broker the same way. Each run of
 the task appends the time it ran to the Redis list ``BENCH_NOOP_KEY``: the
@@ -99,7 +99,7 @@ class _FloorDatabase:
 
 @app.task(name="bench.floor")
 def floor(task_id: str) -> None:
-    """An attempt's durable writes and nothing else: three commits, then the run is recorded like a no-op's."""
+    """An attempt's durable writes and nothing else: two commits, then the run is recorded like a no-op's."""
     global _floor
     if _floor is None:
         _floor = _FloorDatabase(os.environ["BENCH_FLOOR_URL"])
@@ -110,9 +110,9 @@ def floor(task_id: str) -> None:
          "AND state = 'queued'", (worker, started, task_id)),
         ("INSERT INTO bench_floor_history VALUES (%s, 2, 'running', %s, %s, %s)", (task_id, worker, started, mac)),
     ])  # fmt: skip
-    _floor.commit([("INSERT INTO bench_floor_output VALUES (%s, %s, %s)", (task_id, time.time(), "drain"))])
     finished = time.time()
     _floor.commit([
+        ("INSERT INTO bench_floor_output VALUES (%s, %s, %s)", (task_id, finished, "drain")),
         ("UPDATE bench_floor_task SET state = 'completed', finished_at = %s, result = %s WHERE id = %s "
          "AND state = 'running' AND worker = %s", (finished, '{"echo": "drain"}', task_id, worker)),
         ("INSERT INTO bench_floor_history VALUES (%s, 3, 'completed', %s, %s, %s)", (task_id, worker, finished, mac)),
