@@ -2,6 +2,11 @@
 
     python -m bench.task_cost --engine sqlite --tasks 300
     python -m bench.task_cost --engine postgres --tasks 300 --profile 40
+    python -m bench.task_cost --engine sqlite --tasks 100 --handler agent_demo
+
+``--handler agent_demo`` runs the simulated agent instead (``AGENT_PAYLOAD``: five iterations, each a progress
+write and a log line, then an artifact, its metrics and the outcome), with no sleep: what a handler that reports as
+it goes costs, its outputs written with its next write (``TASK_OUTPUT_FLUSH_SECONDS``; 0 writes each at once).
 
 Each task is run through Celery's own tracer (``celery.app.trace.build_tracer``: the code a worker's pool process
 runs for a delivery: prerun, the task with its STARTED row, the result row, postrun), in this process, with no
@@ -37,6 +42,10 @@ from bench.redis_keys import delete_keys
 from bench.report import record
 
 BROKER_URL = "redis://127.0.0.1:6379/11"
+HANDLERS = {
+    "echo": {"message": "x"},
+    "agent_demo": {"max_iterations": 5, "converge_after": 5, "delay": 0},
+}
 # Tables with a row (or more) per drained task; everything else in the database is the same whatever the tasks.
 TASK_TABLES = (
     "tasks_task",
@@ -120,6 +129,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's top N entries")
+    parser.add_argument("--handler", choices=list(HANDLERS), default="echo", help="what each task runs (default echo)")
     args = parser.parse_args()
 
     token = f"crux-bench-task-cost-{os.getpid()}"
@@ -127,6 +137,7 @@ def main() -> None:
     configure(args.engine, "crux_bench_task_cost")
     import redis
     from celery.app.trace import build_tracer
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.db import connection
 
@@ -145,8 +156,8 @@ def main() -> None:
     def submitted(count: int) -> list[Task]:
         ids = [
             services.submit_task(
-                owner=user, actor=user, channel=Channel.API, title=f"cost {i}", handler="echo",
-                request_payload={"message": "x"},
+                owner=user, actor=user, channel=Channel.API, title=f"cost {i}", handler=args.handler,
+                request_payload=HANDLERS[args.handler],
             ).pk
             for i in range(count)
         ]  # fmt: skip
@@ -180,7 +191,10 @@ def main() -> None:
         delete_keys(mirror.client(), token)
 
     n = args.tasks
-    print(f"\ntask cost — engine {args.engine}, {n} echo tasks through Celery's tracer, revision {git_revision()}")
+    print(
+        f"\ntask cost — engine {args.engine}, {n} {args.handler} tasks through Celery's tracer (outputs written "
+        f"after {settings.TASK_OUTPUT_FLUSH_SECONDS:g} s at most), revision {git_revision()}"
+    )
     print(f"states after: {dict(states)}")
     figures = {
         "wall ms": wall / n * 1000,
@@ -193,7 +207,7 @@ def main() -> None:
         figures["write lock held ms"] = counts.lock_held / n * 1000
     for name, value in figures.items():
         print(f"  {name + ' per task':<28} {value:>8.2f}")
-        record("task_cost", f"{name} per echo task", engine=args.engine, value=value, unit="", size=n)
+        record("task_cost", f"{name} per {args.handler} task", engine=args.engine, value=value, unit="", size=n)
     print("  statements by kind: " + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(counts.statements.items())))
     if counts.held:
         held, before_write = (statistics.median(column) * 1000 for column in zip(*counts.held, strict=True))
@@ -207,7 +221,10 @@ def main() -> None:
     for (name, kind), size in grown.most_common():
         if size / n >= 1:
             print(f"    {name:<52} {kind:<12} {size / n:>8,.0f}")
-    record("task_cost", "bytes per drained echo task", engine=args.engine, value=grown.total() / n, unit="B", size=n)
+    record(
+        "task_cost", f"bytes per drained {args.handler} task", engine=args.engine, value=grown.total() / n, unit="B",
+        size=n,
+    )  # fmt: skip
     if profiler:
         pstats.Stats(profiler).strip_dirs().sort_stats("cumulative").print_stats(args.profile)
 
