@@ -279,6 +279,7 @@ class Heartbeat:
         return True
 
     def _lost(self, why: str) -> bool:
+        """The claim is gone (or can no longer be renewed): stop the attempt, unless it has ended already."""
         if self.stopped.is_set():
             return False
         logger.error(
