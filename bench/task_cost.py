@@ -57,12 +57,12 @@ TASK_TABLES = (
 
 
 class Counts:
-    """Commits, statements by kind, thread starts and (SQLite) the time the write lock is held while a block runs in
-    this process."""
+    """Commits (a transaction's, and each write made outside one, which commits on its own), statements by kind,
+    thread starts and (SQLite) the time the write lock is held while a block runs in this process."""
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
-        self.commits = self.threads = 0
+        self.commits = self.autocommit_writes = self.threads = 0
         self.statements: Counter[str] = Counter()
         self.lock_held = 0.0  # seconds, from the write lock's taking (a transaction's first statement) to its release
         # Per transaction that took the lock: (seconds held, seconds from its taking to the first write statement).
@@ -77,7 +77,8 @@ class Counts:
             if self._lock_taken is not None and self._first_write is None:
                 self._first_write = time.perf_counter() - self._lock_taken
             if not self.connection.in_atomic_block:
-                self.statements["(autocommit write)"] += 1
+                self.autocommit_writes += 1
+                self.commits += 1
         return execute(sql, params, many, context)
 
     def __enter__(self) -> Counts:
@@ -208,7 +209,10 @@ def main() -> None:
     for name, value in figures.items():
         print(f"  {name + ' per task':<28} {value:>8.2f}")
         record("task_cost", f"{name} per {args.handler} task", engine=args.engine, value=value, unit="", size=n)
-    print("  statements by kind: " + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(counts.statements.items())))
+    print(
+        "  statements by kind: " + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(counts.statements.items()))
+        + f"; writes outside a transaction (each a commit of its own) {counts.autocommit_writes / n:.2f}"
+    )  # fmt: skip
     if counts.held:
         held, before_write = (statistics.median(column) * 1000 for column in zip(*counts.held, strict=True))
         print(

@@ -11,7 +11,10 @@ The lock and the BEGIN wait for the transaction's first statement, so the
 Python work that opens a transaction (validation, building the history row)
 runs before it, not while every other writer waits. The lock is released at
 commit or rollback (before on-commit callbacks run) and by the kernel if the
-process dies.
+process dies. A write outside any transaction (an UPDATE in autocommit, which
+commits on its own: a worker's lease renewal, say) holds the lock while it runs,
+so it queues with the transactions instead of meeting their lock in SQLite's
+busy handler.
 
 Its operations read a UUID column's value back whether it holds the UUID's 16 bytes
 (``tasks.models.CompactUUIDField``) or Django's 32 hex digits, and a time whether it holds
@@ -136,6 +139,12 @@ class DatabaseOperations(operations.DatabaseOperations):
 
 
 @lru_cache(maxsize=1024)
+def _reads_only(query: str) -> bool:
+    """Whether a statement only reads (a SELECT, an EXPLAIN, a PRAGMA): it needs no write lock of its own."""
+    return query.lstrip()[:7].upper().startswith(("SELECT", "EXPLAIN", "PRAGMA"))
+
+
+@lru_cache(maxsize=1024)
 def _qmark_style(query: str) -> str:
     """A statement's ``%s`` placeholders as SQLite's ``?``, as Django's cursor converts them, kept per statement:
     Django runs its regular expression over every statement it sends (the same few dozen, over and over)."""
@@ -181,6 +190,16 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self._release_write_lock()
             raise
 
+    def lock_for_write_alone(self, query: str) -> bool:
+        """Take the write lock for ``query`` if it writes outside any transaction (it commits on its own, when it
+        has run); True if taken, for the caller to release once the statement has run."""
+        if self._lock_held or not self.autocommit or self.in_atomic_block or _reads_only(query):
+            return False
+        if self.is_in_memory_db():
+            return False
+        self._acquire_write_lock()
+        return True
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
         for name, (arguments, function, positions) in _TIME_FUNCTIONS.items():
@@ -192,17 +211,28 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     @cached_property
     def _cursor_class(self) -> type[base.SQLiteCursorWrapper]:
-        """Cursors that begin this connection's pending transaction before their first statement."""
-        begin = self.begin_if_pending
+        """Cursors that begin this connection's pending transaction before their first statement, and hold the
+        write lock for a write made outside any transaction."""
+        begin, alone, release = self.begin_if_pending, self.lock_for_write_alone, self._release_write_lock
 
         class Cursor(base.SQLiteCursorWrapper):
             def execute(self, query: str, params: Any = None) -> Any:
                 begin()
-                return super().execute(query, params)
+                if not alone(query):
+                    return super().execute(query, params)
+                try:
+                    return super().execute(query, params)
+                finally:
+                    release()
 
             def executemany(self, query: str, param_list: Any) -> Any:
                 begin()
-                return super().executemany(query, param_list)
+                if not alone(query):
+                    return super().executemany(query, param_list)
+                try:
+                    return super().executemany(query, param_list)
+                finally:
+                    release()
 
             def convert_query(self, query: str, *, param_names: Any = None) -> str:
                 if param_names is None:

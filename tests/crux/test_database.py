@@ -154,6 +154,45 @@ def test_sqlite_writers_queue_on_a_kernel_lock_held_for_the_transaction(live_db)
         os.close(probe)
 
 
+def test_a_sqlite_write_outside_a_transaction_queues_on_the_same_lock_and_a_read_does_not(live_db, user):
+    """An UPDATE in autocommit (a lease renewal, say) waits for the writer holding the lock, as a transaction's first
+    statement does, instead of meeting SQLite's own lock in its busy handler; a read never waits; the lock is free
+    again once the write has run."""
+    import fcntl
+    import threading
+
+    from django.db import connections
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the write lock is the SQLite backend's")
+    users = type(user).objects
+    probe = os.open(f"{connection.settings_dict['NAME']}.writelock", os.O_RDWR | os.O_CREAT)
+    done = threading.Event()
+    seen: list[int] = []
+
+    def write_alone() -> None:
+        try:
+            seen.append(users.filter(pk=user.pk).update(first_name="queued"))
+            done.set()
+        finally:
+            connections.close_all()
+
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX)  # another writer holds the lock
+        assert users.filter(pk=user.pk).exists()  # a read does not wait
+        writer = threading.Thread(target=write_alone)
+        writer.start()
+        assert not done.wait(0.5), "the write ran while another writer held the lock"
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        assert done.wait(10)
+        writer.join(10)
+        assert seen == [1] and users.get(pk=user.pk).first_name == "queued"
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released once the write ran
+        fcntl.flock(probe, fcntl.LOCK_UN)
+    finally:
+        os.close(probe)
+
+
 @pytest.mark.django_db
 def test_sqlite_statements_are_converted_as_djangos_cursor_converts_them_then_kept():
     """crux.db keeps each statement's ``?`` form: the same text Django's cursor makes, ``%%`` and named styles too."""
