@@ -65,21 +65,27 @@ class Counts:
         self.commits = self.autocommit_writes = self.threads = 0
         self.statements: Counter[str] = Counter()
         self.lock_held = 0.0  # seconds, from the write lock's taking (a transaction's first statement) to its release
-        # Per transaction that took the lock: (seconds held, seconds from its taking to the first write statement).
+        # Per turn of the lock (a transaction, or a write outside one): (seconds held, seconds from its taking to the
+        # first write statement).
         self.held: list[tuple[float, float]] = []
         self._lock_taken: float | None = None
         self._first_write: float | None = None
+        self._writing = False  # a write statement is about to run: the lock, if it takes it now, is taken for it
 
     def statement(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
         kind = sql.split(None, 1)[0].upper()
         self.statements[kind] += 1
-        if kind in ("INSERT", "UPDATE", "DELETE"):
+        self._writing = kind in ("INSERT", "UPDATE", "DELETE")
+        if self._writing:
             if self._lock_taken is not None and self._first_write is None:
                 self._first_write = time.perf_counter() - self._lock_taken
             if not self.connection.in_atomic_block:
                 self.autocommit_writes += 1
                 self.commits += 1
-        return execute(sql, params, many, context)
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self._writing = False
 
     def __enter__(self) -> Counts:
         real_commit, real_start = self.connection.commit, threading.Thread.start
@@ -107,6 +113,8 @@ class Counts:
         def acquire_timed() -> None:
             acquire()
             self._lock_taken = time.perf_counter()
+            if self._writing:  # taken by a write statement (a transaction's first, or one outside any)
+                self._first_write = 0.0
 
         def release_timed() -> None:
             if self._lock_taken is not None:
@@ -216,8 +224,8 @@ def main() -> None:
     if counts.held:
         held, before_write = (statistics.median(column) * 1000 for column in zip(*counts.held, strict=True))
         print(
-            f"  write lock held per transaction, median {held:.2f} ms, of which {before_write:.2f} ms before its "
-            f"first write ({len(counts.held) / n:.0f} transactions a task)"
+            f"  write lock held per turn, median {held:.2f} ms, of which {before_write:.2f} ms before its first "
+            f"write ({len(counts.held) / n:.0f} turns a task: transactions and writes outside one)"
         )
     grown = table_bytes(connection)
     grown.subtract(empty)

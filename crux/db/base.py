@@ -213,26 +213,26 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _cursor_class(self) -> type[base.SQLiteCursorWrapper]:
         """Cursors that begin this connection's pending transaction before their first statement, and hold the
         write lock for a write made outside any transaction."""
-        begin, alone, release = self.begin_if_pending, self.lock_for_write_alone, self._release_write_lock
+        wrapper = self
 
         class Cursor(base.SQLiteCursorWrapper):
             def execute(self, query: str, params: Any = None) -> Any:
-                begin()
-                if not alone(query):
+                wrapper.begin_if_pending()
+                if not wrapper.lock_for_write_alone(query):
                     return super().execute(query, params)
                 try:
                     return super().execute(query, params)
                 finally:
-                    release()
+                    wrapper._release_write_lock()
 
             def executemany(self, query: str, param_list: Any) -> Any:
-                begin()
-                if not alone(query):
+                wrapper.begin_if_pending()
+                if not wrapper.lock_for_write_alone(query):
                     return super().executemany(query, param_list)
                 try:
                     return super().executemany(query, param_list)
                 finally:
-                    release()
+                    wrapper._release_write_lock()
 
             def convert_query(self, query: str, *, param_names: Any = None) -> str:
                 if param_names is None:
