@@ -235,3 +235,14 @@ def connection_marker(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
             cursor.execute("SELECT pg_backend_pid()")
             backend = cursor.fetchone()[0]
     return {"tasks_on_this_connection": served, "backend": backend}
+
+
+def output_then_hold(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Appends one output and writes nothing more: says so in the file ``appended`` (with its pid), then holds until
+    the file ``release`` exists (30 s at most)."""
+    ctx.output("log", "appended, then nothing else written")
+    _append(payload["appended"], str(os.getpid()))
+    deadline = time.monotonic() + 30
+    while not os.path.exists(payload["release"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"held": True}

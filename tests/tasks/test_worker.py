@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tasks.models import Task, TaskHistory
+from tasks.models import Task, TaskHistory, TaskOutput
 from tasks.states import TERMINAL_STATES
 from tests.conftest import RUN_PREFIX, child_database_url, queued_count
 
@@ -340,6 +340,30 @@ def test_a_restarted_worker_recovers_its_own_tasks_at_once(cluster, tmp_path):
     assert (task.state, task.attempt_count) == ("completed", 2)
     assert transitions(task_id) == ["queued", "running", "interrupted", "queued", "running", "completed"]
     assert "restarted" in task.history.get(seq=3).reason
+
+
+@pytest.mark.parametrize(("flush", "kept"), [("0.25", True), ("30", False)], ids=["after-the-flush-period", "before"])
+def test_an_output_a_killed_worker_had_appended_is_kept_once_it_waited_the_flush_period(cluster, tmp_path, flush, kept):
+    """A handler appends an output and writes nothing more; its pool process is SIGKILLed a second later. With the
+    default flush period the heartbeat had written the output by then; with one longer than the wait it had not:
+    what a kill loses is the outputs of at most that period."""
+    cluster.env.update(TASK_OUTPUT_FLUSH_SECONDS=flush, TASK_LEASE_SECONDS="60")  # no renewal or recovery meanwhile
+    cluster.env["TASK_HANDLERS_EXTRA"] += ",hold=tests.handlers.output_then_hold"
+    appended, release = tmp_path / "appended", tmp_path / "release"
+    worker = cluster.worker(concurrency=1)
+    (task_id,) = cluster.submit(1, "hold", payload={"appended": str(appended), "release": str(release)})
+    deadline = time.monotonic() + 60
+    while not appended.exists():
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.02)
+    time.sleep(1.0)
+    (child,) = pool_children(worker)
+    assert int(appended.read_text()) == child
+    os.kill(child, signal.SIGKILL)
+    time.sleep(0.5)
+    outputs = list(TaskOutput.objects.filter(task_id=task_id).values_list("content", flat=True))
+    assert outputs == (["appended, then nothing else written"] if kept else [])
+    assert Task.objects.get(pk=task_id).state == "running"  # killed mid-attempt; recovery comes after its lease
 
 
 def test_a_task_a_killed_worker_had_taken_but_not_started_is_run_by_another(cluster, private_redis, tmp_path):
