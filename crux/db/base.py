@@ -217,20 +217,17 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
         class Cursor(base.SQLiteCursorWrapper):
             def execute(self, query: str, params: Any = None) -> Any:
-                wrapper.begin_if_pending()
-                if not wrapper.lock_for_write_alone(query):
-                    return super().execute(query, params)
-                try:
-                    return super().execute(query, params)
-                finally:
-                    wrapper._release_write_lock()
+                return self._statement(super().execute, query, params)
 
             def executemany(self, query: str, param_list: Any) -> Any:
+                return self._statement(super().executemany, query, param_list)
+
+            def _statement(self, run: Callable[[str, Any], Any], query: str, arguments: Any) -> Any:
                 wrapper.begin_if_pending()
                 if not wrapper.lock_for_write_alone(query):
-                    return super().executemany(query, param_list)
+                    return run(query, arguments)
                 try:
-                    return super().executemany(query, param_list)
+                    return run(query, arguments)
                 finally:
                     wrapper._release_write_lock()
 
