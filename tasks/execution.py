@@ -404,8 +404,8 @@ def execute(
     """Run one delivery of a task; returns what happened (skipped, completed, failed, queued for a retry, discarded).
 
     ``on_lease_lost`` ends the execution when its claim is lost or its hard time limit passed (the process, in a
-    worker; tests pass their own). ``in_transaction`` is called with the task inside the claim's transaction and
-    inside the outcome's, once each has applied its change (the worker writes Celery's result rows there).
+    worker; tests pass their own). ``in_transaction`` is called with the task inside the outcome's transaction, once
+    it has applied its change (the worker writes Celery's result row there).
 
     A handler error is retried by the task's rules (``services.finish_attempt``); a handler raises
     ``PermanentFailure`` to fail at once, or ``Retry`` to come back at a time of its choosing.
@@ -413,7 +413,7 @@ def execute(
     A handler that lost its claim (``ClaimLost`` from the context, or the heartbeat
     saw it) is discarded: no outcome and no figures are written for it.
     """
-    task = services.claim(task_id, worker_id=worker_id, in_transaction=in_transaction)
+    task = services.claim(task_id, worker_id=worker_id)
     if task is None:
         return "skipped"
     limits = services.time_limits(task)

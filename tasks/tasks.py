@@ -99,16 +99,13 @@ def celery_state(task: Task) -> tuple[str, Any]:
 
 
 def result_rows(celery_task: Any) -> Callable[[Task], None]:
-    """What the claim and the outcome call inside their transactions. The outcome writes Celery's result row of this
-    delivery through its own backend (the row its tools read: ``AsyncResult``, Flower), so it commits with the
-    change it reports, one commit fewer; once committed, Celery's own write of that state is skipped. The claim
-    writes none: the backend reads the running attempt's STARTED from the task, one row fewer (and on SQLite eight
-    b-tree pages fewer) a delivery."""
+    """What the outcome calls inside its transaction: Celery's result row of this delivery written through its own
+    backend (the row its tools read: ``AsyncResult``, Flower), so it commits with the change it reports, one commit
+    fewer; once committed, Celery's own write of that state is skipped. The claim writes none: the backend reads the
+    running attempt's STARTED from the task, one row fewer (and on SQLite eight b-tree pages fewer) a delivery."""
     request = celery_task.request
 
     def record(task: Task) -> None:
-        if task.state == TaskState.RUNNING:
-            return
         state, result = celery_state(task)
         trace = "".join(traceback.format_exception_only(result)) if isinstance(result, Exception) else None
         setattr(request, STARTED_AT, task.started_at)
@@ -124,15 +121,15 @@ def result_rows(celery_task: Any) -> Callable[[Task], None]:
     acks_late=True,
     reject_on_worker_lost=True,
     throws=(AttemptFailed,),
-    track_started=False,  # the claim writes the STARTED row, in its own transaction
+    track_started=False,  # no STARTED row: the result backend reads it from the running task
 )
 def execute_task(self: Any, task_id: str) -> str:
     """Run one delivery of a task, and tell Celery honestly how it ended: completed is a SUCCESS, failed a FAILURE,
     a retry wait a RETRY (raised, never a message re-sent by Celery: Crux's ``run_after`` is the only wait).
 
     ``throws``: an attempt's failure is the handler's, logged by Crux; Celery logs it without a traceback.
-    A delivery that claims the task stores its result rows in the claim's and the outcome's transactions
-    (``result_rows``); one that runs nothing (a duplicate) gets Celery's own SUCCESS row saying so.
+    A delivery that claims the task stores its result row in the outcome's transaction (``result_rows``); one that
+    runs nothing (a duplicate) gets Celery's own SUCCESS row saying so.
     """
     outcome = execution.execute(
         task_id,

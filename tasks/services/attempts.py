@@ -86,21 +86,20 @@ def time_limits(task: Task) -> TimeLimits:
     )
 
 
-def claim(task_id: TaskId, *, worker_id: str, in_transaction: Callable[[Task], None] | None = None) -> Task | None:
+def claim(task_id: TaskId, *, worker_id: str) -> Task | None:
     """Move a queued task to running for a new attempt, or return None (duplicate delivery).
 
     A compare-and-set (``write_task``): a delivery of a task that is already
     running or finished does nothing, so a task never runs twice at once.
-    ``in_transaction`` is called with the running task before the claim commits (and only if it claimed).
     """
     try:
-        return write_task(task_id, partial(_claim, worker_id=worker_id, in_transaction=in_transaction))
+        return write_task(task_id, partial(_claim, worker_id=worker_id))
     except TaskNotFound:
         logger.warning("delivery of unknown task %s ignored", task_id)
         return None
 
 
-def _claim(task: Task, *, worker_id: str, in_transaction: Callable[[Task], None] | None) -> Task | None:
+def _claim(task: Task, *, worker_id: str) -> Task | None:
     if task.state != TaskState.QUEUED:
         logger.info("duplicate delivery of task %s ignored: it is %s", task.pk, task.state)
         return None
@@ -117,7 +116,7 @@ def _claim(task: Task, *, worker_id: str, in_transaction: Callable[[Task], None]
             reason="soft-deleted before it started; not run",
         )
         return None
-    claimed = apply_transition(
+    return apply_transition(
         task,
         TaskState.RUNNING,
         actor=WORKER_ACTOR,
@@ -131,9 +130,6 @@ def _claim(task: Task, *, worker_id: str, in_transaction: Callable[[Task], None]
         progress=0.0,
         current_phase="",
     )
-    if in_transaction is not None:
-        in_transaction(claimed)
-    return claimed
 
 
 def _hold_back(task: Task, start: datetime) -> None:

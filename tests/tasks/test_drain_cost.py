@@ -1,7 +1,7 @@
 """What a drained task costs, with every guarantee kept (issue 16).
 
-- Celery's result rows of a task execution are written in Crux's transactions: STARTED with the claim, the final
-  row (SUCCESS, FAILURE, RETRY) with the outcome, not in commits of their own; Celery's tools still read them.
+- Celery's result row of a task execution is written once, in the outcome's transaction (SUCCESS, FAILURE, RETRY),
+  not in a commit of its own; while the attempt runs, Celery's tools read STARTED from the task.
 - A task read under its row lock (``services.locked_task``) is saved without a second locked read and without a
   savepoint, only when that read is provably the same transaction's; every other save reads the row again.
 - The claim reads the task before its transaction and saves it as a compare-and-set on that read
