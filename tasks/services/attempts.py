@@ -30,7 +30,7 @@ from tasks import hooks
 from tasks.audit import WORKER_ACTOR, Channel, audited, format_timestamp
 from tasks.exceptions import ClaimLost, InvalidTaskData, TaskError, TaskNotFound
 from tasks.ids import TaskId, parse_task_id
-from tasks.models import METRIC_FIELDS, OutputType, Task, TaskOutput, read_task
+from tasks.models import METRIC_FIELDS, Task, TaskOutput, read_task
 from tasks.redaction import redact_text
 from tasks.registry import HandlerOptions, handler_options
 from tasks.services.base import apply_transition, locked_task, refuse_unknown, start_ahead, write_task
@@ -423,7 +423,7 @@ def prepare_output(
     """An output a running attempt produced (stdout, a log line, an artifact), credentials in its text masked,
     ready to write: refused (``InvalidTaskData``) if it is not valid, and ``ClaimLost`` if the attempt no longer
     holds its claim as committed now (a read, no lock: the write checks again, under the lock)."""
-    output = _checked_output(task_id, {"output_type": OutputType(output_type), "content": content, **meta})
+    output = _checked_output(task_id, {"output_type": output_type, "content": content, **meta})
     _hold_claim(task_id, attempt, worker_id, lock=False)
     return PreparedOutput(output, output.compiled_insert(router.db_for_write(TaskOutput)))
 

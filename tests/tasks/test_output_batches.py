@@ -84,7 +84,7 @@ def output_then_stuck(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
 
 def bad_output(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     try:
-        ctx.output("log", "x", file_size=-1)
+        ctx.output(payload["output_type"], "x", **payload["meta"])
     except InvalidTaskData as exc:
         return {"refused": sorted(exc.errors)}
     return {"refused": []}
@@ -208,11 +208,15 @@ def test_the_hard_limit_writes_the_waiting_outputs_with_the_attempts_end(user):
     assert outputs_of(task.pk) == ["before the hard limit"]
 
 
-def test_an_invalid_output_is_refused_when_appended_and_never_waits(user):
-    task = submit(user, "bad_output")
+@pytest.mark.parametrize(
+    ("output_type", "meta", "field"),
+    [("log", {"file_size": -1}, "file_size"), ("bogus", {}, "output_type"), ("log", {"colour": "red"}, "colour")],
+)
+def test_an_invalid_output_is_refused_with_its_field_when_appended_and_never_waits(user, output_type, meta, field):
+    task = submit(user, "bad_output", request_payload={"output_type": output_type, "meta": meta})
     with counted_commits() as commits:
         outcome, task = run(task)
-    assert outcome == "completed" and task.result == {"refused": ["file_size"]}
+    assert outcome == "completed" and task.result == {"refused": [field]}
     assert outputs_of(task.pk) == [] and len(commits) == 2
 
 
