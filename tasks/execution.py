@@ -85,7 +85,6 @@ class TaskContext:
         self.written: dict[str, Any] = {}
         self._outputs: list[services.PreparedOutput] = []  # appended, not written yet, in their order
         self._outputs_since: float | None = None  # when the first of them was appended
-        self._outputs_chars = 0
         self._outputs_lock = threading.RLock()  # held while outputs are taken and written: they commit in order
         self.wake = threading.Event()  # set when outputs start waiting: the heartbeat thread's cue to write them
 
@@ -118,14 +117,13 @@ class TaskContext:
         prepared: services.PreparedOutput = self._guarded(services.prepare_output, output_type, content, **meta)
         with self._outputs_lock:
             self._outputs.append(prepared)
-            self._outputs_chars += len(prepared.output.content)
             if self._outputs_since is None:
                 self._outputs_since = time.monotonic()
                 self.wake.set()
             if (
                 settings.TASK_OUTPUT_FLUSH_SECONDS <= 0
                 or len(self._outputs) >= OUTPUT_BATCH_MAX
-                or self._outputs_chars >= OUTPUT_BATCH_CHARS
+                or sum(len(waiting.output.content) for waiting in self._outputs) >= OUTPUT_BATCH_CHARS
             ):
                 self.write_outputs()
         return prepared.output
@@ -144,15 +142,13 @@ class TaskContext:
     def take_outputs(self) -> list[services.PreparedOutput]:
         """The waiting outputs, no longer waiting: for the outcome, which writes them in its transaction."""
         with self._outputs_lock:
-            taken, self._outputs = self._outputs, []
-            self._outputs_since, self._outputs_chars = None, 0
+            taken, self._outputs, self._outputs_since = self._outputs, [], None
             return taken
 
     def write_outputs(self) -> None:
         """Write the waiting outputs now, in a transaction of their own."""
         with self._writing_outputs() as outputs:
-            if outputs:
-                self._guarded(services.record_outputs, outputs)
+            self._guarded(services.record_outputs, outputs)
 
     @contextmanager
     def _writing_outputs(self) -> Iterator[list[services.PreparedOutput]]:
@@ -167,7 +163,6 @@ class TaskContext:
             except BaseException:
                 if taken:
                     self._outputs[:0] = taken
-                    self._outputs_chars += sum(len(p.output.content) for p in taken)
                     self._outputs_since = time.monotonic()  # tried again a flush period from now
                 raise
 
@@ -194,10 +189,16 @@ class Heartbeat:
         waits = [self.next_renewal - time.monotonic()]
         if self.ctx.limits.hard is not None:
             waits.append(self.ctx.limits.hard - self.ctx.elapsed())
-        outputs_due = self.ctx.outputs_due_in()
+        outputs_due = self._outputs_due_in()
         if outputs_due is not None:
-            waits.append(max(outputs_due, self.outputs_retry_at - time.monotonic()))
+            waits.append(outputs_due)
         return max(0.0, min(waits))
+
+    def _outputs_due_in(self) -> float | None:
+        """Seconds until the waiting outputs are to be written by this thread (after a failed write, not before
+        ``outputs_retry_at``), or None when none waits."""
+        due = self.ctx.outputs_due_in()
+        return None if due is None else max(due, self.outputs_retry_at - time.monotonic(), 0.0)
 
     def _past_hard_limit(self) -> bool:
         hard = self.ctx.limits.hard
@@ -260,7 +261,7 @@ class Heartbeat:
         if self._past_hard_limit():
             self._terminate()
             return False
-        if self.ctx.outputs_due_in() == 0 and time.monotonic() >= self.outputs_retry_at and not self._write_outputs():
+        if self._outputs_due_in() == 0 and not self._write_outputs():
             return False
         if time.monotonic() >= self.next_renewal:
             return self._beat()

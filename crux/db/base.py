@@ -195,7 +195,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         has run); True if taken, for the caller to release once the statement has run."""
         if self._lock_held or not self.autocommit or self.in_atomic_block or _reads_only(query):
             return False
-        if self.is_in_memory_db():
+        if self.is_in_memory_db():  # no file, no lock file: one connection, nothing to queue with
             return False
         self._acquire_write_lock()
         return True

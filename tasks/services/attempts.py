@@ -379,14 +379,10 @@ def record_metrics(
     its claim.
     """
     figures = checked_metrics(fields)
-    attempt_rows = _live_attempt(task_id, attempt, worker_id)
     with _outputs_joining(outputs):
-        if figures:
-            if not attempt_rows.update(**figures):
-                raise _claim_lost(task_id, attempt, worker_id)
-        elif outputs:
-            _hold_claim(task_id, attempt, worker_id)
-        elif not attempt_rows.exists():
+        if not figures:
+            _hold_claim(task_id, attempt, worker_id, lock=bool(outputs))  # nothing to update: the claim checked
+        elif not _live_attempt(task_id, attempt, worker_id).update(**figures):
             raise _claim_lost(task_id, attempt, worker_id)
         write_outputs(outputs)
     return figures

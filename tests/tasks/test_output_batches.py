@@ -24,7 +24,7 @@ from django.utils import timezone
 from tasks import services
 from tasks.audit import Channel
 from tasks.exceptions import ClaimLost, InvalidTaskData
-from tasks.execution import OUTPUT_BATCH_MAX, execute
+from tasks.execution import OUTPUT_BATCH_CHARS, OUTPUT_BATCH_MAX, execute
 from tasks.models import Task, TaskOutput
 
 pytestmark = pytest.mark.usefixtures("live_db")
@@ -58,9 +58,10 @@ def with_progress_and_metrics(ctx: Any, payload: dict[str, Any]) -> dict[str, An
 
 
 def many_lines(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Appends ``lines`` outputs, each padded to ``size`` characters if given; what a reader saw after the last."""
     for i in range(int(payload["lines"])):
-        ctx.output("stdout", f"line {i}")
-    return {"lines": payload["lines"]}
+        ctx.output("stdout", f"line {i}".ljust(int(payload.get("size", 0)), "."))
+    return {"seen": len(outputs_of(ctx.task_id))}
 
 
 def output_then_taken_over(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +181,16 @@ def test_many_outputs_are_written_in_batches_in_their_order(user):
     assert outcome == "completed"
     assert outputs_of(task.pk) == [f"line {i}" for i in range(lines)]
     assert len(commits) == 4  # the claim, two full batches, the outcome with the last 50
+
+
+def test_outputs_of_a_million_characters_are_written_at_once(user):
+    task = submit(user, "many_lines", request_payload={"lines": 3, "size": OUTPUT_BATCH_CHARS // 2 - 1})
+    with counted_commits() as commits:
+        outcome, task = run(task)
+    assert outcome == "completed"
+    # The third line took the waiting ones past the size: all three were written before the handler returned.
+    assert task.result == {"seen": 3}
+    assert len(commits) == 3  # the claim, the three lines, the outcome with none
 
 
 def test_a_waiting_output_of_an_attempt_that_lost_its_claim_is_never_written(user):
