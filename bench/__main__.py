@@ -33,7 +33,8 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
             ["bench.http", "--engine", engine, "--rounds", "3"],
             ["bench.stream", "--engine", engine, "--rounds", "3"],
             ["bench.recovery", "--tasks", str(recovery_tasks), "--engine", engine],
-            # Bytes per 1,000 tasks hardly depend on N: 10,000 completed tasks measure it in seconds.
+            # Bytes per 1,000 tasks hardly depend on N: 10,000 completed tasks, submitted and run through Crux's own
+            # code (bench.written), measure it in a minute or two.
             [
                 "bench.scale",
                 "--engine",

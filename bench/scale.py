@@ -1,7 +1,7 @@
 """The API at 10K, 100K and 1M tasks, and storage per 1,000 completed tasks.
 
     python -m bench.scale --engine sqlite --sizes 10000,100000,1000000 --runs 50
-    python -m bench.scale --engine postgres --sizes 10000,100000 --runs 50 --storage-tasks 100000
+    python -m bench.scale --engine postgres --sizes 10000,100000 --runs 50 --storage-tasks 10000
 
 Goals: p95 of the filtered list, search and history at the largest size ≤ 1.5 x
 their p95 at the smallest, both measured in this run; history < 500 ms,
@@ -21,8 +21,9 @@ machine that slows down or speeds up during the run does so for every size
 alike, and the ratios between sizes do not measure its drift.
 
 Storage is measured on a separate database of completed tasks only
-(``crux_bench_storage_{N}``: each with its 4 history rows, 2 outputs and a
-metrics row, as the realistic set has them): the whole SQLite file (every page,
+(``bench.written``: each submitted through the submit service and run to its end
+through Celery's tracer, so its rows are the ones Crux writes: 3 history rows
+with their details, 2 outputs, its metrics and Celery's result row): the whole SQLite file (every page,
 free ones included) or, on PostgreSQL, every table of the schema with its TOAST
 data, free-space and visibility maps and indexes, after a VACUUM. What the tasks
 add is that size less the schema's own, measured the same way on an empty
@@ -54,6 +55,7 @@ from typing import Any
 
 from bench.dataset import ROOT, configure, ensure, git_revision
 from bench.report import record, summary
+from bench.written import written_tasks
 
 MB = 1_000_000
 RATIO_GOAL = 1.5
@@ -173,19 +175,19 @@ def _random_task_ids(task_model: Any, owner: Any, count: int) -> list[str]:
 def measure_storage(engine: str, count: int, fresh: bool) -> dict[str, Any]:
     """In this process: the bytes of every b-tree (SQLite) or relation (PostgreSQL) of a data set of ``count``
     completed tasks, as components ``[table, name, kind, bytes]``; kinds ending in "index" make the index share."""
-    configure(engine, f"crux_bench_storage_{count}", fresh=fresh)
-    from django.db import connection
+    with written_tasks(engine, count, fresh=fresh):
+        from django.db import connection
 
-    from tasks.models import Task, TaskHistory, TaskOutput
+        from tasks.models import CeleryResult, Task, TaskHistory, TaskOutput
 
-    ensure(count, {"completed": 1.0})
-    rows = {
-        "tasks": Task.objects.count(),
-        "history rows": TaskHistory.objects.count(),
-        "outputs": TaskOutput.objects.count(),
-    }
-    with connection.cursor() as cursor:
-        components, total = storage_components(cursor, connection.vendor)
+        rows = {
+            "tasks": Task.objects.count(),
+            "history rows": TaskHistory.objects.count(),
+            "outputs": TaskOutput.objects.count(),
+            "Celery results": CeleryResult.objects.count(),
+        }
+        with connection.cursor() as cursor:
+            components, total = storage_components(cursor, connection.vendor)
     return {"rows": rows, "total": total, "components": components}
 
 
@@ -429,7 +431,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50, help="timed rounds per size (default 50)")
     parser.add_argument("--warmups", type=int, default=5, help="rounds not counted (default 5)")
     parser.add_argument(
-        "--storage-tasks", type=int, default=100_000, help="completed tasks in the storage data set (0: skip)"
+        "--storage-tasks", type=int, default=10_000, help="completed tasks in the storage data set (0: skip)"
     )
     parser.add_argument("--fresh", action="store_true", help="rebuild the data sets (shared with bench.locate)")
     parser.add_argument("--child-size", type=int, help=argparse.SUPPRESS)

@@ -6,7 +6,8 @@ filled with the storage benchmark's tasks and measured beside the current schema
 
 Issue 16 asks for ≤ 1 MB per 1,000 completed tasks (≤ 1,000 bytes a task) with indexes under 20 % of it. This
 measures what is physically reachable: a compact schema in raw SQL (no ORM, no migration of the project),
-loaded with the very tasks of ``bench.scale``'s storage data set (``crux_bench_storage_{N}``, built if missing)
+loaded with the very tasks of ``bench.scale``'s storage data set (``bench.written``: tasks submitted and run
+through Crux's own code, built if missing)
 and measured by the same function (``bench.scale.storage_components``: SQLite's pages, PostgreSQL's tables,
 TOAST and indexes, after a VACUUM), in two variants: as is, and with JSON and output text deflated (zlib,
 kept only where smaller; the searched title and description stay plain).
@@ -24,11 +25,14 @@ worker, stop reason, reason, key id) are references into ``label``. Indexes: the
 outputs by task and sequence), the task id, the owner's list by creation time and the text search index
 (SQLite: the same FTS5 trigram table as today; PostgreSQL: one pg_trgm GIN over title and description).
 
-Not stored, because derivable: the previous MAC (the previous row's), a row's state before (the previous
-row's state after), history details that only repeat the transition or the submitted title, the task's chain
-head and history count, total tokens (prompt + completion), a completed task's progress (1). Not stored,
-because only an unfinished task needs them: lease, heartbeat, dispatch bookkeeping (time, count, epoch,
-Celery id), current phase; nor the ``updated_at`` stamps (the newest history row says when it last changed).
+A history row's details (``history_note``, compact JSON) are kept as written: each change's fields before and after,
+and a new task's submitted values, are what the audit records of it. Derived from the task's row instead, they
+would say only what that row says now, which a write that goes around the audit can alter.
+
+Not stored, because derivable: the previous MAC (the previous row's), a row's state before (the previous row's state
+after), the task's chain head and history count, total tokens (prompt + completion), a completed task's progress
+(1). Not stored, because only an unfinished task needs them: lease, heartbeat, dispatch bookkeeping (time, count,
+epoch, Celery id), current phase; nor the ``updated_at`` stamps (the newest history row says when it last changed).
 """
 
 from __future__ import annotations
@@ -45,9 +49,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from bench.dataset import ROOT, configure, ensure, git_revision
+from bench.dataset import ROOT, git_revision
 from bench.report import record
 from bench.scale import INDEX_SHARE_GOAL, MB, STORAGE_GOAL, run_child, storage_components
+from bench.written import written_tasks
 
 BUDGET_BYTES = STORAGE_GOAL * MB / 1000  # a task's share of the goal per 1,000 completed tasks
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -140,7 +145,8 @@ CREATE TABLE history (
     key smallint NOT NULL, mac bytea NOT NULL, PRIMARY KEY (task, seq)
 );
 CREATE TABLE history_note (
-    task int NOT NULL, seq smallint NOT NULL, error_message text, details json, PRIMARY KEY (task, seq)
+    task int NOT NULL, seq smallint NOT NULL, error_message text, details json, details_z bytea,
+    PRIMARY KEY (task, seq)
 );
 CREATE TABLE output (
     at bigint NOT NULL, task int NOT NULL, seq smallint NOT NULL, type smallint NOT NULL,
@@ -243,15 +249,6 @@ def read_source() -> list[dict[str, Any]]:
     return sorted(tasks.values(), key=lambda task: (task["created_at"], task["id"]))
 
 
-def derived_details(task: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """A history row's details as the floor derives them: a transition's hold no change (its state is the row's
-    own), a created row's the task's submitted title (the data set's rows; any row that differs is stored as it
-    is)."""
-    if row["event"] == "created":
-        return {"changes": {"title": task["title"]}}
-    return {"changes": {}}
-
-
 def floor_rows(source: list[dict[str, Any]], engine: str, zipped: bool) -> dict[str, list[dict[str, Any]]]:
     """The floor's rows of ``source`` by table, each by column: ``zipped`` deflates JSON and output text where
     that is shorter (SQLite: a BLOB in the same column; PostgreSQL: in the ``_z`` column beside)."""
@@ -325,16 +322,11 @@ def floor_rows(source: list[dict[str, Any]], engine: str, zipped: bool) -> dict[
                     "mac": bytes.fromhex(entry["hash"]),
                 }
             )
-            details = None if entry["details"] == derived_details(task, entry) else entry["details"]
+            details = entry["details"] or None
             if entry["error_message"] or details is not None:
-                tables.setdefault("history_note", []).append(
-                    {
-                        "task": n,
-                        "seq": entry["seq"],
-                        "error_message": entry["error_message"] or None,
-                        "details": compact_json(details),
-                    }
-                )
+                note = {"task": n, "seq": entry["seq"], "error_message": entry["error_message"] or None}
+                text(note, "details", compact_json(details))
+                tables.setdefault("history_note", []).append(note)
             state_from = entry["state_to"]
         for seq, output in enumerate(task["outputs"], start=1):
             row = {"task": n, "seq": seq, "type": output_types.index(output["output_type"])}
@@ -484,11 +476,9 @@ def check(connection: Any, engine: str, source: list[dict[str, Any]]) -> None:
                 "error_message": note.get("error_message") or "", "created_at": moment(stored["at"]),
                 "key_id": labels[stored["key"]],
             }  # fmt: skip
-            details = note.get("details")
+            details = text(note, "details") if note else None
             rebuilt["details"] = (
-                derived_details(expected, rebuilt)
-                if details is None
-                else json.loads(details) if isinstance(details, str) else details
+                {} if details is None else json.loads(details) if isinstance(details, str) else details
             )  # fmt: skip
             link = row_hash(prev, rebuilt)
             if link != bytes(stored["mac"]).hex() or link != entry["hash"]:
@@ -590,9 +580,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="rebuild the storage data set")
     args = parser.parse_args()
     current = run_child(argparse.Namespace(engine=args.engine, fresh=args.fresh), "--child-storage", str(args.tasks))
-    configure(args.engine, f"crux_bench_storage_{args.tasks}", fresh=False)
-    ensure(args.tasks, {"completed": 1.0})
-    source = read_source()
+    with written_tasks(args.engine, args.tasks):
+        source = read_source()
     floors = {name: measure_floor(args.engine, source, zipped) for name, zipped in VARIANTS.items()}
     report(args.engine, len(source), current, floors)
 

@@ -8,20 +8,20 @@
 write and a log line, then an artifact, its metrics and the outcome), with no sleep: what a handler that reports as
 it goes costs, its outputs written with its next write (``TASK_OUTPUT_FLUSH_SECONDS``; 0 writes each at once).
 
-Each task is run through Celery's own tracer (``celery.app.trace.build_tracer``: the code a worker's pool process
-runs for a delivery: prerun, the task with its STARTED row, the result row, postrun), in this process, with no
-broker round trip, so only the work of the task itself is counted: the claim, the handler's output, the outcome
-with its metrics, the history rows, the mirror writes after each commit. Commits are counted on the connection,
-statements with ``connection.execute_wrapper``, threads at ``Thread.start``, and on SQLite the time the database's
-write lock is held (from a transaction's first statement to its commit: what every other writer, a second worker
-process say, waits for); with ``--profile N``, cProfile's top N entries by cumulative time. The broker queue and
-mirror keys carry a token of the run and are deleted afterwards.
+Each task is run through Celery's own tracer (``bench.traced``: the code a worker's pool process runs for a
+delivery: prerun, the task, its result row, postrun), in this process, with no broker round trip, so only the work
+of the task itself is counted: the claim, the handler's output, the outcome with its metrics, the history rows, the
+mirror writes after each commit. Commits are counted on the connection, statements with
+``connection.execute_wrapper``, threads at ``Thread.start``, and on SQLite the time the database's write lock is
+held (from a transaction's first statement to its commit: what every other writer, a second worker process say,
+waits for); with ``--profile N``, cProfile's top N entries by cumulative time. The broker queue and mirror keys
+carry a token of the run and are deleted afterwards.
 
 It also measures what the drained tasks take in the database, as ``bench.scale``'s storage does (after a VACUUM):
 the growth of the tables that hold a row or more per task (``TASK_TABLES``: the task, its history, outputs, search
 index and Celery's result row) and of their indexes from before the tasks were submitted to after they were
-drained, divided by their number: the real writer's rows, where ``bench.scale``'s data set holds leaner history
-rows and no result rows.
+drained, divided by their number: the real writer's rows, as ``bench.scale``'s storage data set holds them
+(``bench.written``), for a task of this handler.
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from bench.dataset import configure, git_revision
-from bench.redis_keys import delete_keys
+from bench.dataset import git_revision
 from bench.report import record
+from bench.traced import traced_worker
 
-BROKER_URL = "redis://127.0.0.1:6379/11"
 HANDLERS = {
     "echo": {"message": "x"},
     "agent_demo": {"max_iterations": 5, "converge_after": 5, "delay": 0},
@@ -141,25 +140,20 @@ def main() -> None:
     parser.add_argument("--handler", choices=list(HANDLERS), default="echo", help="what each task runs (default echo)")
     args = parser.parse_args()
 
-    token = f"crux-bench-task-cost-{os.getpid()}"
-    os.environ.update(CELERY_BROKER_URL=BROKER_URL, REDIS_KEY_PREFIX=token)
-    configure(args.engine, "crux_bench_task_cost")
-    import redis
-    from celery.app.trace import build_tracer
+    with traced_worker(args.engine, "crux_bench_task_cost", hostname="w@task-cost", name="task-cost") as run:
+        measure(args, run)
+
+
+def measure(args: argparse.Namespace, run: Callable[[list], None]) -> None:
+    """Submit the tasks, run them through the tracer while counting, and print what was counted."""
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from crux.celery import app
-    from persistence import mirror
     from tasks import services
     from tasks.audit import Channel
-    from tasks.dispatch import EXECUTE_TASK
     from tasks.models import Task
 
-    app.conf.task_default_queue = f"{token}.celery"  # no worker listens: the tracer runs the tasks here
-    app.loader.import_default_modules()
-    tracer = build_tracer(EXECUTE_TASK, app.tasks[EXECUTE_TASK], app=app, hostname="w@task-cost", eager=False)
     user = get_user_model().objects.create_user(f"task-cost-{os.getpid()}")
 
     def submitted(count: int) -> list[Task]:
@@ -172,32 +166,19 @@ def main() -> None:
         ]  # fmt: skip
         return list(Task.objects.filter(pk__in=ids))
 
-    def run(tasks: list[Task]) -> None:
-        for task in tasks:
-            request = {
-                "id": task.celery_task_id, "task": EXECUTE_TASK, "hostname": "w@task-cost",
-                "argsrepr": repr((str(task.pk),)), "kwargsrepr": "{}", "is_eager": False,
-                "delivery_info": {"routing_key": "celery", "priority": 5, "redelivered": False},
-            }  # fmt: skip
-            tracer(task.celery_task_id, (str(task.pk),), {}, request)
-
-    try:
-        run(submitted(10))  # warm-up
-        empty = table_bytes(connection)
-        tasks = submitted(args.tasks)
-        profiler = cProfile.Profile() if args.profile else None
-        with Counts(connection) as counts:
-            began, cpu = time.perf_counter(), time.process_time()
-            if profiler:
-                profiler.enable()
-            run(tasks)
-            if profiler:
-                profiler.disable()
-            wall, cpu = time.perf_counter() - began, time.process_time() - cpu
-        states = Counter(Task.objects.filter(pk__in=[t.pk for t in tasks]).values_list("state", flat=True))
-    finally:
-        delete_keys(redis.Redis.from_url(BROKER_URL), token)
-        delete_keys(mirror.client(), token)
+    run(submitted(10))  # warm-up
+    empty = table_bytes(connection)
+    tasks = submitted(args.tasks)
+    profiler = cProfile.Profile() if args.profile else None
+    with Counts(connection) as counts:
+        began, cpu = time.perf_counter(), time.process_time()
+        if profiler:
+            profiler.enable()
+        run(tasks)
+        if profiler:
+            profiler.disable()
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+    states = Counter(Task.objects.filter(pk__in=[t.pk for t in tasks]).values_list("state", flat=True))
 
     n = args.tasks
     print(
