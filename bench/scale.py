@@ -23,18 +23,18 @@ alike, and the ratios between sizes do not measure its drift.
 Storage is measured on a separate database of completed tasks only
 (``bench.written``: each submitted through the submit service and run to its end
 through Celery's tracer, so its rows are the ones Crux writes: 3 history rows
-with their details, 2 outputs, its metrics and Celery's result row): the whole SQLite file (every page,
-free ones included) or, on PostgreSQL, every table of the schema with its TOAST
-data, free-space and visibility maps and indexes, after a VACUUM. What the tasks
-add is that size less the schema's own, measured the same way on an empty
-database migrated beside it (``crux_bench_storage_empty``: every table and index
-takes a page or more before its first row); divided by N and multiplied by
-1,000, it is the figure the goals judge, as ``bench.task_cost`` measures a
-drained task by the growth of its tables. MB are 10^6 bytes. It is also printed
-in bytes per task by component: each table (on PostgreSQL its TOAST apart), each
-index and the search index (SQLite's FTS5 tables; PostgreSQL's trigram indexes),
-and the whole database divided by N beside it. An empty ``--sizes ''`` measures
-storage only.
+with their details, 2 outputs, its metrics and Celery's result row): the whole
+SQLite file (every page, free ones included) or, on PostgreSQL, every table of
+the schema with its TOAST data, free-space and visibility maps and indexes,
+after a VACUUM. What the tasks add is that size less the schema's own, measured
+the same way on an empty database migrated beside it
+(``crux_bench_storage_empty``: every table and index takes a page or more before
+its first row); divided by N and multiplied by 1,000, it is the figure the goals
+judge, as ``bench.task_cost`` measures a drained task by the growth of its
+tables. MB are 10^6 bytes. It is also printed in bytes per task by component:
+each table (on PostgreSQL its TOAST apart), each index and the search index
+(SQLite's FTS5 tables; PostgreSQL's trigram indexes), and the whole database
+divided by N beside it. An empty ``--sizes ''`` measures storage only.
 """
 
 from __future__ import annotations

@@ -5,12 +5,11 @@ filled with the storage benchmark's tasks and measured beside the current schema
     python -m bench.storage_floor --engine postgres --tasks 10000
 
 Issue 16 asks for ≤ 1 MB per 1,000 completed tasks (≤ 1,000 bytes a task) with indexes under 20 % of it. This
-measures what is physically reachable: a compact schema in raw SQL (no ORM, no migration of the project),
-loaded with the very tasks of ``bench.scale``'s storage data set (``bench.written``: tasks submitted and run
-through Crux's own code, built if missing)
-and measured by the same function (``bench.scale.storage_components``: SQLite's pages, PostgreSQL's tables,
-TOAST and indexes, after a VACUUM), in two variants: as is, and with JSON and output text deflated (zlib,
-kept only where smaller; the searched title and description stay plain).
+measures what is physically reachable: a compact schema in raw SQL (no ORM, no migration of the project), loaded
+with the very tasks of ``bench.scale``'s storage data set (``bench.written``: tasks submitted and run through Crux's
+own code, built if missing) and measured by the same function (``bench.scale.storage_components``: SQLite's pages,
+PostgreSQL's tables, TOAST and indexes, after a VACUUM), in two variants: as is, and with JSON, history details and
+output text deflated (zlib, kept only where smaller; the searched title and description stay plain).
 
 What the floor holds for each task: its id (16-byte binary UUID), owner, state, handler, role, provider, model,
 created/started/completed times (epoch microseconds: what the current schema holds), attempts, its worker,
