@@ -215,6 +215,7 @@ def main() -> None:
     from tasks import dispatch as publishing
     from tasks import services
     from tasks.audit import Channel
+    from tasks.ids import celery_id
     from tasks.models import Task, TaskHistory
 
     queue = f"{token}.celery"
@@ -271,7 +272,7 @@ def main() -> None:
             raw(i)
             task_id = uuid.uuid4()
             mirror.refresh_all([{**entry, "id": str(task_id)}])
-            publishing.publish_all([publishing.Publish(task_id, publishing.celery_id(task_id, 1), "", 5)])
+            publishing.publish_all([publishing.Publish(task_id, celery_id(task_id, 1), "", 5)])
 
         loops = {DURABLE: durable, BATCH: batch, CELERY: delay, raw_label: raw, FLOOR: floor, GUARDED: guarded}
         per_call = {BATCH: args.batch}

@@ -15,9 +15,9 @@ from redis.exceptions import RedisError
 
 from persistence import mirror
 from persistence.services import expected_in_mirror, reconcile_mirror
-from tasks.dispatch import EXECUTE_TASK, task_id_of
+from tasks.dispatch import EXECUTE_TASK
 from tasks.exceptions import TaskNotFound
-from tasks.ids import parse_task_id
+from tasks.ids import parse_task_id, task_id_of
 from tasks.models import Task
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,6 @@ def mirrored_task_ids() -> list[str]:
 
 def executed_task_ids() -> Iterator[str]:
     """Ids of the Crux tasks Celery has a result for (only committed tasks are dispatched): a witness. A result
-    is kept per publish, under the publish's Celery id (``tasks.dispatch.celery_id``), which names the task."""
+    is kept per publish, under the publish's Celery id (``tasks.ids.celery_id``), which names the task."""
     results = TaskResult.objects.filter(task_name=EXECUTE_TASK).values_list("task_id", flat=True)
     return (task_id_of(celery_task_id) for celery_task_id in results.iterator(chunk_size=2000))

@@ -35,17 +35,6 @@ def broker_priority(priority: int) -> int:
     return top - priority if settings.BROKER_IS_REDIS else priority
 
 
-def celery_id(task_id: Any, dispatch_count: int) -> str:
-    """The Celery task id of a task's ``dispatch_count``-th publish: each publish its own, so a revoked id (workers
-    remember them, across restarts with ``--statedb``) never discards a later publish of the same task."""
-    return f"{task_id}.{dispatch_count}"
-
-
-def task_id_of(celery_task_id: str) -> str:
-    """The Crux task id a Celery task id of ``celery_id`` names (a bare task id, as older publishes used, too)."""
-    return celery_task_id.partition(".")[0]
-
-
 class Publish(NamedTuple):
     """One publish of a task: what ``mark_published`` recorded and where it goes."""
 

@@ -24,6 +24,17 @@ def uuid_or_none(value: Any) -> uuid.UUID | None:
     return uuid.UUID(text) if _UUID_TEXT.fullmatch(text) else None
 
 
+def celery_id(task_id: Any, dispatch_count: int) -> str:
+    """The Celery task id of a task's ``dispatch_count``-th publish: each publish its own, so a revoked id (workers
+    remember them, across restarts with ``--statedb``) never discards a later publish of the same task."""
+    return f"{task_id}.{dispatch_count}"
+
+
+def task_id_of(celery_task_id: str) -> str:
+    """The Crux task id a Celery task id of ``celery_id`` names (a bare task id, as older publishes used, too)."""
+    return celery_task_id.partition(".")[0]
+
+
 def parse_task_id(task_id: TaskId, *, field: str = "task_id") -> uuid.UUID:
     """The task id as a UUID, or InvalidTaskData naming ``field``."""
     pk = uuid_or_none(task_id)

@@ -34,6 +34,7 @@ from django_celery_results.models import TaskResult
 
 from tasks.audit import SYSTEM_ACTORS, Channel, HistoryEvent, current_context
 from tasks.exceptions import AppendOnlyViolation, HardDeleteRefused, TaskChanged, UntrackedWrite
+from tasks.ids import celery_id
 from tasks.keys import KEY_ID_MAX_LENGTH
 from tasks.redaction import redact_fields
 from tasks.states import TaskState, check_state, check_transition
@@ -60,8 +61,6 @@ UNTRACKED_FIELDS = frozenset(
         "history_count",
         "history_head",
         "dispatch_epoch",
-        # Derived from the id and dispatch_count (``dispatch.celery_id``), which the history records.
-        "celery_task_id",
     }
     | set(METRIC_FIELDS)
 )
@@ -636,7 +635,6 @@ class Task(LoadedDirectly):
     partial_results = models.JSONField(null=True, blank=True)
     request_payload = models.JSONField(default=dict, blank=True)
 
-    celery_task_id = models.CharField(max_length=255, blank=True)
     attempt_count = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(
         default=3, validators=[MinValueValidator(1), MaxValueValidator(100)]
@@ -894,6 +892,12 @@ class Task(LoadedDirectly):
     @property
     def is_deleted(self) -> bool:
         return self.deleted_at is not None
+
+    @property
+    def celery_task_id(self) -> str:
+        """The Celery task id of the task's latest publish ('' before its first): derived from its id and publish
+        count (``ids.celery_id``), so not stored."""
+        return celery_id(self.pk, self.dispatch_count) if self.dispatch_count else ""
 
     @classmethod
     def tracked_fields(cls) -> list[models.Field]:

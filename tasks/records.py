@@ -53,7 +53,10 @@ def serialize_queryset(queryset: models.QuerySet, *, chunk_size: int = 2000, nat
 
 # Fields a model no longer stores because they are derived: dropped from the rows of older backups and purge archives
 # as they are read back (a history row's prev_hash is the hash of the row before it).
-RETIRED_FIELDS: dict[str, frozenset[str]] = {"tasks.taskhistory": frozenset({"prev_hash"})}
+RETIRED_FIELDS: dict[str, frozenset[str]] = {
+    "tasks.taskhistory": frozenset({"prev_hash"}),
+    "tasks.task": frozenset({"celery_task_id"}),  # derived from the id and the publish count since
+}
 
 
 # A task's metrics had a table of their own until they became columns of its row: a row of that model, in an older

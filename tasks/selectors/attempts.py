@@ -6,8 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
-from tasks.dispatch import task_id_of
-from tasks.ids import TaskId, parse_task_id, uuid_or_none
+from tasks.ids import TaskId, celery_id, parse_task_id, task_id_of, uuid_or_none
 from tasks.models import Task
 from tasks.states import TaskState
 
@@ -35,14 +34,13 @@ def running_delivery(celery_task_id: str) -> RunningDelivery | None:
     pk = uuid_or_none(task_id_of(celery_task_id))
     if pk is None:
         return None
-    row = (
-        Task.objects.filter(pk=pk, state=TaskState.RUNNING, celery_task_id=celery_task_id)
-        .values_list("worker_id", "started_at")
-        .first()
+    running = Task.objects.filter(pk=pk, state=TaskState.RUNNING).values_list(
+        "worker_id", "started_at", "dispatch_count"
     )
-    if row is None:
+    row = running.first()
+    if row is None or celery_id(pk, row[2]) != celery_task_id:  # another publish's attempt runs, or none
         return None
-    worker_id, started_at = row
+    worker_id, started_at, _ = row
     parts = worker_id.rsplit(":", 2)  # "<node name>:<instance>:<pid>" (an older "<node name>:<pid>")
     return RunningDelivery(parts[0], int(parts[-1]) if parts[-1].isdigit() else None, started_at)
 

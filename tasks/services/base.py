@@ -255,10 +255,10 @@ def check_queue(task: Task, known: Collection[str] | None = None) -> None:
 
 
 def mark_published(task: Task, now: datetime) -> None:
-    """Record a new publish of the task on the instance, saved with the change that publishes it: when, how many
-    so far, and the Celery task id of this publish (a confirmation by the broker is awaited anew)."""
+    """Record a new publish of the task on the instance, saved with the change that publishes it: when and how many
+    so far, which names this publish's Celery task id (``Task.celery_task_id``); a confirmation by the broker is
+    awaited anew."""
     task.dispatched_at, task.dispatch_count, task.dispatch_epoch = now, task.dispatch_count + 1, ""
-    task.celery_task_id = dispatch.celery_id(task.pk, task.dispatch_count)
 
 
 def publish_on_commit(*tasks: Task) -> None:

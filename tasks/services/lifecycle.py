@@ -11,7 +11,7 @@ from django.utils import timezone
 from tasks import dispatch, hooks
 from tasks.audit import CELERY_REVOKE_ACTOR, Actor, Channel, actor_label, audited
 from tasks.exceptions import AttemptLimitReached, StaleState, TaskError, TaskNotFound
-from tasks.ids import TaskId, parse_task_id
+from tasks.ids import TaskId, celery_id, parse_task_id, task_id_of
 from tasks.models import Task
 from tasks.services.base import (
     EDITABLE_FIELDS,
@@ -99,7 +99,7 @@ def cancel_revoked(celery_task_id: str, *, hostname: str, terminated: bool, sign
     stale), and a task already ended (Crux's own cancel sent this revoke) writes nothing. When the attempt was
     terminated, the attempt's own end may have requeued it first (a new publish): the revoke still wins.
     """
-    pk = dispatch.task_id_of(celery_task_id)
+    pk = task_id_of(celery_task_id)
     with transaction.atomic():
         try:
             task = locked_task(pk)
@@ -109,7 +109,7 @@ def cancel_revoked(celery_task_id: str, *, hostname: str, terminated: bool, sign
         requeued_since = (
             terminated
             and task.state == TaskState.QUEUED
-            and dispatch.celery_id(task.pk, task.dispatch_count - 1) == celery_task_id
+            and celery_id(task.pk, task.dispatch_count - 1) == celery_task_id
         )
         if task.state in TERMINAL_STATES or (current != celery_task_id and not requeued_since):
             return None

@@ -22,8 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from tasks.audit import RECOVERY_ACTOR, Channel, audited, format_timestamp
-from tasks.dispatch import task_id_of
-from tasks.ids import uuid_or_none
+from tasks.ids import celery_id, task_id_of, uuid_or_none
 from tasks.models import Task
 from tasks.services.base import (
     apply_transition,
@@ -156,9 +155,10 @@ def current_dispatches(celery_task_ids: Collection[str]) -> dict[str, Dispatch]:
     # An id that names no UUID is not a Crux publish (another deployment's message on a shared broker).
     task_ids = {pk for celery_task_id in celery_task_ids if (pk := uuid_or_none(task_id_of(celery_task_id)))}
     rows = Task.objects.filter(pk__in=task_ids, state=TaskState.QUEUED).values_list(
-        "celery_task_id", "pk", "dispatched_at", "dispatch_count", "dispatch_epoch", "priority"
+        "pk", "dispatched_at", "dispatch_count", "dispatch_epoch", "priority"
     )
-    return {row[0]: Dispatch(*row[1:]) for row in rows if row[0] in celery_task_ids}
+    by_publish = {celery_id(row[0], row[2]): Dispatch(*row) for row in rows}
+    return {name: found for name, found in by_publish.items() if name in celery_task_ids}
 
 
 def confirm_dispatches(dispatches: Sequence[Dispatch], epoch: str) -> int:

@@ -24,7 +24,7 @@ import pytest
 from django.db import OperationalError, connection, connections
 from rest_framework.authtoken.models import Token
 
-from tasks.dispatch import task_id_of
+from tasks.ids import task_id_of
 from tasks.models import Task
 from tasks.states import TaskState
 from tests.conftest import HEALTHY_PARTS_DEADLINE, PrivateRedis, queue_keys

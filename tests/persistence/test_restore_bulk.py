@@ -73,6 +73,30 @@ def test_a_backup_from_before_prev_hash_was_derived_restores_and_verifies(live_d
     assert list(verify_audit_chains()) == []
 
 
+def test_a_backup_from_when_tasks_stored_their_celery_id_restores_it_derived(live_db, user, tmp_path):
+    """Older backups (and purge archives) hold each task's Celery id of its latest publish: dropped on the way in,
+    derived since from the id and the publish count, to the same value."""
+    seed(user)
+    before = rows_of_every_model()
+    stored = {str(task.pk): task.celery_task_id for task in Task.objects.all()}
+    assert any(stored.values()) and all(name == "" or name.endswith(".1") for name in stored.values())
+    path = backup("json").path
+    with gzip.open(path, "rt", encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    for i, line in enumerate(lines[1:], start=1):
+        row = json.loads(line)
+        if row.get("model") == "tasks.task":
+            row["fields"]["celery_task_id"] = stored[row["pk"]]
+            lines[i] = encode(row)
+    older = tmp_path / "crux-backup-celery-ids.jsonl.gz"
+    with gzip.open(older, "wt", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+    drop_everything()
+    assert load_backup(older) > 0
+    assert rows_of_every_model() == before
+    assert {str(task.pk): task.celery_task_id for task in Task.objects.all()} == stored
+
+
 def older_backup_with_a_metrics_table(path, tmp_path, **extra_fields) -> tuple[Path, int]:
     """``path`` rewritten as a backup of the schema before migration 0017: each task's figures in a row of the
     retired metrics model (after every task row, as that backup's model order put them); how many such rows."""
