@@ -24,6 +24,7 @@ from django_celery_results.backends import DatabaseBackend
 from tasks import checkpoints, execution, selectors, services
 from tasks.dispatch import EXECUTE_TASK
 from tasks.exceptions import InvalidTaskData
+from tasks.ids import task_id_of
 from tasks.models import CeleryResult, Task
 from tasks.states import TaskState
 
@@ -60,7 +61,8 @@ class ResultBackend(DatabaseBackend):
     RETRY, its ``date_started`` the claim's), so Celery's separate commit of the same state after the task returns
     is skipped; while the attempt runs, the row Celery would have written at its start (STARTED, the pool
     process's pid and the worker's name) is read from the task (``selectors.running_delivery``). Each row is
-    written by one statement (``CeleryResult``'s manager)."""
+    written by one statement (``CeleryResult``'s manager). A delivery's arguments are the Crux task id its Celery id
+    names (``ids.celery_id``): its row leaves them out, and they are derived as it is read."""
 
     TaskModel = CeleryResult
 
@@ -76,10 +78,16 @@ class ResultBackend(DatabaseBackend):
         started_at = getattr(request, STARTED_AT, None)
         if started_at is not None:
             properties["date_started"] = started_at
+        if properties["task_name"] == EXECUTE_TASK:
+            properties["task_args"] = properties["task_kwargs"] = None
         return properties
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         meta: dict[str, Any] = super()._get_task_meta_for(task_id)
+        if meta["task_name"] == EXECUTE_TASK and meta["task_args"] is None:
+            # As Celery encodes a delivery's own (``argsrepr``, ``kwargsrepr``: execute_task(task_id)).
+            arguments = {"task_args": repr((task_id_of(task_id),)), "task_kwargs": "{}"}
+            meta.update(arguments, args=arguments["task_args"], kwargs=arguments["task_kwargs"])
         if meta["status"] == states.PENDING:
             running = selectors.running_delivery(task_id)
             if running is not None:
