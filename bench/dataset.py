@@ -440,8 +440,9 @@ class _SQLiteTable(_Table):
 
     UUIDs as 32-char hex (task ids as their 16 bytes), datetimes as Django's naive strings (the task domain's as
     integers: ``tasks.models.CompactDateTimeField``), history rows' choices as their one-character codes
-    (``tasks.models.CodedChoiceField``), JSON as text, booleans as 0/1. A multi-row INSERT (fewer rows under
-    SQLite's parameter limit) saves most of the per-statement cost of ``executemany``.
+    (``tasks.models.CodedChoiceField``), JSON as text (a history row's details as their field stores them), booleans
+    as 0/1. A multi-row INSERT (fewer rows under SQLite's parameter limit) saves most of the per-statement cost of
+    ``executemany``.
     """
 
     ROWS_PER_STATEMENT = 100
@@ -463,7 +464,7 @@ class _SQLiteTable(_Table):
             return _remembered(_epoch_integer(connection.alias))
         if kind == "CodedChoiceField":  # the field's own code
             return _remembered(partial(field.get_db_prep_value, connection=connection, prepared=True))
-        if kind == "CompressedTextField":  # a long text's zlib stream where that pays
+        if kind in ("CompressedTextField", "DeflatedJSONField"):  # the text, or its deflated stream where that pays
             return partial(field.get_db_prep_value, connection=connection, prepared=True)
         if kind == "JSONField":
             return partial(connection.ops.adapt_json_value, encoder=field.encoder)
@@ -514,7 +515,7 @@ class _PostgresTable(_Table):
         if kind == "CodedChoiceField":  # the field's own code where it codes on PostgreSQL, else the name
             prepare = partial(field.get_db_prep_value, connection=connection, prepared=True)
             return lambda value: _copy_text(prepare(value))
-        if kind == "CompressedTextField":  # bytea: the field's bytes (compressed where that pays), as BinaryField's
+        if kind in ("CompressedTextField", "DeflatedJSONField"):  # bytea: the field's bytes, as BinaryField's
             prepare = partial(field.get_db_prep_value, connection=connection, prepared=True)
             return lambda value: "\\\\x" + prepare(value).hex()
         if kind in ("CharField", "TextField"):
