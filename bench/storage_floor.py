@@ -9,7 +9,8 @@ measures what is physically reachable: a compact schema in raw SQL (no ORM, no m
 with the very tasks of ``bench.scale``'s storage data set (``bench.written``: tasks submitted and run through Crux's
 own code, built if missing) and measured by the same function (``bench.scale.storage_components``: SQLite's pages,
 PostgreSQL's tables, TOAST and indexes, after a VACUUM), in two variants: as is, and with JSON, history details and
-output text deflated (zlib, kept only where smaller; the searched title and description stay plain).
+output text deflated (zlib, kept only where smaller; the details against the project's own dictionary; the searched
+title and description stay plain).
 
 What the floor holds for each task: its id (16-byte binary UUID), owner, state, handler, role, provider, model,
 created/started/completed times (epoch microseconds: what the current schema holds), attempts, its worker,
@@ -219,17 +220,30 @@ def compact_json(value: Any, default: Any = None) -> str | None:
     return None if value == default else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def deflated(text: str | None) -> bytes | str | None:
-    """``text`` deflated (raw zlib, level 9) when that is shorter, else as it is."""
+def deflated(text: str | None, dictionary: bytes = b"") -> bytes | str | None:
+    """``text`` deflated (raw zlib, level 9; against a preset ``dictionary`` if given) when that is shorter, else as
+    it is."""
     if text is None:
         return None
     raw = text.encode()
-    packed = zlib.compress(raw, 9, wbits=-15)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, **({"zdict": dictionary} if dictionary else {}))
+    packed = packer.compress(raw) + packer.flush()
     return packed if len(packed) < len(raw) else text
 
 
-def inflated(value: Any) -> Any:
-    return zlib.decompress(value, wbits=-15).decode() if isinstance(value, (bytes, memoryview)) else value
+def inflated(value: Any, dictionary: bytes = b"") -> Any:
+    if not isinstance(value, (bytes, memoryview)):
+        return value
+    unpacker = zlib.decompressobj(-15, **({"zdict": dictionary} if dictionary else {}))
+    return (unpacker.decompress(bytes(value)) + unpacker.flush()).decode()
+
+
+def dictionaries() -> dict[str, bytes]:
+    """The columns the zlib variant deflates against a preset dictionary: a history row's details, against the
+    project's own (``tasks.models.DeflatedJSONField``)."""
+    from tasks.models import HISTORY_DETAILS_DICTIONARY
+
+    return {"details": HISTORY_DETAILS_DICTIONARY}
 
 
 def read_source() -> list[dict[str, Any]]:
@@ -260,11 +274,13 @@ def floor_rows(source: list[dict[str, Any]], engine: str, zipped: bool) -> dict[
     }
     tables: dict[str, list[dict[str, Any]]] = {}
 
+    presets = dictionaries()
+
     def label(text: str | None) -> int | None:
         return labels(text) if text else None
 
     def text(row: dict[str, Any], column: str, value: str | None) -> None:
-        packed = deflated(value) if zipped else value
+        packed = deflated(value, presets.get(column, b"")) if zipped else value
         if engine == "postgres":
             row[f"{column}_z"] = packed if isinstance(packed, bytes) else None
             packed = None if isinstance(packed, bytes) else packed
@@ -410,9 +426,11 @@ def check(connection: Any, engine: str, source: list[dict[str, Any]]) -> None:
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    presets = dictionaries()
+
     def text(row: dict[str, Any], column: str) -> Any:
         """A text or JSON column as stored (PostgreSQL's json comes parsed), inflated if deflated."""
-        return inflated(row.get(f"{column}_z") or row[column])
+        return inflated(row.get(f"{column}_z") or row[column], presets.get(column, b""))
 
     labels = {row["id"]: row["text"] for row in fetch("SELECT * FROM label")}
     labels[None] = ""
