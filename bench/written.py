@@ -7,7 +7,7 @@ pool process runs it: the claim, the handler (``mix``: two output lines, its met
 outcome with Celery's result row. So every row a task leaves, and every byte of it, is the real writer's: the
 history rows' details (each change's before and after, the submitted values), the outputs batched as a worker
 batches them, Celery's row. The content is drawn as ``bench.dataset``'s tasks draw theirs (its words, roles and
-providers), the same tasks for the same seed.
+providers), the same content for the same seed.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 
@@ -48,25 +49,36 @@ def test_rows_come_back_exactly_across_batches_and_models(live_db, user):
     assert list(verify_audit_chains()) == []
 
 
+def older_backup(path: Path, older: Path, model: str, add: Callable[[dict], None]) -> Path:
+    """``path`` rewritten at ``older`` as a backup of an earlier schema: ``add`` gives each row of ``model`` the
+    fields it then held."""
+    with gzip.open(path, "rt", encoding="utf-8") as source:
+        lines = source.read().splitlines()
+    for i, line in enumerate(lines[1:], start=1):
+        row = json.loads(line)
+        if row.get("model") == model:
+            add(row)
+            lines[i] = encode(row)
+    with gzip.open(older, "wt", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+    return older
+
+
 def test_a_backup_from_before_prev_hash_was_derived_restores_and_verifies(live_db, user, tmp_path):
     """Older backups (and purge archives) hold each history row's prev_hash: dropped on the way in, derived since."""
     seed(user)
     before = rows_of_every_model()
-    path = backup("json").path
-    with gzip.open(path, "rt", encoding="utf-8") as source:
-        lines = source.read().splitlines()
     previous: dict[str, str] = {}
-    for i, line in enumerate(lines[1:], start=1):
-        row = json.loads(line)
-        if row.get("model") == "tasks.taskhistory":
-            fields = row["fields"]
-            fields["prev_hash"] = previous.get(fields["task"], GENESIS_HASH)
-            previous[fields["task"]] = fields["hash"]
-            lines[i] = encode(row)
+
+    def add_prev_hash(row: dict) -> None:
+        fields = row["fields"]
+        fields["prev_hash"] = previous.get(fields["task"], GENESIS_HASH)
+        previous[fields["task"]] = fields["hash"]
+
+    older = older_backup(
+        backup("json").path, tmp_path / "crux-backup-older.jsonl.gz", "tasks.taskhistory", add_prev_hash
+    )
     assert previous, "the backup holds history rows"
-    older = tmp_path / "crux-backup-older.jsonl.gz"
-    with gzip.open(older, "wt", encoding="utf-8") as out:
-        out.write("\n".join(lines) + "\n")
     drop_everything()
     assert load_backup(older) > 0
     assert rows_of_every_model() == before
@@ -80,17 +92,12 @@ def test_a_backup_from_when_tasks_stored_their_celery_id_restores_it_derived(liv
     before = rows_of_every_model()
     stored = {str(task.pk): task.celery_task_id for task in Task.objects.all()}
     assert any(stored.values()) and all(name == "" or name.endswith(".1") for name in stored.values())
-    path = backup("json").path
-    with gzip.open(path, "rt", encoding="utf-8") as source:
-        lines = source.read().splitlines()
-    for i, line in enumerate(lines[1:], start=1):
-        row = json.loads(line)
-        if row.get("model") == "tasks.task":
-            row["fields"]["celery_task_id"] = stored[row["pk"]]
-            lines[i] = encode(row)
-    older = tmp_path / "crux-backup-celery-ids.jsonl.gz"
-    with gzip.open(older, "wt", encoding="utf-8") as out:
-        out.write("\n".join(lines) + "\n")
+    older = older_backup(
+        backup("json").path,
+        tmp_path / "crux-backup-celery-ids.jsonl.gz",
+        "tasks.task",
+        lambda row: row["fields"].update(celery_task_id=stored[row["pk"]]),
+    )
     drop_everything()
     assert load_backup(older) > 0
     assert rows_of_every_model() == before
