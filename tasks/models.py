@@ -384,15 +384,19 @@ class DeflatedJSONField(models.JSONField):
             return packed
         return text if connection.vendor == "postgresql" else text.decode()
 
+    @classmethod
+    def stored_text(cls, value: str | bytes | memoryview) -> str:
+        """The JSON text a stored value holds, inflated if it is deflated."""
+        if isinstance(value, str):
+            return value
+        value = bytes(value)
+        if value.startswith(cls.TAG):
+            unpacker = zlib.decompressobj(-15, cls.DICTIONARY)
+            value = unpacker.decompress(value[len(cls.TAG) :]) + unpacker.flush()
+        return value.decode()
+
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
-        if isinstance(value, memoryview):
-            value = value.tobytes()
-        if isinstance(value, bytes):
-            if value.startswith(self.TAG):
-                unpacker = zlib.decompressobj(-15, self.DICTIONARY)
-                value = unpacker.decompress(value[len(self.TAG) :]) + unpacker.flush()
-            value = value.decode()
-        return None if value is None else json.loads(value, cls=self.decoder)
+        return None if value is None else json.loads(self.stored_text(value), cls=self.decoder)
 
     def get_lookup(self, lookup_name: str) -> Any:
         return super().get_lookup(lookup_name) if lookup_name == "isnull" else None

@@ -1,7 +1,8 @@
 """JSON as SQLite holds it: the project's backend writes a JSON field's text without the space after each ``,`` and
 ``:`` (``crux.db.base.DatabaseOperations.adapt_json_value``), a byte less per item and key of every task's payload,
-result, metadata and history details. Values read back, compare and filter as they did, whichever form a row holds
-(rows written before keep Django's spaced text). PostgreSQL's ``jsonb`` keeps no text and is not concerned."""
+result and metadata (a history row's details: compact, then deflated, by their own field). Values read back, compare
+and filter as they did, whichever form a row holds (rows written before keep Django's spaced text). PostgreSQL's
+``jsonb`` keeps no text and is not concerned."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 
-from tasks.models import Task, TaskHistory
+from tasks.models import DeflatedJSONField, Task, TaskHistory
 from tasks.selectors import verify_audit_chains
 
 pytestmark = [
@@ -54,10 +55,15 @@ def test_a_json_value_is_stored_compact_and_reads_back_the_same(make_task, value
 
 
 def test_a_history_rows_details_are_stored_compact_and_its_chain_verifies(make_task):
+    """Their own field writes them compact too, then deflated (``tasks.models.DeflatedJSONField``)."""
     task = make_task(title="first, title: here", metadata={"k": [1, {"x": None}]})
     row = TaskHistory.objects.get(task=task, seq=1)
 
-    text = stored_text(TaskHistory, row.pk, "details")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT details FROM tasks_taskhistory WHERE id = %s", [row.pk])
+        (stored,) = cursor.fetchone()
+    assert isinstance(stored, bytes) and stored.startswith(DeflatedJSONField.TAG)
+    text = DeflatedJSONField.stored_text(stored)
     assert ", " not in text.replace("first, title: here", "") and '": ' not in text
     assert json.loads(text) == row.details
     assert list(verify_audit_chains()) == []
