@@ -85,10 +85,15 @@ def cancel(task_id: TaskId, *, actor: Actor, channel: str, reason: str) -> Task:
         was = task.state
         apply_transition(task, TaskState.CANCELLED, actor=actor, channel=channel, reason=reason)
         if was in (TaskState.QUEUED, TaskState.RUNNING):
-            # The current publish (a bare task id: published before each publish had an id of its own).
-            publish = task.celery_task_id or str(task.pk)
-            transaction.on_commit(partial(dispatch.revoke, publish, terminate=was == TaskState.RUNNING))
+            revoked = current_publish(task)
+            transaction.on_commit(partial(dispatch.revoke, revoked, terminate=was == TaskState.RUNNING))
     return task
+
+
+def current_publish(task: Task) -> str:
+    """The Celery id a revoke of the task's current publish names: its latest publish's, or, for a task not
+    published yet (a start still ahead), its bare id."""
+    return task.celery_task_id or str(task.pk)
 
 
 def cancel_revoked(celery_task_id: str, *, hostname: str, terminated: bool, signal: str = "") -> Task | None:
@@ -105,7 +110,7 @@ def cancel_revoked(celery_task_id: str, *, hostname: str, terminated: bool, sign
             task = locked_task(pk)
         except TaskError:  # not a task id, or the task is gone
             return None
-        current = task.celery_task_id or str(task.pk)
+        current = current_publish(task)
         requeued_since = (
             terminated
             and task.state == TaskState.QUEUED
