@@ -23,7 +23,8 @@ alike, and the ratios between sizes do not measure its drift.
 Storage is measured on a separate database of completed tasks only
 (``bench.written``: each submitted through the submit service and run to its end
 through Celery's tracer, so its rows are the ones Crux writes: 3 history rows
-with their details, 2 outputs, its metrics and Celery's result row): the whole
+with their details, 2 outputs and its metrics; Celery reads a completion from the
+task, with no result row): the whole
 SQLite file (every page, free ones included) or, on PostgreSQL, every table of
 the schema with its TOAST data, free-space and visibility maps and indexes,
 after a VACUUM. What the tasks add is that size less the schema's own, measured

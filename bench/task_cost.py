@@ -9,7 +9,7 @@ write and a log line, then an artifact, its metrics and the outcome), with no sl
 it goes costs, its outputs written with its next write (``TASK_OUTPUT_FLUSH_SECONDS``; 0 writes each at once).
 
 Each task is run through Celery's own tracer (``bench.traced``: the code a worker's pool process runs for a
-delivery: prerun, the task, its result row, postrun), in this process, with no broker round trip, so only the work
+delivery: prerun, the task, its result, postrun), in this process, with no broker round trip, so only the work
 of the task itself is counted: the claim, the handler's output, the outcome with its metrics, the history rows, the
 mirror writes after each commit. Commits are counted on the connection, statements with
 ``connection.execute_wrapper``, threads at ``Thread.start``, and on SQLite the time the database's write lock is
@@ -19,9 +19,9 @@ carry a token of the run and are deleted afterwards.
 
 It also measures what the drained tasks take in the database, as ``bench.scale``'s storage does (after a VACUUM):
 the growth of the tables that hold a row or more per task (``TASK_TABLES``: the task, its history, outputs, search
-index and Celery's result row) and of their indexes from before the tasks were submitted to after they were
-drained, divided by their number: the real writer's rows, as ``bench.scale``'s storage data set holds them
-(``bench.written``), for a task of this handler.
+index and Celery's result rows, of deliveries that do not complete) and of their indexes from before the tasks were
+submitted to after they were drained, divided by their number: the real writer's rows, as ``bench.scale``'s
+storage data set holds them (``bench.written``), for a task of this handler.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``traced_worker`` points Django at a benchmark database and yields a function that runs tasks already submitted,
 each through ``celery.app.trace.build_tracer`` (the code a pool process runs for a delivery: prerun, the task, its
-result row, postrun), so every row a task leaves is the one a worker writes. Publishes go to queues named with a
+result, postrun), so every row a task leaves is the one a worker writes. Publishes go to queues named with a
 token of the run, which no worker listens to; those queues and the run's mirror keys are deleted afterwards.
 """
 

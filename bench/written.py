@@ -4,10 +4,10 @@ storage on.
 Each task is submitted through the submit service, as the API's POST submits one (its row and its created
 history row, in one commit), then run through Celery's tracer in this process (``bench.traced``), as a worker's
 pool process runs it: the claim, the handler (``mix``: two output lines, its metrics, a small result) and the
-outcome with Celery's result row. So every row a task leaves, and every byte of it, is the real writer's: the
-history rows' details (each change's before and after, the submitted values), the outputs batched as a worker
-batches them, Celery's row. The content is drawn as ``bench.dataset``'s tasks draw theirs (its words, roles and
-providers), the same content for the same seed.
+outcome (a completion writes no Celery result row: Celery reads it from the task). So every row a task leaves,
+and every byte of it, is the real writer's: the history rows' details (each change's before and after, the
+submitted values), the outputs batched as a worker batches them. The content is drawn as ``bench.dataset``'s
+tasks draw theirs (its words, roles and providers), the same content for the same seed.
 """
 
 from __future__ import annotations

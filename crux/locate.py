@@ -20,9 +20,10 @@ from persistence import mirror
 from retention.models import PurgeLedger
 from tasks import checkpoints
 from tasks.audit import HistoryEvent
-from tasks.ids import parse_task_id
+from tasks.ids import celery_id, parse_task_id
 from tasks.models import Task, TaskHistory
 from tasks.records import checksum
+from tasks.tasks import current_delivery_meta
 
 _HISTORY_FIELDS = ("seq", "created_at", "event", "state_from", "state_to", "actor", "channel", "reason")
 
@@ -105,7 +106,9 @@ def locate(task_id: Any) -> Location:
     ledger = [_ledger(e) for e in PurgeLedger.objects.filter(task_id=pk).order_by("-purged_at")]
     # Celery keeps a result per publish, under "<task id>.<publish count>" (a bare task id before publishes had one).
     publishes = TaskResult.objects.filter(Q(task_id=str(pk)) | Q(task_id__startswith=f"{pk}."))
-    result = publishes.order_by("-date_done").values("status", "date_done", "worker").first()
+    result: Mapping[str, Any] | None = publishes.order_by("-date_done").values("status", "date_done", "worker").first()
+    if result is None and values is not None:
+        result = _celery_view_of_current_publish(pk)
     gone = values is None and not _tombstones(ledger)
     location = Location(
         task_id=str(pk),
@@ -121,6 +124,14 @@ def locate(task_id: Any) -> Location:
     )
     location.verdict = _verdict(location)
     return location
+
+
+def _celery_view_of_current_publish(pk: Any) -> dict[str, Any] | None:
+    """What Celery reads of the task's current publish when it has no row: its running or completed attempt, read
+    from the task (``tasks.tasks.ResultBackend``: a completion's row would repeat the task's)."""
+    publish_count = Task.objects.filter(pk=pk).values_list("dispatch_count", flat=True).first()
+    meta = current_delivery_meta(celery_id(pk, publish_count or 0))
+    return {"status": meta["status"], "date_done": meta.get("date_done"), "worker": meta["worker"]} if meta else None
 
 
 def _state_entered(pk: Any, state: str) -> dict[str, Any] | None:

@@ -109,7 +109,9 @@ def mirrored_task_ids() -> list[str]:
 
 
 def executed_task_ids() -> Iterator[str]:
-    """Ids of the Crux tasks Celery has a result for (only committed tasks are dispatched): a witness. A result
-    is kept per publish, under the publish's Celery id (``tasks.ids.celery_id``), which names the task."""
+    """Ids of the Crux tasks Celery has a result row for (only committed tasks are dispatched): a witness. A row
+    is kept per publish, under the publish's Celery id (``tasks.ids.celery_id``), which names the task, for a
+    delivery that failed, waited for a retry or ran nothing; a completion has none (``tasks.tasks.ResultBackend``
+    reads it from the task), so a completed task removed whole is named by the checkpoint and the mirror."""
     results = TaskResult.objects.filter(task_name=EXECUTE_TASK).values_list("task_id", flat=True)
     return (task_id_of(celery_task_id) for celery_task_id in results.iterator(chunk_size=2000))

@@ -48,21 +48,24 @@ NOT_RUN = {
 }
 
 
-# The attribute of a delivery's request that names the Celery state its result row already holds, written in Crux's
-# own transaction (``result_rows``) and committed: Celery's own write of that state is skipped (``ResultBackend``).
+# The attribute of a delivery's request that names the Celery state Crux recorded for it in its own transaction
+# (``result_rows``: a result row written, or the completion its task row holds) and committed: Celery's own write of
+# that state is skipped (``ResultBackend``).
 STORED_STATE = "crux_stored_state"
 # The attribute of a delivery's request that holds when its attempt started: the result row's ``date_started``.
 STARTED_AT = "crux_started_at"
 
 
 class ResultBackend(DatabaseBackend):
-    """django-celery-results' backend (``CELERY_RESULT_BACKEND``: results in SQL, never expired), minus the writes a
-    task execution already made. A delivery's row is written once, with its attempt's outcome (SUCCESS, FAILURE,
-    RETRY, its ``date_started`` the claim's), so Celery's separate commit of the same state after the task returns
-    is skipped; while the attempt runs, the row Celery would have written at its start (STARTED, the pool
-    process's pid and the worker's name) is read from the task (``selectors.running_delivery``). Each row is
-    written by one statement (``CeleryResult``'s manager). A delivery's arguments are the Crux task id its Celery id
-    names (``ids.celery_id``): its row leaves them out, and they are derived as it is read."""
+    """django-celery-results' backend (``CELERY_RESULT_BACKEND``: results in SQL, never expired), minus the rows that
+    would repeat the task's. Celery's view of a delivery whose attempt is its task's current one is read from the
+    task row (``selectors.current_delivery``): while it runs, the STARTED row Celery would have written at its start
+    (the pool process's pid, the worker's name); once it completed, the SUCCESS row (the result ``"completed"``, its
+    start, end and worker), the task's completion being final. A delivery that ends otherwise (FAILURE, RETRY) has
+    its row written once, in its outcome's transaction, its ``date_started`` the claim's, by one statement
+    (``CeleryResult``'s manager); Celery's separate commit of the state Crux recorded is skipped. A delivery's
+    arguments are the Crux task id its Celery id names (``ids.celery_id``): its row leaves them out, and they are
+    derived as it is read. A stored row (a delivery that ran nothing, a revoke) is read before the task."""
 
     TaskModel = CeleryResult
 
@@ -84,16 +87,30 @@ class ResultBackend(DatabaseBackend):
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         meta: dict[str, Any] = super()._get_task_meta_for(task_id)
+        if meta["status"] == states.PENDING:
+            meta.update(current_delivery_meta(task_id))
         if meta["task_name"] == EXECUTE_TASK and meta["task_args"] is None:
             # As Celery encodes a delivery's own (``argsrepr``, ``kwargsrepr``: execute_task(task_id)).
             arguments = {"task_args": repr((task_id_of(task_id),)), "task_kwargs": "{}"}
             meta.update(arguments, args=arguments["task_args"], kwargs=arguments["task_kwargs"])
-        if meta["status"] == states.PENDING:
-            running = selectors.running_delivery(task_id)
-            if running is not None:
-                started = {"pid": running.pid, "hostname": running.hostname}
-                meta.update(status=states.STARTED, result=started, date_started=running.started_at)
         return meta
+
+
+def current_delivery_meta(celery_task_id: str) -> dict[str, Any]:
+    """Celery's view of a delivery with no row whose attempt its task row holds (running or completed), as Celery
+    would have stored it (``task_track_started``'s STARTED, ``execute_task``'s SUCCESS); empty for any other."""
+    delivery = selectors.current_delivery(celery_task_id)
+    if delivery is None:
+        return {}
+    seen: dict[str, Any] = {
+        "task_name": EXECUTE_TASK,
+        "worker": delivery.hostname,
+        "date_started": delivery.started_at,
+        "children": [],
+    }
+    if delivery.state == TaskState.RUNNING:
+        return {**seen, "status": states.STARTED, "result": {"pid": delivery.pid, "hostname": delivery.hostname}}
+    return {**seen, "status": states.SUCCESS, "result": TaskState.COMPLETED.value, "date_done": delivery.completed_at}
 
 
 def celery_state(task: Task) -> tuple[str, Any]:
@@ -109,15 +126,17 @@ def celery_state(task: Task) -> tuple[str, Any]:
 def result_rows(celery_task: Any) -> Callable[[Task], None]:
     """What the outcome calls inside its transaction: Celery's result row of this delivery written through its own
     backend (the row its tools read: ``AsyncResult``, Flower), so it commits with the change it reports, one commit
-    fewer; once committed, Celery's own write of that state is skipped. The claim writes none: the backend reads the
-    running attempt's STARTED from the task, one row fewer (and on SQLite eight b-tree pages fewer) a delivery."""
+    fewer; once committed, Celery's own write of that state is skipped. The claim writes none, nor does a
+    completion: the backend reads a running attempt's STARTED and a completed one's SUCCESS from the task row, a
+    row (and its table's seven index entries) fewer a delivery."""
     request = celery_task.request
 
     def record(task: Task) -> None:
         state, result = celery_state(task)
-        trace = "".join(traceback.format_exception_only(result)) if isinstance(result, Exception) else None
-        setattr(request, STARTED_AT, task.started_at)
-        celery_task.backend.store_result(request.id, result, state, traceback=trace, request=request)
+        if task.state != TaskState.COMPLETED:
+            trace = "".join(traceback.format_exception_only(result)) if isinstance(result, Exception) else None
+            setattr(request, STARTED_AT, task.started_at)
+            celery_task.backend.store_result(request.id, result, state, traceback=trace, request=request)
         transaction.on_commit(partial(setattr, request, STORED_STATE, state))
 
     return record
@@ -136,7 +155,7 @@ def execute_task(self: Any, task_id: str) -> str:
     a retry wait a RETRY (raised, never a message re-sent by Celery: Crux's ``run_after`` is the only wait).
 
     ``throws``: an attempt's failure is the handler's, logged by Crux; Celery logs it without a traceback.
-    A delivery that claims the task stores its result row in the outcome's transaction (``result_rows``); one that
+    A delivery that claims the task records Celery's view in the outcome's transaction (``result_rows``); one that
     runs nothing (a duplicate) gets Celery's own SUCCESS row saying so.
     """
     outcome = execution.execute(

@@ -12,7 +12,7 @@
   which worker instances hold running attempts.
 """
 
-from tasks.selectors.attempts import AttemptEnd, RunningDelivery, attempt_end, running_delivery, running_instances
+from tasks.selectors.attempts import AttemptEnd, CurrentDelivery, attempt_end, current_delivery, running_instances
 from tasks.selectors.figures import (
     QueueDepth,
     activity_per_hour,
@@ -59,10 +59,10 @@ from tasks.selectors.workers import (
 __all__ = [
     "AttemptEnd",
     "ChainProblem",
+    "CurrentDelivery",
     "LiveWorker",
     "OutputTail",
     "QueueDepth",
-    "RunningDelivery",
     "TaskPage",
     "activity_per_hour",
     "attempt_end",
@@ -75,6 +75,7 @@ __all__ = [
     "count_live_workers",
     "count_outputs",
     "count_silent_workers",
+    "current_delivery",
     "duration_percentiles",
     "find_visible_task",
     "finished_per_minute",
@@ -91,7 +92,6 @@ __all__ = [
     "output_tail",
     "previous_link",
     "queue_depths",
-    "running_delivery",
     "running_instances",
     "search_tasks",
     "task_list",

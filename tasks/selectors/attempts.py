@@ -22,27 +22,31 @@ def attempt_end(task_id: TaskId) -> AttemptEnd:
     return AttemptEnd(*row) if row is not None else AttemptEnd("", None)
 
 
-class RunningDelivery(NamedTuple):
+class CurrentDelivery(NamedTuple):
+    state: str  # the task's: running or completed
     hostname: str  # the worker's node name
-    pid: int | None  # the pool process running the attempt
+    pid: int | None  # the pool process that ran the attempt
     started_at: datetime | None
+    completed_at: datetime | None
 
 
-def running_delivery(celery_task_id: str) -> RunningDelivery | None:
-    """The attempt a delivery (its Celery id, ``<task id>.<publish count>``) claimed, while it runs: the task is
-    running and this publish is its current one; else None (and for an id that names no task)."""
+def current_delivery(celery_task_id: str) -> CurrentDelivery | None:
+    """The attempt a delivery (its Celery id, ``<task id>.<publish count>``) claimed, as the task row tells it while
+    the attempt runs and once it completed (a final state: no later publish follows): this publish is the task's
+    current one. None for another publish's attempt, a task in any other state, and an id that names no task."""
     pk = uuid_or_none(task_id_of(celery_task_id))
     if pk is None:
         return None
-    running = Task.objects.filter(pk=pk, state=TaskState.RUNNING).values_list(
-        "worker_id", "started_at", "dispatch_count"
+    current = Task.objects.filter(pk=pk, state__in=(TaskState.RUNNING, TaskState.COMPLETED)).values_list(
+        "state", "worker_id", "started_at", "completed_at", "dispatch_count"
     )
-    row = running.first()
-    if row is None or celery_id(pk, row[2]) != celery_task_id:  # another publish's attempt runs, or none
+    row = current.first()
+    if row is None or celery_id(pk, row[4]) != celery_task_id:
         return None
-    worker_id, started_at, _ = row
+    state, worker_id, started_at, completed_at, _ = row
     parts = worker_id.rsplit(":", 2)  # "<node name>:<instance>:<pid>" (an older "<node name>:<pid>")
-    return RunningDelivery(parts[0], int(parts[-1]) if parts[-1].isdigit() else None, started_at)
+    pid = int(parts[-1]) if parts[-1].isdigit() else None
+    return CurrentDelivery(state, parts[0], pid, started_at, completed_at)
 
 
 def running_instances(node_name: str) -> set[str]:

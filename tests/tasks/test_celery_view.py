@@ -1,10 +1,9 @@
-"""Celery's own view of Crux tasks is honest: its result rows say FAILURE for a Crux failure, RETRY for a retry wait
-and SUCCESS for a completion; a revoke or terminate sent with Celery's CLI is recorded as a cancel with its actor;
-each publish has a Celery id of its own, so a requeue after a revoke runs."""
+"""Celery's own view of Crux tasks is honest: its result rows say FAILURE for a Crux failure and RETRY for a retry
+wait, and it reads SUCCESS for a completion from the task; a revoke or terminate sent with Celery's CLI is recorded
+as a cancel with its actor; each publish has a Celery id of its own, so a requeue after a revoke runs."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -12,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.result import AsyncResult
 from django_celery_results.models import TaskResult
 
+from crux.celery import app
 from tasks.models import Task, TaskHistory
 from tests.credentials import leaks
 from tests.tasks import test_worker
@@ -72,7 +73,7 @@ def result_of(task: Task) -> TaskResult:
     return TaskResult.objects.get(task_id=task.celery_task_id)
 
 
-def test_failure_retry_and_completion_are_failure_retry_and_success_rows(crux):
+def test_failure_retry_and_completion_are_failure_retry_and_success_for_celery(crux):
     cluster = crux
     cluster.worker(2)
     done, failed, retried = submit(
@@ -84,8 +85,10 @@ def test_failure_retry_and_completion_are_failure_retry_and_success_rows(crux):
     wait_until_finished([done, failed], cluster, timeout=60)
     wait_for(lambda: Task.objects.get(pk=retried).run_after is not None, cluster, "the retry wait", timeout=30)
 
-    completed = result_of(Task.objects.get(pk=done))
-    assert completed.status == "SUCCESS" and json.loads(completed.result) == "completed"
+    completed = Task.objects.get(pk=done)
+    assert not TaskResult.objects.filter(task_id=completed.celery_task_id).exists(), "it would repeat the task row"
+    success = AsyncResult(completed.celery_task_id, app=app)
+    assert (success.state, success.result, success.date_done) == ("SUCCESS", "completed", completed.completed_at)
 
     task = Task.objects.get(pk=failed)
     failure = result_of(task)

@@ -1,7 +1,8 @@
 """What a drained task costs, with every guarantee kept (issue 16).
 
-- Celery's result row of a task execution is written once, in the outcome's transaction (SUCCESS, FAILURE, RETRY),
-  not in a commit of its own; while the attempt runs, Celery's tools read STARTED from the task.
+- Celery's result row of a task execution that fails or waits for a retry (FAILURE, RETRY) is written once, in the
+  outcome's transaction, not in a commit of its own; a completion writes none. While the attempt runs, Celery's
+  tools read STARTED from the task, and once it completed, SUCCESS.
 - A task read under its row lock (``services.locked_task``) is saved without a second locked read and without a
   savepoint, only when that read is provably the same transaction's; every other save reads the row again.
 - The claim reads the task before its transaction and saves it as a compare-and-set on that read
@@ -30,6 +31,7 @@ from unittest import mock
 
 import pytest
 from celery import states
+from celery.app.task import Context
 from celery.app.trace import build_tracer
 from celery.result import AsyncResult
 from django.db import connection, transaction
@@ -37,6 +39,7 @@ from django.db.models.functions import Now
 from django_celery_results.models import TaskResult
 
 from crux.celery import app
+from crux.locate import locate
 from persistence import mirror
 from tasks import services
 from tasks.audit import Channel, audited
@@ -118,18 +121,18 @@ def handlers(settings: Any) -> None:
     settings.TASK_HANDLERS = {**settings.TASK_HANDLERS, "flaky": "tests.handlers.flaky"}
 
 
-def test_an_echo_task_commits_twice_and_its_result_row_is_celerys(user):
+def test_an_echo_task_commits_twice_and_celery_reads_its_success_from_the_task_with_no_row(user):
     task = submit(user, request_payload={"message": "hi"})
     with counted() as counts:
         trace(task)
     task.refresh_from_db()
     assert task.state == "completed"
-    # The claim, the outcome (echo's output, its metrics in its UPDATE, the SUCCESS row).
+    # The claim, the outcome (echo's output, its metrics in its UPDATE).
     assert counts.commits == 2 and counts.autocommit_writes == 0, counts
-    assert counts.kinds["SAVEPOINT"] == 0, counts  # the result row is an upsert (tasks.models.CeleryResultManager)
-    # history x2, the output, the result row once (SUCCESS, with the outcome); the claim's read, the claim's and the
-    # outcome's UPDATEs, the output's claim check (the run time is observed from the ended task)
-    assert counts.kinds["INSERT"] == 4 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 4, counts
+    assert counts.kinds["SAVEPOINT"] == 0, counts
+    # history x2, the output; the claim's read, the claim's and the outcome's UPDATEs, the output's claim check
+    # (the run time is observed from the ended task)
+    assert counts.kinds["INSERT"] == 3 and counts.kinds["SELECT"] + counts.kinds["UPDATE"] == 4, counts
     # No read in a transaction: the claim reads the task before its own, the output's claim check is a read before
     # the outcome's (which checks it again in its compare-and-set), the outcome reads nothing.
     assert (counts.task_reads, counts.task_selects) == (0, 2), counts
@@ -139,19 +142,37 @@ def test_an_echo_task_commits_twice_and_its_result_row_is_celerys(user):
         "running",
         "completed",
     ]
-    row = TaskResult.objects.get(task_id=task.celery_task_id)
-    assert (row.status, json.loads(row.result), row.task_name, row.worker) == (
-        "SUCCESS",
-        "completed",
-        EXECUTE_TASK,
-        HOSTNAME,
-    )
-    assert row.date_started == task.started_at and row.date_started <= row.date_done
-    # Its arguments are the task id its Celery id names: not stored, derived as the row is read.
-    assert (row.task_args, row.task_kwargs) == (None, None)
+    assert not TaskResult.objects.filter(task_id=task.celery_task_id).exists(), "it would repeat the task row"
     result = AsyncResult(task.celery_task_id, app=app)
-    assert (result.state, result.result) == (states.SUCCESS, "completed")
+    assert (result.state, result.result, result.worker) == (states.SUCCESS, "completed", HOSTNAME)
+    assert result.date_done == task.completed_at and result.get(timeout=1) == "completed"
+    assert app.backend.get_task_meta(task.celery_task_id)["date_started"] == task.started_at
+    # Its arguments are the task id its Celery id names, derived as for a stored row.
     assert (result.args, result.kwargs) == (repr((str(task.pk),)), "{}")
+
+
+def test_a_completion_read_from_the_task_has_what_a_stored_success_row_gives_celery(user):
+    """The view derived from a completed task is the one the backend gives of the same delivery's SUCCESS row
+    stored as Celery stores it (a completion's row as it was written before it was derived)."""
+    task = submit(user)
+    trace(task)
+    task.refresh_from_db()
+    derived = app.backend.get_task_meta(task.celery_task_id)
+    request = Context(
+        id=task.celery_task_id,
+        task=EXECUTE_TASK,
+        hostname=HOSTNAME,
+        argsrepr=repr((str(task.pk),)),
+        kwargsrepr="{}",
+        crux_started_at=task.started_at,
+    )
+    app.backend.store_result(task.celery_task_id, "completed", states.SUCCESS, request=request)
+    stored = app.backend.get_task_meta(task.celery_task_id)
+    assert TaskResult.objects.filter(task_id=task.celery_task_id).exists()  # it is a stored row's view
+    assert derived.pop("date_started") == task.started_at  # a stored row's is in its column, not in Celery's view
+    # The time of the row's write, or the task's completion.
+    assert abs(stored.pop("date_done") - derived.pop("date_done")).total_seconds() < 1
+    assert derived == stored
 
 
 def look_at_result_row(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +188,7 @@ def look_at_result_row(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_a_running_delivery_is_started_for_celery_read_from_the_task_with_no_row_until_its_outcome(user, settings):
+def test_a_running_delivery_is_started_for_celery_read_from_the_task_with_no_row(user, settings):
     settings.TASK_HANDLERS = {**settings.TASK_HANDLERS, "look": f"{__name__}.look_at_result_row"}
     task = submit(user, handler="look")
     trace(task)
@@ -179,8 +200,8 @@ def test_a_running_delivery_is_started_for_celery_read_from_the_task_with_no_row
         "meta": {"pid": os.getpid(), "hostname": HOSTNAME},
         "started": True,
     }
-    row = TaskResult.objects.get(task_id=task.celery_task_id)
-    assert (row.status, row.date_started) == ("SUCCESS", task.started_at)
+    assert not TaskResult.objects.filter(task_id=task.celery_task_id).exists()
+    assert app.backend.get_task_meta(task.celery_task_id)["date_started"] == task.started_at
 
 
 @pytest.mark.parametrize("delivery", ["another publish", "not running", "no such task", "not a task id"])
@@ -198,6 +219,34 @@ def test_a_delivery_with_no_row_that_is_not_running_its_attempt_is_pending(user,
     if delivery == "not running":
         services.cancel(task.pk, actor=user, channel=Channel.API, reason="stop")
     assert AsyncResult(celery_id, app=app).state == states.PENDING
+
+
+@pytest.mark.parametrize("delivery", ["an earlier publish", "a later publish", "no such task", "not a task id"])
+def test_only_the_publish_that_completed_its_task_reads_success_from_it(user, delivery):
+    task = submit(user)
+    trace(task)
+    task.refresh_from_db()
+    assert AsyncResult(task.celery_task_id, app=app).state == states.SUCCESS  # the case each variant departs from
+    celery_id = {
+        "an earlier publish": f"{task.pk}.{task.dispatch_count - 1}",
+        "a later publish": f"{task.pk}.{task.dispatch_count + 1}",
+        "no such task": f"{uuid.uuid4()}.{task.dispatch_count}",
+        "not a task id": f"{task.pk}",
+    }[delivery]
+    assert AsyncResult(celery_id, app=app).state == states.PENDING
+
+
+def test_locate_names_celerys_view_of_a_completion_read_from_the_task_and_of_a_failure_from_its_row(user):
+    done, failed = submit(user), submit(user, handler="fail", request_payload={"message": "no"}, max_attempts=1)
+    for task in (done, failed):
+        trace(task)
+        task.refresh_from_db()
+    assert locate(done.pk).celery_result == {"status": "SUCCESS", "date_done": done.completed_at, "worker": HOSTNAME}
+    assert locate(failed.pk).celery_result == {
+        "status": "FAILURE",
+        "date_done": TaskResult.objects.get(task_id=failed.celery_task_id).date_done,
+        "worker": HOSTNAME,
+    }
 
 
 def test_a_failure_is_a_failure_row_written_with_the_outcome(user):
@@ -605,17 +654,20 @@ cluster = test_worker.cluster  # the real workers and private broker of tests/ta
 
 
 @pytest.mark.slow
-def test_a_real_worker_leaves_result_rows_that_celery_reads(cluster):
+def test_a_real_worker_leaves_what_celery_reads(cluster):
     cluster.worker(2)
     done, failed = submit_to_cluster(
         cluster, {"handler": "echo"}, {"handler": "fail", "request_payload": {"message": "no luck"}, "max_attempts": 1}
     )
     wait_until_finished([done, failed], cluster, timeout=60)
-    for task_id, state in ((done, states.SUCCESS), (failed, states.FAILURE)):
-        task = Task.objects.get(pk=task_id)
-        row = TaskResult.objects.get(task_id=task.celery_task_id)
-        assert row.status == state and row.date_started is not None and row.worker.startswith("w0@"), row
-        assert TaskHistory.objects.filter(task=task).count() == 3
-    assert AsyncResult(Task.objects.get(pk=done).celery_task_id, app=app).result == "completed"
+    for task_id in (done, failed):
+        assert TaskHistory.objects.filter(task_id=task_id).count() == 3
+    row = TaskResult.objects.get(task_id=Task.objects.get(pk=failed).celery_task_id)
+    assert row.status == states.FAILURE and row.date_started is not None and row.worker.startswith("w0@"), row
+    completed = Task.objects.get(pk=done)
+    assert not TaskResult.objects.filter(task_id=completed.celery_task_id).exists(), "its row would repeat the task's"
+    completion = AsyncResult(completed.celery_task_id, app=app)
+    assert (completion.state, completion.result) == (states.SUCCESS, "completed")
+    assert completion.worker.startswith("w0@") and completion.date_done == completed.completed_at
     failure = AsyncResult(Task.objects.get(pk=failed).celery_task_id, app=app)
     assert failure.state == states.FAILURE and "no luck" in str(failure.result)
