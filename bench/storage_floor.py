@@ -25,7 +25,7 @@ worker, stop reason, reason, key id) are references into ``label``. Indexes: the
 outputs by task and sequence), the task id, the owner's list by creation time and the text search index
 (SQLite: the same FTS5 trigram table as today; PostgreSQL: one pg_trgm GIN over title and description).
 
-A history row's details (``history_note``, compact JSON) are kept as written: each change's fields before and after,
+A history row's details (its ``details``, compact JSON) are kept as written: each change's fields before and after,
 and a new task's submitted values, are what the audit records of it. Derived from the task's row instead, they
 would say only what that row says now, which a write that goes around the audit can alter.
 
@@ -89,10 +89,7 @@ CREATE TABLE task_extra (
 CREATE TABLE history (
     task INTEGER NOT NULL REFERENCES task (n), seq INTEGER NOT NULL, at INTEGER NOT NULL, event INTEGER NOT NULL,
     state INTEGER NOT NULL, channel INTEGER NOT NULL, actor INTEGER NOT NULL, reason INTEGER NOT NULL,
-    key INTEGER NOT NULL, mac BLOB NOT NULL, PRIMARY KEY (task, seq)
-) WITHOUT ROWID;
-CREATE TABLE history_note (
-    task INTEGER NOT NULL, seq INTEGER NOT NULL, error_message TEXT, details TEXT, PRIMARY KEY (task, seq)
+    key INTEGER NOT NULL, mac BLOB NOT NULL, error_message TEXT, details, PRIMARY KEY (task, seq)
 ) WITHOUT ROWID;
 CREATE TABLE output (
     task INTEGER NOT NULL REFERENCES task (n), seq INTEGER NOT NULL, type INTEGER NOT NULL, at INTEGER NOT NULL,
@@ -107,8 +104,6 @@ CREATE VIRTUAL TABLE task_search USING fts5(
 );
 CREATE TRIGGER history_no_update BEFORE UPDATE ON history BEGIN SELECT RAISE(ABORT, 'append-only'); END;
 CREATE TRIGGER history_no_delete BEFORE DELETE ON history BEGIN SELECT RAISE(ABORT, 'append-only'); END;
-CREATE TRIGGER history_note_no_update BEFORE UPDATE ON history_note BEGIN SELECT RAISE(ABORT, 'append-only'); END;
-CREATE TRIGGER history_note_no_delete BEFORE DELETE ON history_note BEGIN SELECT RAISE(ABORT, 'append-only'); END;
 """
 SQLITE_AFTER_LOAD = """
 CREATE INDEX task_owner_created ON task (owner, created);
@@ -142,10 +137,7 @@ CREATE TABLE task_extra (
 CREATE TABLE history (
     at bigint NOT NULL, task int NOT NULL, actor int NOT NULL, reason int NOT NULL,
     seq smallint NOT NULL, event smallint NOT NULL, state smallint NOT NULL, channel smallint NOT NULL,
-    key smallint NOT NULL, mac bytea NOT NULL, PRIMARY KEY (task, seq)
-);
-CREATE TABLE history_note (
-    task int NOT NULL, seq smallint NOT NULL, error_message text, details json, details_z bytea,
+    key smallint NOT NULL, mac bytea NOT NULL, error_message text, details json, details_z bytea,
     PRIMARY KEY (task, seq)
 );
 CREATE TABLE output (
@@ -159,8 +151,6 @@ CREATE TABLE output_file (
 CREATE FUNCTION append_only() RETURNS trigger LANGUAGE plpgsql AS
     $$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$;
 CREATE TRIGGER history_append_only BEFORE UPDATE OR DELETE ON history
-    FOR EACH ROW EXECUTE FUNCTION append_only();
-CREATE TRIGGER history_note_append_only BEFORE UPDATE OR DELETE ON history_note
     FOR EACH ROW EXECUTE FUNCTION append_only();
 """
 POSTGRES_AFTER_LOAD = """
@@ -323,25 +313,21 @@ def floor_rows(source: list[dict[str, Any]], engine: str, zipped: bool) -> dict[
         for entry in task["history"]:
             if entry["state_from"] != state_from:
                 raise SystemExit(f"task {task['id']} row {entry['seq']}: its state before is not the previous row's")
-            tables.setdefault("history", []).append(
-                {
-                    "task": n,
-                    "seq": entry["seq"],
-                    "at": micros(entry["created_at"]),
-                    "event": events.index(entry["event"]),
-                    "state": states.index(entry["state_to"]),
-                    "channel": channels.index(entry["channel"]),
-                    "actor": principals((entry["actor"], entry["actor_user_id"])),
-                    "reason": labels(entry["reason"]),
-                    "key": labels(entry["key_id"]),
-                    "mac": bytes.fromhex(entry["hash"]),
-                }
-            )
-            details = entry["details"] or None
-            if entry["error_message"] or details is not None:
-                note = {"task": n, "seq": entry["seq"], "error_message": entry["error_message"] or None}
-                text(note, "details", compact_json(details))
-                tables.setdefault("history_note", []).append(note)
+            change = {
+                "task": n,
+                "seq": entry["seq"],
+                "at": micros(entry["created_at"]),
+                "event": events.index(entry["event"]),
+                "state": states.index(entry["state_to"]),
+                "channel": channels.index(entry["channel"]),
+                "actor": principals((entry["actor"], entry["actor_user_id"])),
+                "reason": labels(entry["reason"]),
+                "key": labels(entry["key_id"]),
+                "mac": bytes.fromhex(entry["hash"]),
+                "error_message": entry["error_message"] or None,
+            }
+            text(change, "details", compact_json(entry["details"] or None))
+            tables.setdefault("history", []).append(change)
             state_from = entry["state_to"]
         for seq, output in enumerate(task["outputs"], start=1):
             row = {"task": n, "seq": seq, "type": output_types.index(output["output_type"])}
@@ -385,7 +371,7 @@ def floor_database(engine: str, name: str) -> Iterator[Any]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
-LOAD_ORDER = ("label", "principal", "task", "task_extra", "history", "history_note", "output", "output_file")
+LOAD_ORDER = ("label", "principal", "task", "task_extra", "history", "output", "output_file")
 
 
 def load(connection: Any, engine: str, tables: dict[str, list[dict[str, Any]]]) -> None:
@@ -436,7 +422,6 @@ def check(connection: Any, engine: str, source: list[dict[str, Any]]) -> None:
     labels[None] = ""
     principals = {row["id"]: (row["name"], row["user_id"]) for row in fetch("SELECT * FROM principal")}
     tasks = fetch("SELECT * FROM task ORDER BY n")
-    notes = {(row["task"], row["seq"]): row for row in fetch("SELECT * FROM history_note")}
     history: dict[int, list[dict[str, Any]]] = {}
     for row in fetch("SELECT * FROM history ORDER BY task, seq"):
         history.setdefault(row["task"], []).append(row)
@@ -484,16 +469,15 @@ def check(connection: Any, engine: str, source: list[dict[str, Any]]) -> None:
             raise SystemExit(f"task {expected['id']}: its metrics read back otherwise")
         prev, state_from = GENESIS_HASH, ""
         for entry, stored in zip(expected["history"], history[row["n"]], strict=True):
-            note = notes.get((row["n"], stored["seq"]), {})
             rebuilt = {
                 "task_id": kept["id"], "seq": stored["seq"], "event": events[stored["event"]],
                 "state_from": state_from, "state_to": states[stored["state"]],
                 "actor": principals[stored["actor"]][0], "actor_user_id": principals[stored["actor"]][1],
                 "channel": channels[stored["channel"]], "reason": labels[stored["reason"]],
-                "error_message": note.get("error_message") or "", "created_at": moment(stored["at"]),
+                "error_message": stored["error_message"] or "", "created_at": moment(stored["at"]),
                 "key_id": labels[stored["key"]],
             }  # fmt: skip
-            details = text(note, "details") if note else None
+            details = text(stored, "details")
             rebuilt["details"] = (
                 {} if details is None else json.loads(details) if isinstance(details, str) else details
             )  # fmt: skip
