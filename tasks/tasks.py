@@ -6,6 +6,7 @@ Every task but the execution runs on the housekeeping queue (``crux.celery.route
 that heals lost work is ``persistence.tasks.recovery_sweep``: it needs the broker's epoch.
 """
 
+import json
 import logging
 import os
 import signal
@@ -100,7 +101,7 @@ def current_delivery_meta(celery_task_id: str) -> dict[str, Any]:
     """Celery's view of a delivery with no row whose attempt its task row holds (running or completed), as Celery
     would have stored it (``task_track_started``'s STARTED, ``execute_task``'s SUCCESS); empty for any other."""
     delivery = selectors.current_delivery(celery_task_id)
-    if delivery is None:
+    if delivery is None or (delivery.state == TaskState.COMPLETED and completed_by_another_publish(celery_task_id)):
         return {}
     seen: dict[str, Any] = {
         "task_name": EXECUTE_TASK,
@@ -111,6 +112,15 @@ def current_delivery_meta(celery_task_id: str) -> dict[str, Any]:
     if delivery.state == TaskState.RUNNING:
         return {**seen, "status": states.STARTED, "result": {"pid": delivery.pid, "hostname": delivery.hostname}}
     return {**seen, "status": states.SUCCESS, "result": TaskState.COMPLETED.value, "date_done": delivery.completed_at}
+
+
+def completed_by_another_publish(celery_task_id: str) -> bool:
+    """Whether a delivery of another publish of the same task completed it (a stale message that claimed it before
+    its current publish arrived): that delivery's row says so, and the current publish ran nothing."""
+    prefix = f"{task_id_of(celery_task_id)}."
+    others = CeleryResult.objects.filter(task_id__gte=prefix, task_id__lt=f"{prefix[:-1]}/", status=states.SUCCESS)
+    results = others.exclude(task_id=celery_task_id).values_list("result", flat=True)
+    return json.dumps(TaskState.COMPLETED.value) in results
 
 
 def celery_state(task: Task) -> tuple[str, Any]:
@@ -133,7 +143,9 @@ def result_rows(celery_task: Any) -> Callable[[Task], None]:
 
     def record(task: Task) -> None:
         state, result = celery_state(task)
-        if task.state != TaskState.COMPLETED:
+        # A stale delivery (an earlier publish's message) that completed the task keeps its row: the task row names
+        # only its current publish.
+        if task.state != TaskState.COMPLETED or request.id != task.celery_task_id:
             trace = "".join(traceback.format_exception_only(result)) if isinstance(result, Exception) else None
             setattr(request, STARTED_AT, task.started_at)
             celery_task.backend.store_result(request.id, result, state, traceback=trace, request=request)

@@ -50,6 +50,7 @@ from tasks.models import CeleryResult, Task, TaskHistory
 from tasks.redaction import REDACTED
 from tasks.selectors import verify_audit_chains
 from tasks.services.base import locked_task, unlocked_task, validate_task, write_task
+from tasks.services.recovery import current_dispatches, redispatch
 from tasks.tasks import AttemptFailed
 from tests.tasks import test_worker
 from tests.tasks.test_queues import submit as submit_to_cluster
@@ -101,11 +102,13 @@ def submit(user: Any, handler: str = "echo", **fields: Any) -> Task:
     return services.submit_task(owner=user, actor=user, channel=Channel.API, handler=handler, **fields)
 
 
-def trace(task: Task) -> Any:
-    """One delivery of ``task``'s message through Celery's tracer with a worker's request (not eager)."""
+def trace(task: Task, celery_id: str | None = None) -> Any:
+    """One delivery of ``task``'s message (by default, of its latest publish) through Celery's tracer with a worker's
+    request (not eager)."""
+    celery_id = celery_id or task.celery_task_id
     tracer = build_tracer(EXECUTE_TASK, app.tasks[EXECUTE_TASK], app=app, hostname=HOSTNAME, eager=False)
     request = {
-        "id": task.celery_task_id,
+        "id": celery_id,
         "task": EXECUTE_TASK,
         "hostname": HOSTNAME,
         "argsrepr": repr((str(task.pk),)),
@@ -113,7 +116,7 @@ def trace(task: Task) -> Any:
         "delivery_info": {"routing_key": "celery", "priority": 5, "redelivered": False},
         "is_eager": False,
     }
-    return tracer(task.celery_task_id, (str(task.pk),), {}, request)
+    return tracer(celery_id, (str(task.pk),), {}, request)
 
 
 @pytest.fixture
@@ -247,6 +250,28 @@ def test_locate_names_celerys_view_of_a_completion_read_from_the_task_and_of_a_f
         "date_done": TaskResult.objects.get(task_id=failed.celery_task_id).date_done,
         "worker": HOSTNAME,
     }
+
+
+@pytest.mark.parametrize("first", ["the stale message", "the current publish"])
+def test_a_publish_that_completed_its_task_is_its_success_whichever_message_claimed_it_first(user, first):
+    """The sweep re-publishes a task whose message it thinks lost; the first message may still arrive, and claim
+    the task before the new one. Celery's view names the publish whose delivery ran it, and the other's skip."""
+    task = submit(user)
+    stale = task.celery_task_id
+    lost = current_dispatches([stale])[stale]
+    assert redispatch(lost, reason="its message seems lost")
+    task.refresh_from_db()
+    current = task.celery_task_id
+    assert current != stale
+    ran, skipped = (stale, current) if first == "the stale message" else (current, stale)
+    trace(task, ran)
+    assert Task.objects.get(pk=task.pk).state == "completed"
+    assert AsyncResult(skipped, app=app).state == states.PENDING, "it has not arrived yet"
+    assert (AsyncResult(ran, app=app).state, AsyncResult(ran, app=app).result) == (states.SUCCESS, "completed")
+    assert TaskResult.objects.filter(task_id=ran).exists() == (ran == stale), "only the current publish is derived"
+    trace(task, skipped)
+    assert AsyncResult(skipped, app=app).result.startswith("skipped")
+    assert AsyncResult(ran, app=app).result == "completed"
 
 
 def test_a_failure_is_a_failure_row_written_with_the_outcome(user):
