@@ -118,9 +118,13 @@ def completed_by_another_publish(celery_task_id: str) -> bool:
     """Whether a delivery of another publish of the same task completed it (a stale message that claimed it before
     its current publish arrived): that delivery's row says so, and the current publish ran nothing."""
     prefix = f"{task_id_of(celery_task_id)}."
-    others = CeleryResult.objects.filter(task_id__gte=prefix, task_id__lt=f"{prefix[:-1]}/", status=states.SUCCESS)
-    results = others.exclude(task_id=celery_task_id).values_list("result", flat=True)
-    return json.dumps(TaskState.COMPLETED.value) in results
+    completions = CeleryResult.objects.filter(
+        task_id__gte=prefix,
+        task_id__lt=f"{prefix[:-1]}/",
+        status=states.SUCCESS,
+        result=json.dumps(TaskState.COMPLETED.value),
+    )
+    return completions.exclude(task_id=celery_task_id).exists()
 
 
 def celery_state(task: Task) -> tuple[str, Any]:
