@@ -28,6 +28,13 @@ worker is told to consume the backlog's queue (``add_consumer``), so worker
 start-up is excluded from all. The drains take turns (the order rotates each
 run), after one untimed warm-up drain each; medians of the runs are reported,
 with their range.
+
+CPU, same runs: the processor time each kind of drain took, per task, read from ``/proc`` (Linux) before and
+after each timed drain: the worker's main process (it takes messages from the broker, hands them to the pool and
+acknowledges them), its pool processes (the task itself), and the servers on this machine (Redis: the broker and the
+mirror; PostgreSQL: every process of the cluster, its WAL writer included). The pool's busy share is its processor
+time over the drain's time in every pool process: what it does not use, it waits (for the next message, a commit's
+sync to disk, the database's write lock, a reply from Redis or PostgreSQL).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from bench.report import record, summary
 BROKER_URL = "redis://127.0.0.1:6379/11"
 PAYLOAD = {"message": "drain"}
 TIMEOUT = 300.0  # seconds a drain may take before the benchmark gives up
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc's unit of processor time
 
 
 class Worker:
@@ -93,6 +101,48 @@ class Worker:
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The processor time (user and system) a process has used, in seconds; 0 once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15 of proc(5))
+
+
+def _processes() -> list[tuple[int, int, str]]:
+    """Every process on the machine as (pid, parent pid, command name)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                head, tail = (entry / "stat").read_text().rsplit(")", 1)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            found.append((int(entry.name), int(tail.split()[1]), head.split("(", 1)[1]))
+    return found
+
+
+# What each share of a drain's processor time is named in the table, in its order.
+CPU_SHARES = ("worker main", "pool", "Redis", "PostgreSQL")
+
+
+def cpu_by_share(worker: Worker) -> dict[str, float]:
+    """Processor seconds used so far by ``worker``'s main process, its pool processes, and the Redis and
+    PostgreSQL servers of this machine."""
+    main = worker.process.pid
+    processes = _processes()
+    servers = {"redis-server": "Redis", "postgres": "PostgreSQL"}
+    used = dict.fromkeys(CPU_SHARES, 0.0)
+    used["worker main"] = _cpu_seconds(main)
+    for pid, parent, name in processes:
+        if parent == main:
+            used["pool"] += _cpu_seconds(pid)
+        elif name in servers:
+            used[servers[name]] += _cpu_seconds(pid)
+    return used
 
 
 def wait_for(done: Callable[[], bool], worker: Worker) -> None:
@@ -140,8 +190,9 @@ def main() -> None:
         if waiting != count:
             raise SystemExit(f"{waiting} messages in {queue}, not {count}")
 
-    def crux_drain(worker: Worker, count: int) -> tuple[float, list[float]]:
-        """Submit ``count`` tasks, let the worker drain them; (tasks/s, per-task claim-to-completion seconds)."""
+    def crux_drain(worker: Worker, count: int) -> tuple[float, list[float], dict[str, float]]:
+        """Submit ``count`` tasks, let the worker drain them; (tasks/s, per-task claim-to-completion seconds,
+        processor seconds by share while it drained)."""
         ids = [
             services.submit_task(owner=user, actor=user, channel=Channel.API, title=f"drain {i}", handler="echo",
                                  request_payload=PAYLOAD).pk
@@ -149,29 +200,37 @@ def main() -> None:
         ]  # fmt: skip
         batch = Task.objects.filter(pk__in=ids)
         check_backlog(crux_queue, count)
+        before = cpu_by_share(worker)
         worker.consume(crux_queue, start=True)
         wait_for(lambda: not batch.filter(state__in=("queued", "running")).exists(), worker)
         worker.consume(crux_queue, start=False)
+        used = _spent(before, cpu_by_share(worker))
         states = set(batch.values_list("state", flat=True))
         if states != {"completed"}:
             raise SystemExit(f"drained tasks ended {states}, not all completed:\n{worker.tail()}")
         span = batch.aggregate(first=Min("started_at"), last=Max("completed_at"))
         each = batch.annotate(took=F("completed_at") - F("started_at")).values_list("took", flat=True)
-        return count / (span["last"] - span["first"]).total_seconds(), [t.total_seconds() for t in each]
+        rate = count / (span["last"] - span["first"]).total_seconds()
+        return rate, [t.total_seconds() for t in each], used
 
-    def timed_drain(worker: Worker, queue: str, count: int, publish: Callable[[int], None]) -> float:
-        """Publish ``count`` messages, let the worker drain them; tasks/s from the runs' own time stamps."""
+    def timed_drain(
+        worker: Worker, queue: str, count: int, publish: Callable[[int], None]
+    ) -> tuple[float, dict[str, float]]:
+        """Publish ``count`` messages, let the worker drain them; tasks/s from the runs' own time stamps, and the
+        processor seconds by share while it drained."""
         broker.delete(noop_runs)
         for i in range(count):
             publish(i)
         check_backlog(queue, count)
+        before = cpu_by_share(worker)
         worker.consume(queue, start=True)
         wait_for(lambda: broker.llen(noop_runs) >= count, worker)
         worker.consume(queue, start=False)
+        used = _spent(before, cpu_by_share(worker))
         stamps = [float(t) for t in broker.lrange(noop_runs, 0, -1)]
-        return count / (max(stamps) - min(stamps))
+        return count / (max(stamps) - min(stamps)), used
 
-    def bare_drain(worker: Worker, count: int) -> float:
+    def bare_drain(worker: Worker, count: int) -> tuple[float, dict[str, float]]:
         def publish(i: int) -> None:
             noop.apply_async(kwargs={"title": f"drain {i}", "handler": "echo", "request_payload": PAYLOAD},
                              queue=bare_queue)  # fmt: skip
@@ -182,23 +241,27 @@ def main() -> None:
         for statement in FLOOR_TABLES:
             cursor.execute(statement)
 
-    def floor_drain(worker: Worker, count: int) -> float:
+    def floor_drain(worker: Worker, count: int) -> tuple[float, dict[str, float]]:
         """The floor's tasks are queued rows first, as Crux's are, then their messages."""
         ids = [str(uuid.uuid4()) for _ in range(count)]
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM bench_floor_task")
             cursor.executemany("INSERT INTO bench_floor_task (id, state) VALUES (%s, 'queued')", [(i,) for i in ids])
-        rate = timed_drain(worker, floor_queue, count, lambda i: floor.apply_async(args=[ids[i]], queue=floor_queue))
+        drained = timed_drain(worker, floor_queue, count, lambda i: floor.apply_async(args=[ids[i]], queue=floor_queue))
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM bench_floor_task WHERE state = 'completed'")
             if cursor.fetchone()[0] != count:
                 raise SystemExit(f"the floor's tasks did not all complete:\n{worker.tail()}")
-        return rate
+        return drained
 
     crux_rates: list[float] = []
     bare_rates: list[float] = []
     floor_rates: list[float] = []
     took: list[float] = []
+    # Per kind: processor seconds by share over its timed drains, and the time those drains took (their tasks
+    # over their rate).
+    cpu: dict[str, dict[str, float]] = {kind: dict.fromkeys(CPU_SHARES, 0.0) for kind in KINDS}
+    drained_seconds = dict.fromkeys(KINDS, 0.0)
     with tempfile.TemporaryDirectory() as logs, ExitStack() as cleanup:
         cleanup.callback(delete_keys, mirror.client(), token)
         cleanup.callback(delete_keys, broker, token)
@@ -215,17 +278,21 @@ def main() -> None:
         crux_drain(crux, warmup)
         bare_drain(bare, warmup)
         floor_drain(floor_worker, warmup)
-        kinds = ["crux", "bare", "floor"]
         for run in range(args.runs):  # each kind goes first in turn
-            for kind in kinds[run % 3 :] + kinds[: run % 3]:
+            for kind in KINDS[run % 3 :] + KINDS[: run % 3]:
                 if kind == "crux":
-                    rate, each = crux_drain(crux, args.tasks)
+                    rate, each, used = crux_drain(crux, args.tasks)
                     crux_rates.append(rate)
                     took.extend(each)
                 elif kind == "bare":
-                    bare_rates.append(bare_drain(bare, args.tasks))
+                    rate, used = bare_drain(bare, args.tasks)
+                    bare_rates.append(rate)
                 else:
-                    floor_rates.append(floor_drain(floor_worker, args.tasks))
+                    rate, used = floor_drain(floor_worker, args.tasks)
+                    floor_rates.append(rate)
+                drained_seconds[kind] += args.tasks / rate
+                for share, seconds in used.items():
+                    cpu[kind][share] += seconds
 
     crux_rate, bare_rate = statistics.median(crux_rates), statistics.median(bare_rates)
     floor_rate = statistics.median(floor_rates)
@@ -253,6 +320,7 @@ def main() -> None:
     print(f"{'ratio floor / bare: the most 2 commits a task allow':<58} {ceiling:>8.2f} "
           f"{f'{min(ceilings):.2f}-{max(ceilings):.2f}':>16}")  # fmt: skip
     print(f"{'ratio crux / floor':<58} {of_floor:>8.2f}")
+    report_cpu(args, cpu, drained_seconds)
     common = {"engine": args.engine, "size": args.tasks}
     pool = f"{args.workers} processes"
     record("drain", f"crux drain, {pool}: claim to completion per task", value=each["median"], unit="ms",
@@ -263,6 +331,32 @@ def main() -> None:
            value=floor_rate, unit="tasks/s", ratio=ceiling, **common)  # fmt: skip
     record("drain", f"bare Celery no-op drain, {pool}: first run to last run", value=bare_rate, unit="tasks/s",
            **common)  # fmt: skip
+
+
+# The three drains, in the order the first run takes them; the table of processor time names them so.
+KINDS = ("crux", "bare", "floor")
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {share: after[share] - before[share] for share in CPU_SHARES}
+
+
+def report_cpu(args: argparse.Namespace, cpu: dict[str, dict[str, float]], drained_seconds: dict[str, float]) -> None:
+    """Print and record each kind's processor time per task by share, and its pool's busy share."""
+    tasks = args.tasks * args.runs
+    shares = [share for share in CPU_SHARES if share != "PostgreSQL" or args.engine == "postgres"]
+    print(f"\nprocessor time per task, ms (all {args.runs} runs of each kind; /proc)")
+    print(f"{'drain':<8}" + "".join(f"{share:>13}" for share in shares) + f"{'total':>10}{'pool busy':>11}")
+    for kind in KINDS:
+        per_task = {share: cpu[kind][share] / tasks * 1000 for share in shares}
+        busy = cpu[kind]["pool"] / (drained_seconds[kind] * args.workers)
+        print(f"{kind:<8}" + "".join(f"{per_task[share]:>13.2f}" for share in shares)
+              + f"{sum(per_task.values()):>10.2f}{busy:>10.0%}")  # fmt: skip
+        for share in shares:
+            record("drain", f"{kind} drain: processor time a task, {share}", engine=args.engine, size=args.tasks,
+                   value=per_task[share], unit="ms")  # fmt: skip
+        record("drain", f"{kind} drain: pool processes busy", engine=args.engine, size=args.tasks,
+               value=busy * 100, unit="%")  # fmt: skip
 
 
 if __name__ == "__main__":
