@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import uuid
 from collections import Counter
@@ -36,6 +37,7 @@ from celery.app.trace import build_tracer
 from celery.result import AsyncResult
 from django.db import connection, transaction
 from django.db.models.functions import Now
+from django.urls import NoReverseMatch, reverse
 from django_celery_results.models import TaskResult
 
 from crux.celery import app
@@ -272,6 +274,35 @@ def test_a_publish_that_completed_its_task_is_its_success_whichever_message_clai
     trace(task, skipped)
     assert AsyncResult(skipped, app=app).result.startswith("skipped")
     assert AsyncResult(ran, app=app).result == "completed"
+
+
+def test_celerys_result_rows_in_the_admin_say_what_they_hold_link_to_their_task_and_are_never_edited(
+    user, client, django_user_model
+):
+    done, failed = submit(user), submit(user, handler="fail", request_payload={"message": "no"}, max_attempts=1)
+    for task in (done, failed):
+        trace(task)
+    row = TaskResult.objects.get(task_id=failed.celery_task_id)
+    foreign = TaskResult.objects.create(task_id=str(uuid.uuid4()), task_name="another.app.job", status="FAILURE")
+    client.force_login(django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123"))
+    changelist = reverse("admin:django_celery_results_taskresult_changelist")
+    page = client.get(changelist).content.decode()
+    assert "A delivery that completed its task has no row here" in page
+    assert row.task_id in page and foreign.task_id in page and done.celery_task_id not in page
+    links = re.findall(r'href="(/admin/tasks/task/[^/"]+/change/)"', page)
+    assert links == [reverse("admin:tasks_task_change", args=[failed.pk])], "none for another app's job"
+
+    assert client.get(reverse("admin:django_celery_results_taskresult_add")).status_code == 403
+    change = reverse("admin:django_celery_results_taskresult_change", args=[row.pk])
+    assert client.get(change).status_code == 200, "staff read a row"
+    assert client.post(change, {"status": "SUCCESS", "result": '"completed"'}).status_code == 403
+    assert client.post(reverse("admin:django_celery_results_taskresult_delete", args=[row.pk]), {"post": "yes"}
+                       ).status_code == 403  # fmt: skip
+    bulk = {"action": "delete_selected", "_selected_action": [row.pk, foreign.pk], "post": "yes"}
+    assert "delete_selected" not in page and client.post(changelist, bulk).status_code == 200
+    assert TaskResult.objects.get(pk=row.pk).status == "FAILURE" and TaskResult.objects.count() == 2
+    with pytest.raises(NoReverseMatch):
+        reverse("admin:django_celery_results_groupresult_changelist")
 
 
 def test_a_failure_is_a_failure_row_written_with_the_outcome(user):
