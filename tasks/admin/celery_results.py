@@ -3,8 +3,8 @@
 Celery's results now hold a row only for a delivery that failed, waited for a retry or ran nothing: a delivery that
 completed its task has none (``tasks.tasks.ResultBackend`` derives Celery's view of it from the task row), so the
 page says so rather than look like a list of every delivery. Nobody edits or deletes these rows here: they are
-Celery's record of its deliveries, which ``verify_audit`` reads as a witness, and the retention housekeeping expires
-them. Crux groups no tasks, so Celery's group results are not shown.
+Celery's record of its deliveries, kept for good (``result_expires=None``), which ``verify_audit`` and ``locate`` read
+as a witness of a task. Crux groups no tasks, so Celery's group results are not shown.
 """
 
 from __future__ import annotations
