@@ -287,7 +287,7 @@ def test_celerys_result_rows_in_the_admin_say_what_they_hold_link_to_their_task_
     client.force_login(django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123"))
     changelist = reverse("admin:django_celery_results_taskresult_changelist")
     page = client.get(changelist).content.decode()
-    assert "A delivery that completed its task has no row here" in page
+    assert "A delivery that completes its task writes no row" in page
     assert row.task_id in page and foreign.task_id in page and done.celery_task_id not in page
     links = re.findall(r'href="(/admin/tasks/task/[^/"]+/change/)"', page)
     assert links == [reverse("admin:tasks_task_change", args=[failed.pk])], "none for another app's job"
