@@ -10,15 +10,15 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import redis
 
-# Always a prefix of this run's own, even if the shell names one: every process a test starts inherits it.
-RUN_PREFIX = os.environ["REDIS_KEY_PREFIX"] = f"crux-test-{uuid.uuid4().hex[:8]}"
+# This run's own Redis key prefix, set before Django's settings are read (tests.environment): every process a test
+# starts inherits it.
+RUN_PREFIX = os.environ["REDIS_KEY_PREFIX"]
 # Messages this process publishes go to a queue of this run's own, which no
 # developer's worker consumes; the queue is deleted when the run ends.
 TEST_QUEUE = f"{RUN_PREFIX}.celery"
