@@ -103,46 +103,50 @@ class Worker:
         return self.log.read_text(errors="replace")[-3000:]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """The processor time (user and system) a process has used, in seconds; 0 once it has gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15 of proc(5))
-
-
-def _processes() -> list[tuple[int, int, str]]:
-    """Every process on the machine as (pid, parent pid, command name)."""
+def _processes() -> list[tuple[int, int, str, float]]:
+    """Every process on the machine as (pid, parent pid, command name, processor seconds used: user and system)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 head, tail = (entry / "stat").read_text().rsplit(")", 1)
-            except (FileNotFoundError, ProcessLookupError):
+            except (FileNotFoundError, ProcessLookupError):  # it has gone
                 continue
-            found.append((int(entry.name), int(tail.split()[1]), head.split("(", 1)[1]))
+            fields = tail.split()  # from the state on: proc(5)'s fields 3 and after
+            cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15)
+            found.append((int(entry.name), int(fields[1]), head.split("(", 1)[1], cpu))
     return found
 
 
 # What each share of a drain's processor time is named in the table, in its order.
 CPU_SHARES = ("worker main", "pool", "Redis", "PostgreSQL")
+# The servers whose processes each count as one share, by command name.
+SERVERS = {"redis-server": "Redis", "postgres": "PostgreSQL"}
 
 
 def cpu_by_share(worker: Worker) -> dict[str, float]:
     """Processor seconds used so far by ``worker``'s main process, its pool processes, and the Redis and
-    PostgreSQL servers of this machine."""
+    PostgreSQL servers of this machine (one read of each process's ``/proc`` entry)."""
     main = worker.process.pid
-    processes = _processes()
-    servers = {"redis-server": "Redis", "postgres": "PostgreSQL"}
     used = dict.fromkeys(CPU_SHARES, 0.0)
-    used["worker main"] = _cpu_seconds(main)
-    for pid, parent, name in processes:
-        if parent == main:
-            used["pool"] += _cpu_seconds(pid)
-        elif name in servers:
-            used[servers[name]] += _cpu_seconds(pid)
+    for pid, parent, name, cpu in _processes():
+        if pid == main:
+            used["worker main"] += cpu
+        elif parent == main:
+            used["pool"] += cpu
+        elif name in SERVERS:
+            used[SERVERS[name]] += cpu
     return used
+
+
+def drain_queue(worker: Worker, queue: str, done: Callable[[], bool]) -> dict[str, float]:
+    """Let ``worker`` consume ``queue`` until ``done()``; the processor seconds by share it took meanwhile."""
+    before = cpu_by_share(worker)
+    worker.consume(queue, start=True)
+    wait_for(done, worker)
+    worker.consume(queue, start=False)
+    after = cpu_by_share(worker)
+    return {share: after[share] - before[share] for share in CPU_SHARES}
 
 
 def wait_for(done: Callable[[], bool], worker: Worker) -> None:
@@ -200,11 +204,7 @@ def main() -> None:
         ]  # fmt: skip
         batch = Task.objects.filter(pk__in=ids)
         check_backlog(crux_queue, count)
-        before = cpu_by_share(worker)
-        worker.consume(crux_queue, start=True)
-        wait_for(lambda: not batch.filter(state__in=("queued", "running")).exists(), worker)
-        worker.consume(crux_queue, start=False)
-        used = _spent(before, cpu_by_share(worker))
+        used = drain_queue(worker, crux_queue, lambda: not batch.filter(state__in=("queued", "running")).exists())
         states = set(batch.values_list("state", flat=True))
         if states != {"completed"}:
             raise SystemExit(f"drained tasks ended {states}, not all completed:\n{worker.tail()}")
@@ -222,11 +222,7 @@ def main() -> None:
         for i in range(count):
             publish(i)
         check_backlog(queue, count)
-        before = cpu_by_share(worker)
-        worker.consume(queue, start=True)
-        wait_for(lambda: broker.llen(noop_runs) >= count, worker)
-        worker.consume(queue, start=False)
-        used = _spent(before, cpu_by_share(worker))
+        used = drain_queue(worker, queue, lambda: broker.llen(noop_runs) >= count)
         stamps = [float(t) for t in broker.lrange(noop_runs, 0, -1)]
         return count / (max(stamps) - min(stamps)), used
 
@@ -247,12 +243,16 @@ def main() -> None:
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM bench_floor_task")
             cursor.executemany("INSERT INTO bench_floor_task (id, state) VALUES (%s, 'queued')", [(i,) for i in ids])
-        drained = timed_drain(worker, floor_queue, count, lambda i: floor.apply_async(args=[ids[i]], queue=floor_queue))
+
+        def publish(i: int) -> None:
+            floor.apply_async(args=[ids[i]], queue=floor_queue)
+
+        rate, used = timed_drain(worker, floor_queue, count, publish)
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM bench_floor_task WHERE state = 'completed'")
             if cursor.fetchone()[0] != count:
                 raise SystemExit(f"the floor's tasks did not all complete:\n{worker.tail()}")
-        return drained
+        return rate, used
 
     crux_rates: list[float] = []
     bare_rates: list[float] = []
@@ -335,10 +335,6 @@ def main() -> None:
 
 # The three drains, in the order the first run takes them; the table of processor time names them so.
 KINDS = ("crux", "bare", "floor")
-
-
-def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {share: after[share] - before[share] for share in CPU_SHARES}
 
 
 def report_cpu(args: argparse.Namespace, cpu: dict[str, dict[str, float]], drained_seconds: dict[str, float]) -> None:
