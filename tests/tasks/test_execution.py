@@ -4,6 +4,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from tasks import services
@@ -110,6 +111,35 @@ def test_the_heartbeat_renews_the_lease(user, settings):
     assert execute(str(task.pk), worker_id=WORKER, on_lease_lost=lambda: lost.append(True)) == "completed"
     assert lost == []
     assert Task.objects.get(pk=task.pk).history.count() == 3
+
+
+# What a renewal of a running attempt's lease writes (``services.renew_lease``).
+LEASE_COLUMNS = {"lease_expires_at", "heartbeat_at"}
+
+
+def test_a_lease_renewal_writes_no_index_entry(user):
+    """A running agent renews its lease every few seconds for as long as it runs: no index of the task table holds
+    a column a renewal writes, so on PostgreSQL each renewal is a HOT update, which writes no index entry (the
+    trigram indexes' entries for the task's title and description among them: each renewal added them all)."""
+    table = Task._meta.db_table
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, table)
+    indexes = [c for c in constraints.values() if c["index"] or c["unique"] or c["primary_key"]]
+    indexed = {column for index in indexes for column in index["columns"] or () if column}
+    assert {"id", "state", "created_at"} <= indexed and not indexed & LEASE_COLUMNS
+    task = submit(user, description="Make the import queue flow work for upload users.")
+    services.claim(task.pk, worker_id=WORKER)
+    if connection.vendor != "postgresql":
+        return
+    updates = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = %s"
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(updates, [table])
+        before = cursor.fetchone()
+        for _ in range(3):
+            assert services.renew_lease(task.pk, attempt=1, worker_id=WORKER)
+        cursor.execute(updates, [table])
+        after = cursor.fetchone()
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 3)  # three UPDATEs, each HOT
 
 
 SUCCESSOR = "celery@other:2"
