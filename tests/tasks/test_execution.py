@@ -113,20 +113,36 @@ def test_the_heartbeat_renews_the_lease(user, settings):
     assert Task.objects.get(pk=task.pk).history.count() == 3
 
 
-# What a renewal of a running attempt's lease writes (``services.renew_lease``).
-LEASE_COLUMNS = {"lease_expires_at", "heartbeat_at"}
+# What a running attempt writes, again and again, besides its transitions: each a conditional UPDATE of the task row.
+ATTEMPT_TELEMETRY = {
+    "lease renewal": (
+        {"lease_expires_at", "heartbeat_at"},
+        lambda task: services.renew_lease(task.pk, attempt=1, worker_id=WORKER),
+    ),
+    "progress": (
+        {"progress", "current_phase", "updated_at"},
+        lambda task: services.report_progress(task.pk, attempt=1, worker_id=WORKER, progress=0.5, phase="step"),
+    ),
+    "figures": (
+        set(METRIC_FIELDS),
+        lambda task: services.record_metrics(task.pk, attempt=1, worker_id=WORKER, iterations=2, prompt_tokens=9),
+    ),
+}
 
 
-def test_a_lease_renewal_writes_no_index_entry(user):
-    """A running agent renews its lease every few seconds for as long as it runs: no index of the task table holds
-    a column a renewal writes, so on PostgreSQL each renewal is a HOT update, which writes no index entry (the
-    trigram indexes' entries for the task's title and description among them: each renewal added them all)."""
+@pytest.mark.parametrize("write", ATTEMPT_TELEMETRY)
+def test_a_running_attempts_telemetry_writes_no_index_entry(user, write):
+    """A running agent renews its lease every few seconds, and reports progress and figures as it goes, for as
+    long as it runs: no index of the task table holds a column these writes change, so on PostgreSQL each is a HOT
+    update, which writes no index entry (the trigram indexes' entries for the task's title and description among
+    them: with the lease in a partial index, every renewal added them all)."""
+    columns, written = ATTEMPT_TELEMETRY[write]
     table = Task._meta.db_table
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, table)
     indexes = [c for c in constraints.values() if c["index"] or c["unique"] or c["primary_key"]]
     indexed = {column for index in indexes for column in index["columns"] or () if column}
-    assert {"id", "state", "created_at"} <= indexed and not indexed & LEASE_COLUMNS
+    assert {"id", "state", "created_at"} <= indexed and not indexed & columns
     task = submit(user, description="Make the import queue flow work for upload users.")
     services.claim(task.pk, worker_id=WORKER)
     if connection.vendor != "postgresql":
@@ -136,7 +152,7 @@ def test_a_lease_renewal_writes_no_index_entry(user):
         cursor.execute(updates, [table])
         before = cursor.fetchone()
         for _ in range(3):
-            assert services.renew_lease(task.pk, attempt=1, worker_id=WORKER)
+            assert written(task)
         cursor.execute(updates, [table])
         after = cursor.fetchone()
     assert (after[0] - before[0], after[1] - before[1]) == (3, 3)  # three UPDATEs, each HOT
