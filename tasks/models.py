@@ -794,9 +794,9 @@ class Task(LoadedDirectly):
             # The same for an owner (non-staff lists): the page and the capped count read only matching entries.
             models.Index(fields=["owner", "provider", "role", "-created_at"], name="task_owner_prov_role_created"),
             # No index holds the lease (``lease_expires_at``, ``heartbeat_at``): a running agent renews it every
-            # TASK_LEASE_SECONDS / 4 (5 s), and on PostgreSQL a renewal that changes no indexed column is a HOT update,
-            # which writes no index entry (the trigram indexes' included). The recovery sweep reads the few running
-            # tasks through ``task_state_created``.
+            # TASK_LEASE_SECONDS / 4 (5 s by default), and on PostgreSQL a renewal that changes no indexed column
+            # is a HOT update, which writes no index entry (the trigram indexes' included). The recovery sweep reads
+            # the few running tasks through ``task_state_created``.
             models.Index(fields=["dispatched_at"], name="task_queued_dispatch", condition=models.Q(state="queued")),
             models.Index(fields=["dispatch_epoch"], name="task_queued_epoch", condition=models.Q(state="queued")),
             # Queued tasks waiting for their time and not yet published: what crux.dispatch_due reads.
