@@ -31,7 +31,7 @@ from bench.dataset import ROOT, git_revision
 from bench.report import RESULTS_ENV, load, table
 
 # Completed tasks written through Crux whose bytes bench.scale and bench.storage_floor measure (the same data set).
-STORAGE_TASKS = 3000
+STORAGE_TASKS = 2000
 
 
 def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list[str]]:
@@ -42,7 +42,7 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
         steps += [
             ["bench.submit", "--engine", engine],
             ["bench.http", "--engine", engine, "--rounds", "3"],
-            ["bench.stream", "--engine", engine, "--rounds", "2"],
+            ["bench.stream", "--engine", engine, "--rounds", "2", "--duration", "8"],
             ["bench.recovery", "--tasks", str(recovery_tasks), "--engine", engine],
             # Bytes per 1,000 tasks hardly depend on N: STORAGE_TASKS completed tasks, submitted and run through
             # Crux's own code (bench.written), measure it in a minute.
@@ -60,11 +60,11 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
             # The smallest schema that holds a completed task with its audit, on the same written tasks.
             ["bench.storage_floor", "--engine", engine, "--tasks", str(STORAGE_TASKS)],
             # An agent's outputs (logs, tracebacks, artifacts) as stored against plain text.
-            ["bench.outputs", "--engine", engine, "--count", "2000"],
+            ["bench.outputs", "--engine", engine, "--count", "1000"],
             ["bench.locate", "--tasks", str(largest), "--engine", engine, "--lookups", "100"],
             ["bench.admin", "--tasks", str(largest), "--engine", engine, "--runs", "10"],
             # The counters /metrics derives from history: the tally against grouping every history row.
-            ["bench.figures", "--tasks", str(largest), "--engine", engine],
+            ["bench.figures", "--tasks", str(largest), "--engine", engine, "--runs", "3"],
             # The restore's time is about proportional to the tasks: the smallest data set here; BENCHMARKS.md
             # runs a million by hand.
             ["bench.restore", "--tasks", str(min(sizes)), "--engine", engine],
