@@ -517,7 +517,8 @@ def test_worker_loss_is_detected_within_lease_and_sweep_behind_a_backlog(cluster
 
 def test_a_backlog_drained_by_one_slow_worker_is_published_once_per_task(cluster, tmp_path):
     log = tmp_path / "executions.log"
-    ids = cluster.submit(1000, "record", payload={"log": str(log), "duration": 0})
+    # 10 ms a task: the one worker drains for 10 s or more, twenty sweep periods however fast the machine is.
+    ids = cluster.submit(1000, "record", payload={"log": str(log), "duration": 0.01})
     cluster.env["REDISPATCH_AFTER_SECONDS"] = "0.5"  # by age, the whole backlog would be re-published every sweep
     cluster.housekeeping()
     cluster.worker(concurrency=1)
