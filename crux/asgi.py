@@ -12,6 +12,8 @@ from typing import Any
 import django
 from django.core.handlers.asgi import ASGIHandler
 
+from crux.memory import freeze_start_up_objects
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crux.settings")
 django.setup(set_prefix=False)
 
@@ -29,3 +31,4 @@ class StreamHandler(ASGIHandler):
 
 
 application = StreamHandler()
+freeze_start_up_objects(urlconf=STREAM_URLCONF)

@@ -14,10 +14,20 @@ import socket
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun, worker_process_shutdown
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 from django.conf import settings
 from django.db import close_old_connections
 from kombu import Queue
+
+from crux.memory import freeze_start_up_objects
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crux.settings")
 logger = logging.getLogger(__name__)
@@ -75,6 +85,14 @@ def observe_attempt(sender: Any = None, task: Any = None, **kwargs: Any) -> None
     duration.labels(task.handler, queue, outcome).observe(max(0.0, (ended_at - task.started_at).total_seconds()))
     if outcome != "retry" and task.dispatched_at is not None and task.dispatched_at <= task.started_at:
         wait.labels(task.handler, queue).observe((task.started_at - task.dispatched_at).total_seconds())
+
+
+@worker_process_init.connect
+@worker_ready.connect
+def freeze_ready_process(**kwargs: Any) -> None:
+    """A pool process, or the worker's main process, is ready: its start-up objects are frozen (``crux.memory``),
+    so that no full collection stops a task or the hand-over of messages to walk them."""
+    freeze_start_up_objects()
 
 
 @worker_process_shutdown.connect

@@ -28,6 +28,7 @@ from django.conf import settings
 from gunicorn.glogging import Logger
 from gunicorn.workers.sync import SyncWorker
 
+from crux.memory import freeze_start_up_objects
 from tasks.redaction import RedactingFilter
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crux.settings")
@@ -94,6 +95,12 @@ class JsonErrorSyncWorker(SyncWorker):
 
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         super().handle_error(req, cast(socket.socket, JsonErrorSocket(client)), addr, exc)
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn's hook in a worker once it has loaded the application: its start-up objects frozen
+    (``crux.memory``), so that no full collection pauses a request to walk them."""
+    freeze_start_up_objects(urlconf=settings.ROOT_URLCONF)
 
 
 def child_exit(server: Any, worker: Any) -> None:
