@@ -166,6 +166,34 @@ def to_jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two model values certainly have the same ``to_jsonable`` form, told without converting them: JSON-like
+    values (None, text, numbers, booleans, and dicts and lists of them) of the same JSON types at every level and
+    equal (``==`` alone takes 1, 1.0 and True for one value). A subclass counts as its JSON type (a state, a ``str``
+    enum, is its text). False is no verdict: other types (a datetime, whose offset its form shows) and NaN are left
+    to the conversion."""
+    kind = type(a)
+    if kind is type(b):
+        if kind is dict:
+            return a.keys() == b.keys() and all(same_json(value, b[key]) for key, value in a.items())
+        if kind is list:
+            return len(a) == len(b) and all(map(same_json, a, b))
+        if kind in _JSON_SCALARS:
+            return bool(a == b)
+    scalar = _json_scalar(a)
+    return scalar is not None and scalar is _json_scalar(b) and bool(a == b)
+
+
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _json_scalar(value: Any) -> type | None:
+    """The JSON scalar type a value is written as (``bool`` before ``int``, of which it is a subclass), or None."""
+    if value is None:
+        return type(None)
+    return next((kind for kind in (bool, str, int, float) if isinstance(value, kind)), None)
+
+
 def _canonical(value: Any) -> Any:
     # Numbers are hashed by exact decimal value, so a database that re-renders
     # 1e20 as 100000000000000000000 (PostgreSQL jsonb) does not look tampered.

@@ -37,6 +37,7 @@ from tasks.audit import (
     is_loading_rows,
     legacy_row_hash,
     row_hash,
+    same_json,
     to_jsonable,
 )
 from tasks.exceptions import MissingAuditContext
@@ -56,8 +57,11 @@ def _changes(instance: Task, before: dict[str, Any] | None, update_fields: Any) 
     for field in Task.tracked_fields():
         if update_fields is not None and field.name not in update_fields:
             continue
-        old, new = to_jsonable(before[field.attname]), to_jsonable(getattr(instance, field.attname))
-        if old == new:
+        old, new = before[field.attname], getattr(instance, field.attname)
+        if same_json(old, new):  # most fields of a change: spared two conversions (a JSON value's, a round trip)
+            continue
+        old, new = to_jsonable(old), to_jsonable(new)
+        if same_json(old, new):  # not ``==``, for which 1, 1.0 and True are one value: JSON tells them apart
             continue
         if field.name in DIGESTED_FIELDS:
             old, new = (None if old is None else digest(old)), (None if new is None else digest(new))

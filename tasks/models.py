@@ -33,7 +33,7 @@ from django.utils import timezone
 from django_celery_results.managers import TaskResultManager
 from django_celery_results.models import TaskResult
 
-from tasks.audit import SYSTEM_ACTORS, Channel, HistoryEvent, current_context
+from tasks.audit import SYSTEM_ACTORS, Channel, HistoryEvent, current_context, same_json
 from tasks.exceptions import AppendOnlyViolation, HardDeleteRefused, TaskChanged, UntrackedWrite
 from tasks.ids import celery_id
 from tasks.keys import KEY_ID_MAX_LENGTH
@@ -902,8 +902,14 @@ class Task(LoadedDirectly):
         need not be in the save's transaction, so on SQLite the write lock is taken at the save's UPDATE, after the
         work that prepares it.
         """
-        fields = self._meta.concrete_fields
-        self.__dict__[_UNLOCKED_READ] = {f.attname: _copied(getattr(self, f.attname)) for f in fields}
+        values = self.__dict__
+        if values.keys() >= _TASK_FIELDS.attnames:
+            read = {attname: values[attname] for attname in _TASK_FIELDS.attnames}
+            for attname in _TASK_FIELDS.json_attnames:
+                read[attname] = _copied(read[attname])
+        else:  # deferred fields, loaded as they are read
+            read = {f.attname: _copied(getattr(self, f.attname)) for f in self._meta.concrete_fields}
+        values[_UNLOCKED_READ] = read
 
     def fields_as_read(self) -> list[str]:
         """The names of the fields (foreign keys aside) whose value is still the one its kept read (``keep_read``,
@@ -912,16 +918,28 @@ class Task(LoadedDirectly):
         if read is None:
             locked: _LockedRead | None = self.__dict__.get(_LAST_LOCKED_READ)
             read = {} if locked is None else locked.values
+        values = self.__dict__  # a deferred field is not in it: not as read, so checked (and loaded) as it is
         return [
-            f.name
-            for f in self._meta.concrete_fields
-            if not f.is_relation and f.attname in read and getattr(self, f.attname) == read[f.attname]
+            name
+            for name, attname in _TASK_FIELDS.unrelated
+            if attname in read
+            and attname in values
+            and values[attname] == read[attname]
+            and (attname not in _TASK_FIELDS.json_attnames or same_json(values[attname], read[attname]))
         ]
 
     def _changed_since(self, read: dict[str, Any]) -> set[str]:
-        """The names of the concrete fields whose value differs from ``read`` (attname to value)."""
-        fields = self._meta.concrete_fields
-        return {f.name for f in fields if not f.primary_key and getattr(self, f.attname) != read[f.attname]}
+        """The names of the concrete fields whose value differs from ``read`` (attname to value): a JSON value that
+        is not the same JSON (``same_json``: ``==`` takes 1 and True for one value) differs."""
+        values = self.__dict__
+        changed = set()
+        for name, attname in _TASK_FIELDS.saved:
+            value = values[attname] if attname in values else getattr(self, attname)
+            if value != read[attname] or (
+                attname in _TASK_FIELDS.json_attnames and not same_json(value, read[attname])
+            ):
+                changed.add(name)
+        return changed
 
     def _do_insert(self, manager: Any, using: Any, fields: Any, returning_fields: Any, raw: bool) -> Any:
         """A new task's INSERT, its SQL compiled once for every task (``insert_statements``); a task's id is set
@@ -980,6 +998,29 @@ class Task(LoadedDirectly):
     @classmethod
     def tracked_fields(cls) -> list[models.Field]:
         return [f for f in cls._meta.concrete_fields if f.name not in UNTRACKED_FIELDS and not f.primary_key]
+
+
+class _FieldNames(NamedTuple):
+    """A model's concrete fields by name, for the scans of every save of a task (its kept read, what changed since),
+    which look into the instance's ``__dict__`` instead of calling ``getattr`` 58 times each."""
+
+    attnames: frozenset[str]
+    json_attnames: tuple[str, ...]  # the fields whose values are dicts and lists, which a kept read copies
+    unrelated: tuple[tuple[str, str], ...]  # (name, attname) of the fields but foreign keys
+    saved: tuple[tuple[str, str], ...]  # (name, attname) of the fields but the primary key
+
+
+def _field_names(model: type[models.Model]) -> _FieldNames:
+    fields = model._meta.concrete_fields
+    return _FieldNames(
+        frozenset(f.attname for f in fields),
+        tuple(f.attname for f in fields if isinstance(f, models.JSONField)),
+        tuple((f.name, f.attname) for f in fields if not f.is_relation),
+        tuple((f.name, f.attname) for f in fields if not f.primary_key),
+    )
+
+
+_TASK_FIELDS = _field_names(Task)
 
 
 # Where a database connection (one per thread) keeps its compiled reads of a task by primary key: ``read_task``.

@@ -6,10 +6,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tasks import services
-from tasks.audit import Channel, audited
+from tasks.audit import Channel, audited, same_json, to_jsonable
 from tasks.exceptions import HardDeleteRefused, MissingAuditContext, UntrackedWrite
 from tasks.models import Task, TaskHistory
 from tasks.selectors import verify_audit_chains
+from tasks.services.base import write_task
+from tasks.states import TaskState
 
 pytestmark = pytest.mark.django_db
 
@@ -84,6 +86,59 @@ def test_direct_save_of_illegal_state_is_refused(make_task):
         task.save()
     task.refresh_from_db()
     assert task.state == "pending" and len(rows(task)) == 1
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"retries": 1}, {"retries": True}),
+        ({"retries": 1}, {"retries": 1.0}),
+        ({"steps": [0, {"done": False}]}, {"steps": [0, {"done": 0}]}),
+        ({"a": 1, "b": 2}, {"a": 1, "b": 2, "c": None}),
+    ],
+    ids=["int-to-bool", "int-to-float", "nested", "key-added"],
+)
+@pytest.mark.parametrize("read", ["locked", "unlocked"])
+def test_a_change_pythons_equality_hides_is_saved_and_recorded(user, make_task, before, after, read):
+    """A JSON value equal by ``==`` but not the same JSON (1 and True, 1 and 1.0) is a change: it is written and the
+    history records it, by a save of a task read under its lock or without it (a compare-and-set, its changes
+    alone written)."""
+    task = make_task(metadata=before)
+    if read == "locked":
+        services.update_task(task.pk, actor=user, channel=Channel.API, reason="retype", metadata=after)
+    else:
+
+        def retype(task: Task) -> None:
+            task.metadata = after
+            with audited(user, channel=Channel.API, reason="retype"):
+                task.save()
+
+        write_task(task.pk, retype)
+    assert rows(task)[-1].details["changes"] == {"metadata": [before, after]}
+    stored = Task.objects.get(pk=task.pk)
+    assert to_jsonable(stored.metadata) == after and same_json(stored.metadata, after)
+    assert stored.history_count == 2
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ({"k": [1, "x", None, 2.5, False]}, {"k": [1, "x", None, 2.5, False]}, True),
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}, True),  # the same object in JSON: key order is not a change
+        (1, True, False),
+        (1, 1.0, False),
+        ([1, 2], [1, 2, 3], False),
+        ({"a": {"b": 1}}, {"a": {"b": True}}, False),
+        (float("nan"), float("nan"), False),
+        (TaskState.QUEUED, "queued", True),  # a str enum is written as its text
+        ({"s": TaskState.QUEUED}, {"s": "queued"}, True),  # at any level
+        (timezone.now().replace(microsecond=0),) * 2 + (False,),  # not JSON: left to the conversion
+    ],
+)
+def test_same_json_is_true_only_where_the_json_forms_are_certainly_equal(a, b, same):
+    assert same_json(a, b) is same
+    if same:
+        assert to_jsonable(a) == to_jsonable(b)
 
 
 def test_stale_instance_still_chains_correctly(user, make_task):
