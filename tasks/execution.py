@@ -172,7 +172,9 @@ class Heartbeat:
     (``TaskContext.outputs_due_in``); calls ``on_lost`` when the claim is gone or too stale, or once the attempt
     passed its hard time limit (recorded first, with the outputs still waiting: ``terminated`` holds the outcome).
 
-    It runs in the executing thread's ``HeartbeatThread`` from ``start()`` until ``stop()`` returns."""
+    It runs in the executing thread's ``HeartbeatThread``, which takes it up within
+    ``HeartbeatThread.PICKUP_SECONDS`` of ``start()``, until ``stop()`` returns: its times are reckoned from its
+    start (the claim), whenever it is taken up."""
 
     def __init__(self, ctx: TaskContext, on_lost: Callable[[], None]):
         self.ctx = ctx
@@ -182,7 +184,8 @@ class Heartbeat:
         self.terminated: Task | None = None
         self.acting = threading.Condition()  # held to start, and to end, a renewal or a termination
         self.busy = False
-        self.last_renewal = self.next_renewal = time.monotonic()
+        self.last_renewal = time.monotonic()  # the claim's lease, just written
+        self.next_renewal = self.last_renewal + self.interval
         self.outputs_retry_at = 0.0  # after a failed write of the outputs, none is tried again before this
 
     def _next_wait(self) -> float:
@@ -236,8 +239,6 @@ class Heartbeat:
     def keep(self) -> None:
         """The renewals and output writes, in the heartbeat thread, until ``stop()`` (or the claim is lost, or the
         hard limit passed)."""
-        self.last_renewal = time.monotonic()
-        self.next_renewal = self.last_renewal + self.interval
         while True:
             self.ctx.wake.clear()  # before the wait is reckoned: outputs appended (or a stop) from now on end it
             if self.stopped.is_set():
@@ -326,7 +327,16 @@ class HeartbeatThread(threading.Thread):
     """The thread that runs the heartbeats of one executing thread's attempts, one after the other (a worker's pool
     process runs one attempt at a time): started with the first attempt and kept for the next ones. A thread
     started and joined per attempt cost milliseconds a task on a busy machine, both waiting for the scheduler;
-    the attempt's end waits for it only while it renews the lease or terminates the attempt."""
+    the attempt's end waits for it only while it renews the lease or terminates the attempt.
+
+    While attempts follow one another, it looks for a new heartbeat every ``PICKUP_SECONDS`` instead of being woken
+    for each: an attempt that ends first (most of a busy queue's take milliseconds) withdraws its heartbeat
+    untouched. Woken to take a heartbeat up and again to drop it, the thread took the interpreter's lock from the
+    attempt twice a task, a tenth of an echo task's processor time. After ``IDLE_SECONDS`` with no attempt, it
+    waits without a timeout, and the next attempt wakes it."""
+
+    PICKUP_SECONDS = 0.05
+    IDLE_SECONDS = 1.0
 
     _local = threading.local()
 
@@ -334,6 +344,7 @@ class HeartbeatThread(threading.Thread):
         super().__init__(name=f"heartbeat-of-{threading.current_thread().name}", daemon=True)
         self.changed = threading.Condition()
         self.pending: Heartbeat | None = None
+        self.asleep = False  # waiting without a timeout: a new heartbeat wakes it
 
     @classmethod
     def of_this_thread(cls) -> HeartbeatThread:
@@ -347,7 +358,8 @@ class HeartbeatThread(threading.Thread):
     def watch(self, heartbeat: Heartbeat) -> None:
         with self.changed:
             self.pending = heartbeat
-            self.changed.notify()
+            if self.asleep:
+                self.changed.notify()
 
     def withdraw(self, heartbeat: Heartbeat) -> None:
         """Take back a heartbeat this thread has not taken up yet (an attempt that ended first)."""
@@ -358,8 +370,11 @@ class HeartbeatThread(threading.Thread):
     def run(self) -> None:
         while True:
             with self.changed:
+                idle_since = time.monotonic()
                 while self.pending is None:
-                    self.changed.wait()
+                    self.asleep = time.monotonic() - idle_since >= self.IDLE_SECONDS
+                    self.changed.wait(None if self.asleep else self.PICKUP_SECONDS)
+                self.asleep = False
                 heartbeat, self.pending = self.pending, None
             try:
                 heartbeat.keep()

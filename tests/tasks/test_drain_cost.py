@@ -21,6 +21,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -47,7 +48,7 @@ from tasks import services
 from tasks.audit import Channel, audited
 from tasks.dispatch import EXECUTE_TASK
 from tasks.exceptions import IllegalTransition, InvalidTaskData, TaskChanged
-from tasks.execution import HeartbeatThread, execute
+from tasks.execution import Heartbeat, HeartbeatThread, execute
 from tasks.models import CeleryResult, Task, TaskHistory
 from tasks.redaction import REDACTED
 from tasks.selectors import verify_audit_chains
@@ -701,6 +702,40 @@ def test_one_heartbeat_thread_renews_the_leases_of_attempt_after_attempt(user, s
         # The claim stamps heartbeat_at just before started_at: only a renewal moves it past.
         assert task.heartbeat_at > task.started_at, "the lease was renewed while the attempt ran"
     assert lost == [] and _heartbeat_threads() == before and len(before) >= 1
+
+
+def test_attempts_that_end_first_leave_their_heartbeats_untaken_while_attempts_follow_one_another(user, monkeypatch):
+    """The heartbeat thread looks for a new heartbeat every PICKUP_SECONDS instead of being woken for each: back to
+    back, it takes up at most one a period (the one running then), never all of them."""
+    for _ in range(2):  # warm: this thread's heartbeat thread exists and is not asleep
+        assert execute(str(submit(user).pk), worker_id=WORKER) == "completed"
+    taken: list[str] = []
+    keep = Heartbeat.keep
+    monkeypatch.setattr(Heartbeat, "keep", lambda self: (taken.append(str(self.ctx.task_id)), keep(self))[1])
+    tasks = [submit(user) for _ in range(40)]
+    began = time.monotonic()
+    for task in tasks:
+        assert execute(str(task.pk), worker_id=WORKER) == "completed"
+    periods = (time.monotonic() - began) / HeartbeatThread.PICKUP_SECONDS
+    assert len(taken) <= periods + 2 and len(taken) < len(tasks), (len(taken), periods)
+
+
+def test_an_idle_heartbeat_thread_sleeps_and_the_next_attempt_wakes_it(user, settings, monkeypatch):
+    """With no attempt for IDLE_SECONDS, the thread waits without a timeout; an attempt then wakes it at once, and
+    its lease is renewed on time."""
+    monkeypatch.setattr(HeartbeatThread, "IDLE_SECONDS", 0.1)
+    assert execute(str(submit(user).pk), worker_id=WORKER) == "completed"
+    (thread,) = [thread for thread in _heartbeat_threads() if thread.name.endswith(threading.current_thread().name)]
+    deadline = time.monotonic() + 5
+    while not thread.asleep:
+        assert time.monotonic() < deadline, "the idle thread never went to sleep"
+        time.sleep(0.02)
+    settings.TASK_LEASE_SECONDS = 0.4  # a renewal every 0.1 s; a lease not renewed is lost within 0.3 s
+    lost: list[bool] = []
+    task = submit(user, handler="sleep", request_payload={"seconds": 0.5, "steps": 2})
+    assert execute(str(task.pk), worker_id=WORKER, on_lease_lost=lambda: lost.append(True)) == "completed"
+    task.refresh_from_db()
+    assert lost == [] and task.heartbeat_at > task.started_at, "renewed while the attempt ran"
 
 
 # A real worker: Celery's tools read the rows.
