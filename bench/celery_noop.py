@@ -65,10 +65,15 @@ _floor: Any = None
 
 def _record_run() -> None:
     """Append when this run happened to the Redis list ``BENCH_NOOP_KEY`` (one round trip)."""
+    _redis().rpush(os.environ["BENCH_NOOP_KEY"], time.time())
+
+
+def _redis() -> redis.Redis:
+    """This process's connection to the benchmark's Redis (the broker's database), opened on first use."""
     global _client
     if _client is None:
         _client = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
-    _client.rpush(os.environ["BENCH_NOOP_KEY"], time.time())
+    return _client
 
 
 @app.task(name="bench.noop")
@@ -167,11 +172,9 @@ def _chained(head: str, row: dict[str, Any]) -> str:
 
 def _mirror(task_id: str, doc: dict[str, Any]) -> None:
     """The task's mirror entry, written by one compare-and-set script (one round trip)."""
-    global _client, _mirror_script
-    if _client is None:
-        _client = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    global _mirror_script
     if _mirror_script is None:
-        _mirror_script = _client.register_script(MIRROR_SCRIPT)
+        _mirror_script = _redis().register_script(MIRROR_SCRIPT)
     key = f"{os.environ['BENCH_NOOP_KEY']}:mirror:{task_id}"
     _mirror_script(keys=[key], args=[json.dumps(doc, sort_keys=True, separators=(",", ":")), doc["version"]])
 

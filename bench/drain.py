@@ -25,9 +25,9 @@ task read before its claim, each transition a compare-and-set with its history r
 written by a compare-and-set script after each commit): ``guarded floor / bare`` is the most a drain that keeps
 them can reach here, the bound of the goal on this machine.
 
-Fairness: the three run in one ``celery worker`` process each with a prefork pool of
+Fairness: the four run in one ``celery worker`` process each with a prefork pool of
 ``--workers`` children, same broker (a private Redis database), late acks,
-prefetch multiplier 1, gossip and mingle off. Both workers are started and
+prefetch multiplier 1, gossip and mingle off. All workers are started and
 ready before any timing, idle on an empty queue; each drain begins when the
 worker is told to consume the backlog's queue (``add_consumer``), so worker
 start-up is excluded from all. The drains take turns (the order rotates each
