@@ -132,6 +132,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's PostgreSQL backend, with times read by psycopg's compiled loader (crux/postgres/base.py).
+    DATABASES["default"]["ENGINE"] = "crux.postgres"
     # A server that accepts connections and never answers must not hold a request (or readiness's probe) for
     # ever: connecting gives up after this many seconds (libpq counts whole seconds, at least 2).
     DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", default=3)
