@@ -396,6 +396,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["tasks.api.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["tasks.api.renderers.OrjsonRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
     "DEFAULT_PAGINATION_CLASS": "tasks.api.pagination.StrictLimitOffsetPagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": ["tasks.api.throttling.ReadThrottle"],
