@@ -53,8 +53,9 @@ PROVIDERS = ["claude", "openai", "gemini", "local"]
 WORDS = "login cache billing search export import report parser retry queue index upload audit".split()
 
 
-def configure(engine: str, name: str, *, fresh: bool = True) -> str:
-    """Point Django at a benchmark database of ``engine`` (emptied unless ``fresh`` is False), migrated.
+def configure(engine: str, name: str, *, fresh: bool) -> str:
+    """Point Django at a benchmark database of ``engine``, migrated; emptied first if ``fresh``. No default: a script
+    that names a shared data set (``crux_bench_<size>``, minutes to build) must say whether it may empty it.
 
     A new database starts as a copy of a template database migrated to the current migrations (made from the first
     one migrated, and named after a digest of every migration file, so a changed migration makes a new one): a dozen
@@ -814,7 +815,7 @@ def main() -> None:
         configure(args.engine, f"crux_bench_{args.tasks}", fresh=False)
         ensure(args.tasks)
         return
-    configure(args.engine, f"crux_bench_build_{args.tasks}")
+    configure(args.engine, f"crux_bench_build_{args.tasks}", fresh=True)
     started = time.perf_counter()
     build(args.tasks, REALISTIC_MIX)
     elapsed = time.perf_counter() - started

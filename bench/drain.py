@@ -172,7 +172,7 @@ def main() -> None:
 
     token = f"crux-bench-drain-{os.getpid()}"
     os.environ.update(CELERY_BROKER_URL=BROKER_URL, REDIS_KEY_PREFIX=token, BENCH_NOOP_KEY=f"{token}:noop-runs")
-    os.environ["BENCH_FLOOR_URL"] = configure(args.engine, "crux_bench_drain")
+    os.environ["BENCH_FLOOR_URL"] = configure(args.engine, "crux_bench_drain", fresh=True)
     import redis
     from django.contrib.auth import get_user_model
     from django.db import connection

@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (make bench does it)")
-    url = configure(args.engine, "crux_bench_http")
+    url = configure(args.engine, "crux_bench_http", fresh=True)
     from django.contrib.auth import get_user_model
     from django.db import connection
     from rest_framework.authtoken.models import Token

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed runs; the median is reported (default 3)")
     args = parser.parse_args()
 
-    configure(args.engine, f"crux_bench_recovery_{args.tasks}")
+    configure(args.engine, f"crux_bench_recovery_{args.tasks}", fresh=True)
     from datetime import timedelta
 
     from django.conf import settings

@@ -212,7 +212,7 @@ def physical(count: int, compress_type: str, process_max: int) -> None:
         os.environ["BACKUP_DIR"] = str(cluster.root / "crux")
         for inherited in ("AUDIT_CHECKPOINT_DIR", "BACKUP_COPY_DIR"):
             os.environ.pop(inherited, None)
-        configure("postgres", "crux")
+        configure("postgres", "crux", fresh=True)
         from django.db import connection
 
         from persistence.backup import row_counts

@@ -195,7 +195,7 @@ def measure_storage(engine: str, count: int, fresh: bool) -> dict[str, Any]:
 def measure_schema(engine: str) -> dict[str, Any]:
     """In this process: the components of the schema alone, migrated on an empty database (after a VACUUM, which
     drops the pages the migrations freed): what a database takes before its first task."""
-    configure(engine, "crux_bench_storage_empty")
+    configure(engine, "crux_bench_storage_empty", fresh=True)
     from django.db import connection
 
     with connection.cursor() as cursor:

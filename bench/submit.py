@@ -205,7 +205,7 @@ def main() -> None:
     token = f"crux-bench-submit-{os.getpid()}"
     os.environ["CELERY_BROKER_URL"] = BROKER_URL
     os.environ["REDIS_KEY_PREFIX"] = token
-    url = configure(args.engine, "crux_bench_submit")
+    url = configure(args.engine, "crux_bench_submit", fresh=True)
     import redis
     from django.contrib.auth import get_user_model
     from django.db import connection
