@@ -12,8 +12,10 @@ exact whatever the table's size.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, NamedTuple
 
 from django.db import connections, transaction
 from django.db.models import F
@@ -46,9 +48,51 @@ def username_column(relation: str) -> str:
 def newest_window_start(using: str, window: int) -> datetime | None:
     """The ``created_at`` of the table's ``window + 1``-th newest task, or None when the table holds no more:
     the tasks created after it are at most ``window`` (ties with it fall outside), read from the ``created_at``
-    index alone."""
+    index alone.
+
+    Kept per process (``_WindowStart``) while the table's newest task is the same one, for at most
+    ``WINDOW_START_MAX_AGE`` seconds: reading it walks ``window + 1`` index entries (0.8 ms at a million tasks on
+    PostgreSQL, 0.2 on SQLite, two to three times that inside a request), the newest task one. Only a removal
+    (a purge) or a task created in the past (an unarchive) moves the start without a new newest task: until the
+    start is read again, the count's window then holds fewer or more tasks than ``window``, and a count that
+    read the window is still a lower bound, never taken for exact (``task_page``)."""
+    newest = _newest_task(using)
+    key = (using, window)
+    kept = _WINDOW_STARTS.get(key)
+    now = time.monotonic()
+    if kept is not None and kept.newest == newest and now - kept.read_at < WINDOW_START_MAX_AGE:
+        return kept.start
     starts = Task.objects.using(using).order_by("-created_at").values_list("created_at", flat=True)
-    return starts[window : window + 1].first()
+    start = starts[window : window + 1].first()
+    _WINDOW_STARTS[key] = _WindowStart(newest, start, now)
+    return start
+
+
+WINDOW_START_MAX_AGE = 60.0
+
+
+class _WindowStart(NamedTuple):
+    newest: tuple[Any, ...] | None  # the newest task's (created_at, id) as the driver gives them, when read
+    start: datetime | None
+    read_at: float  # time.monotonic()
+
+
+# The window's start by database and window, as last read in this process.
+_WINDOW_STARTS: dict[tuple[str, int], _WindowStart] = {}
+
+
+def _newest_task(using: str) -> tuple[Any, ...] | None:
+    """The (created_at, id) of the table's newest task, as the driver gives them (a key, never shown): one entry
+    of the ``created_at`` index and its row, in raw SQL (the ORM's compilation cost more than the read)."""
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    table = quote(Task._meta.db_table)
+    columns = {field.name: field.column for field in Task._meta.concrete_fields if field.column}
+    created, pk = quote(columns["created_at"]), quote(columns["id"])
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {created}, {pk} FROM {table} ORDER BY {created} DESC LIMIT 1")
+        row = cursor.fetchone()
+    return None if row is None else tuple(row)
 
 
 def task_page(queryset: TaskQuerySet, *, offset: int, limit: int, cap: int, window: int) -> TaskPage:

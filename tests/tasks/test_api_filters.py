@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from tasks.models import Task
-from tasks.selectors import newest_window_start
+from tasks.selectors import lists, newest_window_start
 from tests.api_support import client_for, grant
 
 pytest_plugins = ["tests.api_support"]
@@ -402,6 +402,37 @@ def test_the_window_starts_after_the_newest_tasks(dataset: Dataset) -> None:
     assert newest_window_start("default", len(stamps)) is None
     assert newest_window_start("default", len(stamps) - 1) == stamps[-1]
     assert newest_window_start("default", 0) == stamps[0]
+
+
+def _window_start_reads(window: int) -> tuple[datetime | None, list[str]]:
+    """newest_window_start(window) and the statements it ran."""
+    with CaptureQueriesContext(connection) as queries:
+        start = newest_window_start("default", window)
+    return start, [query["sql"] for query in queries.captured_queries]
+
+
+def test_the_window_start_is_read_again_once_a_task_is_created(dataset: Dataset, task_in: Any) -> None:
+    """The start is kept while the newest task is the same: a second list reads the newest task alone (one index
+    entry), not the window's entries again; a task created since moves the window, and its start is read again."""
+    window = 3
+    start, first = _window_start_reads(window)
+    again, second = _window_start_reads(window)
+    assert again == start and len(first) == 2 and len(second) == 1
+    assert "OFFSET" in first[1] and "OFFSET" not in second[0]
+    task_in("queued", title="newer")
+    moved, third = _window_start_reads(window)
+    stamps = sorted(Task.objects.values_list("created_at", flat=True), reverse=True)
+    assert moved == stamps[window] != start and len(third) == 2
+    assert _window_start_reads(window + 1)[0] == stamps[window + 1]  # each window its own start
+
+
+def test_a_kept_window_start_is_read_again_after_its_age(dataset: Dataset, monkeypatch: Any) -> None:
+    """However still the table, the start is read again after WINDOW_START_MAX_AGE seconds: a purge's removals
+    (which leave the newest task) move it in time."""
+    start, _ = _window_start_reads(2)
+    monkeypatch.setattr(lists, "WINDOW_START_MAX_AGE", 0.0)
+    again, statements = _window_start_reads(2)
+    assert again == start and len(statements) == 2 and "OFFSET" in statements[1]
 
 
 def _count_leaves_the_planner_as_it_found_it(api: Any, settings: Any) -> list[str]:
