@@ -36,20 +36,30 @@ tables. MB are 10^6 bytes. It is also printed in bytes per task by component:
 each table (on PostgreSQL its TOAST apart), each index and the search index
 (SQLite's FTS5 tables; PostgreSQL's trigram indexes), and the whole database
 divided by N beside it. An empty ``--sizes ''`` measures storage only.
+
+With ``--parts`` each list and search is also taken apart (``PartTimer``): the wall time of its page
+(``task_page``: the rows and their count), and within it the count window's start and the count, then the
+serializer's and the renderer's; with the request's own, medians by size. What a page of 50 costs more than one of
+21 at the same size is its rows; what the same page costs more at a million tasks than at 10,000 is the scale.
+The wrapped functions cost about a microsecond a call more: leave ``--parts`` out for the ratios of record.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
@@ -87,7 +97,42 @@ MEASURES: dict[str, tuple[str, str | None]] = {
 STAFF_MEASURES = {"list: same, as staff (all owners)"}
 
 
-def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -> dict[str, Any]:
+# With --parts: each part of a list request by the function it is (module, attribute path), timed around its calls.
+PARTS: dict[str, tuple[str, str]] = {
+    "page": ("tasks.api.pagination", "task_page"),
+    "window start": ("tasks.selectors.lists", "newest_window_start"),
+    "count": ("tasks.selectors.lists", "_count_up_to"),
+    "serialize": ("rest_framework.serializers", "ListSerializer.to_representation"),
+    "render": ("tasks.api.renderers", "OrjsonRenderer.render"),
+}
+
+
+class PartTimer:
+    """The wall time each of PARTS took since ``spent`` was last cleared, in seconds: its functions are replaced,
+    where their callers look them up, by wrappers that time each call."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        for part, (module, path) in PARTS.items():
+            owner: Any = importlib.import_module(module)
+            *outer, name = path.split(".")
+            for attribute in outer:
+                owner = getattr(owner, attribute)
+            setattr(owner, name, self._timed(part, getattr(owner, name)))
+
+    def _timed(self, part: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.spent[part] = self.spent.get(part, 0.0) + time.perf_counter() - started
+
+        return timed
+
+
+def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool, parts: bool = False) -> dict[str, Any]:
     """In this process: time every measure on the data set of ``size`` tasks; timings in ms. Once ready, and after
     each round, it says so on stdout (``READY``) and waits for a line on stdin before the next round."""
     os.environ["ALLOWED_HOSTS"] = "testserver"
@@ -99,6 +144,7 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -
     from django.test import Client
     from rest_framework.authtoken.models import Token
 
+    from crux.memory import freeze_start_up_objects
     from tasks.models import Task
 
     ensure(size)
@@ -125,7 +171,13 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -
     history_ids = _random_task_ids(Task, owner, warmups + runs)
     times: dict[str, list[float]] = {name: [] for name in MEASURES}
     matches: dict[str, int] = {}
+    timer = PartTimer() if parts else None
+    taken_apart: dict[str, dict[str, list[float]]] = {name: {} for name in MEASURES}
     for round_ in range(warmups + runs):
+        if round_ == warmups:
+            # As each web worker does once it is ready (gunicorn's post_worker_init): what start-up and the warm-up
+            # loaded is frozen, and a full collection no longer walks it (BENCHMARKS.md, "a full collection's pause").
+            freeze_start_up_objects()
         _await_turn()
         for name, (kind, query) in MEASURES.items():
             if query is None:
@@ -133,6 +185,8 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -
             else:
                 url = "/api/tasks/persistent?" + query.format(**stamps)
             client = clients["staff" if name in STAFF_MEASURES else "owner"]
+            if timer is not None:
+                timer.spent.clear()
             started = time.perf_counter()
             response = client.get(url)
             elapsed = (time.perf_counter() - started) * 1000
@@ -140,11 +194,13 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool) -
                 raise SystemExit(f"{url} answered {response.status_code}: {response.content[:300]!r}")
             if round_ >= warmups:
                 times[name].append(elapsed)
+                for part, seconds in (timer.spent if timer is not None else {}).items():
+                    taken_apart[name].setdefault(part, []).append(seconds * 1000)
             if kind != "history":
                 matches[name] = response.json()["count"]
     tasks = Task.objects.count()
     _await_turn()
-    return {"tasks": tasks, "times": times, "matches": matches}
+    return {"tasks": tasks, "times": times, "matches": matches, "parts": taken_apart if parts else {}}
 
 
 READY = "bench.scale: ready for a round"
@@ -276,7 +332,7 @@ def measure_sizes(args: argparse.Namespace, sizes: list[int]) -> dict[int, dict[
     """Each size in a child process of its own (``measure_size``), started one after the other (a data set may be
     built on the way), then given their rounds in turn: one child measures while the others wait."""
     children: dict[int, tuple[subprocess.Popen[str], Path]] = {}
-    rounds = ["--runs", str(args.runs), "--warmups", str(args.warmups)]
+    rounds = ["--runs", str(args.runs), "--warmups", str(args.warmups), *(["--parts"] if args.parts else [])]
     try:
         for size in sizes:
             path = _output_path()
@@ -361,6 +417,21 @@ def report_timings(engine: str, runs: int, warmups: int, by_size: dict[int, dict
             )  # fmt: skip
 
 
+def report_parts(engine: str, by_size: dict[int, dict[str, Any]]) -> None:
+    """Print the median of each part of each list and search (``--parts``) by size, beside the request's."""
+    columns = ["request", *PARTS]
+    print(f"\nparts — engine {engine}, median wall ms of each part where it ran (page: its rows and count)")
+    print(f"{'measure':<46} {'tasks':>10} " + " ".join(f"{column:>12}" for column in columns))
+    for name, (kind, _query) in MEASURES.items():
+        if kind == "history":
+            continue
+        for size in sorted(by_size):
+            result = by_size[size]
+            figures = {"request": result["times"][name], **result["parts"][name]}
+            cells = [f"{statistics.median(figures[c]):>12.2f}" if figures.get(c) else f"{'-':>12}" for c in columns]
+            print(f"{name:<46} {result['tasks']:>10,} " + " ".join(cells))
+
+
 def report_storage(engine: str, storage: dict[str, Any], schema: dict[str, Any]) -> None:
     """Print bytes per completed task by component (each table, its TOAST, each index, the search index) of the
     tables that weigh, the rest summed: what the tasks add to the ``schema``'s own size; record the size per 1,000
@@ -435,13 +506,14 @@ def main() -> None:
         "--storage-tasks", type=int, default=10_000, help="completed tasks in the storage data set (0: skip)"
     )
     parser.add_argument("--fresh", action="store_true", help="rebuild the data sets (shared with bench.locate)")
+    parser.add_argument("--parts", action="store_true", help="also time each list's parts (PartTimer)")
     parser.add_argument("--child-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-storage", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-schema", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_size:
-        result = measure_size(args.engine, args.child_size, args.runs, args.warmups, args.fresh)
+        result = measure_size(args.engine, args.child_size, args.runs, args.warmups, args.fresh, args.parts)
         Path(args.out).write_text(json.dumps(result))
         return
     if args.child_storage:
@@ -452,7 +524,10 @@ def main() -> None:
         return
     sizes = sorted({int(size) for size in args.sizes.split(",") if size.strip()})
     if sizes:
-        report_timings(args.engine, args.runs, args.warmups, measure_sizes(args, sizes))
+        by_size = measure_sizes(args, sizes)
+        report_timings(args.engine, args.runs, args.warmups, by_size)
+        if args.parts:
+            report_parts(args.engine, by_size)
     if args.storage_tasks:
         storage = run_child(args, "--child-storage", str(args.storage_tasks))
         report_storage(args.engine, storage, run_child(args, "--child-schema"))
