@@ -196,9 +196,10 @@ def test_the_streams_doors_scoping_and_filters(stream, user, other_user, staff):
         assert resumed["event"] == "output" and resumed["id"] == received[1]["id"]
     assert "Traceback" not in stream.processes.log("stream")
 
-    # follow on a task that never finishes here (no worker): Ctrl-C stops it cleanly.
+    # follow on a task that never finishes here (no worker): Ctrl-C stops it cleanly, also when it was started with
+    # SIGINT ignored (as a shell starts a background job: ``trap '' INT`` then ``exec``).
     follow = subprocess.Popen(
-        [sys.executable, "manage.py", "follow", str(mine.pk)],
+        ["sh", "-c", 'trap "" INT; exec "$0" "$@"', sys.executable, "manage.py", "follow", str(mine.pk)],
         cwd=ROOT,
         env={**stream.processes.env, "PYTHONFAULTHANDLER": "1"},  # a stack dump if it hangs
         stdout=subprocess.PIPE,

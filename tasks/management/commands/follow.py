@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,14 @@ def describe_progress(progress: Progress) -> str:
     return f"{_stamp(progress.updated_at)}  {'progress':<11} {progress.progress:6.1%}{phase}  ({progress.state})"
 
 
+def take_back_ctrl_c() -> None:
+    """SIGINT stops the follower wherever it was started: a process started where SIGINT is ignored (a shell's
+    background job, ``nohup``, a supervisor) or blocked inherits that, and Python then raises no KeyboardInterrupt:
+    a test's Ctrl-C once left it running."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 class Command(BaseCommand):
     help = (
         "Print a task's events live, read from SQL: each history row (state changes, edits, deletes), each output "
@@ -55,6 +64,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        take_back_ctrl_c()
         try:
             task_id = parse_task_id(options["task_id"])
         except InvalidTaskData as exc:
