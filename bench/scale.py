@@ -194,13 +194,14 @@ def measure_size(engine: str, size: int, runs: int, warmups: int, fresh: bool, p
                 raise SystemExit(f"{url} answered {response.status_code}: {response.content[:300]!r}")
             if round_ >= warmups:
                 times[name].append(elapsed)
-                for part, seconds in (timer.spent if timer is not None else {}).items():
-                    taken_apart[name].setdefault(part, []).append(seconds * 1000)
+                if timer is not None:
+                    for part, seconds in timer.spent.items():
+                        taken_apart[name].setdefault(part, []).append(seconds * 1000)
             if kind != "history":
                 matches[name] = response.json()["count"]
     tasks = Task.objects.count()
     _await_turn()
-    return {"tasks": tasks, "times": times, "matches": matches, "parts": taken_apart if parts else {}}
+    return {"tasks": tasks, "times": times, "matches": matches, "parts": taken_apart}
 
 
 READY = "bench.scale: ready for a round"
