@@ -198,10 +198,19 @@ def _guarded_commit(task_id: str, version: int, head: str, change: dict[str, Any
     return link
 
 
+def _burn(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's processor time in Python: what a task's own work would take."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 @app.task(name="bench.guarded_floor")
-def guarded_floor(task_id: str) -> None:
-    """The floor's two commits with the least Crux's guarantees take (the module's docstring)."""
+def guarded_floor(task_id: str, budget_ms: float = 0.0) -> None:
+    """The floor's two commits with the least Crux's guarantees take (the module's docstring). ``budget_ms``: that
+    much more processor time in the pool a task, half before each commit (the work that prepares a transition)."""
     worker = f"floor@{os.getpid()}"
+    _burn(budget_ms / 2000)
     found = _floor_database().read("SELECT state, version, head FROM bench_floor_task WHERE id = %s", (task_id,))
     if found is None or found[0] != "queued":
         raise RuntimeError(f"guarded floor: task {task_id} is not queued: {found}")
@@ -209,6 +218,7 @@ def guarded_floor(task_id: str) -> None:
     started = time.time()
     claim = {"actor": worker, "at": started, "set": {"state": "running", "worker": worker, "started_at": started}}
     head = _guarded_commit(task_id, version, head, claim, [])
+    _burn(budget_ms / 2000)
     finished = time.time()
     outcome = {
         "actor": worker,

@@ -25,6 +25,11 @@ task read before its claim, each transition a compare-and-set with its history r
 written by a compare-and-set script after each commit): ``guarded floor / bare`` is the most a drain that keeps
 them can reach here, the bound of the goal on this machine.
 
+Budgets, same run (``--budgets``, ms): the guarded floor again, its task spending that much more of its pool
+process's processor time in Python, half before each commit. What each drains against the bare no-op measures how
+much work a task may add to the guarantees' least and still drain at the goal's ratio: the budget of Crux's own
+code in the pool, beside its pool time above the guarded floor's in the processor time table.
+
 Fairness: the four run in one ``celery worker`` process each with a prefork pool of
 ``--workers`` children, same broker (a private Redis database), late acks,
 prefetch multiplier 1, gossip and mingle off. All workers are started and
@@ -168,7 +173,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=150, help="backlog drained per run (default 150)")
     parser.add_argument("--workers", type=int, default=2, help="prefork pool processes of each worker (default 2)")
     parser.add_argument("--runs", type=int, default=3, help="timed drains of each kind; medians (default 3)")
+    parser.add_argument(
+        "--budgets", default="0.5,1", help="ms of Python a task added to the guarded floor, comma-separated"
+    )
     args = parser.parse_args()
+    budgets = {f"guarded+{ms:g}ms": ms for ms in (float(b) for b in args.budgets.split(",") if b)}
+    kinds = (*KINDS, *budgets)
 
     token = f"crux-bench-drain-{os.getpid()}"
     os.environ.update(CELERY_BROKER_URL=BROKER_URL, REDIS_KEY_PREFIX=token, BENCH_NOOP_KEY=f"{token}:noop-runs")
@@ -243,9 +253,11 @@ def main() -> None:
         for statement in FLOOR_TABLES:
             cursor.execute(statement)
 
-    def floor_drain(worker: Worker, count: int, guarded: bool = False) -> tuple[float, dict[str, float]]:
+    def floor_drain(
+        worker: Worker, count: int, guarded: bool = False, budget_ms: float = 0.0
+    ) -> tuple[float, dict[str, float]]:
         """The floor's tasks are queued rows first, as Crux's are (at version 1, with a chain head), then their
-        messages: of the floor, or of the guarded floor."""
+        messages: of the floor, or of the guarded floor (with ``budget_ms`` more of Python a task)."""
         ids = [str(uuid.uuid4()) for _ in range(count)]
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM bench_floor_task")
@@ -254,7 +266,7 @@ def main() -> None:
         task, queue = (guarded_floor, guarded_queue) if guarded else (floor, floor_queue)
 
         def publish(i: int) -> None:
-            task.apply_async(args=[ids[i]], queue=queue)
+            task.apply_async(args=[ids[i]], kwargs={"budget_ms": budget_ms} if budget_ms else {}, queue=queue)
 
         rate, used = timed_drain(worker, queue, count, publish)
         with connection.cursor() as cursor:
@@ -267,11 +279,12 @@ def main() -> None:
     bare_rates: list[float] = []
     floor_rates: list[float] = []
     guarded_rates: list[float] = []
+    budget_rates: dict[str, list[float]] = {kind: [] for kind in budgets}
     took: list[float] = []
     # Per kind: processor seconds by share over its timed drains, and the time those drains took (their tasks
     # over their rate).
-    cpu: dict[str, dict[str, float]] = {kind: dict.fromkeys(CPU_SHARES, 0.0) for kind in KINDS}
-    drained_seconds = dict.fromkeys(KINDS, 0.0)
+    cpu: dict[str, dict[str, float]] = {kind: dict.fromkeys(CPU_SHARES, 0.0) for kind in kinds}
+    drained_seconds = dict.fromkeys(kinds, 0.0)
     with tempfile.TemporaryDirectory() as logs, ExitStack() as cleanup:
         cleanup.callback(delete_keys, mirror.client(), token)
         cleanup.callback(delete_keys, broker, token)
@@ -293,8 +306,8 @@ def main() -> None:
         floor_drain(floor_worker, warmup)
         floor_drain(guarded_worker, warmup, guarded=True)
         for run in range(args.runs):  # each kind goes first in turn
-            first = run % len(KINDS)
-            for kind in KINDS[first:] + KINDS[:first]:
+            first = run % len(kinds)
+            for kind in kinds[first:] + kinds[:first]:
                 if kind == "crux":
                     rate, each, used = crux_drain(crux, args.tasks)
                     crux_rates.append(rate)
@@ -305,9 +318,12 @@ def main() -> None:
                 elif kind == "floor":
                     rate, used = floor_drain(floor_worker, args.tasks)
                     floor_rates.append(rate)
-                else:
+                elif kind == "guarded":
                     rate, used = floor_drain(guarded_worker, args.tasks, guarded=True)
                     guarded_rates.append(rate)
+                else:
+                    rate, used = floor_drain(guarded_worker, args.tasks, guarded=True, budget_ms=budgets[kind])
+                    budget_rates[kind].append(rate)
                 drained_seconds[kind] += args.tasks / rate
                 for share, seconds in used.items():
                     cpu[kind][share] += seconds
@@ -348,7 +364,8 @@ def main() -> None:
           f"{f'{min(bounds):.2f}-{max(bounds):.2f}':>16}")  # fmt: skip
     print(f"{'ratio crux / floor':<58} {of_floor:>8.2f}")
     print(f"{'ratio crux / guarded floor':<58} {of_guarded:>8.2f}")
-    report_cpu(args, cpu, drained_seconds)
+    budget_ratios = report_budgets(budgets, budget_rates, bare_rates)
+    report_cpu(args, kinds, cpu, drained_seconds)
     common = {"engine": args.engine, "size": args.tasks}
     pool = f"{args.workers} processes"
     record("drain", f"crux drain, {pool}: claim to completion per task", value=each["median"], unit="ms",
@@ -361,28 +378,57 @@ def main() -> None:
            value=guarded_rate, unit="tasks/s", ratio=bound, **common)  # fmt: skip
     record("drain", f"bare Celery no-op drain, {pool}: first run to last run", value=bare_rate, unit="tasks/s",
            **common)  # fmt: skip
+    for kind, ms in budgets.items():
+        record("drain", f"guarded floor + {ms:g} ms of Python a task, {pool} (ratio = its drain / bare)",
+               value=statistics.median(budget_rates[kind]), unit="tasks/s", ratio=budget_ratios[kind],
+               **common)  # fmt: skip
 
 
 # The four drains, in the order the first run takes them; the table of processor time names them so.
 KINDS = ("crux", "bare", "floor", "guarded")
 
 
-def report_cpu(args: argparse.Namespace, cpu: dict[str, dict[str, float]], drained_seconds: dict[str, float]) -> None:
-    """Print and record each kind's processor time per task by share, and its pool's busy share."""
+def report_budgets(
+    budgets: dict[str, float], budget_rates: dict[str, list[float]], bare_rates: list[float]
+) -> dict[str, float]:
+    """Print each budget's drain and its ratio to the bare no-op's (medians of the runs); the ratios by kind."""
+    ratios = {}
+    for kind, ms in budgets.items():
+        rates = budget_rates[kind]
+        each = [r / b for r, b in zip(rates, bare_rates, strict=True)]
+        ratios[kind] = statistics.median(each)
+        label = f"guarded floor + {ms:g} ms of Python a task"
+        print(f"{label:<58} {statistics.median(rates):>8,.0f} {f'{min(rates):,.0f}-{max(rates):,.0f}':>16}")
+        print(f"{'  its ratio / bare':<58} {ratios[kind]:>8.2f} {f'{min(each):.2f}-{max(each):.2f}':>16}")
+    return ratios
+
+
+def report_cpu(
+    args: argparse.Namespace,
+    kinds: tuple[str, ...],
+    cpu: dict[str, dict[str, float]],
+    drained_seconds: dict[str, float],
+) -> None:
+    """Print and record each kind's processor time per task by share, and its pool's busy share; then Crux's pool
+    time above the guarded floor's, what the budgets are measured against."""
     tasks = args.tasks * args.runs
     shares = [share for share in CPU_SHARES if share != "PostgreSQL" or args.engine == "postgres"]
     print(f"\nprocessor time per task, ms (all {args.runs} runs of each kind; /proc)")
-    print(f"{'drain':<8}" + "".join(f"{share:>13}" for share in shares) + f"{'total':>10}{'pool busy':>11}")
-    for kind in KINDS:
+    print(f"{'drain':<15}" + "".join(f"{share:>13}" for share in shares) + f"{'total':>10}{'pool busy':>11}")
+    for kind in kinds:
         per_task = {share: cpu[kind][share] / tasks * 1000 for share in shares}
         busy = cpu[kind]["pool"] / (drained_seconds[kind] * args.workers)
-        print(f"{kind:<8}" + "".join(f"{per_task[share]:>13.2f}" for share in shares)
+        print(f"{kind:<15}" + "".join(f"{per_task[share]:>13.2f}" for share in shares)
               + f"{sum(per_task.values()):>10.2f}{busy:>10.0%}")  # fmt: skip
         for share in shares:
             record("drain", f"{kind} drain: processor time a task, {share}", engine=args.engine, size=args.tasks,
                    value=per_task[share], unit="ms")  # fmt: skip
         record("drain", f"{kind} drain: pool processes busy", engine=args.engine, size=args.tasks,
                value=busy * 100, unit="%")  # fmt: skip
+    above = (cpu["crux"]["pool"] - cpu["guarded"]["pool"]) / tasks * 1000
+    print(f"crux's pool processes: {above:.2f} ms a task above the guarded floor's (what the budgets compare to)")
+    record("drain", "crux drain: pool processor time a task above the guarded floor's", engine=args.engine,
+           size=args.tasks, value=above, unit="ms")  # fmt: skip
 
 
 if __name__ == "__main__":
