@@ -71,7 +71,8 @@ def plan(engines: list[str], sizes: list[int], recovery_tasks: int) -> list[list
             ["bench.restore", "--tasks", str(min(sizes)), "--engine", engine],
             ["bench.task_cost", "--engine", engine],
             # Real workers against the bare Celery no-op, the floor of two synced commits and the guarded floor (the
-            # same with the least work of the guarantees): issue 16's goal and its bound on this machine.
+            # same with the least work of the guarantees): issue 16's goal and its bound on this machine; the guarded
+            # floor again with 0.5 and 1 ms of Python a task: the budget of Crux's own code.
             ["bench.drain", "--engine", engine],
         ]
     return steps

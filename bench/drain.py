@@ -384,7 +384,8 @@ def main() -> None:
                **common)  # fmt: skip
 
 
-# The four drains, in the order the first run takes them; the table of processor time names them so.
+# The four drains of every run, in the order the first run takes them (the budgets' follow); the table of processor
+# time names them so.
 KINDS = ("crux", "bare", "floor", "guarded")
 
 
