@@ -318,12 +318,9 @@ def main() -> None:
                 elif kind == "floor":
                     rate, used = floor_drain(floor_worker, args.tasks)
                     floor_rates.append(rate)
-                elif kind == "guarded":
-                    rate, used = floor_drain(guarded_worker, args.tasks, guarded=True)
-                    guarded_rates.append(rate)
-                else:
-                    rate, used = floor_drain(guarded_worker, args.tasks, guarded=True, budget_ms=budgets[kind])
-                    budget_rates[kind].append(rate)
+                else:  # the guarded floor, or one of its budgets
+                    rate, used = floor_drain(guarded_worker, args.tasks, guarded=True, budget_ms=budgets.get(kind, 0))
+                    (guarded_rates if kind == "guarded" else budget_rates[kind]).append(rate)
                 drained_seconds[kind] += args.tasks / rate
                 for share, seconds in used.items():
                     cpu[kind][share] += seconds
