@@ -23,15 +23,9 @@ from django.db.models.sql.where import WhereNode
 from tasks.db_triggers import SEARCH_TABLE
 from tasks.models import TaskQuerySet
 
-# SQLite: at most this many candidate rows are taken from the trigram index. Words found in more rows than that
-# are common enough for the scan in list order to fill a page (and the capped count) sooner than reading every
-# candidate would: they keep the newest candidates and every row older than them.
-SEARCH_CANDIDATE_LIMIT = 20_000
-# SQLite: the newest this many candidates are read first. Fewer than that are all the candidates; else their
-# share of the rows they span decides between every candidate and the newest ones with the scan below them.
+# SQLite: the newest this many candidates are read first. Fewer than that are all the candidates; else the search
+# keeps them and every row older than them (``_sqlite_candidates``).
 SEARCH_NEWEST_CANDIDATES = 500
-# The page the choice between the index and the plain scan is made for (API_PAGE_SIZE's default).
-SEARCH_PAGE_ROWS = 50
 # The columns a search's terms are looked for in.
 SEARCHED_FIELDS = ("title", "description")
 
@@ -41,8 +35,8 @@ def search_tasks(queryset: TaskQuerySet, terms: list[str]) -> TaskQuerySet:
 
     The condition is always the same ``icontains`` per term. On PostgreSQL it uses the pg_trgm indexes
     as it stands; on SQLite the trigram FTS table first narrows it to candidate rows (a superset of the
-    matches): every candidate, or where the terms are too common for reading them all to pay, the newest
-    candidates and every row older than them (``_sqlite_candidates``).
+    matches): every candidate where they are few, else the newest candidates and every row older than them
+    (``_sqlite_candidates``).
     """
     if not terms:
         return queryset
@@ -95,16 +89,6 @@ def all_of(trigrams: Iterable[str]) -> str:
     return " AND ".join('"' + gram.replace('"', '""') + '"' for gram in trigrams)
 
 
-def _scan_pays(candidates: int, rows: int, table: int) -> bool:
-    """Whether the plain scan in list order fills a page sooner than the index's candidates are read.
-
-    With a share ``s = candidates / rows`` of the table's rows holding the trigrams, the scan reads about
-    SEARCH_PAGE_ROWS / s rows for a page, the index about s x table candidates (and longer trigram lists
-    still): the scan pays when s² x table > SEARCH_PAGE_ROWS. Common words on a large table scan; the same
-    words on a small one, and rare ones anywhere, go through the index."""
-    return candidates * candidates * table > SEARCH_PAGE_ROWS * rows * rows
-
-
 @dataclass(frozen=True)
 class _Candidates:
     """Rowids (a JSON array) that hold every term's trigrams and, with ``below``, every row under that rowid too:
@@ -117,10 +101,13 @@ class _Candidates:
 def _sqlite_candidates(connection: Any, terms: list[str]) -> _Candidates | None:
     """The rows the search narrows its condition to on SQLite, or None (no term of 3+ characters: every row).
 
-    The newest SEARCH_NEWEST_CANDIDATES candidates are read first. Fewer than that are every candidate. Else,
-    with their share of the rowids they span, every candidate when the index pays (``_scan_pays``, up to
-    SEARCH_CANDIDATE_LIMIT of them); otherwise the newest candidates and every older row: the list's scan in its
-    order then reads, among the newest rows, only the candidates, and goes on below them as the plain scan does.
+    The newest SEARCH_NEWEST_CANDIDATES candidates are read first. Fewer than that are every candidate. Else the
+    search keeps them and every row older than them: the list's scan in its order then looks up, among the newest
+    rows, only the candidates, and goes on below them as the plain scan does. Reading every candidate instead
+    reads the trigram index's entries over the whole table (its doclists grow with it, whatever the matches) and
+    each candidate's row: from 100,000 tasks up, 1.4 to 4 times the scan's time where the filters keep a share of
+    the candidates, and only 15 to 50 % less where they keep few (the scan then goes on far below them), which a
+    page cannot tell beforehand (BENCHMARKS.md, "the search's two paths").
     """
     query = _trigram_query(terms)
     if query is None:
@@ -132,19 +119,8 @@ def _sqlite_candidates(connection: Any, terms: list[str]) -> _Candidates | None:
             [query, SEARCH_NEWEST_CANDIDATES],
         )
         newest, rowids, oldest = cursor.fetchone()
-        if newest < SEARCH_NEWEST_CANDIDATES:
-            return _Candidates(rowids)
-        cursor.execute("SELECT MAX(rowid) FROM tasks_task")
-        table = cursor.fetchone()[0]
-        if not _scan_pays(newest, table - oldest + 1, table):
-            cursor.execute(
-                f"SELECT COUNT(*), json_group_array(rowid) FROM (SELECT rowid FROM {SEARCH_TABLE} "
-                f"WHERE {SEARCH_TABLE} MATCH %s LIMIT %s)",
-                [query, SEARCH_CANDIDATE_LIMIT + 1],
-            )
-            count, every = cursor.fetchone()
-            if count <= SEARCH_CANDIDATE_LIMIT:
-                return _Candidates(every)
+    if newest < SEARCH_NEWEST_CANDIDATES:
+        return _Candidates(rowids)
     return _Candidates(rowids, below=oldest)
 
 
