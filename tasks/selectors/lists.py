@@ -24,7 +24,7 @@ from django.db.models.lookups import GreaterThan, GreaterThanOrEqual
 from django.db.models.sql.where import AND
 
 from tasks.models import Task, TaskQuerySet
-from tasks.selectors.search import searches_text
+from tasks.selectors.search import reads_newest_first, searches_text
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def task_page(queryset: TaskQuerySet, *, offset: int, limit: int, cap: int, wind
     start = newest_window_start(queryset.db, window)
     if start is None:
         matches = queryset.order_by()[: cap + 1].count()
-    elif has_next and _newest_first(queryset) and rows[-1].created_at <= start:
+    elif has_next and reads_newest_first(queryset.query) and rows[-1].created_at <= start:
         # Read newest first past the window's start: the window's matches are all among the rows before the one
         # after the page, fewer than the lower bound below, so counting them would change nothing.
         matches = 0
@@ -128,13 +128,6 @@ def task_page(queryset: TaskQuerySet, *, offset: int, limit: int, cap: int, wind
     if has_next:
         count = max(count, offset + limit + 1)
     return TaskPage(tasks, count, exact=exact)
-
-
-def _newest_first(queryset: TaskQuerySet) -> bool:
-    """Whether ``queryset`` lists newest first: ordered by ``created_at`` descending before anything else."""
-    query = queryset.query
-    ordering = query.order_by or (Task._meta.ordering if query.default_ordering else None) or ()
-    return bool(ordering) and ordering[0] == "-created_at"
 
 
 def _count_up_to(queryset: TaskQuerySet, most: int) -> int:

@@ -8,7 +8,7 @@ the rows to candidates first. The condition itself is always the same
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from operator import and_, or_
@@ -18,6 +18,7 @@ from django.db import connections
 from django.db.models import BooleanField, Expression, Q
 from django.db.models.expressions import Col
 from django.db.models.lookups import IContains
+from django.db.models.sql import Query
 from django.db.models.sql.where import WhereNode
 
 from tasks.db_triggers import SEARCH_TABLE
@@ -35,8 +36,8 @@ def search_tasks(queryset: TaskQuerySet, terms: list[str]) -> TaskQuerySet:
 
     The condition is always the same ``icontains`` per term. On PostgreSQL it uses the pg_trgm indexes
     as it stands; on SQLite the trigram FTS table first narrows it to candidate rows (a superset of the
-    matches): every candidate where they are few, else the newest candidates and every row older than them
-    (``_sqlite_candidates``).
+    matches): every candidate where they are few, else, for a statement that reads newest first or in no order,
+    the newest candidates and every row older than them (``_sqlite_candidates``, ``_RowIdIn``).
     """
     if not terms:
         return queryset
@@ -69,6 +70,17 @@ def searches_text(queryset: TaskQuerySet) -> bool:
     return holds_term(queryset.query.where)
 
 
+def _list_ordering(query: Query) -> Sequence[Any]:
+    """The ordering a task statement is read in: its own, else the model's default, else none."""
+    return query.order_by or (query.get_meta().ordering if query.default_ordering else ()) or ()
+
+
+def reads_newest_first(query: Query) -> bool:
+    """Whether ``query`` lists newest first: ordered by ``created_at`` descending before anything else."""
+    ordering = _list_ordering(query)
+    return bool(ordering) and ordering[0] == "-created_at"
+
+
 def _trigram_query(terms: list[str]) -> str | None:
     """An FTS5 query for the rows holding the first and the last trigram of every term of 3+ characters
     (None: no such term).
@@ -92,22 +104,25 @@ def all_of(trigrams: Iterable[str]) -> str:
 @dataclass(frozen=True)
 class _Candidates:
     """Rowids (a JSON array) that hold every term's trigrams and, with ``below``, every row under that rowid too:
-    a superset of the matches either way."""
+    a superset of the matches either way. ``match``, with ``below``: the FTS5 query of every candidate."""
 
     rowids: str
     below: int | None = None
+    match: str = ""
 
 
 def _sqlite_candidates(connection: Any, terms: list[str]) -> _Candidates | None:
     """The rows the search narrows its condition to on SQLite, or None (no term of 3+ characters: every row).
 
-    The newest SEARCH_NEWEST_CANDIDATES candidates are read first. Fewer than that are every candidate. Else the
-    search keeps them and every row older than them: the list's scan in its order then looks up, among the newest
-    rows, only the candidates, and goes on below them as the plain scan does. Reading every candidate instead
-    reads the trigram index's entries over the whole table (its doclists grow with it, whatever the matches) and
-    each candidate's row: from 100,000 tasks up, 1.4 to 4 times the scan's time where the filters keep a share of
-    the candidates, and only 15 to 50 % less where they keep few (the scan then goes on far below them), which a
-    page cannot tell beforehand (BENCHMARKS.md, "the search's two paths").
+    The newest SEARCH_NEWEST_CANDIDATES candidates are read first. Fewer than that are every candidate. Else a
+    statement that reads newest first (a page in the lists' default order) or in no order (a count) keeps them and
+    every row older than them: its scan looks up, among the newest rows, only the candidates, and goes on below them
+    as the plain scan does, until the page is full. Reading every candidate instead reads the trigram index's
+    entries over the whole table (its doclists grow with it, whatever the matches) and each candidate's row: from
+    100,000 tasks up, 1.4 to 4 times the scan's time where the filters keep a share of the candidates, and only 15 to
+    50 % less where they keep few, which a page cannot tell beforehand (BENCHMARKS.md, "the search's two paths").
+    A statement in another order (``ordering=title``) gains nothing from the newest rows, and reads every candidate
+    from the index (``_RowIdIn``).
     """
     query = _trigram_query(terms)
     if query is None:
@@ -121,7 +136,7 @@ def _sqlite_candidates(connection: Any, terms: list[str]) -> _Candidates | None:
         newest, rowids, oldest = cursor.fetchone()
     if newest < SEARCH_NEWEST_CANDIDATES:
         return _Candidates(rowids)
-    return _Candidates(rowids, below=oldest)
+    return _Candidates(rowids, below=oldest, match=query)
 
 
 class _RowIdIn(Expression):
@@ -153,6 +168,11 @@ class _RowIdIn(Expression):
         listed = f"{rowid} IN (SELECT value FROM json_each(%s))"
         if self.candidates.below is None:
             return listed, (self.candidates.rowids,)
+        ordering = _list_ordering(compiler.query)
+        if ordering and not reads_newest_first(compiler.query):
+            # Read in another order, the scan would go through every older row: the index's candidates instead.
+            every = f"{rowid} IN (SELECT rowid FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH %s)"
+            return every, (self.candidates.match,)
         # The unary + keeps the older rows' bound out of the planner's reach: as a rowid range, with the list,
         # it would read every older row by rowid and sort them all, instead of the list's scan in its order.
         return f"({listed} OR +{rowid} < %s)", (self.candidates.rowids, self.candidates.below)

@@ -75,18 +75,20 @@ def test_search_equals_a_plain_substring_match(search: str, texts: list[Task], a
 def test_the_newest_candidates_and_the_rows_below_them_keep_every_page(
     newest: int, texts: list[Task], user: Any, api: Any, monkeypatch: Any
 ) -> None:
-    """SQLite reads the newest candidates first: fewer than ``newest`` are every candidate; else it keeps those and
-    every row older than them. Either way each page, in every order, with its count, is the plain match's, also
-    where creation times do not follow the rows' insertion (the first task made the newest)."""
+    """SQLite reads the newest candidates first: fewer than ``newest`` are every candidate; else a page read newest
+    first keeps those and every row older than them, and a page in another order reads every candidate. Either way
+    each page, in every order, with its count, is the plain match's, also where creation times do not follow the
+    rows' insertion (the first task made the newest)."""
     monkeypatch.setattr(search_module, "SEARCH_NEWEST_CANDIDATES", newest)
     first = texts[0]
     first.created_at = timezone.now()
     with audited(user, channel=Channel.API, reason="newest by creation, oldest by insertion"):
         first.save()
-    rows_below = False
+    orderings = ("-created_at", "created_at", "title")
+    forms: dict[str, set[str]] = {ordering: set() for ordering in orderings}
     for search in ("login", "cache billing", "kubernetes", "ogi ab", "école", "absentword", "e", "and", "and ing"):
         matching = Task.objects.filter(pk__in=oracle(first.owner, search))
-        for ordering in ("-created_at", "created_at", "title"):
+        for ordering in orderings:
             expected = [str(pk) for pk in matching.order_by(ordering).values_list("pk", flat=True)]
             for limit, offset in ((1, 0), (2, 1), (100, 0)):
                 query = {"search": search, "ordering": ordering, "limit": limit, "offset": offset}
@@ -95,10 +97,19 @@ def test_the_newest_candidates_and_the_rows_below_them_keep_every_page(
                 assert response.status_code == 200, response.content
                 assert [task["id"] for task in response.data["results"]] == expected[offset : offset + limit]
                 assert (response.data["count"], response.data["count_exact"]) == (len(expected), True)
-                rows_below |= any("rowid <" in q["sql"] for q in queries.captured_queries)
-    # The path under test was taken where it can be: SQLite, with more candidates than the newest read (the texts
+                pages = [q["sql"] for q in queries.captured_queries if 'ORDER BY "tasks_task".' in q["sql"]]
+                forms[ordering] |= {
+                    "rows below" if "rowid <" in sql else "every candidate" if " MATCH " in sql else "listed"
+                    for sql in pages
+                }
+    # Each path under test was taken where it can be: SQLite, with more candidates than the newest read (the texts
     # are seven, so every candidate of every search is among the newest 500).
-    assert rows_below == (connection.vendor == "sqlite" and newest < 500)
+    if connection.vendor == "sqlite" and newest < 500:
+        assert "rows below" in forms["-created_at"] and "every candidate" not in forms["-created_at"]
+        for ordering in ("created_at", "title"):
+            assert "every candidate" in forms[ordering] and "rows below" not in forms[ordering], forms
+    else:
+        assert not any(form & {"rows below", "every candidate"} for form in forms.values()), forms
 
 
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's query planner")
