@@ -36,8 +36,8 @@ def search_tasks(queryset: TaskQuerySet, terms: list[str]) -> TaskQuerySet:
 
     The condition is always the same ``icontains`` per term. On PostgreSQL it uses the pg_trgm indexes
     as it stands; on SQLite the trigram FTS table first narrows it to candidate rows (a superset of the
-    matches): every candidate where they are few, else, for a statement that reads newest first or in no order,
-    the newest candidates and every row older than them (``_sqlite_candidates``, ``_RowIdIn``).
+    matches): every candidate where they are few, else, for a statement read by creation or in no order, the newest
+    candidates and every row older than them (``_sqlite_candidates``, ``_RowIdIn``).
     """
     if not terms:
         return queryset
@@ -121,8 +121,8 @@ def _sqlite_candidates(connection: Any, terms: list[str]) -> _Candidates | None:
     entries over the whole table (its doclists grow with it, whatever the matches) and each candidate's row: from
     100,000 tasks up, 1.4 to 4 times the scan's time where the filters keep a share of the candidates, and only 15 to
     50 % less where they keep few, which a page cannot tell beforehand (BENCHMARKS.md, "the search's two paths").
-    A statement in another order (``ordering=title``) gains nothing from the newest rows, and reads every candidate
-    from the index (``_RowIdIn``).
+    A statement in an order other than by creation (``ordering=title``) could not stop its scan at a full page, and
+    reads every candidate from the index (``_RowIdIn``); oldest first scans from the oldest rows, as the plain scan.
     """
     query = _trigram_query(terms)
     if query is None:
@@ -169,8 +169,9 @@ class _RowIdIn(Expression):
         if self.candidates.below is None:
             return listed, (self.candidates.rowids,)
         ordering = _list_ordering(compiler.query)
-        if ordering and not reads_newest_first(compiler.query):
-            # Read in another order, the scan would go through every older row: the index's candidates instead.
+        if ordering and ordering[0] not in ("-created_at", "created_at"):
+            # Read in another order than the rows' creation, the scan would go through every older row before the
+            # page is known: the index's candidates instead.
             every = f"{rowid} IN (SELECT rowid FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH %s)"
             return every, (self.candidates.match,)
         # The unary + keeps the older rows' bound out of the planner's reach: as a rowid range, with the list,

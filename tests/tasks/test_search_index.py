@@ -75,8 +75,8 @@ def test_search_equals_a_plain_substring_match(search: str, texts: list[Task], a
 def test_the_newest_candidates_and_the_rows_below_them_keep_every_page(
     newest: int, texts: list[Task], user: Any, api: Any, monkeypatch: Any
 ) -> None:
-    """SQLite reads the newest candidates first: fewer than ``newest`` are every candidate; else a page read newest
-    first keeps those and every row older than them, and a page in another order reads every candidate. Either way
+    """SQLite reads the newest candidates first: fewer than ``newest`` are every candidate; else a page read by
+    creation keeps those and every row older than them, and a page in another order reads every candidate. Either way
     each page, in every order, with its count, is the plain match's, also where creation times do not follow the
     rows' insertion (the first task made the newest)."""
     monkeypatch.setattr(search_module, "SEARCH_NEWEST_CANDIDATES", newest)
@@ -105,9 +105,9 @@ def test_the_newest_candidates_and_the_rows_below_them_keep_every_page(
     # Each path under test was taken where it can be: SQLite, with more candidates than the newest read (the texts
     # are seven, so every candidate of every search is among the newest 500).
     if connection.vendor == "sqlite" and newest < 500:
-        assert "rows below" in forms["-created_at"] and "every candidate" not in forms["-created_at"]
-        for ordering in ("created_at", "title"):
-            assert "every candidate" in forms[ordering] and "rows below" not in forms[ordering], forms
+        for ordering in ("-created_at", "created_at"):
+            assert "rows below" in forms[ordering] and "every candidate" not in forms[ordering], forms
+        assert "every candidate" in forms["title"] and "rows below" not in forms["title"], forms
     else:
         assert not any(form & {"rows below", "every candidate"} for form in forms.values()), forms
 
