@@ -25,7 +25,8 @@ from tasks.db_triggers import SEARCH_TABLE
 from tasks.models import TaskQuerySet
 
 # SQLite: the newest this many candidates are read first. Fewer than that are all the candidates; else the search
-# keeps them and every row older than them (``_sqlite_candidates``).
+# keeps them and every row older than them, or in a page not ordered by creation reads every candidate
+# (``_sqlite_candidates``).
 SEARCH_NEWEST_CANDIDATES = 500
 # The columns a search's terms are looked for in.
 SEARCHED_FIELDS = ("title", "description")
@@ -115,14 +116,15 @@ def _sqlite_candidates(connection: Any, terms: list[str]) -> _Candidates | None:
     """The rows the search narrows its condition to on SQLite, or None (no term of 3+ characters: every row).
 
     The newest SEARCH_NEWEST_CANDIDATES candidates are read first. Fewer than that are every candidate. Else a
-    statement that reads newest first (a page in the lists' default order) or in no order (a count) keeps them and
-    every row older than them: its scan looks up, among the newest rows, only the candidates, and goes on below them
-    as the plain scan does, until the page is full. Reading every candidate instead reads the trigram index's
-    entries over the whole table (its doclists grow with it, whatever the matches) and each candidate's row: from
-    100,000 tasks up, 1.4 to 4 times the scan's time where the filters keep a share of the candidates, and only 15 to
-    50 % less where they keep few, which a page cannot tell beforehand (BENCHMARKS.md, "the search's two paths").
-    A statement in an order other than by creation (``ordering=title``) could not stop its scan at a full page, and
-    reads every candidate from the index (``_RowIdIn``); oldest first scans from the oldest rows, as the plain scan.
+    statement read by creation time (newest first, the lists' default, or oldest first) or in no order (a count)
+    keeps them and every row older than them: its scan looks up, among the newest rows, only the candidates, and
+    goes on below them as the plain scan does, until the page is full. Reading every candidate instead reads the
+    trigram index's entries over the whole table (its doclists grow with it, whatever the matches) and each
+    candidate's row: from 100,000 tasks up, 1.4 to 4 times the scan's time where the filters keep a share of the
+    candidates, and only 15 to 50 % less where they keep few, which a page cannot tell beforehand (BENCHMARKS.md,
+    "the search's two paths"). A statement in an order other than by creation (``ordering=title``) could not stop
+    its scan at a full page, and reads every candidate from the index instead (``_RowIdIn``, which knows the
+    statement's order).
     """
     query = _trigram_query(terms)
     if query is None:
