@@ -8,7 +8,7 @@ the rows to candidates first. The condition itself is always the same
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import reduce
 from operator import and_, or_
@@ -71,15 +71,15 @@ def searches_text(queryset: TaskQuerySet) -> bool:
     return holds_term(queryset.query.where)
 
 
-def _list_ordering(query: Query) -> Sequence[Any]:
-    """The ordering a task statement is read in: its own, else the model's default, else none."""
-    return query.order_by or (query.get_meta().ordering if query.default_ordering else ()) or ()
+def _first_sort_key(query: Query) -> Any:
+    """The first key a task statement is ordered by (its own ordering, else the model's default), or None."""
+    ordering = query.order_by or (query.get_meta().ordering if query.default_ordering else ()) or ()
+    return ordering[0] if ordering else None
 
 
 def reads_newest_first(query: Query) -> bool:
     """Whether ``query`` lists newest first: ordered by ``created_at`` descending before anything else."""
-    ordering = _list_ordering(query)
-    return bool(ordering) and ordering[0] == "-created_at"
+    return _first_sort_key(query) == "-created_at"
 
 
 def _trigram_query(terms: list[str]) -> str | None:
@@ -170,8 +170,7 @@ class _RowIdIn(Expression):
         listed = f"{rowid} IN (SELECT value FROM json_each(%s))"
         if self.candidates.below is None:
             return listed, (self.candidates.rowids,)
-        ordering = _list_ordering(compiler.query)
-        if ordering and ordering[0] not in ("-created_at", "created_at"):
+        if _first_sort_key(compiler.query) not in (None, "-created_at", "created_at"):
             # Read in another order than the rows' creation, the scan would go through every older row before the
             # page is known: the index's candidates instead.
             every = f"{rowid} IN (SELECT rowid FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH %s)"
