@@ -101,14 +101,16 @@ def _mirror(task_id: Any, task_values: dict[str, Any] | None) -> dict[str, Any]:
 def locate(task_id: Any) -> Location:
     """Look for the task in SQL, the purge ledger and its archive, the Redis mirror and Celery's results."""
     pk = parse_task_id(task_id)
-    values = Task.objects.filter(pk=pk).values(*mirror.MIRRORED_FIELDS, "deleted_by__username", "delete_reason").first()
+    columns = (*mirror.MIRRORED_FIELDS, "deleted_by__username", "delete_reason", "dispatch_count")
+    values = Task.objects.filter(pk=pk).values(*columns).first()
+    publish_count = values.pop("dispatch_count") if values is not None else 0
     history = list(TaskHistory.objects.filter(task_id=pk).order_by("-seq").values(*_HISTORY_FIELDS)[:5])
     ledger = [_ledger(e) for e in PurgeLedger.objects.filter(task_id=pk).order_by("-purged_at")]
     # Celery keeps a result per publish, under "<task id>.<publish count>" (a bare task id before publishes had one).
     publishes = TaskResult.objects.filter(Q(task_id=str(pk)) | Q(task_id__startswith=f"{pk}."))
     result: Mapping[str, Any] | None = publishes.order_by("-date_done").values("status", "date_done", "worker").first()
     if result is None and values is not None:
-        result = _celery_view_of_current_publish(pk)
+        result = _celery_view_of_current_publish(pk, publish_count)
     gone = values is None and not _tombstones(ledger)
     location = Location(
         task_id=str(pk),
@@ -126,11 +128,11 @@ def locate(task_id: Any) -> Location:
     return location
 
 
-def _celery_view_of_current_publish(pk: Any) -> dict[str, Any] | None:
-    """What Celery reads of the task's current publish when it has no row: its running or completed attempt, read
-    from the task (``tasks.tasks.ResultBackend``: a completion's row would repeat the task's)."""
-    publish_count = Task.objects.filter(pk=pk).values_list("dispatch_count", flat=True).first()
-    meta = current_delivery_meta(celery_id(pk, publish_count or 0))
+def _celery_view_of_current_publish(pk: Any, publish_count: int) -> dict[str, Any] | None:
+    """What Celery reads of the task's current publish (its ``publish_count``-th) when it has no row: its running
+    or completed attempt, read from the task (``tasks.tasks.ResultBackend``: a completion's row would repeat the
+    task's)."""
+    meta = current_delivery_meta(celery_id(pk, publish_count))
     return {"status": meta["status"], "date_done": meta.get("date_done"), "worker": meta["worker"]} if meta else None
 
 

@@ -38,6 +38,7 @@ from celery.app.trace import build_tracer
 from celery.result import AsyncResult
 from django.db import connection, transaction
 from django.db.models.functions import Now
+from django.test.utils import CaptureQueriesContext
 from django.urls import NoReverseMatch, reverse
 from django_celery_results.models import TaskResult
 
@@ -247,7 +248,13 @@ def test_locate_names_celerys_view_of_a_completion_read_from_the_task_and_of_a_f
     for task in (done, failed):
         trace(task)
         task.refresh_from_db()
-    assert locate(done.pk).celery_result == {"status": "SUCCESS", "date_done": done.completed_at, "worker": HOSTNAME}
+    with CaptureQueriesContext(connection) as queries:
+        found = locate(done.pk)
+    assert found.celery_result == {"status": "SUCCESS", "date_done": done.completed_at, "worker": HOSTNAME}
+    task_table = re.compile(rf'FROM "?{Task._meta.db_table}"?\s', re.IGNORECASE)
+    task_reads = [query["sql"] for query in queries.captured_queries if task_table.search(query["sql"])]
+    assert len(task_reads) == 2, task_reads  # locate's read of the row, and Celery's view of the attempt it holds
+    assert found.task is not None and "dispatch_count" not in found.task
     assert locate(failed.pk).celery_result == {
         "status": "FAILURE",
         "date_done": TaskResult.objects.get(task_id=failed.celery_task_id).date_done,
