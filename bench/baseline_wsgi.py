@@ -13,14 +13,14 @@ import django
 django.setup()
 
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
-from django.http import HttpResponse, JsonResponse  # noqa: E402
+from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
 from django.urls import clear_url_caches, path  # noqa: E402
 
 from crux import urls  # noqa: E402
 from persistence import mirror  # noqa: E402
 
 
-def redis_get(request, task_id: str) -> HttpResponse:
+def redis_get(request: HttpRequest, task_id: str) -> HttpResponse:
     raw = mirror.client().get(mirror.task_key(task_id))
     if raw is None:
         return JsonResponse({"detail": "Not found."}, status=404)

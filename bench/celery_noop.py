@@ -89,7 +89,8 @@ class _FloorDatabase:
         self.sqlite = url.startswith("sqlite:///")
         if self.sqlite:
             path = url.removeprefix("sqlite:///")
-            self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+            # A sqlite3 connection, else a psycopg one (``self.sqlite``): each method branches on which.
+            self.conn: Any = sqlite3.connect(path, isolation_level=None, timeout=30)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.lock = os.open(f"{path}.writelock", os.O_RDWR | os.O_CREAT, 0o644)  # Crux's writers queue on it

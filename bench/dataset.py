@@ -29,13 +29,21 @@ import subprocess
 import sys
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache, partial
 from itertools import accumulate, chain
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    import psycopg
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models import Field, JSONField, Model
+    from django.db.models.fields.related import RelatedField
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -322,7 +330,7 @@ class _Generator:
     """
 
     def __init__(
-        self, tables: list[_Table], mix: dict[str, float], seed: int, outputs: int, users: list, now: datetime
+        self, tables: Sequence[_Table], mix: dict[str, float], seed: int, outputs: int, users: list, now: datetime
     ) -> None:
         from tasks.audit import GENESIS_HASH, HASHED_FIELDS, canonical_json, chain_link, format_timestamp, row_hash
         from tasks.keys import current_key_id
@@ -346,7 +354,9 @@ class _Generator:
         for start in range(0, count, batch_size):
             size = min(batch_size, count - start)
             stamp = timezone.now()  # the auto_now ``updated_at`` that bulk_create's pre_save would set
-            tasks, history, outs = [], [], []
+            tasks: list[list] = []
+            history: list[list] = []
+            outs: list[list] = []
             self.check = True
             for index in range(start, start + size):
                 state = rng.choices(self.states, cum_weights=self.cum_weights)[0]
@@ -503,20 +513,20 @@ class _Table:
 
     NULL: str | None = None
 
-    def __init__(self, connection, model) -> None:
+    def __init__(self, connection: BaseDatabaseWrapper, model: type[Model]) -> None:
         from django.db.models.fields import AutoFieldMixin
 
         fields = [f for f in model._meta.concrete_fields if not isinstance(f, AutoFieldMixin)]
         quote = connection.ops.quote_name
         self.db_table = model._meta.db_table
         self.name = quote(self.db_table)
-        self.columns = ", ".join(quote(f.column) for f in fields)
+        self.columns = ", ".join(quote(cast(str, f.column)) for f in fields)  # a concrete field has a column
         self.slots: dict[str, tuple[int, Callable | None]] = {}
         self.template: list = []
         from tasks.models import CodedChoiceField, CompactDateTimeField, CompactUUIDField, CompressedTextField
 
         for index, field in enumerate(fields):
-            target = field.target_field if field.is_relation else field
+            target = cast("RelatedField", field).target_field if field.is_relation else field
             compact = (CompactUUIDField, CompactDateTimeField, CompressedTextField)
             if isinstance(target, CodedChoiceField):  # its subclasses (CodedNameField) too
                 kind = "CodedChoiceField"
@@ -527,7 +537,7 @@ class _Table:
             default = None if getattr(field, "auto_now", False) else field.get_default()
             self.template.append(self.NULL if default is None else default if adapt is None else adapt(default))
 
-    def adapter(self, connection, kind: str, field) -> Callable | None:
+    def adapter(self, connection: BaseDatabaseWrapper, kind: str, field: Field) -> Callable | None:
         """The function turning a Python value of ``field``, of ``kind``, into its value here (None: as it is)."""
         raise NotImplementedError
 
@@ -539,6 +549,14 @@ class _Table:
             index, adapt = slots[name]
             out[index] = null if value is None else value if adapt is None else adapt(value)
         return out
+
+    def pack(self, rows: list[list]) -> Any:
+        """A batch's rows (from ``row``) in the form ``load`` takes."""
+        raise NotImplementedError
+
+    def load(self, cursor: Any, payload: Any) -> None:
+        """Write a batch packed by ``pack`` through ``cursor``."""
+        raise NotImplementedError
 
 
 class _SQLiteTable(_Table):
@@ -553,13 +571,14 @@ class _SQLiteTable(_Table):
 
     ROWS_PER_STATEMENT = 100
 
-    def __init__(self, connection, model) -> None:
+    def __init__(self, connection: BaseDatabaseWrapper, model: type[Model]) -> None:
         super().__init__(connection, model)
         self.width = len(self.template)
-        self.per_statement = max(1, min(self.ROWS_PER_STATEMENT, connection.features.max_query_params // self.width))
+        limit = cast(int, connection.features.max_query_params)  # SQLite's is always a number
+        self.per_statement = max(1, min(self.ROWS_PER_STATEMENT, limit // self.width))
         self.one = f"({', '.join(['?'] * self.width)})"
 
-    def adapter(self, connection, kind: str, field) -> Callable | None:
+    def adapter(self, connection: BaseDatabaseWrapper, kind: str, field: Field) -> Callable | None:
         if kind == "UUIDField":
             return _hex
         if kind == "CompactUUIDField":
@@ -573,7 +592,7 @@ class _SQLiteTable(_Table):
         if kind in ("CompressedTextField", "DeflatedJSONField"):  # the text, or its deflated stream where that pays
             return partial(field.get_db_prep_value, connection=connection, prepared=True)
         if kind == "JSONField":
-            return partial(connection.ops.adapt_json_value, encoder=field.encoder)
+            return partial(connection.ops.adapt_json_value, encoder=cast("JSONField", field).encoder)
         if kind == "BooleanField":
             return int
         if kind == "BinaryField":
@@ -588,7 +607,7 @@ class _SQLiteTable(_Table):
         per = self.per_statement
         return [tuple(chain.from_iterable(rows[i : i + per])) for i in range(0, len(rows), per)]
 
-    def load(self, cursor, groups: list[tuple]) -> None:
+    def load(self, cursor: sqlite3.Cursor, groups: list[tuple]) -> None:
         full = [group for group in groups if len(group) == self.per_statement * self.width]
         if full:
             cursor.executemany(self.sql(self.per_statement), full)
@@ -607,7 +626,7 @@ class _PostgresTable(_Table):
 
     NULL = "\\N"
 
-    def adapter(self, connection, kind: str, field) -> Callable | None:
+    def adapter(self, connection: BaseDatabaseWrapper, kind: str, field: Field) -> Callable | None:
         if kind in ("UUIDField", "CompactUUIDField"):
             return _hex
         if kind in ("DateTimeField", "CompactDateTimeField"):
@@ -633,7 +652,7 @@ class _PostgresTable(_Table):
     def pack(self, rows: list[list]) -> bytes:
         return "".join(["\t".join(row) + "\n" for row in rows]).encode()
 
-    def load(self, cursor, data: bytes) -> None:
+    def load(self, cursor: psycopg.Cursor[Any], data: bytes) -> None:
         if data:
             with cursor.copy(f"COPY {self.name} ({self.columns}) FROM STDIN") as copy:
                 copy.write(data)
@@ -681,7 +700,7 @@ def _epoch_integer(alias: str) -> Callable[[datetime], int]:
 
 
 @cache
-def _naive_text(zone) -> Callable[[datetime], str]:
+def _naive_text(zone: tzinfo | None) -> Callable[[datetime], str]:
     """What ``adapt_datetimefield_value`` makes of an aware datetime (the text of its naive time in the
     connection's zone), without its per-call checks; the slice spares ``replace(tzinfo=None)``'s cost."""
     if zone is None:  # USE_TZ = False: datetimes are naive already
@@ -701,7 +720,7 @@ def _copy_text(value: str) -> str:
     return value
 
 
-def _writer(tables: list[_Table], cursor) -> Callable[[list], None]:
+def _writer(tables: Sequence[_Table], cursor: sqlite3.Cursor | psycopg.Cursor[Any]) -> Callable[[list], None]:
     """The function loading one batch (a payload per table, in ``tables``' order) through ``cursor``."""
 
     def write(batch: list) -> None:
@@ -717,7 +736,7 @@ _SQLITE_LOAD_PRAGMAS = {"cache_size": -1024 * 1024}  # KiB: 1 GiB
 
 
 @contextmanager
-def _sqlite_load(connection, tables: list[_SQLiteTable]) -> Iterator[Callable[[list], None]]:
+def _sqlite_load(connection: BaseDatabaseWrapper, tables: Sequence[_Table]) -> Iterator[Callable[[list], None]]:
     """A writer of batches into SQLite, all in one transaction: the tables' secondary indexes dropped first
     and recreated at the end from their own ``sqlite_master`` text (an error anywhere rolls it all back).
 
@@ -764,7 +783,7 @@ def _sqlite_load(connection, tables: list[_SQLiteTable]) -> Iterator[Callable[[l
 
 
 @contextmanager
-def _postgres_load(connection, tables: list[_PostgresTable]) -> Iterator[Callable[[list], None]]:
+def _postgres_load(connection: BaseDatabaseWrapper, tables: Sequence[_Table]) -> Iterator[Callable[[list], None]]:
     """A writer of batches into PostgreSQL, all in one transaction: the tables' secondary indexes, unique and
     foreign-key constraints dropped first and recreated at the end from their catalogue definitions (an error
     anywhere rolls it all back; the tables and ``auth_user`` stay locked until the commit), then the tables
@@ -805,8 +824,8 @@ def _postgres_load(connection, tables: list[_PostgresTable]) -> Iterator[Callabl
                 cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
         finally:
             cursor.close()
-    with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {', '.join(names)}")
+    with connection.cursor() as analyse:
+        analyse.execute(f"ANALYZE {', '.join(names)}")
 
 
 def git_revision() -> str:

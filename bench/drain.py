@@ -266,7 +266,11 @@ def main() -> None:
         task, queue = (guarded_floor, guarded_queue) if guarded else (floor, floor_queue)
 
         def publish(i: int) -> None:
-            task.apply_async(args=[ids[i]], kwargs={"budget_ms": budget_ms} if budget_ms else {}, queue=queue)
+            task.apply_async(
+                args=[ids[i]],  # type: ignore[arg-type]  # stubs: a tuple only; Celery takes any sequence
+                kwargs={"budget_ms": budget_ms} if budget_ms else {},
+                queue=queue,
+            )
 
         rate, used = timed_drain(worker, queue, count, publish)
         with connection.cursor() as cursor:
@@ -309,9 +313,9 @@ def main() -> None:
             first = run % len(kinds)
             for kind in kinds[first:] + kinds[:first]:
                 if kind == "crux":
-                    rate, each, used = crux_drain(crux, args.tasks)
+                    rate, latencies, used = crux_drain(crux, args.tasks)
                     crux_rates.append(rate)
-                    took.extend(each)
+                    took.extend(latencies)
                 elif kind == "bare":
                     rate, used = bare_drain(bare, args.tasks)
                     bare_rates.append(rate)

@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import cast
 
 from bench.dataset import ROOT, configure, git_revision
 from bench.redis_keys import clear_private_broker
@@ -48,7 +49,7 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def wrk(url: str, *, token: str | None, duration: int, connections: int, script: str | None = None) -> dict:
+def wrk(url: str, *, token: str | None, duration: int, connections: int, script: str | None = None) -> dict[str, float]:
     args = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency"]
     if token:
         args += ["-H", f"Authorization: Token {token}"]
@@ -58,12 +59,13 @@ def wrk(url: str, *, token: str | None, duration: int, connections: int, script:
     units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
     def latency(pct: str) -> float:
-        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        # wrk --latency always prints the percentiles (and the rate, below)
+        value, unit = cast("re.Match[str]", re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)).groups()
         return float(value) * units[unit]
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
-        "rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "rate": float(cast("re.Match[str]", re.search(r"Requests/sec:\s+([\d.]+)", out)).group(1)),
         "p50": latency("50"),
         "p99": latency("99"),
         "errors": int(non2xx.group(1)) if non2xx else 0,
@@ -131,7 +133,7 @@ def main() -> None:
         wrk(f"{base}/api/tasks/{task.pk}/status", **warm)
         wrk(f"{base}/bench/redis-get/{task.pk}", **warm)
         wrk(f"{base}/api/tasks/", script=script.name, **warm)
-        rows = {}
+        rows: dict[str, list[dict[str, float]]] = {}
         for _ in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every measure
             for name, target, extra in (
                 ("status: GET /api/tasks/{id}/status", f"{base}/api/tasks/{task.pk}/status", {}),

@@ -14,10 +14,15 @@ import argparse
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING, cast
 
 from bench.dataset import configure, ensure, git_revision
 from bench.report import report_timings
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 def main() -> None:
@@ -45,7 +50,7 @@ def main() -> None:
     ids = list(Task.objects.filter(deleted_at__isnull=True, state="completed").values_list("pk", flat=True)[:5000])
     sample = rng.sample(ids, args.lookups * 3)
     live, to_delete, to_purge = (sample[i * args.lookups : (i + 1) * args.lookups] for i in range(3))
-    user = Task.objects.get(pk=live[0]).owner
+    user = cast("User", Task.objects.get(pk=live[0]).owner)  # the data set's tasks all have an owner
     if not PurgeLedger.objects.exists():
         for pk in to_delete:
             services.soft_delete(pk, user=user, channel=Channel.COMMAND, reason="bench")
@@ -61,7 +66,7 @@ def main() -> None:
     purged = list(PurgeLedger.objects.values_list("task_id", flat=True)[: args.lookups])
     never = [uuid.uuid4() for _ in range(args.lookups)]
 
-    def timed(fn, keys) -> list[float]:
+    def timed(fn: Callable[[uuid.UUID], object], keys: list[uuid.UUID]) -> list[float]:
         for key in keys[:10]:
             fn(key)  # warm-up
         out = []

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.dataset import ROOT, WORDS, configure, git_revision
 from bench.report import record
@@ -119,7 +119,7 @@ def measure_kind(kind: str, items: list[str]) -> dict[str, float]:
         else:  # its definition, with the text column the content had before it was compressed
             cursor.execute(f"CREATE TABLE {PLAIN_TABLE} (LIKE tasks_taskoutput INCLUDING ALL)")
             cursor.execute(f"ALTER TABLE {PLAIN_TABLE} ALTER COLUMN content TYPE text USING ''")
-        columns = [field.column for field in TaskOutput._meta.concrete_fields]
+        columns = [cast(str, field.column) for field in TaskOutput._meta.concrete_fields]  # concrete: a column each
         copied = ", ".join("''" if column == "content" else column for column in columns)
         cursor.execute(f"INSERT INTO {PLAIN_TABLE} ({', '.join(columns)}) SELECT {copied} FROM tasks_taskoutput")
         # The content as the API gives it back (masked as stored), as plain text.

@@ -8,6 +8,7 @@ with a token of its own and deletes only what carries that token.
 from __future__ import annotations
 
 import os
+from typing import cast
 
 from redis import Redis
 
@@ -34,7 +35,7 @@ def delete_keys(client: Redis, *tokens: str) -> int:
             members = [m for m in client.smembers(binding) if any(t.encode() in m for t in tokens)]
             if members:
                 client.srem(binding, *members)
-    for exchange in client.zrange(BINDING_DEADLINES, 0, -1):
+    for exchange in cast(list[bytes], client.zrange(BINDING_DEADLINES, 0, -1)):  # members (bytes), no scores
         name = exchange.decode()
         if not client.exists(f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"):
             client.zrem(BINDING_DEADLINES, exchange)

@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TypedDict
 
 from bench.dataset import ROOT, configure, ensure, git_revision
 from bench.pg_cluster import missing_tools, private_cluster
@@ -55,6 +56,14 @@ RTO_GOAL_SECONDS = 300
 ARCHIVE_TIMEOUT_SECONDS = 60  # README, "Point-in-time recovery (PostgreSQL)": postgresql.conf's archive_timeout
 AFTER_BACKUP_TASKS = 500  # submitted after the full backup: the WAL the physical restore replays
 RECOVERY_TIMEOUT_SECONDS = 3600
+
+
+class _Common(TypedDict):
+    """What every result of one run records alike (``bench.report.record``'s keywords)."""
+
+    engine: str
+    size: int
+    unit: str
 
 
 def manage(url: str, *args: str) -> float:
@@ -143,7 +152,7 @@ def restore_backups(engine: str, count: int, *, fresh: bool) -> None:
         took = [duration(snap.path).total_seconds(), duration(take_snapshot().path).total_seconds()]
 
     header(engine, tasks, history, "restore benchmark")
-    common = {"engine": engine, "size": tasks, "unit": "s"}
+    common: _Common = {"engine": engine, "size": tasks, "unit": "s"}
     for kind, path, seconds in written:
         row(f"write the {kind}", seconds, f"{path.name}, {path.stat().st_size / 1e6:,.0f} MB")
     for kind, path, _ in written:
@@ -259,7 +268,7 @@ def physical(count: int, compress_type: str, process_max: int) -> None:
     row("  pg_ctl start (until it accepts connections)", start_seconds)
     row("  WAL replay until it accepts writes", replay_seconds)
     row("after it: manage.py verify_audit (chains and checkpoint)", verify)
-    common = {"engine": "postgres", "size": tasks, "unit": "s"}
+    common: _Common = {"engine": "postgres", "size": tasks, "unit": "s"}
     record(
         section="restore",
         measure=f"pgbackrest backup --type=full ({compress_type}, process-max {process_max})",

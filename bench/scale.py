@@ -62,7 +62,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.dataset import ROOT, configure, ensure, git_revision
 from bench.report import record, summary
@@ -222,7 +222,7 @@ def _random_task_ids(task_model: Any, owner: Any, count: int) -> list[str]:
     UUID each (an index seek, so picking them costs nothing at 1M)."""
     rng = random.Random(7)
     tasks = task_model.objects.alive().filter(owner=owner).order_by("pk").values_list("pk", flat=True)
-    ids = []
+    ids: list[str] = []
     while len(ids) < count:
         pk = tasks.filter(pk__gte=uuid.UUID(int=rng.getrandbits(128))).first()
         if pk is not None:
@@ -271,7 +271,10 @@ def storage_components(cursor: Any, vendor: str) -> tuple[list[list[Any]], int]:
         cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         # A virtual table (the FTS5 search index) has no b-tree: its shadow tables <name>_data, ... hold it.
         cursor.execute("SELECT name, sql FROM sqlite_schema WHERE sql LIKE 'CREATE VIRTUAL TABLE%'")
-        virtual = {name: re.search(r"USING\s+(\w+)", sql, re.IGNORECASE)[1] for name, sql in cursor.fetchall()}
+        virtual = {  # a CREATE VIRTUAL TABLE statement names its module: USING <module>
+            name: cast("re.Match[str]", re.search(r"USING\s+(\w+)", sql, re.IGNORECASE))[1]
+            for name, sql in cursor.fetchall()
+        }
         cursor.execute(
             "SELECT s.name, COALESCE(m.tbl_name, s.name), m.type = 'index', s.pgsize "
             "FROM dbstat AS s LEFT JOIN sqlite_schema AS m ON m.name = s.name WHERE s.aggregate = 1"
@@ -350,7 +353,7 @@ def measure_sizes(args: argparse.Namespace, sizes: list[int]) -> dict[int, dict[
             _go(child)
             child.stdout.read()  # type: ignore[union-attr]  # a pipe: Popen(stdout=PIPE)
             if child.wait():
-                raise SystemExit(f"{' '.join(child.args)} failed with exit status {child.returncode}")
+                raise SystemExit(f"{' '.join(cast(list[str], child.args))} failed with exit status {child.returncode}")
             by_size[size] = json.loads(path.read_text())
         return by_size
     finally:
@@ -372,7 +375,8 @@ def _until_ready(child: subprocess.Popen[str]) -> None:
         if line.rstrip("\n") == READY:
             return
         print(line, end="")
-    raise SystemExit(f"{' '.join(child.args)} ended with exit status {child.wait()} before its rounds were done")
+    command = " ".join(cast(list[str], child.args))  # as _child_command made it
+    raise SystemExit(f"{command} ended with exit status {child.wait()} before its rounds were done")
 
 
 def report_timings(engine: str, runs: int, warmups: int, by_size: dict[int, dict[str, Any]]) -> None:

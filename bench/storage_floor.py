@@ -43,11 +43,11 @@ import os
 import sqlite3
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from bench.dataset import ROOT, git_revision
 from bench.report import record
@@ -216,7 +216,8 @@ def deflated(text: str | None, dictionary: bytes = b"") -> bytes | str | None:
     if text is None:
         return None
     raw = text.encode()
-    packer = zlib.compressobj(9, zlib.DEFLATED, -15, **({"zdict": dictionary} if dictionary else {}))
+    preset: dict[str, Any] = {"zdict": dictionary} if dictionary else {}
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, **preset)
     packed = packer.compress(raw) + packer.flush()
     return packed if len(packed) < len(raw) else text
 
@@ -241,7 +242,7 @@ def read_source() -> list[dict[str, Any]]:
     from tasks.models import METRIC_FIELDS, Task, TaskHistory, TaskOutput
 
     tasks: dict[Any, dict[str, Any]] = {}
-    for row in Task.objects.values():
+    for row in cast("Iterable[Mapping[str, Any]]", Task.objects.values()):  # rows by name: METRIC_FIELDS are names
         metrics = {name: row[name] for name in METRIC_FIELDS}
         figures = any(value not in (None, "") for value in metrics.values())
         tasks[row["id"]] = {**row, "history": [], "outputs": [], "metrics": metrics if figures else None}

@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from bench.dataset import ROOT, configure, git_revision
 from bench.redis_keys import delete_keys
@@ -179,7 +179,10 @@ def raw_postgres(url: str, tables: tuple[str, str], json_columns: set[str]) -> t
     for table in tables:
         conn.execute(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)")
     conn.commit()
-    rows = tuple({k: Jsonb(v) if k in json_columns and v is not None else v for k, v in r.items()} for r in rows)
+    rows = cast(
+        "tuple[dict, dict]",  # two rows read, two converted
+        tuple({k: Jsonb(v) if k in json_columns and v is not None else v for k, v in r.items()} for r in rows),
+    )
 
     def close() -> None:
         conn.rollback()
@@ -255,7 +258,7 @@ def main() -> None:
             raw_label = "baseline: raw sqlite3, 2 INSERTs/commit, WAL, sync=FULL"
         else:
             json_columns = {
-                f.column for m in (Task, TaskHistory) for f in m._meta.concrete_fields
+                cast(str, f.column) for m in (Task, TaskHistory) for f in m._meta.concrete_fields
                 if f.get_internal_type() == "JSONField"
             }  # fmt: skip
             raw, close_raw = raw_postgres(url, tables, json_columns)
@@ -274,7 +277,14 @@ def main() -> None:
             mirror.refresh_all([{**entry, "id": str(task_id)}])
             publishing.publish_all([publishing.Publish(task_id, celery_id(task_id, 1), "", 5)])
 
-        loops = {DURABLE: durable, BATCH: batch, CELERY: delay, raw_label: raw, FLOOR: floor, GUARDED: guarded}
+        loops: dict[str, Callable[[int], object]] = {
+            DURABLE: durable,
+            BATCH: batch,
+            CELERY: delay,
+            raw_label: raw,
+            FLOOR: floor,
+            GUARDED: guarded,
+        }
         per_call = {BATCH: args.batch}
         goals = {CELERY: 0.40, raw_label: 0.30}
         for name, call in loops.items():
@@ -287,8 +297,9 @@ def main() -> None:
             for name in names[run % len(names) :] + names[: run % len(names)]:
                 timed_loop(loops[name], args.count, results[name], per_call.get(name, 1))
         if args.profile:
+            submit: Callable[[int], object] = durable  # the lambda below lists its results (None each)
             profiler = cProfile.Profile()
-            profiler.runcall(lambda: [durable(i) for i in range(args.count)])
+            profiler.runcall(lambda: [submit(i) for i in range(args.count)])
         published = dispatch.queued_count(broker, queue)
 
     batches = max(args.warmup // args.batch, 1) + args.runs * (args.count // args.batch)

@@ -93,9 +93,11 @@ class Counts:
             self.commits += 1
             real_commit()
 
-        def start(thread: threading.Thread) -> None:
-            self.threads += 1
-            real_start(thread)
+        counts = self
+
+        def start(self: threading.Thread) -> None:  # named as the method it stands in for
+            counts.threads += 1
+            real_start(self)
 
         self.restore = (real_commit, real_start)
         self.connection.commit = commit
@@ -127,7 +129,7 @@ class Counts:
 
     def __exit__(self, *exc: object) -> None:
         self.wrapper.__exit__(*exc)
-        self.connection.commit, threading.Thread.start = self.restore
+        self.connection.commit, threading.Thread.start = self.restore  # type: ignore[method-assign]  # put back
         self.connection.__dict__.pop("_acquire_write_lock", None)
         self.connection.__dict__.pop("_release_write_lock", None)
 

@@ -49,7 +49,7 @@ def traced_worker(
                 "argsrepr": repr((str(task.pk),)), "kwargsrepr": "{}", "is_eager": False,
                 "delivery_info": {"routing_key": "celery", "priority": 5, "redelivered": False},
             }  # fmt: skip
-            tracer(task.celery_task_id, (str(task.pk),), {}, request)
+            tracer(task.celery_task_id, (str(task.pk),), {}, request)  # type: ignore[arg-type]  # stubs: a list only
 
     try:
         yield run

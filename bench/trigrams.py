@@ -70,7 +70,7 @@ def main() -> None:
     rng = random.Random(1)
     with_words = [words for row in rows if (words := WORD.findall(row))]
     for count in (1, 2, 3):
-        queries = []
+        queries: list[list[str]] = []
         while len(queries) < args.queries:
             words = rng.choice(with_words)
             if len(set(words)) >= count:
