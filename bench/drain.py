@@ -44,7 +44,9 @@ after each timed drain: the worker's main process (it takes messages from the br
 acknowledges them), its pool processes (the task itself), and the servers on this machine (Redis: the broker and the
 mirror; PostgreSQL: every process of the cluster, its WAL writer included). The pool's busy share is its processor
 time over the drain's time in every pool process: what it does not use, it waits (for the next message, a commit's
-sync to disk, the database's write lock, a reply from Redis or PostgreSQL).
+sync to disk, the database's write lock, a reply from Redis or PostgreSQL), per task in the table's last column.
+A pool process that waits as long a task as the guarded floor's leaves the goal's drain (half the bare no-op's
+rate) so much processor time a task, printed last beside Crux's own.
 """
 
 from __future__ import annotations
@@ -366,7 +368,7 @@ def main() -> None:
     print(f"{'ratio crux / floor':<58} {of_floor:>8.2f}")
     print(f"{'ratio crux / guarded floor':<58} {of_guarded:>8.2f}")
     budget_ratios = report_budgets(budgets, budget_rates, bare_rates)
-    report_cpu(args, kinds, cpu, drained_seconds)
+    report_cpu(args, kinds, cpu, drained_seconds, goal_rate=0.5 * bare_rate)
     common = {"engine": args.engine, "size": args.tasks}
     pool = f"{args.workers} processes"
     record("drain", f"crux drain, {pool}: claim to completion per task", value=each["median"], unit="ms",
@@ -410,27 +412,44 @@ def report_cpu(
     kinds: tuple[str, ...],
     cpu: dict[str, dict[str, float]],
     drained_seconds: dict[str, float],
+    goal_rate: float,
 ) -> None:
-    """Print and record each kind's processor time per task by share, and its pool's busy share; then Crux's pool
-    time above the guarded floor's, what the budgets are measured against."""
+    """Print and record each kind's processor time per task by share, its pool's busy share and the time a pool
+    process waits per task (its share of the drain's time, less its processor time); then Crux's pool time above
+    the guarded floor's, what the budgets are measured against, and the pool time a task the goal's ``goal_rate``
+    leaves where pool processes wait as long as the guarded floor's (each task then takes ``workers / goal_rate``
+    of a pool process's time, waiting included)."""
     tasks = args.tasks * args.runs
     shares = [share for share in CPU_SHARES if share != "PostgreSQL" or args.engine == "postgres"]
     print(f"\nprocessor time per task, ms (all {args.runs} runs of each kind; /proc)")
-    print(f"{'drain':<15}" + "".join(f"{share:>13}" for share in shares) + f"{'total':>10}{'pool busy':>11}")
+    print(f"{'drain':<15}" + "".join(f"{share:>13}" for share in shares) + f"{'total':>10}{'pool busy':>11}"
+          + f"{'pool waits':>12}")  # fmt: skip
+    waits = {}
     for kind in kinds:
         per_task = {share: cpu[kind][share] / tasks * 1000 for share in shares}
         busy = cpu[kind]["pool"] / (drained_seconds[kind] * args.workers)
+        waits[kind] = (drained_seconds[kind] * args.workers - cpu[kind]["pool"]) / tasks * 1000
         print(f"{kind:<15}" + "".join(f"{per_task[share]:>13.2f}" for share in shares)
-              + f"{sum(per_task.values()):>10.2f}{busy:>10.0%}")  # fmt: skip
+              + f"{sum(per_task.values()):>10.2f}{busy:>10.0%}{waits[kind]:>12.2f}")  # fmt: skip
         for share in shares:
             record("drain", f"{kind} drain: processor time a task, {share}", engine=args.engine, size=args.tasks,
                    value=per_task[share], unit="ms")  # fmt: skip
         record("drain", f"{kind} drain: pool processes busy", engine=args.engine, size=args.tasks,
                value=busy * 100, unit="%")  # fmt: skip
+        record("drain", f"{kind} drain: a pool process's wait a task", engine=args.engine, size=args.tasks,
+               value=waits[kind], unit="ms")  # fmt: skip
     above = (cpu["crux"]["pool"] - cpu["guarded"]["pool"]) / tasks * 1000
     print(f"crux's pool processes: {above:.2f} ms a task above the guarded floor's (what the budgets compare to)")
     record("drain", "crux drain: pool processor time a task above the guarded floor's", engine=args.engine,
            size=args.tasks, value=above, unit="ms")  # fmt: skip
+    allowed = args.workers / goal_rate * 1000 - waits["guarded"]
+    crux_pool = cpu["crux"]["pool"] / tasks * 1000
+    print(
+        f"the goal ({goal_rate:,.0f} tasks/s) with the guarded floor's wait of {waits['guarded']:.2f} ms a task "
+        f"leaves the pool {allowed:.2f} ms of processor time a task; crux's pool takes {crux_pool:.2f}"
+    )
+    record("drain", "pool processor time a task the goal leaves at the guarded floor's wait", engine=args.engine,
+           size=args.tasks, value=allowed, unit="ms")  # fmt: skip
 
 
 if __name__ == "__main__":
