@@ -131,6 +131,7 @@ def _processes() -> list[tuple[int, int, str, float]]:
 
 
 # What each share of a drain's processor time is named in the table, in its order.
+GOAL = 0.5  # issue 16: Crux drains at least half the bare no-op's rate
 CPU_SHARES = ("worker main", "pool", "Redis", "PostgreSQL")
 # The servers whose processes each count as one share, by command name.
 SERVERS = {"redis-server": "Redis", "postgres": "PostgreSQL"}
@@ -360,7 +361,7 @@ def main() -> None:
     guarded_label = "guarded floor: the same with the guarantees' least work"
     print(f"{guarded_label:<58} {guarded_rate:>8,.0f} "
           f"{f'{min(guarded_rates):,.0f}-{max(guarded_rates):,.0f}':>16}")  # fmt: skip
-    print(f"{'ratio crux / bare (goal >= 0.5)':<58} {ratio:>8.2f} {f'{min(ratios):.2f}-{max(ratios):.2f}':>16}")
+    print(f"{f'ratio crux / bare (goal >= {GOAL})':<58} {ratio:>8.2f} {f'{min(ratios):.2f}-{max(ratios):.2f}':>16}")
     print(f"{'ratio floor / bare: the most 2 commits a task allow':<58} {ceiling:>8.2f} "
           f"{f'{min(ceilings):.2f}-{max(ceilings):.2f}':>16}")  # fmt: skip
     print(f"{'ratio guarded floor / bare: the most the guarantees allow':<58} {bound:>8.2f} "
@@ -368,13 +369,13 @@ def main() -> None:
     print(f"{'ratio crux / floor':<58} {of_floor:>8.2f}")
     print(f"{'ratio crux / guarded floor':<58} {of_guarded:>8.2f}")
     budget_ratios = report_budgets(budgets, budget_rates, bare_rates)
-    report_cpu(args, kinds, cpu, drained_seconds, goal_rate=0.5 * bare_rate)
+    report_cpu(args, kinds, cpu, drained_seconds, goal_rate=GOAL * bare_rate)
     common = {"engine": args.engine, "size": args.tasks}
     pool = f"{args.workers} processes"
     record("drain", f"crux drain, {pool}: claim to completion per task", value=each["median"], unit="ms",
            p95=each["p95"], p99=each["p99"], **common)  # fmt: skip
     record("drain", f"crux drain, {pool}: first claim to last completion (ratio = crux / bare)", value=crux_rate,
-           unit="tasks/s", ratio=ratio, goal="≥ 0.5 of bare (issue 16)", met=ratio >= 0.5, **common)  # fmt: skip
+           unit="tasks/s", ratio=ratio, goal=f"≥ {GOAL} of bare (issue 16)", met=ratio >= GOAL, **common)  # fmt: skip
     record("drain", f"floor drain, {pool}: 2 synced commits a task in raw SQL (ratio = floor / bare)",
            value=floor_rate, unit="tasks/s", ratio=ceiling, **common)  # fmt: skip
     record("drain", f"guarded floor drain, {pool}: the floor with the guarantees' least work (ratio = guarded / bare)",
