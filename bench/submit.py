@@ -297,9 +297,8 @@ def main() -> None:
             for name in names[run % len(names) :] + names[: run % len(names)]:
                 timed_loop(loops[name], args.count, results[name], per_call.get(name, 1))
         if args.profile:
-            submit: Callable[[int], object] = durable  # the lambda below lists its results (None each)
             profiler = cProfile.Profile()
-            profiler.runcall(lambda: [submit(i) for i in range(args.count)])
+            profiler.runcall(lambda: [loops[DURABLE](i) for i in range(args.count)])
         published = dispatch.queued_count(broker, queue)
 
     batches = max(args.warmup // args.batch, 1) + args.runs * (args.count // args.batch)
