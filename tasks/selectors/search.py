@@ -12,11 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import reduce
 from operator import and_, or_
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.db import connections
-from django.db.models import BooleanField, Expression, Q
+from django.db.models import BooleanField, Expression, Q, Value
 from django.db.models.expressions import Col
+from django.db.models.functions import Coalesce
 from django.db.models.lookups import IContains
 from django.db.models.sql import Query
 from django.db.models.sql.where import WhereNode
@@ -59,16 +60,40 @@ def searches_text(queryset: TaskQuerySet) -> bool:
     column), at any depth."""
 
     def holds_term(node: WhereNode) -> bool:
-        return any(
-            holds_term(child)
-            if isinstance(child, WhereNode)
-            else isinstance(child, IContains)
-            and isinstance(child.lhs, Col)
-            and child.lhs.target.name in SEARCHED_FIELDS
-            for child in node.children
-        )
+        return any(holds_term(child) if isinstance(child, WhereNode) else _is_term(child) for child in node.children)
 
     return holds_term(queryset.query.where)
+
+
+def terms_past_trigram_indexes(queryset: TaskQuerySet) -> TaskQuerySet:
+    """``queryset`` with its search's terms matched on ``COALESCE(column, '')``: the same rows (a NULL matches no
+    term either way), but no trigram index serves them (PostgreSQL's are on the columns' own expressions), so a
+    plan cannot AND one in."""
+
+    def rewritten(node: WhereNode) -> WhereNode:
+        children: list[Any] = []  # conditions (lookups, as Django's stubs leave out) and nested nodes
+        for child in node.children:
+            if isinstance(child, WhereNode):
+                children.append(rewritten(child))
+            elif _is_term(child):
+                column = Coalesce(child.lhs, Value(""), output_field=child.lhs.output_field)
+                children.append(IContains(column, child.rhs))
+            else:
+                children.append(child)
+        return node.create(children, connector=node.connector, negated=node.negated)
+
+    narrowed = queryset.all()
+    narrowed.query.where = rewritten(narrowed.query.where)
+    return narrowed
+
+
+def _is_term(condition: object) -> TypeGuard[IContains]:
+    """Whether ``condition`` is one of a search's terms: ``icontains`` on a searched column (``search_tasks``)."""
+    return (
+        isinstance(condition, IContains)
+        and isinstance(condition.lhs, Col)
+        and condition.lhs.target.name in SEARCHED_FIELDS
+    )
 
 
 def _first_sort_key(query: Query) -> Any:

@@ -446,34 +446,77 @@ def test_a_kept_window_start_is_read_again_after_its_age(dataset: Dataset, monke
     assert again == start and len(statements) == 2 and "OFFSET" in statements[1]
 
 
-def _count_leaves_the_planner_as_it_found_it(api: Any, settings: Any) -> list[str]:
-    """The statements of a list whose count runs; asserts that bitmap scans are on again after it."""
+# A search's count on PostgreSQL, by who lists: the planner setting it turns off, and whether its terms are matched
+# past the trigram indexes (one owner's list reads the window through a bitmap of the owner's index).
+COUNT_PLANS = {"owner": ("enable_indexscan", True), "staff": ("enable_bitmapscan", False)}
+
+
+def _count_leaves_the_planner_as_it_found_it(client: Any, settings: Any, scans: str) -> list[str]:
+    """The statements of a list whose count runs; asserts that ``scans`` is on again after it."""
     settings.API_COUNT_WINDOW = 5  # the row after the page (the 5th newest) is in it: the count runs
     with CaptureQueriesContext(connection) as queries:
-        assert api.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data["count_exact"] is False
+        assert client.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data["count_exact"] is False
     with connection.cursor() as cursor:
-        cursor.execute("SHOW enable_bitmapscan")
+        cursor.execute(f"SHOW {scans}")
         assert cursor.fetchone()[0] == "on"
     statements = [query["sql"] for query in queries.captured_queries]
-    assert "SET LOCAL enable_bitmapscan = off" in statements
+    assert f"SET LOCAL {scans} = off" in statements
     return statements
 
 
+@pytest.mark.parametrize("viewer", COUNT_PLANS)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
-def test_the_count_leaves_the_planner_as_it_found_it(dataset: Dataset, api: Any, settings: Any) -> None:
-    """The count turns bitmap scans off for its one statement only, inside the caller's transaction too (the test's
+def test_the_count_leaves_the_planner_as_it_found_it(
+    viewer: str, dataset: Dataset, api: Any, staff: Any, settings: Any
+) -> None:
+    """The count turns its scans off for its one statement only, inside the caller's transaction too (the test's
     here): it restores the setting it read."""
-    statements = _count_leaves_the_planner_as_it_found_it(api, settings)
-    assert any("set_config('enable_bitmapscan'" in sql for sql in statements)
+    scans, _ = COUNT_PLANS[viewer]
+    client = api if viewer == "owner" else client_for(staff)
+    statements = _count_leaves_the_planner_as_it_found_it(client, settings, scans)
+    assert any(f"set_config('{scans}'" in sql for sql in statements)
 
 
+@pytest.mark.parametrize("viewer", COUNT_PLANS)
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
-def test_the_count_in_its_own_transaction_needs_no_restore(dataset: Dataset, api: Any, settings: Any) -> None:
+def test_the_count_in_its_own_transaction_needs_no_restore(
+    viewer: str, dataset: Dataset, api: Any, staff: Any, settings: Any
+) -> None:
     """Outside any transaction the count's own ends its SET LOCAL: it reads and restores nothing (two round trips
     fewer), and the setting is on again after it."""
-    statements = _count_leaves_the_planner_as_it_found_it(api, settings)
-    assert not any("enable_bitmapscan'" in sql for sql in statements)
+    scans, _ = COUNT_PLANS[viewer]
+    client = api if viewer == "owner" else client_for(staff)
+    statements = _count_leaves_the_planner_as_it_found_it(client, settings, scans)
+    assert not any(f"{scans}'" in sql for sql in statements)
+
+
+@pytest.mark.parametrize("viewer", COUNT_PLANS)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
+def test_a_search_count_is_planned_by_who_lists(
+    viewer: str, dataset: Dataset, api: Any, staff: Any, settings: Any
+) -> None:
+    """One owner's count matches its terms on COALESCE(column, ''), which no trigram index serves, with plain index
+    scans off; every owner's keeps the columns' own expressions with bitmap scans off. Each counts what the window
+    holds: the page's matches among the newest tasks, the trash left out, another owner's task in for staff."""
+    scans, past_indexes = COUNT_PLANS[viewer]
+    client = api if viewer == "owner" else client_for(staff)
+    window = 8  # holds more of the owner's matches (3) than the page's lower bound (2)
+    settings.API_COUNT_WINDOW = window
+    newest = Task.objects.order_by("-created_at", "-pk")[:window]
+    held = sum(
+        "login" in f"{task.title} {task.description}".lower()
+        and task.deleted_at is None
+        and (viewer == "staff" or task.owner_id == dataset.tasks[0].owner_id)
+        for task in newest
+    )
+    with CaptureQueriesContext(connection) as queries:
+        data = client.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data
+    assert (data["count"], data["count_exact"]) == (held, False) and held > 2
+    (count,) = [query["sql"] for query in queries.captured_queries if query["sql"].startswith("SELECT COUNT(*) FROM")]
+    assert f"SET LOCAL {scans} = off" in [query["sql"] for query in queries.captured_queries]
+    assert ("COALESCE" in count) is past_indexes
+    assert count.count("LIKE UPPER") == 2  # the one term, in the title and the description
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
