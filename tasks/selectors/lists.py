@@ -135,20 +135,23 @@ def _count_up_to(queryset: TaskQuerySet, most: int) -> int:
 
     On PostgreSQL a search's count is planned for its window, never through a trigram index: the planner would
     AND in the index of a common search word, whose cost it underestimates (0.1 s for 'login' at 1M tasks, against
-    15 ms through a b-tree). One owner's list (every list of a user who is not staff) matches its terms past the
-    trigram indexes (``terms_past_trigram_indexes``) with plain index scans off, so it reads the window through a
-    bitmap of the owner's index: that owner's tasks of the window alone, in the order of their pages (at a million
-    tasks, an owner of a fifth of them: 2.0-3.1 ms against 3.7-4.8 through the ``created_at`` index, which the
-    planner prefers as it cannot see that the owner's newest tasks lie in the newest pages). Every owner's list
-    turns bitmap scans off: the ``created_at`` index's window, filtered. Other lists have no trigram index to
-    AND in: their count is one statement, not four. ``SET LOCAL`` ends with the transaction it opens; inside a
-    caller's transaction, where it would outlive the count, the setting read before is restored after it (a
-    failure rolls the savepoint back, and the setting with it).
+    15 ms through a b-tree). The list of an owner of few tasks (``FEW_TASKS_SHARE`` by ``owner_share``: a user
+    who is not staff, beside others) matches its terms past the trigram indexes (``terms_past_trigram_indexes``)
+    with plain index scans off, so it reads the window through a bitmap of the owner's index: that owner's tasks of
+    the window alone, in the order of their pages. The planner would walk the ``created_at`` index instead, every
+    owner's rows: it cannot see that the owner's newest tasks lie in the newest pages. Every other list turns
+    bitmap scans off and walks the ``created_at`` index's window: a bitmap of a window that is mostly the owner's
+    reads as many rows, and more slowly. Lists without search terms have no trigram index to AND in: their count
+    is one statement, not four. ``SET LOCAL`` ends with the transaction it opens; inside a caller's transaction,
+    where it would outlive the count, the setting read before is restored after it (a failure rolls the savepoint
+    back, and the setting with it).
     """
     connection = connections[queryset.db]
     if connection.vendor != "postgresql" or not searches_text(queryset):
         return queryset.order_by()[:most].count()
-    if _of_one_owner(queryset):
+    owner = _owner_of(queryset)
+    share = None if owner is None else owner_share(queryset.db, owner)
+    if share is not None and share <= FEW_TASKS_SHARE:
         queryset, scans = terms_past_trigram_indexes(queryset), "enable_indexscan"
     else:
         scans = "enable_bitmapscan"
@@ -164,17 +167,73 @@ def _count_up_to(queryset: TaskQuerySet, most: int) -> int:
     return matches
 
 
-def _of_one_owner(queryset: TaskQuerySet) -> bool:
-    """Whether ``queryset``'s condition keeps one owner's tasks (``owner = value`` among its top-level ANDs)."""
+# The most of the tasks an owner may hold for a search's count to read the window through the owner's index. At a
+# million tasks, the count of three words ('login'), through the owner's index against the created_at walk: an
+# owner of a fifth 2.3-2.6 ms against 4.2-4.9 (2.0-2.3 against 3.7-4.1); of half 6.9-7.9 against 10.2-11.1 (4.9-9.2
+# against 3.0-3.3); of all 13.8-15.8 against 11.1-12.8 (4.2-4.9 against 3.2-3.5). The last two on copies whose
+# rows an UPDATE gave to the owner, which also scattered them over the table's pages.
+FEW_TASKS_SHARE = 0.25
+
+
+def _owner_of(queryset: TaskQuerySet) -> Any | None:
+    """The owner whose tasks alone ``queryset``'s condition keeps (``owner = value`` among its top-level ANDs), or
+    None."""
     where = queryset.query.where
-    return (
-        where.connector == AND
-        and not where.negated
-        and any(
-            isinstance(child, Exact) and isinstance(child.lhs, Col) and child.lhs.target.name == "owner"
-            for child in where.children
+    if where.connector != AND or where.negated:
+        return None
+    for child in where.children:
+        if isinstance(child, Exact) and isinstance(child.lhs, Col) and child.lhs.target.name == "owner":
+            return child.rhs
+    return None
+
+
+def owner_share(using: str, owner: Any) -> float | None:
+    """The share of the tasks ``owner`` (a user's id) holds by PostgreSQL's statistics of the table (``pg_stats``,
+    as the last ANALYZE left them), as the planner reckons it: a most common owner's own share, any other an even
+    part of what those leave; None before the table has statistics. Read once per ``OWNER_SHARES_MAX_AGE`` seconds
+    in a process."""
+    now = time.monotonic()
+    kept = _OWNER_SHARES.get(using)
+    if kept is None or now - kept.read_at >= OWNER_SHARES_MAX_AGE:
+        kept = _OWNER_SHARES[using] = _read_owner_shares(using, now)
+    if kept.common is None:
+        return None
+    return kept.common.get(owner, kept.other)
+
+
+def _read_owner_shares(using: str, now: float) -> _OwnerShares:
+    """The owners' shares by the statistics of the task table's owner column (``owner_share``), read ``now``."""
+    table = Task._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT most_common_vals::text::bigint[], most_common_freqs, null_frac, n_distinct,"
+            " (SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)) FROM pg_stats"
+            " WHERE schemaname = current_schema() AND tablename = %s AND attname = %s",
+            [table, table, Task._meta.get_field("owner").column],
         )
-    )
+        row = cursor.fetchone()
+    if row is None:
+        return _OwnerShares(None, 0.0, now)
+    owners, shares, null_share, distinct, tasks = row
+    common = dict(zip(owners or (), shares or (), strict=True))
+    if distinct < 0:  # a share of the rows: the owners grow with the tasks
+        distinct = -distinct * tasks
+    others = distinct - len(common)
+    left = max(0.0, 1.0 - sum(common.values()) - null_share)
+    return _OwnerShares(common, left / others if others >= 1 else 0.0, now)
+
+
+OWNER_SHARES_MAX_AGE = 300.0
+
+
+class _OwnerShares(NamedTuple):
+    common: dict[int, float] | None  # the most common owners' shares; None: no statistics yet
+    other: float  # the share of any other owner
+    read_at: float  # time.monotonic()
+
+
+# The owners' shares by database, as last read in this process.
+_OWNER_SHARES: dict[str, _OwnerShares] = {}
 
 
 def _created_after(queryset: TaskQuerySet, start: datetime) -> TaskQuerySet:

@@ -447,76 +447,109 @@ def test_a_kept_window_start_is_read_again_after_its_age(dataset: Dataset, monke
 
 
 # A search's count on PostgreSQL, by who lists: the planner setting it turns off, and whether its terms are matched
-# past the trigram indexes (one owner's list reads the window through a bitmap of the owner's index).
-COUNT_PLANS = {"owner": ("enable_indexscan", True), "staff": ("enable_bitmapscan", False)}
+# past the trigram indexes (an owner of few of the tasks has the window read through a bitmap of the owner's index).
+COUNT_PLANS = {
+    "owner of few tasks": ("enable_indexscan", True),
+    "owner of most tasks": ("enable_bitmapscan", False),
+    "staff": ("enable_bitmapscan", False),
+}
+OTHERS_TASKS = 27  # with them, the owner holds 9 of 37 tasks: under lists.FEW_TASKS_SHARE
 
 
-def _count_leaves_the_planner_as_it_found_it(client: Any, settings: Any, scans: str) -> list[str]:
-    """The statements of a list whose count runs; asserts that ``scans`` is on again after it."""
-    settings.API_COUNT_WINDOW = 5  # the row after the page (the 5th newest) is in it: the count runs
-    with CaptureQueriesContext(connection) as queries:
-        assert client.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data["count_exact"] is False
+@dataclass
+class Lister:
+    client: Any
+    scans: str  # the planner setting its search's count turns off
+    past_trigram_indexes: bool  # whether the count matches its terms on COALESCE(column, '')
+    sees: Callable[[Task], bool]  # whether it lists the task (the trash left out)
+
+
+@pytest.fixture(params=COUNT_PLANS)
+def lister(
+    request: Any, dataset: Dataset, api: Any, staff: Any, other_user: Any, task_in: Any, monkeypatch: Any
+) -> Lister:
+    """Who lists (``COUNT_PLANS``), with the task table's statistics as ANALYZE leaves them (read afresh): the owner
+    holds 9 of its 10 tasks, or of 37 where the other user has ``OTHERS_TASKS`` more (the newest, no match)."""
+    if request.param == "owner of few tasks":
+        for number in range(OTHERS_TASKS):
+            task_in("completed", owner=other_user, title=f"other work {number}")
     with connection.cursor() as cursor:
-        cursor.execute(f"SHOW {scans}")
+        cursor.execute("ANALYZE tasks_task")
+    monkeypatch.setattr(lists, "_OWNER_SHARES", {})
+    owner = dataset.tasks[0].owner_id
+    scans, past_trigram_indexes = COUNT_PLANS[request.param]
+    if request.param == "staff":
+        return Lister(client_for(staff), scans, past_trigram_indexes, lambda task: task.deleted_at is None)
+    return Lister(api, scans, past_trigram_indexes, lambda task: task.deleted_at is None and task.owner_id == owner)
+
+
+def _count_leaves_the_planner_as_it_found_it(lister: Lister, settings: Any) -> list[str]:
+    """The statements of a list whose count runs; asserts that its scans are on again after it."""
+    settings.API_COUNT_WINDOW = Task.objects.count() - 4  # the row after the page is in it: the count runs
+    with CaptureQueriesContext(connection) as queries:
+        assert lister.client.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data["count_exact"] is False
+    with connection.cursor() as cursor:
+        cursor.execute(f"SHOW {lister.scans}")
         assert cursor.fetchone()[0] == "on"
     statements = [query["sql"] for query in queries.captured_queries]
-    assert f"SET LOCAL {scans} = off" in statements
+    assert f"SET LOCAL {lister.scans} = off" in statements
     return statements
 
 
-@pytest.mark.parametrize("viewer", COUNT_PLANS)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
-def test_the_count_leaves_the_planner_as_it_found_it(
-    viewer: str, dataset: Dataset, api: Any, staff: Any, settings: Any
-) -> None:
+def test_the_count_leaves_the_planner_as_it_found_it(lister: Lister, settings: Any) -> None:
     """The count turns its scans off for its one statement only, inside the caller's transaction too (the test's
     here): it restores the setting it read."""
-    scans, _ = COUNT_PLANS[viewer]
-    client = api if viewer == "owner" else client_for(staff)
-    statements = _count_leaves_the_planner_as_it_found_it(client, settings, scans)
-    assert any(f"set_config('{scans}'" in sql for sql in statements)
+    statements = _count_leaves_the_planner_as_it_found_it(lister, settings)
+    assert any(f"set_config('{lister.scans}'" in sql for sql in statements)
 
 
-@pytest.mark.parametrize("viewer", COUNT_PLANS)
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
-def test_the_count_in_its_own_transaction_needs_no_restore(
-    viewer: str, dataset: Dataset, api: Any, staff: Any, settings: Any
-) -> None:
+def test_the_count_in_its_own_transaction_needs_no_restore(lister: Lister, settings: Any) -> None:
     """Outside any transaction the count's own ends its SET LOCAL: it reads and restores nothing (two round trips
     fewer), and the setting is on again after it."""
-    scans, _ = COUNT_PLANS[viewer]
-    client = api if viewer == "owner" else client_for(staff)
-    statements = _count_leaves_the_planner_as_it_found_it(client, settings, scans)
-    assert not any(f"{scans}'" in sql for sql in statements)
+    statements = _count_leaves_the_planner_as_it_found_it(lister, settings)
+    assert not any(f"{lister.scans}'" in sql for sql in statements)
 
 
-@pytest.mark.parametrize("viewer", COUNT_PLANS)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
-def test_a_search_count_is_planned_by_who_lists(
-    viewer: str, dataset: Dataset, api: Any, staff: Any, settings: Any
-) -> None:
-    """One owner's count matches its terms on COALESCE(column, ''), which no trigram index serves, with plain index
-    scans off; every owner's keeps the columns' own expressions with bitmap scans off. Each counts what the window
-    holds: the page's matches among the newest tasks, the trash left out, another owner's task in for staff."""
-    scans, past_indexes = COUNT_PLANS[viewer]
-    client = api if viewer == "owner" else client_for(staff)
-    window = 8  # holds more of the owner's matches (3) than the page's lower bound (2)
+def test_a_search_count_is_planned_by_who_lists(lister: Lister, settings: Any) -> None:
+    """An owner of few of the tasks counts its terms on COALESCE(column, ''), which no trigram index serves, with
+    plain index scans off; an owner of most of them and staff keep the columns' own expressions with bitmap scans
+    off. Each counts what the window holds: its matches among the newest tasks, the trash left out."""
+    window = Task.objects.count() - 2  # holds more of the owner's matches (3) than the page's lower bound (2)
     settings.API_COUNT_WINDOW = window
     newest = Task.objects.order_by("-created_at", "-pk")[:window]
-    held = sum(
-        "login" in f"{task.title} {task.description}".lower()
-        and task.deleted_at is None
-        and (viewer == "staff" or task.owner_id == dataset.tasks[0].owner_id)
-        for task in newest
-    )
+    held = sum("login" in f"{task.title} {task.description}".lower() and lister.sees(task) for task in newest)
     with CaptureQueriesContext(connection) as queries:
-        data = client.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data
+        data = lister.client.get("/api/tasks/persistent", {"limit": 1, "search": "login"}).data
     assert (data["count"], data["count_exact"]) == (held, False) and held > 2
-    (count,) = [query["sql"] for query in queries.captured_queries if query["sql"].startswith("SELECT COUNT(*) FROM")]
-    assert f"SET LOCAL {scans} = off" in [query["sql"] for query in queries.captured_queries]
-    assert ("COALESCE" in count) is past_indexes
+    statements = [query["sql"] for query in queries.captured_queries]
+    (count,) = [sql for sql in statements if sql.startswith("SELECT COUNT(*) FROM")]
+    assert f"SET LOCAL {lister.scans} = off" in statements
+    assert ("COALESCE" in count) is lister.past_trigram_indexes
     assert count.count("LIKE UPPER") == 2  # the one term, in the title and the description
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's statistics")
+def test_an_owners_share_is_the_statistics_of_the_table(
+    dataset: Dataset, other_user: Any, task_in: Any, monkeypatch: Any
+) -> None:
+    """owner_share: None before the table has statistics; then each owner's share by them, and an owner they do
+    not name at most the least common's; read again only after OWNER_SHARES_MAX_AGE."""
+    owner = dataset.tasks[0].owner_id
+    monkeypatch.setattr(lists, "_OWNER_SHARES", {})
+    with connection.cursor() as cursor:  # the suite's own database; the test's transaction puts them back
+        cursor.execute("DELETE FROM pg_statistic WHERE starelid = 'tasks_task'::regclass")
+    assert lists.owner_share("default", owner) is None
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE tasks_task")
+    assert lists.owner_share("default", owner) is None  # kept for OWNER_SHARES_MAX_AGE
+    monkeypatch.setattr(lists, "OWNER_SHARES_MAX_AGE", 0.0)
+    assert lists.owner_share("default", owner) == pytest.approx(0.9)  # 9 of the 10 tasks
+    assert lists.owner_share("default", other_user.pk) == pytest.approx(0.1)
+    assert lists.owner_share("default", other_user.pk + owner + 1000) == pytest.approx(0.1)
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner setting")
