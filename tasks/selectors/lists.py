@@ -188,17 +188,17 @@ def _owner_of(queryset: TaskQuerySet) -> Any | None:
 
 
 def owner_share(using: str, owner: Any) -> float | None:
-    """The share of the tasks ``owner`` (a user's id) holds by PostgreSQL's statistics of the table (``pg_stats``,
-    as the last ANALYZE left them), as the planner reckons it: a most common owner's own share, any other an even
-    part of what those leave; None before the table has statistics. Read once per ``OWNER_SHARES_MAX_AGE`` seconds
-    in a process."""
+    """The share of the tasks ``owner`` (a user's primary key, of any type) holds by PostgreSQL's statistics of the
+    table (``pg_stats``, as the last ANALYZE left them), as the planner reckons it: a most common owner's own share,
+    any other an even part of what those leave; None before the table has statistics. Read once per
+    ``OWNER_SHARES_MAX_AGE`` seconds in a process."""
     now = time.monotonic()
     kept = _OWNER_SHARES.get(using)
     if kept is None or now - kept.read_at >= OWNER_SHARES_MAX_AGE:
         kept = _OWNER_SHARES[using] = _read_owner_shares(using, now)
     if kept.common is None:
         return None
-    return kept.common.get(owner, kept.other)
+    return kept.common.get(str(owner), kept.other)
 
 
 def _read_owner_shares(using: str, now: float) -> _OwnerShares:
@@ -206,7 +206,7 @@ def _read_owner_shares(using: str, now: float) -> _OwnerShares:
     table = Task._meta.db_table
     with connections[using].cursor() as cursor:
         cursor.execute(
-            "SELECT most_common_vals::text::bigint[], most_common_freqs, null_frac, n_distinct,"
+            "SELECT most_common_vals::text::text[], most_common_freqs, null_frac, n_distinct,"
             " (SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)) FROM pg_stats"
             " WHERE schemaname = current_schema() AND tablename = %s AND attname = %s",
             [table, table, Task._meta.get_field("owner").column],
@@ -227,7 +227,7 @@ OWNER_SHARES_MAX_AGE = 300.0
 
 
 class _OwnerShares(NamedTuple):
-    common: dict[int, float] | None  # the most common owners' shares; None: no statistics yet
+    common: dict[str, float] | None  # the most common owners' shares by their ids as text; None: no statistics yet
     other: float  # the share of any other owner
     read_at: float  # time.monotonic()
 
