@@ -130,8 +130,8 @@ def _processes() -> list[tuple[int, int, str, float]]:
     return found
 
 
-# What each share of a drain's processor time is named in the table, in its order.
 GOAL = 0.5  # issue 16: Crux drains at least half the bare no-op's rate
+# What each share of a drain's processor time is named in the table, in its order.
 CPU_SHARES = ("worker main", "pool", "Redis", "PostgreSQL")
 # The servers whose processes each count as one share, by command name.
 SERVERS = {"redis-server": "Redis", "postgres": "PostgreSQL"}
